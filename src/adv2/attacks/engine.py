@@ -1,0 +1,163 @@
+"""The one attack loop: projected first-order descent in the L∞ ball on the uint8 lattice.
+
+Each step evaluates the loss at the *quantised* iterate q(x) (straight-through: the gradient at
+q(x) updates the continuous x), so the logits and maps the step computes anyway are those of a
+valid uint8 image, and bookkeeping (success, interpretation distance, best iterate) costs no
+extra pass. With sign steps of 1/255 the iterate never leaves the lattice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from adv2.attacks.losses import MapLoss, PredictionLoss
+from adv2.attacks.optimizers import Optimizer
+from adv2.attacks.schedules import Schedule
+from adv2.interpreters import Interpreter
+
+
+def quantise(x: torch.Tensor) -> torch.Tensor:
+    """Round [0,1] images to the nearest uint8 level (values stay float in [0,1])."""
+    return (x.clamp(0, 1) * 255).round() / 255
+
+
+def project(x: torch.Tensor, x0: torch.Tensor, eps: float) -> torch.Tensor:
+    """Project onto {‖x − x0‖∞ ≤ eps} ∩ [0,1]^d."""
+    return torch.minimum(torch.maximum(x, x0 - eps), x0 + eps).clamp(0, 1)
+
+
+@dataclass
+class Objective:
+    """ℓ_prd(f(x), t) + λ(p)·ℓ_int(g(x; t), m_t); ``map_loss`` None means prediction only."""
+
+    pred_loss: PredictionLoss
+    map_loss: MapLoss | None = None
+    lam: Schedule | None = None
+
+
+@dataclass
+class Stop:
+    """Per-sample stopping rule, checked after each evaluation.
+
+    ``on_success``: stop as soon as the target is predicted with probability ≥ ``min_confidence``
+    (a warm start). Otherwise, with a map loss, stop a successful sample once its best
+    interpretation distance is ≤ ``tol`` or has not improved by a relative ``min_gain`` for
+    ``patience`` evaluations.
+    """
+
+    on_success: bool = False
+    min_confidence: float = 0.0
+    tol: float = 0.0
+    patience: int | None = None
+    min_gain: float = 1e-3
+
+
+@dataclass
+class Trajectory:
+    """What one run of :func:`descend` leaves: the selected iterates and the cost."""
+
+    x: torch.Tensor  # float N×3×H×W on the uint8 lattice
+    found: torch.Tensor  # bool (N,): a successful iterate was selected
+    distance: torch.Tensor  # (N,) interpretation distance of the selected iterate (inf if none)
+    passes: torch.Tensor  # (N,) passes spent
+    history: list[dict]
+
+
+def descend(
+    x0: torch.Tensor,
+    x_start: torch.Tensor,
+    targets: torch.Tensor,
+    model: torch.nn.Module,
+    objective: Objective,
+    optimizer: Optimizer,
+    steps: int,
+    eps: float,
+    stop: Stop,
+    interpreter: Interpreter | None = None,
+    target_maps: torch.Tensor | None = None,
+    record_history: bool = False,
+) -> Trajectory:
+    """Minimise ``objective`` from ``x_start`` for up to ``steps`` updates per sample.
+
+    Selection: with a map loss, the successful evaluated iterate of lowest interpretation
+    distance (under the true interpreter); without one, the last evaluated iterate. x0,
+    x_start: N×3×H×W in [0,1] on the uint8 lattice; targets: (N,) long.
+    """
+    use_maps = objective.map_loss is not None
+    if use_maps and (interpreter is None or target_maps is None):
+        raise ValueError("a map loss needs an interpreter and target maps")
+    cost = getattr(interpreter, "passes_per_step", 1) if use_maps else 1
+    n = x0.shape[0]
+    x = quantise(x_start)
+    chosen = x.clone()
+    found = torch.zeros(n, dtype=torch.bool)
+    best = torch.full((n,), float("inf"))
+    stale = torch.zeros(n, dtype=torch.long)
+    passes = torch.zeros(n, dtype=torch.long)
+    active = torch.arange(n)
+    optimizer.reset(x)
+    history: list[dict] = []
+
+    for step in range(steps + 1):
+        if active.numel() == 0:
+            break
+        progress = step / max(steps, 1)
+        last = step == steps
+        xq = quantise(x[active]).requires_grad_(not last)
+        t = targets[active]
+        with torch.set_grad_enabled(not last):
+            if use_maps:
+                assert interpreter is not None and objective.map_loss is not None
+                if last:
+                    logits, maps = interpreter.explain(xq, t)
+                else:
+                    logits, maps = interpreter.attack_forward(xq, t, progress)
+                dist = objective.map_loss(maps, target_maps[active])
+                lam = objective.lam(progress) if objective.lam is not None else 1.0
+                loss = objective.pred_loss(logits, t) + lam * dist
+            else:
+                logits = model(xq)
+                dist = torch.zeros(len(active))
+                loss = objective.pred_loss(logits, t)
+        passes[active] += cost
+        dist = dist.detach()
+
+        # bookkeeping on the evaluated (quantised) iterate
+        probs = logits.detach().softmax(dim=1)
+        ok = (probs.argmax(dim=1) == t) & (probs.gather(1, t.view(-1, 1)).squeeze(1)
+                                           >= stop.min_confidence)
+        if use_maps:
+            better = ok & (dist < best[active])
+            gain = better & (dist < best[active] * (1 - stop.min_gain))
+            stale[active] = torch.where(gain, 0, stale[active] + 1)
+            best[active] = torch.where(better, dist, best[active])
+            found[active] |= ok
+            rows = active[better]
+            chosen[rows] = xq.detach()[better]
+            done = found[active] & (best[active] <= stop.tol)
+            if stop.patience is not None:
+                done |= found[active] & (stale[active] >= stop.patience)
+        else:
+            chosen[active] = xq.detach()
+            found[active] = ok
+            done = ok if stop.on_success else torch.zeros_like(ok)
+        if record_history:
+            history.append({
+                "step": step, "active": int(active.numel()),
+                "loss": float(loss.detach().mean()), "map_distance": float(dist.mean()),
+                "success": float(ok.float().mean()),
+            })
+        if last:
+            break
+        (grad,) = torch.autograd.grad(loss.sum(), xq)
+        keep = ~done
+        rows = active[keep]
+        if rows.numel():
+            update = optimizer.step(grad[keep], rows)
+            x[rows] = project(x[rows] - update, x0[rows], eps)
+        active = rows
+    if not use_maps:
+        best = torch.where(found, 0.0, float("inf"))
+    return Trajectory(chosen, found, best, passes, history)

@@ -1,0 +1,80 @@
+"""Per-sample losses for the attack engine.
+
+Every loss returns a tensor of shape (N,), one value per image. The engine minimises, for each
+image i, ``pred_loss_i + λ · map_loss_i`` and differentiates the *sum* over the batch, so every
+image gets the gradient of its own loss, whatever the batch size or which images are still
+active. ``map_loss_i`` is a mean over the map's cells at the interpreter's native resolution,
+so λ means the same for every interpreter and resolution. Reported batch losses are means.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+
+
+class PredictionLoss(ABC):
+    """Loss that is small when ``logits`` (N×C) predict ``targets`` (N,)."""
+
+    @abstractmethod
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
+
+class CrossEntropy(PredictionLoss):
+    """Cross-entropy to the target class (the paper's ℓ_prd)."""
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, targets, reduction="none")
+
+
+class CWMargin(PredictionLoss):
+    """Carlini–Wagner margin max(max_{j≠t} z_j − z_t, −κ)."""
+
+    def __init__(self, kappa: float = 10.0) -> None:
+        self.kappa = kappa
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        target_logit = logits.gather(1, targets.view(-1, 1)).squeeze(1)
+        others = logits.scatter(1, targets.view(-1, 1), float("-inf")).amax(dim=1)
+        return (others - target_logit).clamp(min=-self.kappa)
+
+
+class LabelSmoothing(PredictionLoss):
+    """Cross-entropy to a smoothed label: ``confidence`` on the target, the rest spread evenly
+    over the other C−1 classes (so the label sums to 1 for any C)."""
+
+    def __init__(self, confidence: float = 0.95) -> None:
+        self.confidence = confidence
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        n_classes = logits.shape[1]
+        rest = (1.0 - self.confidence) / (n_classes - 1)
+        label = torch.full_like(logits, rest).scatter(1, targets.view(-1, 1), self.confidence)
+        return -(label * logits.log_softmax(dim=1)).sum(dim=1)
+
+
+class MapLoss(ABC):
+    """Distance between maps N×1×h×w and target maps of the same shape, per sample."""
+
+    @abstractmethod
+    def __call__(self, maps: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
+
+class MapMSE(MapLoss):
+    """Mean over cells of the squared difference."""
+
+    def __call__(self, maps: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return (maps - targets).pow(2).flatten(1).mean(dim=1)
+
+
+class MapL1(MapLoss):
+    """Mean over cells of the absolute difference."""
+
+    def __call__(self, maps: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return (maps - targets).abs().flatten(1).mean(dim=1)
+
+
+PREDICTION_LOSSES = {"ce": CrossEntropy, "cw": CWMargin, "smooth": LabelSmoothing}
+MAP_LOSSES = {"mse": MapMSE, "l1": MapL1}

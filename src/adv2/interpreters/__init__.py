@@ -1,0 +1,19 @@
+"""Interpreters: one interface (:class:`Interpreter`), GRAD and CAM."""
+
+from adv2.interpreters.base import Interpreter, minmax
+from adv2.interpreters.cam import CAM
+from adv2.interpreters.grad import GRAD, SmoothReLU
+from adv2.models import Classifier
+
+INTERPRETERS = {"cam": CAM, "grad": GRAD}
+
+
+def build_interpreter(name: str, model: Classifier) -> Interpreter:
+    """Instantiate an interpreter by name (``cam`` or ``grad``) with its defaults."""
+    if name not in INTERPRETERS:
+        raise ValueError(f"unknown interpreter {name!r}; choose from {sorted(INTERPRETERS)}")
+    return INTERPRETERS[name](model)
+
+
+__all__ = ["CAM", "GRAD", "INTERPRETERS", "Interpreter", "SmoothReLU", "build_interpreter",
+           "minmax"]

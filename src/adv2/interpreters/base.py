@@ -1,0 +1,60 @@
+"""The interpreter interface shared by GRAD, CAM and the interpreters that plug in later."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from adv2.models import Classifier
+
+
+def minmax(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Per-sample min-max normalisation of N×1×h×w maps to [0,1]; a constant map gives zeros."""
+    flat = maps.flatten(1)
+    lo = flat.min(dim=1, keepdim=True).values
+    hi = flat.max(dim=1, keepdim=True).values
+    return ((flat - lo) / (hi - lo + eps)).view_as(maps)
+
+
+class Interpreter(ABC):
+    """Maps images and classes to attribution maps.
+
+    ``interpreter(x, classes)``: x is float N×3×H×W in [0,1], classes a long tensor (N,);
+    the result is N×1×h×w in [0,1] at the interpreter's native resolution (:meth:`resolution`),
+    high values meaning "important", differentiable with respect to x.
+    """
+
+    name: str = "interpreter"
+    #: forward+backward passes one :meth:`attack_forward` step costs (for cost reports)
+    passes_per_step: int = 1
+
+    def __init__(self, model: Classifier) -> None:
+        self.model = model
+
+    @abstractmethod
+    def resolution(self, height: int, width: int) -> tuple[int, int]:
+        """Native map size (h, w) for an input of size (height, width)."""
+
+    @abstractmethod
+    def explain(self, x: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the true model's logits (N×C) and the true maps (N×1×h×w) of x."""
+
+    def __call__(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        return self.explain(x, classes)[1]
+
+    def attack_forward(
+        self, x: torch.Tensor, classes: torch.Tensor, progress: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and maps for computing attack gradients.
+
+        The *values* are always those of the true model and the true interpreter, so the attack
+        engine can do its bookkeeping from this one call; the *gradients* may come from a smooth
+        surrogate (GRAD). ``progress`` in [0,1] is the fraction of the attack done, for
+        surrogate schedules. The default is :meth:`explain` itself.
+        """
+        return self.explain(x, classes)
+
+    def config(self) -> dict:
+        """Settings that define the maps, for reports."""
+        return {"name": self.name}

@@ -1,0 +1,33 @@
+"""CAM (Zhou et al. 2016): Σ_k w_{c,k} A_k on the last feature map, min-max normalised."""
+
+from __future__ import annotations
+
+import torch
+
+from adv2.interpreters.base import Interpreter, minmax
+from adv2.models import Classifier
+
+
+class CAM(Interpreter):
+    """Class activation map at the feature map's resolution (7×7 for a 224² input at stride 32).
+
+    No ReLU and no upsampling, as in the ADV² paper; normalised per image with an ε.
+    """
+
+    name = "cam"
+
+    def __init__(self, model: Classifier, eps: float = 1e-8) -> None:
+        super().__init__(model)
+        self.weights = model.cam_weights()  # raises for models without a pool + linear head
+        self.eps = eps
+
+    def resolution(self, height: int, width: int) -> tuple[int, int]:
+        with torch.no_grad():
+            feats = self.model.features(torch.zeros(1, 3, height, width))
+        return feats.shape[-2], feats.shape[-1]
+
+    def explain(self, x: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, feats = self.model.forward_with_features(x)
+        w = self.weights[classes].to(feats)  # N×K
+        cam = torch.einsum("nk,nkhw->nhw", w, feats).unsqueeze(1)
+        return logits, minmax(cam, self.eps)
