@@ -1,0 +1,141 @@
+"""The ``adv2`` command line: ``adv2 attack`` and ``adv2 demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+
+from adv2 import pipeline
+from adv2.attacks import MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES
+from adv2.data import demo_images, load_dataset
+from adv2.interpreters import INTERPRETERS
+from adv2.models import ModelError, load_model
+from adv2.targets import KINDS
+
+log = logging.getLogger("adv2")
+
+
+def _attack_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("attack", help="attack a folder of images (or one image)")
+    d = pipeline.AttackConfig()
+    p.add_argument("--model", default=d.model,
+                   help="efficientnet_lite0 (embedded), a torchvision name, or timm:<name>")
+    p.add_argument("--weights", help="local weights file (.pth/.pt/.safetensors)")
+    p.add_argument("--interpreter", choices=sorted(INTERPRETERS), default=d.interpreter)
+    p.add_argument("--attack", choices=["pgd", "adv2"], default=d.attack)
+    p.add_argument("--images", required=True, help="an image file or a folder of images")
+    p.add_argument("--labels", help="CSV with path,label (index, synset or class name)")
+    p.add_argument("--limit", type=int, help="attack at most N images")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--eps", type=float, default=d.eps, help="L∞ budget in [0,1] units")
+    p.add_argument("--steps", type=int, help="attack steps (PGD 100; ADV² per interpreter)")
+    p.add_argument("--warm-steps", type=int, default=d.warm_steps,
+                   help="ADV²: maximum PGD warm-start steps")
+    p.add_argument("--lam", help="ADV² λ schedule: '5' constant, '5:10' linear, "
+                                 "'1,2,4@0.3,0.6' piecewise over progress")
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=d.optimizer)
+    p.add_argument("--lr", type=float, default=d.lr, help="ADV² step size / learning rate")
+    p.add_argument("--pred-loss", choices=sorted(PREDICTION_LOSSES), default=d.pred_loss)
+    p.add_argument("--map-loss", choices=sorted(MAP_LOSSES), default=d.map_loss)
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help="ADV²: stop an image after this many steps without improvement")
+    p.add_argument("--random-start", action="store_true", help="PGD: random start in the ball")
+    p.add_argument("--target-class", type=int, help="one target class for every image")
+    p.add_argument("--target-map", choices=KINDS, default=d.target_map)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--device", default="cpu", help="torch device (cpu only in this release)")
+    p.add_argument("--out", required=True, help="output directory")
+
+
+def _config(args: argparse.Namespace) -> pipeline.AttackConfig:
+    names = {f.name for f in fields(pipeline.AttackConfig)}
+    return pipeline.AttackConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    if args.device != "cpu":
+        log.error("--device %s: this release runs on the CPU only", args.device)
+        return 2
+    try:
+        model = load_model(args.model, args.weights)
+        samples, errors = load_dataset(args.images, args.labels, args.limit)
+    except (ModelError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    summary = pipeline.run(_config(args), model, samples, args.out, errors)
+    print(json.dumps({k: v for k, v in summary.items() if k != "errors"}, indent=2))
+    print(f"report: {Path(args.out).resolve()}")
+    return 0 if summary["n_images"] else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    model = load_model()
+    samples = demo_images()
+    summaries = {}
+    for attack in ("pgd", "adv2"):
+        cfg = pipeline.AttackConfig(interpreter="cam", attack=attack, seed=args.seed)
+        summaries[attack] = pipeline.run(cfg, model, samples, out / attack)
+    _demo_figure(out, [s.name for s in samples])
+    print(f"{'attack':8s} {'success':>8s} {'L1':>8s} {'IoU':>8s} {'passes':>8s}")
+    for attack, s in summaries.items():
+        print(f"{attack:8s} {s['success_rate']:8.3f} {s['l1_mean']:8.4f} {s['iou_mean']:8.3f} "
+              f"{s['passes_per_image']:8.1f}")
+    print(f"report: {(out / 'demo.png').resolve()} (per-image details in {out.resolve()}/pgd "
+          f"and {out.resolve()}/adv2)")
+    return 0
+
+
+def _demo_figure(out: Path, names: list[str]) -> None:
+    """One row per image: clean, PGD image, ADV² image, benign map, PGD map, ADV² map."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    rows = [n for n in names if (out / "adv2" / "samples" / n).is_dir()]
+    fig, axes = plt.subplots(len(rows), 6, figsize=(13, 2.3 * len(rows)), squeeze=False)
+    for ax_row, name in zip(axes, rows):
+        pgd, adv = out / "pgd" / "samples" / name, out / "adv2" / "samples" / name
+        panels = [
+            ("clean", np.asarray(Image.open(pgd / "clean.png"))),
+            ("PGD image", np.asarray(Image.open(pgd / "adv.png"))),
+            ("ADV² image", np.asarray(Image.open(adv / "adv.png"))),
+            ("benign CAM", np.load(adv / "benign_map.npy")),
+            ("PGD CAM", np.load(pgd / "adv_map.npy")),
+            ("ADV² CAM", np.load(adv / "adv_map.npy")),
+        ]
+        for ax, (title, img) in zip(ax_row, panels):
+            ax.imshow(img, **({} if img.ndim == 3 else
+                              {"cmap": "jet", "vmin": 0, "vmax": 1, "interpolation": "nearest"}))
+            ax.set_title(f"{name}: {title}" if title == "clean" else title, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "demo.png", dpi=70)
+    plt.close(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adv2", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _attack_parser(sub)
+    demo = sub.add_parser("demo", help="ADV² vs PGD against CAM on the embedded default model")
+    demo.add_argument("--out", default="adv2-demo", help="output directory")
+    demo.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return {"attack": cmd_attack, "demo": cmd_demo}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
