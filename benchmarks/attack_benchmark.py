@@ -1,0 +1,154 @@
+"""PGD vs ADV² on correctly classified images of ../shared/data/imagenet-sample.
+
+Seeded random targets, benign target maps, the embedded EfficientNet-Lite0, ε = 8/255, the
+CLI's default attack settings. Prints one Markdown table (and writes it with --out):
+success, confidence, L1, IoU mean, seconds and passes per image, and the cost of one attack
+step relative to one PGD step (forward + backward on the true model), timed in the same run.
+
+    python benchmarks/attack_benchmark.py --interpreters cam:20 grad:8 --out docs/benchmark.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adv2 import pipeline, targets
+from adv2.data import load_dataset, to_tensor
+from adv2.interpreters import build_interpreter
+from adv2.models import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "imagenet-sample"
+
+
+def pick_images(model, folder: Path, n: int, seed: int):
+    """The first n correctly classified images of a seeded permutation of the folder."""
+    samples, _ = load_dataset(folder)
+    order = np.random.default_rng(seed).permutation(len(samples))
+    chosen = []
+    with torch.no_grad():
+        for i in order:
+            s = samples[i]
+            if int(model(to_tensor(s.image)).argmax()) == s.label:
+                chosen.append(s)
+            if len(chosen) == n:
+                break
+    return chosen
+
+
+def step_cost(model, interpreter, x: torch.Tensor, t: torch.Tensor, repeats: int = 5) -> float:
+    """Median time of one ADV² step over one PGD step on the same batch."""
+
+    def pgd_step():
+        xg = x.clone().requires_grad_(True)
+        torch.autograd.grad(torch.nn.functional.cross_entropy(model(xg), t), xg)
+
+    def adv2_step():
+        xg = x.clone().requires_grad_(True)
+        logits, maps = interpreter.attack_forward(xg, t, 0.5)
+        loss = torch.nn.functional.cross_entropy(logits, t) + maps.square().mean()
+        torch.autograd.grad(loss, xg)
+
+    def timed(fn):
+        fn()  # warm up
+        runs = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - start)
+        return statistics.median(runs)
+
+    return timed(adv2_step) / timed(pgd_step)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--interpreters", nargs="+", default=["cam:20", "grad:8"],
+                        help="interpreter:n_images pairs")
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--out", type=Path, help="also write the Markdown report here")
+    args = parser.parse_args(argv)
+    if not args.images.is_dir():
+        print(f"{args.images} not found: the benchmark needs the ImageNet sample", file=sys.stderr)
+        return 1
+    torch.manual_seed(args.seed)
+    model = load_model()
+    plan = [(spec.split(":")[0], int(spec.split(":")[1])) for spec in args.interpreters]
+    pool = pick_images(model, args.images, max(n for _, n in plan), args.seed)
+
+    header = ("| interpreter | attack | n | success | confidence | L1 | IoU mean | "
+              "IoU@10/20/30/40/50% | s / image | passes / image |")
+    lines = [header, "|" + "---|" * 10]
+    ratios = []
+    for name, n in plan:
+        samples = pool[:n]
+        images = np.stack([s.image for s in samples])
+        x = to_tensor(images)
+        labels = torch.tensor([s.label for s in samples])
+        tgts = pipeline.choose_targets(labels, 1000, args.seed, None)
+        interpreter = build_interpreter(name, model)
+        benign = targets.benign(interpreter, x, labels)
+        for attack_name in ("pgd", "adv2"):
+            cfg = pipeline.AttackConfig(interpreter=name, attack=attack_name, seed=args.seed)
+            attack = pipeline.build_attack(cfg, model, interpreter)
+            results = []
+            start = time.time()
+            for lo in range(0, n, args.batch_size):
+                rows = slice(lo, lo + args.batch_size)
+                if attack_name == "pgd":
+                    results.append(attack(images[rows], tgts[rows], interpreter, benign[rows]))
+                else:
+                    results.append(attack(images[rows], tgts[rows], benign[rows]))
+            seconds = (time.time() - start) / n
+            cat = {k: torch.cat([getattr(r, k) for r in results]).float()
+                   for k in ("success", "confidence", "l1", "iou", "passes", "linf")}
+            assert cat["linf"].max() <= round(255 * cfg.eps)
+            per_k = "/".join(f"{v:.2f}" for v in cat["iou"].mean(0).tolist())
+            lines.append(
+                f"| {name} | {attack_name.upper() if attack_name == 'pgd' else 'ADV²'} | {n} | "
+                f"{cat['success'].mean():.3f} | {cat['confidence'].mean():.3f} | "
+                f"{cat['l1'].mean():.4f} | {cat['iou'].mean():.3f} | {per_k} | {seconds:.2f} | "
+                f"{cat['passes'].mean():.1f} |")
+            print(lines[-1], flush=True)
+        k = min(n, args.batch_size)
+        ratios.append(f"| {name} | {step_cost(model, interpreter, x[:k], tgts[:k]):.2f} |")
+
+    report = [
+        f"Command: `python benchmarks/attack_benchmark.py --interpreters "
+        f"{' '.join(args.interpreters)} --seed {args.seed} --batch-size {args.batch_size}`",
+        "",
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, CPU; "
+        f"torch {torch.__version__}. Model: efficientnet_lite0 (embedded), ε = 8/255, "
+        "benign target maps, seeded random targets, CLI default settings. Metrics: the true "
+        "interpreter on the final uint8 images; L1 and IoU (top-k%, mean over k) against the "
+        "benign map.",
+        "",
+        *lines,
+        "",
+        "Cost of one attack step relative to one PGD step (forward + backward), same batch:",
+        "",
+        "| interpreter | ADV² step / PGD step |",
+        "|---|---|",
+        *ratios,
+        "",
+    ]
+    text = "\n".join(report)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
