@@ -37,7 +37,7 @@ class ClassTable:
             return int(label)
         if label in self.synsets:
             return self.synsets.index(label)
-        lowered = [n.lower() for n in self.names]
+        lowered = [n.lower().replace("_", " ") for n in self.names]
         key = label.lower().replace("_", " ")
         if key in lowered:
             return lowered.index(key)
@@ -65,12 +65,16 @@ class Sample:
 def load_image(path: str | Path, size: int = 224, resize: int | None = 256) -> np.ndarray:
     """Read any PIL-readable image as uint8 ``size``×``size``×3 RGB.
 
-    Grayscale, RGBA (composited on white), palette and CMYK images are converted. The shorter
+    Grayscale (8 or 16 bit), RGBA (composited on white), palette and CMYK images are
+    converted. The shorter
     side is resized to ``resize`` (bilinear, antialiased) then centre-cropped to ``size``;
     ``resize=None`` resizes straight to ``size`` before cropping.
     """
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im)
+        if im.mode.startswith("I"):  # 16-bit grayscale: scale to 8 bits instead of clipping
+            im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257).round().clip(0, 255)
+                                 .astype(np.uint8))
         if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
             im = im.convert("RGBA")
             background = Image.new("RGBA", im.size, (255, 255, 255, 255))
@@ -109,13 +113,15 @@ def _read_label_csv(path: Path, classes: ClassTable) -> dict[str, int]:
     labels: dict[str, int] = {}
     with open(path, newline="") as fh:
         for lineno, row in enumerate(csv.reader(fh), start=1):
-            if not row or row[0].startswith("#") or (lineno == 1 and row[0] == "path"):
+            if not row or row[0].startswith("#"):
                 continue
             if len(row) < 2:
                 raise ValueError(f"{path}:{lineno}: expected 'path,label', got {row!r}")
             try:
                 labels[row[0].strip()] = classes.index(row[1])
             except ValueError as exc:
+                if lineno == 1:  # a header row
+                    continue
                 raise ValueError(f"{path}:{lineno}: {exc}") from exc
     return labels
 

@@ -5,6 +5,8 @@ Maps are N×1×h×w (or N×h×w) in [0,1], compared at their native resolution.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from scipy.stats import rankdata
 
@@ -27,10 +29,11 @@ def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def top_mask(maps: torch.Tensor, k: float) -> torch.Tensor:
-    """Boolean mask of the top ⌈k·P⌉ pixels of each map (P pixels); ties broken by index."""
+    """Boolean mask of the top ⌈k·P⌉ pixels of each map (P pixels); ties go to the lower
+    index."""
     flat = maps.flatten(1)
-    count = max(1, int(round(k * flat.shape[1])))
-    idx = flat.topk(count, dim=1).indices
+    count = max(1, math.ceil(k * flat.shape[1] - 1e-9))
+    idx = torch.argsort(flat, dim=1, descending=True, stable=True)[:, :count]
     return torch.zeros_like(flat, dtype=torch.bool).scatter_(1, idx, True)
 
 

@@ -71,12 +71,12 @@ def choose_targets(labels: torch.Tensor, n_classes: int, seed: int, fixed: int |
 
 def build_attack(cfg: AttackConfig, model: Classifier, interpreter: Interpreter) -> PGD | ADV2:
     if cfg.attack == "pgd":
-        return PGD(model, cfg.eps, steps=cfg.steps or 100, random_start=cfg.random_start,
+        return PGD(model, eps=cfg.eps, steps=cfg.steps or 100, random_start=cfg.random_start,
                    seed=cfg.seed, loss=PREDICTION_LOSSES[cfg.pred_loss]())
     if cfg.attack == "adv2":
         steps, lam = ATTACK_DEFAULTS.get(cfg.interpreter, (110, "5:10"))
         return ADV2(
-            model, interpreter, cfg.eps, steps=cfg.steps or steps,
+            model, interpreter, eps=cfg.eps, steps=cfg.steps or steps,
             lam=parse_schedule(cfg.lam or lam),
             pred_loss=PREDICTION_LOSSES[cfg.pred_loss](),
             map_loss=MAP_LOSSES[cfg.map_loss](),
@@ -118,6 +118,15 @@ def run(
                            for s, p in zip(samples, preds)])
     allowed = labels[preds == labels] if cfg.target_map == "other" else None
     tgts = choose_targets(labels, logits.shape[1], cfg.seed, cfg.target_class, allowed)
+    trivial = (tgts == labels).tolist()
+    for sample, skip in zip(samples, trivial):
+        if skip:
+            log.error("skipping %s: its label is the target class %d", sample.name, cfg.target_class)
+            writer.error(sample.name, f"label equals the target class {cfg.target_class}")
+    if any(trivial):
+        rows = [i for i, skip in enumerate(trivial) if not skip]
+        samples = [samples[i] for i in rows]
+        images, x, labels, tgts = images[rows], x[rows], labels[rows], tgts[rows]
     attack = build_attack(cfg, model, interpreter)
     size = x.shape[-2:]
     resolution = interpreter.resolution(*size)

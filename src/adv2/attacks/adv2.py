@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ class ADV2:
 
     model: torch.nn.Module
     interpreter: Interpreter
+    _: KW_ONLY
     eps: float = 8 / 255
     steps: int = 100
     lam: Schedule = field(default_factory=lambda: Linear(5.0, 10.0))
@@ -47,7 +48,7 @@ class ADV2:
         self, images: np.ndarray, targets: torch.Tensor, target_maps: torch.Tensor
     ) -> AttackResult:
         x0 = to_tensor(images)
-        warm = PGD(self.model, self.eps, steps=self.warm_steps, stop_on_success=True,
+        warm = PGD(self.model, eps=self.eps, steps=self.warm_steps, stop_on_success=True,
                    min_confidence=self.warm_confidence, loss=self.pred_loss).run(x0, targets)
         joint = descend(
             x0, warm.x, targets, self.model,

@@ -8,6 +8,7 @@ extra pass. With sign steps of 1/255 the iterate never leaves the lattice.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -88,9 +89,10 @@ def descend(
     use_maps = objective.map_loss is not None
     if use_maps and (interpreter is None or target_maps is None):
         raise ValueError("a map loss needs an interpreter and target maps")
+    eps = math.floor(eps * 255 + 1e-6) / 255  # the largest ball on the uint8 lattice inside ε
     cost = getattr(interpreter, "passes_per_step", 1) if use_maps else 1
     n = x0.shape[0]
-    x = quantise(x_start)
+    x = project(quantise(x_start), x0, eps)
     chosen = x.clone()
     found = torch.zeros(n, dtype=torch.bool)
     best = torch.full((n,), float("inf"))

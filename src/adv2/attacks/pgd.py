@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ class PGD:
     """
 
     model: torch.nn.Module
+    _: KW_ONLY
     eps: float = 8 / 255
     step_size: float = 1 / 255
     steps: int = 100

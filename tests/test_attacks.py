@@ -1,0 +1,498 @@
+"""The attack engine, PGD and ADV² on the tiny model; losses, schedules, optimisers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adv2 import metrics, pipeline
+from adv2 import targets as target_maps
+from adv2.attacks import (ADV2, PGD, Adam, Constant, CrossEntropy, CWMargin, LabelSmoothing,
+                          Linear, MapL1, MapMSE, Objective, Piecewise, SignStep, Stop, descend,
+                          judge, parse_schedule, project, quantise)
+from adv2.data import to_tensor
+from adv2.interpreters import CAM, GRAD
+from conftest import N_CLASSES, make_images, make_tiny_model
+
+
+def _linf_uint8(adv: np.ndarray, clean: np.ndarray) -> np.ndarray:
+    diff = np.abs(adv.astype(np.int32) - clean.astype(np.int32))
+    return diff.reshape(len(adv), -1).max(axis=1)
+
+
+@pytest.fixture
+def saturated_images() -> np.ndarray:
+    """Images with pure black and pure white regions, where a missing clamp would wrap around."""
+    imgs = make_images(4, seed=1)
+    imgs[:, :8] = 0
+    imgs[:, -8:] = 255
+    imgs[1] = 255
+    return imgs
+
+
+@pytest.fixture
+def setup(tiny_model, images):
+    """(model, images, labels, targets) with seeded targets ≠ predictions."""
+    with torch.no_grad():
+        labels = tiny_model(to_tensor(images)).argmax(dim=1)
+    targets = pipeline.choose_targets(labels, N_CLASSES, seed=0, fixed=None)
+    return tiny_model, images, labels, targets
+
+
+# ------------------------------------------------------------------------------ project/quantise
+
+
+def test_quantise_properties() -> None:
+    x = torch.linspace(-0.2, 1.2, 5001).view(1, 1, 1, -1)
+    q = quantise(x)
+    assert q.min() >= 0 and q.max() <= 1
+    levels = q * 255
+    torch.testing.assert_close(levels, levels.round(), atol=1e-4, rtol=0)  # on the lattice
+    assert torch.equal(quantise(q), q)  # idempotent
+    inside = (x >= 0) & (x <= 1)
+    assert ((q - x).abs()[inside] <= 0.5 / 255 + 1e-6).all()  # nearest level
+    assert (q[x < 0] == 0).all() and (q[x > 1] == 1).all()
+    # monotone
+    assert (q.flatten().diff() >= 0).all()
+
+
+def test_project_properties() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand(3, 3, 4, 4, generator=gen)
+    x0[0] = 0.0
+    x0[1] = 1.0
+    eps = 8 / 255
+    x = x0 + 0.2 * torch.randn(3, 3, 4, 4, generator=gen)
+    p = project(x, x0, eps)
+    assert ((p - x0).abs() <= eps + 1e-7).all()
+    assert p.min() >= 0 and p.max() <= 1
+    torch.testing.assert_close(project(p, x0, eps), p)  # idempotent
+    # points inside the ball (and the box) do not move
+    inner = (x0 + eps / 2 * torch.rand(3, 3, 4, 4, generator=gen).sub(0.5)).clamp(0, 1)
+    torch.testing.assert_close(project(inner, x0, eps), inner)
+    # projection is per coordinate: the nearest point of the box
+    torch.testing.assert_close(p, torch.clamp(torch.clamp(x, x0 - eps, x0 + eps), 0, 1))
+
+
+# -------------------------------------------------------------------------------------- PGD
+
+
+@pytest.mark.parametrize("random_start", [False, True])
+def test_pgd_uint8_invariants(random_start, tiny_model, saturated_images) -> None:
+    imgs = saturated_images
+    targets = torch.tensor([0, 3, 5, 9])
+    eps = 8 / 255
+    result = PGD(tiny_model, eps=eps, steps=10, random_start=random_start, seed=3)(imgs, targets)
+    adv = result.adv
+    assert adv.dtype == np.uint8 and adv.shape == imgs.shape
+    linf = _linf_uint8(adv, imgs)
+    assert (linf <= round(255 * eps)).all()
+    assert (linf > 0).all()  # the attack did move every image
+    assert torch.equal(result.linf.long(), torch.from_numpy(linf).long())
+    # success/confidence/pred are those of the returned uint8 images
+    with torch.no_grad():
+        logits = tiny_model(to_tensor(adv))
+    assert torch.equal(result.pred, logits.argmax(dim=1))
+    assert torch.equal(result.success, metrics.success(logits, targets))
+    torch.testing.assert_close(result.confidence, metrics.confidence(logits, targets))
+    assert torch.equal(result.passes, torch.full((4,), 11))  # 10 steps + final evaluation
+
+
+def test_pgd_reaches_targets_and_stops_on_success(setup) -> None:
+    model, imgs, _, targets = setup
+    full = PGD(model, eps=24 / 255, steps=40)(imgs, targets)
+    assert full.success.mean() == 1.0
+    early = PGD(model, eps=24 / 255, steps=40, stop_on_success=True, min_confidence=0.5)(imgs,
+                                                                                    targets)
+    assert early.success.mean() == 1.0
+    stopped = early.passes < full.passes
+    assert stopped.any()
+    # an image stops only once the stopping rule holds on its (returned) uint8 iterate
+    assert (early.confidence[stopped] >= 0.5).all()
+    assert (early.passes <= full.passes).all()
+
+
+@pytest.mark.parametrize("random_start", [False, True])
+def test_pgd_respects_off_lattice_eps(random_start, tiny_model, images) -> None:
+    eps = 0.03  # 7.65 uint8 levels
+    result = PGD(tiny_model, eps=eps, steps=20, random_start=random_start)(images,
+                                                                       torch.arange(6) % 10)
+    assert (_linf_uint8(result.adv, images) / 255 <= eps).all()
+
+
+def test_pgd_random_start_is_seeded(tiny_model, images) -> None:
+    targets = torch.tensor([1, 2, 3, 4, 5, 6])
+    a = PGD(tiny_model, steps=3, random_start=True, seed=7)(images, targets).adv
+    b = PGD(tiny_model, steps=3, random_start=True, seed=7)(images, targets).adv
+    c = PGD(tiny_model, steps=3, random_start=True, seed=8)(images, targets).adv
+    d = PGD(tiny_model, steps=3, random_start=False)(images, targets).adv
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert not np.array_equal(a, d)
+
+
+# ----------------------------------------------------------------------------------- losses
+
+
+def test_cross_entropy_per_sample() -> None:
+    logits = torch.tensor([[0.0, 0.0], [3.0, -1.0]])
+    out = CrossEntropy()(logits, torch.tensor([0, 1]))
+    torch.testing.assert_close(out, torch.tensor([math.log(2), 4 + math.log(1 + math.exp(-4))]))
+
+
+def test_cw_margin_values() -> None:
+    logits = torch.tensor([[1.0, 5.0, 2.0], [9.0, 0.0, 1.0], [0.0, 30.0, 0.0]])
+    targets = torch.tensor([0, 0, 1])
+    out = CWMargin(kappa=10.0)(logits, targets)
+    # row 0: max other 5 − 1 = 4; row 1: 1 − 9 = −8; row 2: 0 − 30 = −30, clamped to −κ
+    torch.testing.assert_close(out, torch.tensor([4.0, -8.0, -10.0]))
+    torch.testing.assert_close(CWMargin(kappa=0.0)(logits, targets), torch.tensor([4.0, 0.0, 0.0]))
+
+
+def test_label_smoothing_with_confidence_one_is_cross_entropy() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 7, generator=gen)
+    t = torch.tensor([0, 6, 3, 3, 1])
+    torch.testing.assert_close(LabelSmoothing(1.0)(logits, t), CrossEntropy()(logits, t))
+
+
+@pytest.mark.parametrize("n_classes", [2, 10, 1000])
+def test_label_smoothing_label_is_a_distribution(n_classes) -> None:
+    conf = 0.9
+    t = torch.tensor([0, n_classes - 1])
+    # uniform logits: loss = −Σ label · log(1/C) = log C · Σ label, so Σ label = 1
+    out = LabelSmoothing(conf)(torch.zeros(2, n_classes), t)
+    torch.testing.assert_close(out, torch.full((2,), math.log(n_classes)))
+    # the minimiser is softmax = label: the gradient vanishes at logits = log(label)
+    label = torch.full((2, n_classes), (1 - conf) / (n_classes - 1), dtype=torch.float64)
+    label[0, 0] = conf
+    label[1, n_classes - 1] = conf
+    logits = label.log().requires_grad_(True)
+    (g,) = torch.autograd.grad(LabelSmoothing(conf)(logits, t).sum(), logits)
+    assert g.abs().max() < 1e-8
+
+
+def test_map_losses_per_sample() -> None:
+    maps = torch.zeros(3, 1, 2, 2)
+    target = torch.zeros(3, 1, 2, 2)
+    target[0, 0, 0, 0] = 1.0  # one cell off by 1
+    target[1] = 0.5  # all cells off by 0.5
+    target[2, 0, 1] = -0.2  # two cells off by 0.2
+    torch.testing.assert_close(MapMSE()(maps, target), torch.tensor([0.25, 0.25, 0.02]))
+    torch.testing.assert_close(MapL1()(maps, target), torch.tensor([0.25, 0.5, 0.1]))
+    # a mean over cells: the value does not depend on the resolution
+    big = F.interpolate(target, scale_factor=4, mode="nearest")
+    torch.testing.assert_close(MapMSE()(torch.zeros_like(big), big), MapMSE()(maps, target))
+
+
+@pytest.mark.parametrize("loss", [CrossEntropy(), CWMargin(), LabelSmoothing(0.8)])
+def test_prediction_loss_does_not_depend_on_batch(loss) -> None:
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 10, generator=gen)
+    t = torch.randint(10, (6,), generator=gen)
+    together = loss(logits, t)
+    assert together.shape == (6,)
+    for i in range(6):
+        torch.testing.assert_close(loss(logits[i:i + 1], t[i:i + 1]), together[i:i + 1])
+    torch.testing.assert_close(loss(logits[[4, 1]], t[[4, 1]]), together[[4, 1]])
+
+
+@pytest.mark.parametrize("loss", [MapMSE(), MapL1()])
+def test_map_loss_does_not_depend_on_batch(loss) -> None:
+    gen = torch.Generator().manual_seed(2)
+    a, b = torch.rand(5, 1, 7, 7, generator=gen), torch.rand(5, 1, 7, 7, generator=gen)
+    together = loss(a, b)
+    assert together.shape == (5,)
+    for i in range(5):
+        torch.testing.assert_close(loss(a[i:i + 1], b[i:i + 1]), together[i:i + 1])
+
+
+def test_engine_gradient_of_one_image_does_not_depend_on_batch(tiny_model, images) -> None:
+    """The engine differentiates Σ_i loss_i: image i's gradient is that of its own loss."""
+    cam = CAM(tiny_model)
+    x = to_tensor(images)
+    t = torch.arange(6) % 10
+    tm = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def grad(rows):
+        xg = x[rows].clone().requires_grad_(True)
+        logits, maps = cam.attack_forward(xg, t[rows], 0.0)
+        loss = CrossEntropy()(logits, t[rows]) + 5.0 * MapMSE()(maps, tm[rows])
+        return torch.autograd.grad(loss.sum(), xg)[0]
+
+    full = grad(list(range(6)))
+    torch.testing.assert_close(grad([2]), full[2:3], atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(grad([5, 0]), full[[5, 0]], atol=1e-6, rtol=1e-4)
+
+
+# -------------------------------------------------------------------------------- schedules
+
+
+def test_schedules() -> None:
+    assert Constant(3.0)(0.0) == Constant(3.0)(0.7) == 3.0
+    lin = Linear(5.0, 10.0)
+    assert [lin(p) for p in (0.0, 0.5, 1.0)] == [5.0, 7.5, 10.0]
+    assert lin(-1.0) == 5.0 and lin(2.0) == 10.0  # clamped
+    pw = Piecewise((1.0, 2.0, 4.0), (0.3, 0.6))
+    assert [pw(p) for p in (0.0, 0.29, 0.3, 0.5, 0.6, 0.99, 1.0)] == [1, 1, 2, 2, 4, 4, 4]
+
+
+def test_parse_schedule() -> None:
+    assert parse_schedule("5") == Constant(5.0)
+    assert parse_schedule("5:10") == Linear(5.0, 10.0)
+    assert parse_schedule("1e-3,4e-3,1e-2,5e-2@0.25,0.5,0.75") == Piecewise(
+        (1e-3, 4e-3, 1e-2, 5e-2), (0.25, 0.5, 0.75))
+    assert parse_schedule("1,2@0.5")(0.7) == 2.0
+    with pytest.raises(ValueError):
+        parse_schedule("abc")
+    with pytest.raises(ValueError):
+        parse_schedule("1,2,3@0.5")  # one boundary too few
+
+
+@pytest.mark.parametrize("values,boundaries", [
+    ((1.0, 2.0), ()),
+    ((1.0, 2.0), (0.2, 0.4)),
+    ((1.0, 2.0, 3.0), (0.6, 0.3)),
+])
+def test_piecewise_rejects_bad_boundaries(values, boundaries) -> None:
+    with pytest.raises(ValueError):
+        Piecewise(values, boundaries)
+
+
+# ------------------------------------------------------------------------------- optimisers
+
+
+def test_sign_step() -> None:
+    opt = SignStep(lr=0.5)
+    opt.reset(torch.zeros(2, 3))
+    g = torch.tensor([[2.0, -0.1, 0.0], [-3.0, 1e-9, 4.0]])
+    torch.testing.assert_close(opt.step(g, torch.tensor([0, 1])),
+                               torch.tensor([[0.5, -0.5, 0.0], [-0.5, 0.5, 0.5]]))
+
+
+def _adam_reference(grads, lr, b1=0.9, b2=0.999, eps=1e-12):
+    m = v = torch.zeros_like(grads[0])
+    out = []
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        out.append(lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps))
+    return out
+
+
+def test_adam_keeps_per_row_state() -> None:
+    gen = torch.Generator().manual_seed(0)
+    lr = 0.01
+    grads = [torch.randn(3, 2, 4, 4, generator=gen) for _ in range(4)]
+    opt = Adam(lr=lr)
+    opt.reset(torch.zeros(3, 2, 4, 4))
+    # row 0 steps 4 times, row 1 only at steps 2 and 4, row 2 never
+    got0, got1 = [], []
+    for s, g in enumerate(grads):
+        rows = torch.tensor([0, 1]) if s % 2 == 1 else torch.tensor([0])
+        upd = opt.step(g[rows], rows)
+        got0.append(upd[0])
+        if s % 2 == 1:
+            got1.append(upd[1])
+    ref0 = _adam_reference([g[0] for g in grads], lr)
+    ref1 = _adam_reference([grads[1][1], grads[3][1]], lr)
+    for a, b in zip(got0, ref0):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(got1, ref1):
+        torch.testing.assert_close(a, b)
+    # the first Adam step has magnitude lr in every coordinate (bias-corrected)
+    torch.testing.assert_close(got1[0].abs(), torch.full_like(got1[0], lr), atol=1e-6, rtol=1e-4)
+    assert opt.t.tolist() == [4.0, 2.0, 0.0]
+    assert (opt.m[2] == 0).all() and (opt.v[2] == 0).all()
+    # reset clears the state
+    opt.reset(torch.zeros(3, 2, 4, 4))
+    assert opt.t.sum() == 0 and opt.m.abs().sum() == 0
+
+
+# ------------------------------------------------------------------------------------- ADV²
+
+
+def _adv2(model, interp, eps=24 / 255, steps=150, **kw) -> ADV2:
+    kw.setdefault("lam", Linear(20.0, 40.0))
+    kw.setdefault("optimizer", Adam(2 / 255))
+    return ADV2(model, interp, eps=eps, steps=steps, warm_steps=40, **kw)
+
+
+@pytest.mark.parametrize("kind", ["cam", "grad"])
+def test_adv2_invariants(kind, setup, saturated_images) -> None:
+    model, _, _, _ = setup
+    imgs = saturated_images
+    interp = CAM(model) if kind == "cam" else GRAD(model)
+    with torch.no_grad():
+        labels = model(to_tensor(imgs)).argmax(dim=1)
+    targets = pipeline.choose_targets(labels, N_CLASSES, seed=1, fixed=None)
+    tmaps = target_maps.benign(interp, to_tensor(imgs), labels)
+    eps = 8 / 255
+    result = _adv2(model, interp, eps=eps, steps=15)(imgs, targets, tmaps)
+    assert result.adv.dtype == np.uint8 and result.adv.shape == imgs.shape
+    assert (_linf_uint8(result.adv, imgs) <= round(255 * eps)).all()
+    # everything reported is a re-evaluation of the returned uint8 images
+    x = to_tensor(result.adv)
+    logits, maps = interp.explain(x, targets)
+    assert torch.equal(result.success, metrics.success(logits.detach(), targets))
+    torch.testing.assert_close(result.maps, maps.detach())
+    torch.testing.assert_close(result.l1, metrics.l1(maps.detach(), tmaps))
+    torch.testing.assert_close(result.iou, metrics.iou(maps.detach(), tmaps))
+    cost = 2 if kind == "grad" else 1
+    assert (result.passes >= 1 + cost).all()
+    assert (result.passes <= 41 + 16 * cost).all()
+
+
+class _SpyCAM(CAM):
+    """CAM that logs every evaluation the engine makes (iterate, logits, maps)."""
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        self.log: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def explain(self, x, classes):
+        logits, maps = super().explain(x, classes)
+        self.log.append((x.detach().clone(), logits.detach(), maps.detach()))
+        return logits, maps
+
+
+def test_descend_selects_best_successful_iterate(setup) -> None:
+    model, imgs, _, targets = setup
+    spy = _SpyCAM(model)
+    x0 = to_tensor(imgs)
+    with torch.no_grad():
+        # target maps = the current maps for the target class: distance 0 at the start, where
+        # the target is not predicted, so the lowest distance overall is an unsuccessful iterate
+        tmaps = CAM(model)(x0, targets)
+    steps = 25
+    traj = descend(x0, x0, targets, model, Objective(CrossEntropy(), MapMSE(), Constant(1.0)),
+                   SignStep(), steps, 16 / 255, Stop(tol=-1.0, patience=None), spy, tmaps)
+    assert len(spy.log) == steps + 1  # nobody stops: every row is evaluated every step
+    xs = torch.stack([e[0] for e in spy.log])
+    ok = torch.stack([e[1].argmax(dim=1) == targets for e in spy.log])  # steps+1 × N
+    dist = torch.stack([MapMSE()(e[2], tmaps) for e in spy.log])
+    assert not ok[0].any() and (dist[0] == 0).all()
+    assert ok.any(dim=0).any(), "the test needs some successful iterates"
+    assert torch.equal(traj.found, ok.any(dim=0))
+    for i in range(len(x0)):
+        if not ok[:, i].any():
+            assert traj.distance[i] == math.inf
+            continue
+        masked = torch.where(ok[:, i], dist[:, i], torch.inf)
+        j = int(masked.argmin())
+        assert dist[:, i].min() < masked[j]  # the unconstrained best is not eligible
+        torch.testing.assert_close(traj.distance[i], masked[j])
+        assert torch.equal(traj.x[i], xs[j, i])
+    assert torch.equal(traj.passes, torch.full((len(x0),), steps + 1))
+
+
+def test_descend_without_success_selects_nothing(setup) -> None:
+    model, imgs, _, _ = setup
+    x0 = to_tensor(imgs)
+    with torch.no_grad():
+        hard = model(x0).argmin(dim=1)  # the least likely class, out of reach at 1/255
+        tmaps = CAM(model)(x0, hard)
+    traj = descend(x0, x0, hard, model, Objective(CrossEntropy(), MapMSE(), Constant(1.0)),
+                   SignStep(), 5, 1 / 255, Stop(patience=2), CAM(model), tmaps)
+    assert not traj.found.any()
+    assert torch.isinf(traj.distance).all()
+    assert torch.equal(traj.x, x0)  # the start is kept: no unsuccessful iterate is selected
+    # patience only ends a sample that has succeeded: every image ran all 5 steps
+    assert torch.equal(traj.passes, torch.full((len(x0),), 6))
+
+
+def test_adv2_unreachable_target_reports_failure(setup) -> None:
+    model, imgs, labels, _ = setup
+    x = to_tensor(imgs)
+    with torch.no_grad():
+        hard = model(x).argmin(dim=1)  # the least likely class
+    interp = CAM(model)
+    tmaps = target_maps.benign(interp, x, labels)
+    eps = 1 / 255
+    pgd = PGD(model, eps=eps, steps=10)(imgs, hard)
+    assert pgd.success.sum() == 0, "the target must be unreachable for this test"
+    result = _adv2(model, interp, eps=eps, steps=10)(imgs, hard, tmaps)
+    assert result.success.sum() == 0
+    with torch.no_grad():
+        pred = model(to_tensor(result.adv)).argmax(dim=1)
+    assert (pred != hard).all()
+    assert torch.equal(result.pred, pred)
+    assert (_linf_uint8(result.adv, imgs) <= 1).all()
+
+
+def test_adv2_end_to_end_beats_pgd_on_map_distance(setup) -> None:
+    model, imgs, labels, targets = setup
+    interp = CAM(model)
+    x = to_tensor(imgs)
+    benign = target_maps.benign(interp, x, labels)
+    eps = 24 / 255
+    pgd = PGD(model, eps=eps, steps=40)(imgs, targets, interp, benign)
+    adv = _adv2(model, interp, eps=eps)(imgs, targets, benign)
+    assert pgd.success.mean() == 1.0
+    assert adv.success.mean() == 1.0
+    assert adv.l1.mean() < 0.5 * pgd.l1.mean()
+    assert adv.iou.mean() > pgd.iou.mean()
+    assert (_linf_uint8(adv.adv, imgs) <= 24).all()
+
+
+def test_adv2_and_pgd_are_deterministic(setup) -> None:
+    model, imgs, labels, targets = setup
+    interp = CAM(model)
+    tmaps = target_maps.benign(interp, to_tensor(imgs), labels)
+    a = _adv2(model, interp, steps=20)(imgs, targets, tmaps)
+    b = _adv2(make_tiny_model(0), CAM(make_tiny_model(0)), steps=20)(imgs, targets, tmaps)
+    assert np.array_equal(a.adv, b.adv)
+    assert torch.equal(a.l1, b.l1)
+    p1 = PGD(model, steps=5, random_start=True, seed=1)(imgs, targets)
+    p2 = PGD(make_tiny_model(0), steps=5, random_start=True, seed=1)(imgs, targets)
+    assert np.array_equal(p1.adv, p2.adv)
+
+
+def test_judge_linf_and_passes(tiny_model, images) -> None:
+    adv = images.copy()
+    v = int(images[0, 3, 4, 1])
+    adv[0, 3, 4, 1] = v + 5 if v <= 250 else v - 5
+    adv[2] = 255 - images[2]
+    passes = torch.tensor([1, 2, 3, 4, 5, 6])
+    res = judge(adv, images, torch.zeros(6, dtype=torch.long), tiny_model, passes)
+    expected = _linf_uint8(adv, images)
+    assert expected[0] == 5 and expected[1] == 0
+    assert expected[2] == np.abs(255 - 2 * images[2].astype(int)).max()
+    assert torch.equal(res.linf.long(), torch.from_numpy(expected).long())
+    assert res.maps is None and res.l1 is None
+    assert torch.equal(res.passes, passes)
+
+
+# ---------------------------------------------------------------------------- target classes
+
+
+def test_choose_targets_never_label_and_seeded() -> None:
+    labels = torch.arange(1000) % 10
+    a = pipeline.choose_targets(labels, 10, seed=0, fixed=None)
+    b = pipeline.choose_targets(labels, 10, seed=0, fixed=None)
+    c = pipeline.choose_targets(labels, 10, seed=1, fixed=None)
+    assert (a != labels).all() and (c != labels).all()
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert ((a >= 0) & (a < 10)).all()
+    # roughly uniform over the 9 other classes
+    for y in range(10):
+        counts = torch.bincount(a[labels == y], minlength=10)
+        assert counts[y] == 0 and (counts.sum() - counts[y]) == 100
+        assert (counts[torch.arange(10) != y] > 0).all()
+
+
+def test_choose_targets_allowed_and_fixed() -> None:
+    labels = torch.tensor([0, 1, 2, 3, 4])
+    allowed = torch.tensor([1, 1, 3])
+    out = pipeline.choose_targets(labels, 10, seed=0, fixed=None, allowed=allowed)
+    assert set(out.tolist()) <= {1, 3}
+    assert (out != labels).all()
+    assert out[1] == 3 and out[3] == 1
+    assert pipeline.choose_targets(labels, 10, 0, fixed=7).tolist() == [7] * 5
+    with pytest.raises(ValueError):
+        pipeline.choose_targets(torch.tensor([1]), 10, 0, None, allowed=torch.tensor([1]))

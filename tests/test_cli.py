@@ -1,0 +1,177 @@
+"""The command line end to end on a few generated images (with the embedded EfficientNet-Lite0)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adv2 import cli
+from adv2.data import load_image
+from adv2.report import FIELDS
+
+NAMES = ["img_a", "img_b", "img_c"]
+SAMPLE_FILES = ["clean.png", "adv.png", "benign_map.npy", "adv_map.npy", "target_map.npy",
+                "figure.png"]
+SUMMARY_KEYS = {"model", "interpreter", "attack", "n_images", "success_rate", "mean_confidence",
+                "l1_mean", "iou_mean", "iou_per_k", "passes_per_image", "eps", "seed", "seconds",
+                "errors"}
+
+
+def _make_images(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:80, 0:96]
+    for i, name in enumerate(NAMES):
+        img = np.zeros((80, 96, 3), dtype=np.uint8)
+        img[..., i] = (xx * 255 / 95).astype(np.uint8)
+        img[..., (i + 1) % 3] = (yy * 255 / 79).astype(np.uint8)
+        img[20 + 10 * i:50 + 10 * i, 30:60] = rng.integers(0, 256, 3)
+        Image.fromarray(img).save(folder / f"{name}.png")
+    (folder / "bad.jpg").write_bytes(rng.bytes(3000))
+    return folder
+
+
+def _attack(images: Path, out: Path, *extra: str) -> int:
+    return cli.main(["attack", "--images", str(images), "--out", str(out), "--interpreter", "cam",
+                     "--limit", "3", "--seed", "0", *extra])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    images = _make_images(root / "images")
+    codes = {
+        "pgd": _attack(images, root / "pgd", "--attack", "pgd", "--steps", "3"),
+        "adv2": _attack(images, root / "adv2", "--attack", "adv2", "--steps", "3",
+                        "--warm-steps", "2"),
+        "adv2_again": _attack(images, root / "adv2_again", "--attack", "adv2", "--steps", "3",
+                              "--warm-steps", "2"),
+    }
+    return images, root, codes
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "results.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize("run", ["pgd", "adv2"])
+def test_outputs_exist_and_are_consistent(runs, run) -> None:
+    images, root, codes = runs
+    out = root / run
+    assert codes[run] == 0
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["attack"] == run and config["interpreter"] == "cam"
+    assert config["steps"] == 3 and config["seed"] == 0
+    assert config["model"] == "efficientnet_lite0"
+    assert "versions" in config and "torch" in config["versions"]
+
+    header = (out / "results.csv").read_text().splitlines()[0]
+    assert header == "file,label,target,pred,confidence,success,l1,iou"
+    assert header.split(",") == FIELDS
+    rows = _rows(out)
+    assert [r["file"] for r in rows] == NAMES
+    for r in rows:
+        assert int(r["target"]) != int(r["label"])
+        assert 0 <= float(r["confidence"]) <= 1
+        assert int(r["success"]) == int(int(r["pred"]) == int(r["target"]))
+        assert 0 <= float(r["l1"]) <= 1 and 0 <= float(r["iou"]) <= 1
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == SUMMARY_KEYS
+    assert summary["n_images"] == 3
+    assert summary["model"] == "efficientnet_lite0" and summary["attack"] == run
+    assert summary["l1_mean"] == pytest.approx(np.mean([float(r["l1"]) for r in rows]))
+    assert summary["success_rate"] == pytest.approx(np.mean([int(r["success"]) for r in rows]))
+    assert set(summary["iou_per_k"]) == {"0.1", "0.2", "0.3", "0.4", "0.5"}
+    assert summary["passes_per_image"] > 0
+
+    for r in rows:
+        folder = out / "samples" / r["file"]
+        for name in SAMPLE_FILES:
+            assert (folder / name).is_file(), f"{folder / name} is missing"
+        clean = np.asarray(Image.open(folder / "clean.png"))
+        adv = np.asarray(Image.open(folder / "adv.png"))
+        assert clean.shape == adv.shape == (224, 224, 3) and adv.dtype == np.uint8
+        assert np.array_equal(clean, load_image(images / f"{r['file']}.png"))
+        linf = np.abs(adv.astype(int) - clean.astype(int)).max()
+        assert 0 < linf <= 8  # default eps 8/255
+        benign = np.load(folder / "benign_map.npy")
+        adv_map = np.load(folder / "adv_map.npy")
+        target = np.load(folder / "target_map.npy")
+        assert benign.shape == adv_map.shape == target.shape == (7, 7)
+        assert np.array_equal(target, benign)  # --target-map benign (the default)
+        assert float(r["l1"]) == pytest.approx(np.abs(adv_map - target).mean(), abs=2e-6)
+
+
+@pytest.mark.parametrize("run", ["pgd", "adv2"])
+def test_corrupt_file_is_recorded_and_others_processed(runs, run) -> None:
+    _, root, _ = runs
+    summary = json.loads((root / run / "summary.json").read_text())
+    assert len(summary["errors"]) == 1
+    assert Path(summary["errors"][0]["file"]).name == "bad.jpg"
+    assert summary["errors"][0]["error"]
+    assert sorted(p.name for p in (root / run / "samples").iterdir()) == NAMES
+
+
+def test_same_seed_gives_identical_outputs(runs) -> None:
+    _, root, codes = runs
+    a, b = root / "adv2", root / "adv2_again"
+    assert codes["adv2_again"] == 0
+    assert (a / "results.csv").read_bytes() == (b / "results.csv").read_bytes()
+    for name in NAMES:
+        assert (a / "samples" / name / "adv.png").read_bytes() == (
+            b / "samples" / name / "adv.png").read_bytes()
+        assert np.array_equal(np.load(a / "samples" / name / "adv_map.npy"),
+                              np.load(b / "samples" / name / "adv_map.npy"))
+
+
+def test_adv2_and_pgd_attack_the_same_targets(runs) -> None:
+    _, root, _ = runs
+    pgd, adv2 = _rows(root / "pgd"), _rows(root / "adv2")
+    assert [(r["label"], r["target"]) for r in pgd] == [(r["label"], r["target"]) for r in adv2]
+
+
+# ------------------------------------------------------------------------------ exit codes
+
+
+def test_cpu_only(tmp_path, capsys) -> None:
+    assert cli.main(["attack", "--images", str(tmp_path), "--out", str(tmp_path / "o"),
+                     "--device", "cuda"]) == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_model_errors_exit_2(tmp_path) -> None:
+    images = _make_images(tmp_path / "images")
+    assert cli.main(["attack", "--images", str(images), "--out", str(tmp_path / "o"),
+                     "--model", "resnet18"]) == 2  # a torchvision model needs --weights
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_images_and_only_corrupt_files(tmp_path, monkeypatch) -> None:
+    from conftest import make_tiny_model
+
+    # the exit codes do not depend on the model: a tiny one keeps this fast
+    monkeypatch.setattr(cli, "load_model", lambda name, weights: make_tiny_model(0, 1000))
+    assert cli.main(["attack", "--images", str(tmp_path / "absent"),
+                     "--out", str(tmp_path / "o1")]) == 2
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.jpg").write_bytes(b"\x00garbage")
+    assert cli.main(["attack", "--images", str(bad), "--out", str(tmp_path / "o2")]) == 1
+    summary = json.loads((tmp_path / "o2" / "summary.json").read_text())
+    assert summary["n_images"] == 0
+    assert [Path(e["file"]).name for e in summary["errors"]] == ["x.jpg"]
+
+
+def test_parser_rejects_unknown_choices(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["attack", "--images", "x", "--out", "y", "--interpreter", "lime"])
+    with pytest.raises(SystemExit):
+        cli.main(["attack", "--images", "x", "--out", "y", "--target-map", "zebra"])
