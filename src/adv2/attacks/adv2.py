@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import KW_ONLY, dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -21,6 +22,8 @@ from adv2.interpreters import Interpreter
 class ADV2:
     """min ℓ_prd(f(x), t) + λ·ℓ_int(g(x; t), m_t) in the ε-ball, warm-started by targeted PGD.
 
+    ``step_scale`` (a schedule over progress) decays the optimiser's step; ``penalties`` are
+    extra per-sample loss terms of the joint stage (see :class:`~adv2.attacks.engine.Objective`).
     Stage 1 runs up to ``warm_steps`` PGD steps, stopping each image once p(t) ≥
     ``warm_confidence``. Stage 2 runs up to ``steps`` joint steps with ``optimizer``; each image
     keeps its successful iterate of lowest interpretation distance under the true interpreter on
@@ -38,6 +41,9 @@ class ADV2:
     pred_loss: PredictionLoss = field(default_factory=CrossEntropy)
     map_loss: MapLoss = field(default_factory=MapMSE)
     optimizer: Optimizer = field(default_factory=SignStep)
+    step_scale: Schedule | None = None
+    penalties: tuple = ()
+    accept: Callable | None = None
     warm_steps: int = 50
     warm_confidence: float = 0.5
     tol: float = 0.0
@@ -52,10 +58,10 @@ class ADV2:
                    min_confidence=self.warm_confidence, loss=self.pred_loss).run(x0, targets)
         joint = descend(
             x0, warm.x, targets, self.model,
-            Objective(self.pred_loss, self.map_loss, self.lam), self.optimizer,
+            Objective(self.pred_loss, self.map_loss, self.lam, self.penalties, self.accept), self.optimizer,
             self.steps, self.eps,
             Stop(tol=self.tol, patience=self.patience),
-            self.interpreter, target_maps, self.record_history,
+            self.interpreter, target_maps, self.record_history, self.step_scale,
         )
         return judge(to_uint8(joint.x), images, targets, self.model, warm.passes + joint.passes,
                      self.interpreter, target_maps, history=joint.history)

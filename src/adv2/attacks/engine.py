@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -31,11 +32,21 @@ def project(x: torch.Tensor, x0: torch.Tensor, eps: float) -> torch.Tensor:
 
 @dataclass
 class Objective:
-    """ℓ_prd(f(x), t) + λ(p)·ℓ_int(g(x; t), m_t); ``map_loss`` None means prediction only."""
+    """ℓ_prd(f(x), t) + λ(p)·ℓ_int(g(x; t), m_t) + Σ penalties; ``map_loss`` None means
+    prediction only.
+
+    A penalty is called as ``penalty(x, logits, rows)`` with the evaluated (quantised) iterates
+    x (n×3×H×W, differentiable), their logits (n×C) and ``rows`` (n,), the indices of these
+    iterates in the attacked batch (for per-sample references); it returns (n,) losses. Used
+    e.g. by attacks that must also evade a detector.
+    """
 
     pred_loss: PredictionLoss
     map_loss: MapLoss | None = None
     lam: Schedule | None = None
+    penalties: tuple[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], ...] = ()
+    #: extra condition an iterate must meet to count as successful, same arguments, (n,) bool
+    accept: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
@@ -79,6 +90,7 @@ def descend(
     interpreter: Interpreter | None = None,
     target_maps: torch.Tensor | None = None,
     record_history: bool = False,
+    step_scale: Schedule | None = None,
 ) -> Trajectory:
     """Minimise ``objective`` from ``x_start`` for up to ``steps`` updates per sample.
 
@@ -123,6 +135,8 @@ def descend(
                 logits = model(xq)
                 dist = torch.zeros(len(active))
                 loss = objective.pred_loss(logits, t)
+            for penalty in objective.penalties:
+                loss = loss + penalty(xq, logits, active)
         passes[active] += cost
         dist = dist.detach()
 
@@ -130,6 +144,9 @@ def descend(
         probs = logits.detach().softmax(dim=1)
         ok = (probs.argmax(dim=1) == t) & (probs.gather(1, t.view(-1, 1)).squeeze(1)
                                            >= stop.min_confidence)
+        if objective.accept is not None:
+            with torch.no_grad():
+                ok &= objective.accept(xq.detach(), logits.detach(), active)
         if use_maps:
             better = ok & (dist < best[active])
             gain = better & (dist < best[active] * (1 - stop.min_gain))
@@ -158,6 +175,8 @@ def descend(
         rows = active[keep]
         if rows.numel():
             update = optimizer.step(grad[keep], rows)
+            if step_scale is not None:
+                update = update * step_scale(progress)
             x[rows] = project(x[rows] - update, x0[rows], eps)
         active = rows
     if not use_maps:
