@@ -28,6 +28,12 @@ class Interpreter(ABC):
     name: str = "interpreter"
     #: forward+backward passes one :meth:`attack_forward` step costs (for cost reports)
     passes_per_step: int = 1
+    #: passes one :meth:`explain` call costs
+    explain_passes: int = 1
+    #: whether :meth:`attack_forward` returns the true maps' values (else the attack verifies
+    #: with :meth:`explain` every ``verify_every`` steps)
+    attack_values_exact: bool = True
+    verify_every: int = 1
 
     def __init__(self, model: Classifier) -> None:
         self.model = model
@@ -44,16 +50,25 @@ class Interpreter(ABC):
         return self.explain(x, classes)[1]
 
     def attack_forward(
-        self, x: torch.Tensor, classes: torch.Tensor, progress: float
+        self, x: torch.Tensor, classes: torch.Tensor, progress: float,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and maps for computing attack gradients.
 
-        The *values* are always those of the true model and the true interpreter, so the attack
-        engine can do its bookkeeping from this one call; the *gradients* may come from a smooth
-        surrogate (GRAD). ``progress`` in [0,1] is the fraction of the attack done, for
-        surrogate schedules. The default is :meth:`explain` itself.
+        When ``attack_values_exact``, the *values* are those of the true model and the true
+        interpreter, so the attack engine can do its bookkeeping from this one call; the
+        *gradients* may come from a smooth surrogate (GRAD). ``progress`` in [0,1] is the
+        fraction of the attack done, for surrogate schedules; ``rows`` are the indices of x's
+        images in the attacked batch, for interpreters that keep per-image state (MASK). The
+        default is :meth:`explain` itself.
         """
         return self.explain(x, classes)
+
+    def start_attack(self, x: torch.Tensor, classes: torch.Tensor) -> None:
+        """Called by the attack engine before its first step on a batch; stateless by default."""
+
+    def sync(self, rows: torch.Tensor, maps: torch.Tensor) -> None:
+        """Called after the engine verified ``rows`` with :meth:`explain`; no-op by default."""
 
     def config(self) -> dict:
         """Settings that define the maps, for reports."""

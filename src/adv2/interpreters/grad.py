@@ -90,7 +90,8 @@ class GRAD(Interpreter):
         return math.exp(lo + (hi - lo) * min(max(progress, 0.0), 1.0))
 
     def attack_forward(
-        self, x: torch.Tensor, classes: torch.Tensor, progress: float
+        self, x: torch.Tensor, classes: torch.Tensor, progress: float,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         beta = self.beta(progress)
         for unit in self._smooth_units:

@@ -1,0 +1,210 @@
+"""MASK: meaningful perturbation (Fong & Vedaldi, ICCV 2017), and its attack-time lookahead.
+
+The map is 1 − m, where the mask m ∈ [0,1]^{h×w} (h = H/scale) minimises
+
+    l1 · Σ|1 − m|  +  tv · Σ_ij ((Δx m)² + (Δy m)²)^{β/2}  +  p_c(Φ(x; m))
+
+with Φ(x; m) = M·x + (1 − M)·blur(x), M the mask upsampled bilinearly to the image and blurred,
+p_c the softmax probability of class c, and the perturbed image jittered by a random shift of up
+to ``jitter`` pixels per iteration. Adam (``lr``) for ``iterations`` steps from a constant
+``init``, clamped to [0,1] after each step. Defaults are the original paper's (300 iterations,
+Adam 0.1, l1 1e-4 on the sum, tv 1e-2 with β = 3, 1/8 resolution, mask blur σ 5, null image
+blur σ 10, jitter 4), with an isotropic TV and init 0.5. Jitter offsets come from
+``torch.Generator(seed)``, the same sequence for every run, so a run is deterministic and the
+same for every image whatever the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.functional import gaussian_blur
+
+from adv2.interpreters.base import Interpreter
+from adv2.models import Classifier
+
+
+def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of N×C×H×W with a kernel of 2·⌈3σ⌉ + 1 (reflect padding)."""
+    if sigma <= 0:
+        return x
+    size = 2 * math.ceil(3 * sigma) + 1
+    size = min(size, 2 * (min(x.shape[-2:]) // 2) - 1)
+    return gaussian_blur(x, [size, size], [sigma, sigma])
+
+
+def tv_norm(m: torch.Tensor, beta: float, eps: float = 1e-8) -> torch.Tensor:
+    """Isotropic total variation Σ ((m[i+1,j] − m[i,j])² + (m[i,j+1] − m[i,j])²)^{β/2} per
+    sample, over cells that have both neighbours. m: N×1×h×w → (N,)."""
+    dy = m[:, :, 1:, :-1] - m[:, :, :-1, :-1]
+    dx = m[:, :, :-1, 1:] - m[:, :, :-1, :-1]
+    return (dy.square() + dx.square() + eps).pow(beta / 2).flatten(1).sum(dim=1)
+
+
+@dataclass
+class AdamState:
+    """Per-sample Adam state of the inner mask optimisation (all N×1×h×w, t: (N,))."""
+
+    mask: torch.Tensor
+    m1: torch.Tensor
+    m2: torch.Tensor
+    t: torch.Tensor
+
+    @classmethod
+    def start(cls, mask: torch.Tensor) -> "AdamState":
+        zeros = torch.zeros_like(mask)
+        return cls(mask, zeros, zeros.clone(), torch.zeros(mask.shape[0]))
+
+    def rows(self, rows: torch.Tensor) -> "AdamState":
+        return AdamState(self.mask[rows], self.m1[rows], self.m2[rows], self.t[rows])
+
+    def detach(self) -> "AdamState":
+        return AdamState(self.mask.detach(), self.m1.detach(), self.m2.detach(), self.t)
+
+    def store(self, rows: torch.Tensor, other: "AdamState") -> None:
+        other = other.detach()
+        self.mask[rows], self.m1[rows], self.m2[rows], self.t[rows] = (
+            other.mask, other.m1, other.m2, other.t)
+
+
+class MASK(Interpreter):
+    """Meaningful-perturbation masks at 1/``scale`` resolution (28×28 for 224²); see module doc.
+
+    For attacks, :meth:`attack_forward` keeps a warm-started inner mask per image that tracks
+    the optimum as the image changes (``track_steps`` Adam steps per call) and differentiates
+    ``lookahead`` further Adam steps, unrolled, with respect to the image. Its map values are
+    those of the lookahead, not of a cold-start run, so ``attack_values_exact`` is False and the
+    engine verifies with :meth:`explain` (a cold start, as a user runs it) every
+    ``verify_every`` steps, after which :meth:`sync` restarts the tracking from the verified masks.
+    """
+
+    name = "mask"
+    attack_values_exact = False
+
+    def __init__(
+        self,
+        model: Classifier,
+        *,
+        iterations: int = 300,
+        lr: float = 0.1,
+        l1: float = 1e-4,
+        tv: float = 1e-2,
+        tv_beta: float = 3.0,
+        scale: int = 8,
+        mask_sigma: float = 5.0,
+        null_sigma: float = 10.0,
+        jitter: int = 4,
+        init: float = 0.5,
+        seed: int = 0,
+        track_steps: int = 2,
+        lookahead: int = 2,
+        verify_every: int = 25,
+    ) -> None:
+        super().__init__(model)
+        self.iterations, self.lr, self.l1, self.tv, self.tv_beta = iterations, lr, l1, tv, tv_beta
+        self.scale, self.mask_sigma, self.null_sigma = scale, mask_sigma, null_sigma
+        self.jitter, self.init, self.seed = jitter, init, seed
+        self.track_steps, self.lookahead, self.verify_every = track_steps, lookahead, verify_every
+        # one pass per tracking step, two per unrolled (double-backprop) step, one for logits
+        self.passes_per_step = track_steps + 2 * lookahead + 1
+        self.explain_passes = iterations
+        self._state: AdamState | None = None
+        self._offsets = self._draw_offsets(iterations + track_steps + lookahead)
+
+    def _draw_offsets(self, count: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed)
+        return torch.randint(0, 2 * self.jitter + 1, (count, 2), generator=gen)
+
+    def resolution(self, height: int, width: int) -> tuple[int, int]:
+        return height // self.scale, width // self.scale
+
+    def config(self) -> dict:
+        keys = ("iterations", "lr", "l1", "tv", "tv_beta", "scale", "mask_sigma", "null_sigma",
+                "jitter", "init", "seed", "track_steps", "lookahead", "verify_every")
+        return {"name": self.name, **{k: getattr(self, k) for k in keys}}
+
+    # ------------------------------------------------------------------ the inner problem
+    def objective(
+        self, mask: torch.Tensor, x: torch.Tensor, null: torch.Tensor, classes: torch.Tensor,
+        offset: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Per-sample MASK objective (N,) of masks N×1×h×w for images x and null images."""
+        up = F.interpolate(mask, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        up = blur(up, self.mask_sigma)
+        perturbed = up * x + (1 - up) * null
+        if offset is not None and self.jitter > 0:
+            j = self.jitter
+            padded = F.pad(perturbed, (j, j, j, j), mode="reflect")
+            dy, dx = int(offset[0]), int(offset[1])
+            perturbed = padded[..., dy:dy + x.shape[-2], dx:dx + x.shape[-1]]
+        prob = self.model(perturbed).softmax(dim=1).gather(1, classes.view(-1, 1)).squeeze(1)
+        area = (1 - mask).abs().flatten(1).sum(dim=1)
+        return self.l1 * area + self.tv * tv_norm(mask, self.tv_beta) + prob
+
+    def adam_steps(
+        self, state: AdamState, x: torch.Tensor, null: torch.Tensor, classes: torch.Tensor,
+        steps: int, first: int, create_graph: bool,
+    ) -> AdamState:
+        """``steps`` Adam steps (β 0.9/0.999) on the masks, clamped to [0,1]; jitter offsets
+        ``first``, ``first`` + 1, ... With ``create_graph`` the steps stay differentiable with
+        respect to x (and the starting state)."""
+        b1, b2 = 0.9, 0.999
+        for k in range(steps):
+            mask = state.mask if create_graph else state.mask.detach().requires_grad_(True)
+            with torch.enable_grad():
+                loss = self.objective(mask, x, null, classes, self._offsets[first + k]).sum()
+                (grad,) = torch.autograd.grad(loss, mask, create_graph=create_graph)
+            t = state.t + 1
+            m1 = b1 * state.m1 + (1 - b1) * grad
+            m2 = b2 * state.m2 + (1 - b2) * grad * grad
+            shape = (-1, 1, 1, 1)
+            m1_hat = m1 / (1 - b1 ** t).view(shape)
+            m2_hat = m2 / (1 - b2 ** t).view(shape)
+            new = (mask - self.lr * m1_hat / ((m2_hat + 1e-16).sqrt() + 1e-8)).clamp(0, 1)
+            state = AdamState(new, m1, m2, t)
+            if not create_graph:
+                state = state.detach()
+        return state
+
+    def cold_start(self, x: torch.Tensor, classes: torch.Tensor) -> AdamState:
+        """A full run from the constant init, as a user runs the interpreter."""
+        h, w = self.resolution(*x.shape[-2:])
+        start = AdamState.start(torch.full((x.shape[0], 1, h, w), float(self.init)))
+        x = x.detach()
+        return self.adam_steps(start, x, blur(x, self.null_sigma), classes, self.iterations, 0,
+                               create_graph=False)
+
+    # ------------------------------------------------------------------ the interface
+    def explain(self, x: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and 1 − m of a cold-start run (not differentiable with respect to x)."""
+        with torch.no_grad():
+            logits = self.model(x)
+        return logits, 1 - self.cold_start(x, classes).mask
+
+    def start_attack(self, x: torch.Tensor, classes: torch.Tensor) -> None:
+        """Start tracking: one cold-start run per image of the attacked batch."""
+        self._state = self.cold_start(x, classes)
+
+    def sync(self, rows: torch.Tensor, maps: torch.Tensor) -> None:
+        """Restart tracking of ``rows`` from verified maps (fresh Adam moments)."""
+        assert self._state is not None
+        self._state.store(rows, AdamState.start(1 - maps.detach()))
+
+    def attack_forward(
+        self, x: torch.Tensor, classes: torch.Tensor, progress: float,
+        rows: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._state is None:
+            raise RuntimeError("MASK.attack_forward needs start_attack() first")
+        rows = torch.arange(x.shape[0]) if rows is None else rows
+        null = blur(x, self.null_sigma)
+        state = self.adam_steps(self._state.rows(rows), x.detach(), null.detach(), classes,
+                                self.track_steps, self.iterations, create_graph=False)
+        self._state.store(rows, state)
+        ahead = self.adam_steps(state, x, null, classes, self.lookahead,
+                                self.iterations + self.track_steps, create_graph=True)
+        logits = self.model(x)
+        return logits, 1 - ahead.mask
