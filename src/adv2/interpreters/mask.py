@@ -21,19 +21,24 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.functional import gaussian_blur
 
 from adv2.interpreters.base import Interpreter
 from adv2.models import Classifier
 
 
 def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur of N×C×H×W with a kernel of 2·⌈3σ⌉ + 1 (reflect padding)."""
+    """Separable Gaussian blur of N×C×H×W, kernel 2·⌈3σ⌉ + 1 taps, reflect padding."""
     if sigma <= 0:
         return x
-    size = 2 * math.ceil(3 * sigma) + 1
-    size = min(size, 2 * (min(x.shape[-2:]) // 2) - 1)
-    return gaussian_blur(x, [size, size], [sigma, sigma])
+    radius = min(math.ceil(3 * sigma), min(x.shape[-2:]) // 2 - 1)
+    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-taps.square() / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    n, c, h, w = x.shape
+    flat = F.pad(x.reshape(n * c, 1, h, w), (radius, radius, radius, radius), mode="reflect")
+    flat = F.conv2d(flat, kernel.view(1, 1, 1, -1))
+    flat = F.conv2d(flat, kernel.view(1, 1, -1, 1))
+    return flat.view(n, c, h, w)
 
 
 def tv_norm(m: torch.Tensor, beta: float, eps: float = 1e-8) -> torch.Tensor:
@@ -153,7 +158,9 @@ class MASK(Interpreter):
         respect to x (and the starting state)."""
         b1, b2 = 0.9, 0.999
         for k in range(steps):
-            mask = state.mask if create_graph else state.mask.detach().requires_grad_(True)
+            mask = state.mask
+            if not (create_graph and mask.requires_grad):
+                mask = mask.detach().requires_grad_(True)
             with torch.enable_grad():
                 loss = self.objective(mask, x, null, classes, self._offsets[first + k]).sum()
                 (grad,) = torch.autograd.grad(loss, mask, create_graph=create_graph)

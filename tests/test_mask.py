@@ -1,0 +1,116 @@
+"""MASK (meaningful perturbation): regularisers, determinism, the region it finds, the lookahead."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adv2.interpreters.mask import MASK, AdamState, blur, tv_norm
+from adv2.models import Classifier
+from conftest import make_images, make_tiny_model
+from adv2.data import to_tensor
+
+
+class TextureDetector(nn.Module):
+    """logit_0 = 2·(high-frequency energy in the top-left quadrant) − 4, logit_1 = 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gray = x.mean(dim=1, keepdim=True)
+        lap = torch.tensor([[0.0, -1, 0], [-1, 4, -1], [0, -1, 0]]).view(1, 1, 3, 3)
+        energy = F.conv2d(gray, lap.to(gray), padding=1).abs()
+        h, w = energy.shape[-2:]
+        region = energy[..., : h // 2, : w // 2].mean(dim=(1, 2, 3))
+        score = 2 * region - 4
+        return torch.stack([score, torch.zeros_like(score)], dim=1)
+
+
+def checkerboard(size: int = 64) -> torch.Tensor:
+    idx = torch.arange(size)
+    board = ((idx.view(-1, 1) + idx.view(1, -1)) % 2).float()
+    return board.expand(1, 3, size, size).clone()
+
+
+def test_tv_and_area_on_hand_made_masks() -> None:
+    flat = torch.full((1, 1, 4, 4), 0.7)
+    assert torch.allclose(tv_norm(flat, 2.0, eps=0.0), torch.zeros(1))
+    step = torch.zeros(1, 1, 4, 4)
+    step[..., 2:] = 1.0  # a vertical edge: one horizontal jump of 1 per row, over 3 rows
+    # isotropic TV with beta=2 counts (dx² + dy²) on the 3×3 cells with both neighbours
+    assert torch.allclose(tv_norm(step, 2.0, eps=0.0), torch.tensor([3.0]))
+    # symmetric: the transposed edge has the same TV (the reference code's transposed term
+    # breaks this for non-symmetric masks)
+    assert torch.allclose(tv_norm(step.transpose(2, 3), 2.0, eps=0.0), tv_norm(step, 2.0, eps=0.0))
+    diag = torch.zeros(1, 1, 3, 3)
+    diag[0, 0, 0, 1] = 1.0  # cell (0,0) has dx = 1; cell (0,1) has dx = -1... and dy = -1
+    assert torch.allclose(tv_norm(diag, 2.0, eps=0.0), torch.tensor([1.0 + 2.0]))
+
+    model = Classifier(TextureDetector(), normalize=lambda x: x)
+    mask = MASK(model, l1=0.5, tv=0.0, jitter=0)
+    x = checkerboard(16)
+    ones, zeros = torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)
+    null = blur(x, mask.null_sigma)
+    cls = torch.tensor([0])
+    # area term: l1·Σ|1 − m| = 0.5·4 for the all-deleting mask, 0 for the all-keeping one
+    diff = mask.objective(zeros, x, null, cls) - mask.objective(ones, x, null, cls)
+    p_keep = model(x).softmax(1)[0, 0]
+    p_delete = model(null).softmax(1)[0, 0]
+    assert torch.allclose(diff, 0.5 * 4 + p_delete - p_keep, atol=1e-5)
+
+
+def test_blur_preserves_constants_and_smooths() -> None:
+    x = torch.full((2, 3, 20, 20), 0.3)
+    assert torch.allclose(blur(x, 3.0), x, atol=1e-6)
+    board = checkerboard(20)
+    assert blur(board, 2.0).std() < 0.05 * board.std()
+
+
+def test_mask_finds_the_region_the_model_depends_on() -> None:
+    model = Classifier(TextureDetector(), normalize=lambda x: x)
+    x = checkerboard(64)
+    interp = MASK(model, iterations=150, lr=0.1, l1=2e-3, tv=1e-3, mask_sigma=1.0,
+                  null_sigma=2.0, jitter=0)
+    maps = interp(x, torch.tensor([0]))
+    assert maps.shape == (1, 1, 8, 8)
+    assert maps.min() >= 0 and maps.max() <= 1
+    inside = maps[..., :4, :4].mean()
+    outside = torch.cat([maps[..., 4:, :].flatten(), maps[..., :4, 4:].flatten()]).mean()
+    assert inside > 0.6 and outside < 0.2, (inside, outside)
+
+
+def test_seed_determinism_and_jitter() -> None:
+    model = make_tiny_model(0)
+    x = to_tensor(make_images(2, seed=3))
+    y = model(x).argmax(1)
+    a = MASK(model, iterations=20, seed=1)(x, y)
+    b = MASK(model, iterations=20, seed=1)(x, y)
+    c = MASK(model, iterations=20, seed=2)(x, y)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    # one image's map does not depend on the rest of the batch
+    single = MASK(model, iterations=20, seed=1)(x[1:], y[1:])
+    assert torch.allclose(single, a[1:], atol=1e-6)
+
+
+def test_lookahead_gradient_matches_finite_differences() -> None:
+    model = make_tiny_model(0).double()
+    x = to_tensor(make_images(1, seed=5)).double()
+    y = model(x).argmax(1)
+    interp = MASK(model, iterations=5, lr=0.02, jitter=0, mask_sigma=1.0, null_sigma=2.0,
+                  l1=1e-3, tv=1e-3)
+    state = interp.adam_steps(AdamState.start(torch.full((1, 1, 4, 4), 0.5, dtype=torch.double)),
+                              x, blur(x, 2.0), y, 5, 0, create_graph=False)
+    target = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(0)).double()
+
+    def loss(inp: torch.Tensor) -> torch.Tensor:
+        ahead = interp.adam_steps(state, inp, blur(inp, 2.0), y, 2, 5, create_graph=True)
+        return ((1 - ahead.mask) - target).square().sum()
+
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss(xg), xg)
+    assert grad.abs().sum() > 0
+    direction = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).double()
+    h = 1e-6  # small: the ReLU network is only piecewise smooth
+    numeric = (loss(x + h * direction) - loss(x - h * direction)) / (2 * h)
+    analytic = (grad * direction).sum()
+    assert torch.allclose(numeric, analytic, rtol=1e-3, atol=1e-8), (numeric, analytic)
