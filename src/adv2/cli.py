@@ -1,4 +1,4 @@
-"""The ``adv2`` command line: ``adv2 attack`` and ``adv2 demo``."""
+"""The ``adv2`` command line: ``adv2 attack``, ``adv2 detect fit|score`` and ``adv2 demo``."""
 
 from __future__ import annotations
 
@@ -40,8 +40,12 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lam", help="ADV² λ schedule: '5' constant, '5:10' linear, "
                                  "'1,2,4@0.3,0.6' piecewise over progress")
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=d.optimizer)
-    p.add_argument("--lr", type=float, default=d.lr, help="ADV² step size / learning rate")
-    p.add_argument("--pred-loss", choices=sorted(PREDICTION_LOSSES), default=d.pred_loss)
+    p.add_argument("--lr", type=float, help="step size / learning rate (PGD 1/255; ADV² per "
+                                             "interpreter, see pipeline.ATTACK_DEFAULTS)")
+    p.add_argument("--lr-decay", type=float,
+                   help="ADV²: final step size relative to the first (linear decay)")
+    p.add_argument("--pred-loss", choices=sorted(PREDICTION_LOSSES),
+                   help="prediction loss (default: ce; cw margin for ADV² on GRAD)")
     p.add_argument("--map-loss", choices=sorted(MAP_LOSSES), default=d.map_loss)
     p.add_argument("--patience", type=int, default=d.patience,
                    help="ADV²: stop an image after this many steps without improvement")
@@ -119,11 +123,72 @@ def _demo_figure(out: Path, names: list[str]) -> None:
     plt.close(fig)
 
 
+def _detect_parser(sub: argparse._SubParsersAction) -> None:
+    from adv2.detection import SQUEEZER_NAMES
+
+    p = sub.add_parser("detect", help="feature-squeezing detection: fit thresholds, score images")
+    actions = p.add_subparsers(dest="action", required=True)
+    fit = actions.add_parser("fit", help="set thresholds on benign images (a JSON file)")
+    fit.add_argument("--squeezers", nargs="+", default=list(SQUEEZER_NAMES),
+                     help="bit-<b>, median-<k>x<k>, nlm-<search>-<patch>-<h>")
+    fit.add_argument("--fpr", type=float, default=0.05, help="false-positive rate on the benign")
+    fit.add_argument("--out", required=True, help="thresholds file to write (JSON)")
+    score = actions.add_parser("score", help="score and flag images with fitted thresholds")
+    score.add_argument("--thresholds", required=True, help="file written by 'adv2 detect fit'")
+    score.add_argument("--out", help="also write per-image scores and flags here (CSV)")
+    for q in (fit, score):
+        q.add_argument("--images", required=True, help="an image file or a folder of images")
+        q.add_argument("--limit", type=int, help="use at most N images")
+        q.add_argument("--model", default=pipeline.AttackConfig().model)
+        q.add_argument("--weights", help="local weights file (.pth/.pt/.safetensors)")
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    import csv
+
+    from adv2.detection import FeatureSqueezingDetector
+
+    try:
+        model = load_model(args.model, args.weights)
+        samples, _ = load_dataset(args.images, limit=args.limit)
+        if args.action == "fit":
+            detector = FeatureSqueezingDetector(model, args.squeezers)
+        else:
+            detector = FeatureSqueezingDetector.load(model, args.thresholds)
+    except (ModelError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    if not samples:
+        log.error("no readable images in %s", args.images)
+        return 1
+    images = np.stack([s.image for s in samples])
+    if args.action == "fit":
+        detector.fit(images, args.fpr)
+        detector.save(args.out)
+        print(json.dumps(detector.to_dict() | {"n_images": len(samples)}, indent=2))
+        return 0
+    report = detector.detect(images)
+    if args.out:
+        with open(args.out, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["file", *detector.names, "joint", "flagged"])
+            for sample, scores, joint, flag in zip(samples, report.scores.tolist(),
+                                                   report.joint.tolist(), report.joint_flag.tolist()):
+                writer.writerow([sample.name, *(f"{v:.6f}" for v in scores), f"{joint:.6f}",
+                                 int(flag)])
+    rates = report.flags.float().mean(dim=0).tolist()
+    print(json.dumps({"n_images": len(samples),
+                      "detection_rate": dict(zip(detector.names, rates)),
+                      "joint_detection_rate": report.joint_flag.float().mean().item()}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adv2", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _attack_parser(sub)
+    _detect_parser(sub)
     demo = sub.add_parser("demo", help="ADV² vs PGD against CAM on the embedded default model")
     demo.add_argument("--out", default="adv2-demo", help="output directory")
     demo.add_argument("--seed", type=int, default=0)
@@ -134,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    return {"attack": cmd_attack, "demo": cmd_demo}[args.command](args)
+    return {"attack": cmd_attack, "detect": cmd_detect, "demo": cmd_demo}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,8 @@ import torch
 from tqdm import tqdm
 
 from adv2 import metrics, targets as target_maps_mod
-from adv2.attacks import ADV2, MAP_LOSSES, OPTIMIZERS, PGD, PREDICTION_LOSSES, parse_schedule
+from adv2.attacks import (ADV2, MAP_LOSSES, OPTIMIZERS, PGD, PREDICTION_LOSSES, Linear,
+                          parse_schedule)
 from adv2.data import Sample, to_tensor
 from adv2.interpreters import Interpreter, build_interpreter
 from adv2.models import Classifier
@@ -23,19 +24,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class AttackConfig:
-    """Every setting of an attack run (saved as config.json)."""
+    """Every setting of an attack run (saved as config.json). ``None`` means the attack's
+    default for the interpreter (:data:`ATTACK_DEFAULTS`); :meth:`resolved` fills them in."""
 
     model: str = "efficientnet_lite0"
     weights: str | None = None
     interpreter: str = "cam"
     attack: str = "adv2"
     eps: float = 8 / 255
-    steps: int | None = None  # PGD: 100; ADV²: 110 (CAM) / 130 (GRAD)
+    steps: int | None = None
     warm_steps: int = 50
     lam: str | None = None  # schedule text, see adv2.attacks.parse_schedule
     optimizer: str = "adam"
-    lr: float = 2 / 255
-    pred_loss: str = "ce"
+    lr: float | None = None
+    lr_decay: float | None = None  # step size at the end relative to the start (linear)
+    pred_loss: str | None = None
     map_loss: str = "mse"
     patience: int = 20
     random_start: bool = False
@@ -44,11 +47,19 @@ class AttackConfig:
     batch_size: int = 8
     seed: int = 0
 
+    def resolved(self) -> "AttackConfig":
+        defaults = ATTACK_DEFAULTS["pgd"] if self.attack == "pgd" else ATTACK_DEFAULTS.get(
+            self.interpreter, ATTACK_DEFAULTS["cam"])
+        filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        return replace(self, **filled)
 
-ATTACK_DEFAULTS = {
-    # interpreter: (ADV² steps, λ schedule)
-    "cam": (110, "5:10"),
-    "grad": (130, "5:10"),
+
+#: per-attack / per-interpreter defaults, measured in docs/benchmark.md
+ATTACK_DEFAULTS: dict[str, dict] = {
+    "pgd": {"steps": 100, "lr": 1 / 255, "pred_loss": "ce"},
+    "cam": {"steps": 110, "lam": "5:10", "lr": 2 / 255, "lr_decay": 1.0, "pred_loss": "ce"},
+    "grad": {"steps": 130, "lam": "50", "lr": 0.004, "lr_decay": 0.1, "pred_loss": "cw"},
+    "mask": {"steps": 100, "lam": "5:10", "lr": 1 / 255, "lr_decay": 1.0, "pred_loss": "ce"},
 }
 
 
@@ -70,17 +81,19 @@ def choose_targets(labels: torch.Tensor, n_classes: int, seed: int, fixed: int |
 
 
 def build_attack(cfg: AttackConfig, model: Classifier, interpreter: Interpreter) -> PGD | ADV2:
+    """The attack ``cfg`` describes (its ``None`` settings filled with the defaults)."""
+    cfg = cfg.resolved()
     if cfg.attack == "pgd":
-        return PGD(model, eps=cfg.eps, steps=cfg.steps or 100, random_start=cfg.random_start,
-                   seed=cfg.seed, loss=PREDICTION_LOSSES[cfg.pred_loss]())
+        return PGD(model, eps=cfg.eps, steps=cfg.steps, step_size=cfg.lr,
+                   random_start=cfg.random_start, seed=cfg.seed,
+                   loss=PREDICTION_LOSSES[cfg.pred_loss]())
     if cfg.attack == "adv2":
-        steps, lam = ATTACK_DEFAULTS.get(cfg.interpreter, (110, "5:10"))
         return ADV2(
-            model, interpreter, eps=cfg.eps, steps=cfg.steps or steps,
-            lam=parse_schedule(cfg.lam or lam),
+            model, interpreter, eps=cfg.eps, steps=cfg.steps, lam=parse_schedule(cfg.lam),
             pred_loss=PREDICTION_LOSSES[cfg.pred_loss](),
             map_loss=MAP_LOSSES[cfg.map_loss](),
             optimizer=OPTIMIZERS[cfg.optimizer](lr=cfg.lr),
+            step_scale=None if cfg.lr_decay == 1.0 else Linear(1.0, cfg.lr_decay),
             warm_steps=cfg.warm_steps, patience=cfg.patience,
         )
     raise ValueError(f"unknown attack {cfg.attack!r}; choose pgd or adv2")
@@ -102,7 +115,7 @@ def run(
     torch.manual_seed(cfg.seed)
     start = time.time()
     interpreter = build_interpreter(cfg.interpreter, model)
-    writer = RunWriter(out, asdict(cfg) | {"interpreter_config": interpreter.config()})
+    writer = RunWriter(out, asdict(cfg.resolved()) | {"interpreter_config": interpreter.config()})
     for file, message in load_errors:
         writer.error(file, message)
     if not samples:

@@ -30,9 +30,10 @@ class CrossEntropy(PredictionLoss):
 
 
 class CWMargin(PredictionLoss):
-    """Carlini–Wagner margin max(max_{j≠t} z_j − z_t, −κ)."""
+    """Carlini–Wagner margin max(max_{j≠t} z_j − z_t, −κ): no pull once the target leads by κ,
+    which leaves the interpretation term alone in charge."""
 
-    def __init__(self, kappa: float = 10.0) -> None:
+    def __init__(self, kappa: float = 3.0) -> None:
         self.kappa = kappa
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
