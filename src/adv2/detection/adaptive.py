@@ -1,0 +1,172 @@
+"""Adaptive ADV² against feature squeezing (the paper's Algorithm 2, and a joint variant).
+
+All variants are the project's :class:`~adv2.attacks.ADV2` with two hooks of the engine:
+
+- a penalty on each guarded squeezer s whose L1 score is above ``margin`` × its threshold:
+  ``weight · (score_s(x) − margin · threshold_s) + ce_weight · H(f(x), f(ψ_s(x)))``, the hinge
+  plus the paper's cross entropy between the predictions on x (fixed) and on the squeezed x
+  (which keeps a gradient where the softmax saturates); rounding is straight-through, the
+  median differentiable through the selected element, non-local means has an identity
+  backward (BPDA);
+- an acceptance test: an iterate counts as successful only if no guarded squeezer flags it, so
+  the kept best iterate is undetected as well.
+
+For a single bit-depth squeezer with i bits, :class:`AdaptiveADV2` runs the paper's two stages:
+targeted PGD on f(ψ(x)) with step 1/2^i gives x⁺ = ψ(x₁); then ADV² adds
+``match_weight · ‖softmax f(x) − softmax f(x⁺)‖₁`` to the penalty above.
+"""
+
+from __future__ import annotations
+
+from dataclasses import KW_ONLY, dataclass, replace
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from adv2.attacks import ADV2, PGD, AttackResult
+from adv2.data import to_tensor
+from adv2.detection.detector import FeatureSqueezingDetector, softmax_l1
+from adv2.detection.squeezers import BitDepth, Squeezer
+
+
+class Squeezed(nn.Module):
+    """``model(squeezer(x))``: the classifier seen through a squeezer (for PGD in the squeezed
+    space; gradients straight through the squeezer)."""
+
+    def __init__(self, model: nn.Module, squeezer: Squeezer) -> None:
+        super().__init__()
+        self.model, self.squeezer = model, squeezer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.squeezer(x))
+
+
+class SqueezeGuard:
+    """Penalty and acceptance hooks that keep iterates below a fitted detector's thresholds.
+
+    ``columns``: indices of the guarded squeezers in ``detector`` (all by default). The
+    penalty (module docstring) acts on scores above ``margin`` × threshold; an iterate is
+    accepted when every guarded score is ≤ ``accept_margin`` × threshold (a little headroom
+    against batch-size rounding).
+    """
+
+    def __init__(self, detector: FeatureSqueezingDetector, columns: Sequence[int] | None = None,
+                 margin: float = 0.9, weight: float = 3.0, ce_weight: float = 0.3,
+                 accept_margin: float = 0.98) -> None:
+        self.detector = detector
+        self.columns = list(range(len(detector.squeezers)) if columns is None else columns)
+        self.thresholds = detector.check_fitted()[self.columns]
+        self.margin, self.weight, self.ce_weight = margin, weight, ce_weight
+        self.accept_margin = accept_margin
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def scores(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """n×len(columns) guarded scores of x with logits f(x) (no gradient), cached so that
+        :meth:`accept` after :meth:`penalty` on the same iterate costs nothing."""
+        x = x.detach()
+        if self._cache is not None and self._cache[0].shape == x.shape \
+                and torch.equal(self._cache[0], x):
+            return self._cache[1]
+        with torch.no_grad():
+            scores = self.detector.score_logits(x, logits.detach(), self.columns)
+        self._cache = (x.clone(), scores)
+        return scores
+
+    def penalty(self, x: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """(n,) penalty summed over the guarded squeezers above their margin (zero elsewhere);
+        differentiable in x and ``logits``."""
+        limits = self.margin * self.thresholds
+        active = self.scores(x, logits) > limits
+        total = torch.zeros(len(x), dtype=x.dtype)
+        for j, col in enumerate(self.columns):
+            idx = torch.nonzero(active[:, j]).flatten()
+            if idx.numel() == 0:
+                continue
+            squeezed = self.detector.model(self.detector.squeezers[col](x[idx]))
+            hinge = (softmax_l1(logits[idx], squeezed) - limits[j]).clamp(min=0)
+            cross = -(logits[idx].detach().softmax(dim=1) * squeezed.log_softmax(dim=1)).sum(dim=1)
+            total = total.index_add(0, idx, self.weight * hinge + self.ce_weight * cross)
+        return total
+
+    def accept(self, x: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """(n,) bool: no guarded squeezer flags x."""
+        return (self.scores(x, logits) <= self.accept_margin * self.thresholds).all(dim=1)
+
+
+@dataclass
+class ProbabilityMatch:
+    """Penalty ``weight · ‖softmax(logits) − reference[rows]‖₁`` toward fixed per-image
+    probability vectors ``reference`` (N×C) — stage 2 of the bit-depth attack."""
+
+    reference: torch.Tensor
+    weight: float = 1.0
+
+    def __call__(self, x: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return self.weight * (logits.softmax(dim=1) - self.reference[rows]).abs().sum(dim=1)
+
+
+@dataclass
+class AdaptiveADV2:
+    """ADV² (``attack``, e.g. from :func:`adv2.pipeline.build_attack`) that also evades the
+    fitted ``detector``'s squeezers at ``columns`` (all by default).
+
+    ``AdaptiveADV2(...)(images, targets, target_maps)`` takes what :class:`ADV2` takes (uint8
+    N×H×W×3, (N,), N×1×h×w) and returns its :class:`AttackResult`. With one bit-depth squeezer
+    and ``two_stage`` the paper's bit-depth algorithm runs (module docstring); ``stage1_steps``
+    PGD steps stop once p(target) on the squeezed image reaches ``stage1_confidence``.
+    ``steps`` and ``patience`` (when not None) replace the base attack's: evading the detector
+    and matching the map at once needs a longer joint stage.
+    """
+
+    attack: ADV2
+    detector: FeatureSqueezingDetector
+    columns: Sequence[int] | None = None
+    _: KW_ONLY
+    margin: float = 0.9
+    weight: float = 3.0
+    ce_weight: float = 0.3
+    steps: int | None = 200
+    patience: int | None = 40
+    two_stage: bool = True
+    match_weight: float = 1.0
+    stage1_steps: int = 50
+    stage1_confidence: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.guard = SqueezeGuard(self.detector, self.columns, self.margin, self.weight,
+                                  self.ce_weight)
+
+    @property
+    def bit_depth(self) -> BitDepth | None:
+        """The guarded squeezer when it is a single bit-depth reduction, else None."""
+        squeezers = [self.detector.squeezers[c] for c in self.guard.columns]
+        if len(squeezers) == 1 and isinstance(squeezers[0], BitDepth):
+            return squeezers[0]
+        return None
+
+    def __call__(self, images: np.ndarray, targets: torch.Tensor,
+                 target_maps: torch.Tensor) -> AttackResult:
+        penalties: tuple = (*self.attack.penalties, self.guard.penalty)
+        squeezer = self.bit_depth
+        if self.two_stage and squeezer is not None:
+            reference = self.stage_one(images, targets, squeezer)
+            penalties = (*penalties, ProbabilityMatch(reference, self.match_weight))
+        overrides = {k: v for k, v in (("steps", self.steps), ("patience", self.patience))
+                     if v is not None}
+        joint = replace(self.attack, penalties=penalties, accept=self.guard.accept, **overrides)
+        return joint(images, targets, target_maps)
+
+    def stage_one(self, images: np.ndarray, targets: torch.Tensor,
+                  squeezer: BitDepth) -> torch.Tensor:
+        """softmax f(x⁺) (N×C) for x⁺ = ψ(x₁), x₁ from targeted PGD on f∘ψ in the ε-ball with
+        step 1/2^bits."""
+        model = self.attack.model
+        pgd = PGD(Squeezed(model, squeezer), eps=self.attack.eps,
+                  step_size=1 / 2**squeezer.bits, steps=self.stage1_steps,
+                  stop_on_success=True, min_confidence=self.stage1_confidence,
+                  loss=self.attack.pred_loss)
+        x1 = pgd.run(to_tensor(images), targets).x
+        with torch.no_grad():
+            return model(squeezer(x1)).softmax(dim=1)
