@@ -35,8 +35,7 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--eps", type=float, default=d.eps, help="L∞ budget in [0,1] units")
     p.add_argument("--steps", type=int, help="attack steps (PGD 100; ADV² per interpreter)")
-    p.add_argument("--warm-steps", type=int, default=d.warm_steps,
-                   help="ADV²: maximum PGD warm-start steps")
+    p.add_argument("--warm-steps", type=int, help="ADV²: maximum PGD warm-start steps")
     p.add_argument("--lam", help="ADV² λ schedule: '5' constant, '5:10' linear, "
                                  "'1,2,4@0.3,0.6' piecewise over progress")
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=d.optimizer)

@@ -33,7 +33,7 @@ class AttackConfig:
     attack: str = "adv2"
     eps: float = 8 / 255
     steps: int | None = None
-    warm_steps: int = 50
+    warm_steps: int | None = None
     lam: str | None = None  # schedule text, see adv2.attacks.parse_schedule
     optimizer: str = "adam"
     lr: float | None = None
@@ -57,9 +57,12 @@ class AttackConfig:
 #: per-attack / per-interpreter defaults, measured in docs/benchmark.md
 ATTACK_DEFAULTS: dict[str, dict] = {
     "pgd": {"steps": 100, "lr": 1 / 255, "pred_loss": "ce"},
-    "cam": {"steps": 110, "lam": "5:10", "lr": 2 / 255, "lr_decay": 1.0, "pred_loss": "ce"},
-    "grad": {"steps": 130, "lam": "50", "lr": 0.004, "lr_decay": 0.1, "pred_loss": "cw"},
-    "mask": {"steps": 100, "lam": "5:10", "lr": 1 / 255, "lr_decay": 1.0, "pred_loss": "ce"},
+    "cam": {"steps": 110, "warm_steps": 50, "lam": "5:10", "lr": 2 / 255, "lr_decay": 1.0,
+            "pred_loss": "ce"},
+    "grad": {"steps": 130, "warm_steps": 30, "lam": "50", "lr": 0.004, "lr_decay": 0.05,
+             "pred_loss": "cw"},
+    "mask": {"steps": 100, "warm_steps": 50, "lam": "5:10", "lr": 1 / 255, "lr_decay": 1.0,
+             "pred_loss": "ce"},
 }
 
 
