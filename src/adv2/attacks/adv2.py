@@ -58,7 +58,8 @@ class ADV2:
                    min_confidence=self.warm_confidence, loss=self.pred_loss).run(x0, targets)
         joint = descend(
             x0, warm.x, targets, self.model,
-            Objective(self.pred_loss, self.map_loss, self.lam, self.penalties, self.accept), self.optimizer,
+            Objective(self.pred_loss, self.map_loss, self.lam, self.penalties, self.accept),
+            self.optimizer,
             self.steps, self.eps,
             Stop(tol=self.tol, patience=self.patience),
             self.interpreter, target_maps, self.record_history, self.step_scale,
