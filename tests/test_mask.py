@@ -114,3 +114,29 @@ def test_lookahead_gradient_matches_finite_differences() -> None:
     numeric = (loss(x + h * direction) - loss(x - h * direction)) / (2 * h)
     analytic = (grad * direction).sum()
     assert torch.allclose(numeric, analytic, rtol=1e-3, atol=1e-8), (numeric, analytic)
+
+
+def test_adv2_on_mask_verifies_with_cold_starts() -> None:
+    """The engine judges MASK attacks with cold-start runs (every verify_every steps), keeps
+    iterates inside the ε-ball on uint8, and counts the verification passes."""
+    from adv2 import targets
+    from adv2.attacks import ADV2
+
+    model = make_tiny_model(0)
+    images = make_images(3, seed=4)
+    x = to_tensor(images)
+    labels = model(x).argmax(1)
+    goal = (labels + 1) % 10
+    interp = MASK(model, iterations=8, jitter=1, mask_sigma=1.0, null_sigma=2.0, verify_every=2,
+                  track_steps=1, lookahead=1)
+    benign = targets.benign(interp, x, labels)
+    result = ADV2(model, interp, eps=24 / 255, steps=4, warm_steps=20, patience=None)(
+        images, goal, benign)
+    diff = (result.adv.astype(int) - images.astype(int)).reshape(3, -1)
+    assert abs(diff).max() <= 24 and result.adv.dtype.name == "uint8"
+    # the reported maps are cold-start runs on the returned uint8 images
+    assert torch.allclose(result.maps, interp(to_tensor(result.adv), goal))
+    # warm start (≤ 20) + start_attack (8) + 4 attack steps (1 + 2 + 1 passes each)
+    # + verifications at steps 0, 2 and the final one (8 each)
+    assert (result.passes >= 8 + 4 * 4 + 3 * 8).all()
+    assert (result.passes <= 21 + 8 + 4 * 4 + 3 * 8).all()
