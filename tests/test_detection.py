@@ -13,12 +13,12 @@ import torch
 
 from adv2 import pipeline
 from adv2 import targets as target_maps
-from adv2.attacks import (ADV2, Constant, CrossEntropy, MapMSE, Objective, SignStep, Stop,
-                          descend)
+from adv2.attacks import (ADV2, Constant, CrossEntropy, Linear, MapMSE, Objective, SignStep,
+                          Stop, descend)
 from adv2.data import to_tensor
 from adv2.detection import (BitDepth, FeatureSqueezingDetector, MedianSmoothing, NonLocalMeans,
                             NotFittedError, build_squeezer, nlm_uint8, threshold_at_fpr)
-from adv2.detection.adaptive import AdaptiveADV2, ProbabilityMatch, SqueezeGuard
+from adv2.detection.adaptive import AdaptiveADV2, ProbabilityMatch, Scaled, SqueezeGuard
 from adv2.interpreters import CAM
 from conftest import N_CLASSES, make_images
 
@@ -213,6 +213,11 @@ def test_probability_match_penalty() -> None:
     torch.testing.assert_close(out, torch.tensor([0.0]))
     out = ProbabilityMatch(reference, weight=3.0)(torch.zeros(1), logits, torch.tensor([0]))
     torch.testing.assert_close(out, torch.tensor([3.0]))
+
+
+def test_scaled_schedule() -> None:
+    scaled = Scaled(Linear(5.0, 10.0), 4.0)
+    assert (scaled(0.0), scaled(0.5), scaled(1.0)) == (20.0, 30.0, 40.0)
 
 
 def _setup(model, n: int = 4):

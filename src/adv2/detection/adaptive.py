@@ -19,7 +19,7 @@ targeted PGD on f(ψ(x)) with step 1/2^i gives x⁺ = ψ(x₁); then ADV² adds
 from __future__ import annotations
 
 from dataclasses import KW_ONLY, dataclass, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -107,6 +107,17 @@ class ProbabilityMatch:
         return self.weight * (logits.softmax(dim=1) - self.reference[rows]).abs().sum(dim=1)
 
 
+@dataclass(frozen=True)
+class Scaled:
+    """A schedule (any ``progress -> value`` callable) multiplied by ``factor``."""
+
+    schedule: Callable[[float], float]
+    factor: float
+
+    def __call__(self, progress: float) -> float:
+        return self.factor * self.schedule(progress)
+
+
 @dataclass
 class AdaptiveADV2:
     """ADV² (``attack``, e.g. from :func:`adv2.pipeline.build_attack`) that also evades the
@@ -116,8 +127,9 @@ class AdaptiveADV2:
     N×H×W×3, (N,), N×1×h×w) and returns its :class:`AttackResult`. With one bit-depth squeezer
     and ``two_stage`` the paper's bit-depth algorithm runs (module docstring); ``stage1_steps``
     PGD steps stop once p(target) on the squeezed image reaches ``stage1_confidence``.
-    ``steps`` and ``patience`` (when not None) replace the base attack's: evading the detector
-    and matching the map at once needs a longer joint stage.
+    ``steps`` and ``patience`` (when not None) replace the base attack's, and the base λ
+    schedule is multiplied by ``lam_scale``: evading the detector and matching the map at once
+    needs a longer joint stage, and the map term must keep its weight against the penalties.
     """
 
     attack: ADV2
@@ -129,6 +141,7 @@ class AdaptiveADV2:
     ce_weight: float = 0.3
     steps: int | None = 200
     patience: int | None = 40
+    lam_scale: float = 4.0
     two_stage: bool = True
     match_weight: float = 1.0
     stage1_steps: int = 50
@@ -155,7 +168,8 @@ class AdaptiveADV2:
             penalties = (*penalties, ProbabilityMatch(reference, self.match_weight))
         overrides = {k: v for k, v in (("steps", self.steps), ("patience", self.patience))
                      if v is not None}
-        joint = replace(self.attack, penalties=penalties, accept=self.guard.accept, **overrides)
+        joint = replace(self.attack, penalties=penalties, accept=self.guard.accept,
+                        lam=Scaled(self.attack.lam, self.lam_scale), **overrides)
         return joint(images, targets, target_maps)
 
     def stage_one(self, images: np.ndarray, targets: torch.Tensor,
