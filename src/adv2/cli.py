@@ -38,7 +38,8 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warm-steps", type=int, help="ADV²: maximum PGD warm-start steps")
     p.add_argument("--lam", help="ADV² λ schedule: '5' constant, '5:10' linear, "
                                  "'1,2,4@0.3,0.6' piecewise over progress")
-    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=d.optimizer)
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS),
+                   help="ADV² update rule (default adam; PGD always takes sign steps)")
     p.add_argument("--lr", type=float, help="step size / learning rate (PGD 1/255; ADV² per "
                                              "interpreter, see pipeline.ATTACK_DEFAULTS)")
     p.add_argument("--lr-decay", type=float,

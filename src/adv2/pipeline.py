@@ -35,7 +35,7 @@ class AttackConfig:
     steps: int | None = None
     warm_steps: int | None = None
     lam: str | None = None  # schedule text, see adv2.attacks.parse_schedule
-    optimizer: str = "adam"
+    optimizer: str | None = None
     lr: float | None = None
     lr_decay: float | None = None  # step size at the end relative to the start (linear)
     pred_loss: str | None = None
@@ -56,13 +56,13 @@ class AttackConfig:
 
 #: per-attack / per-interpreter defaults, measured in docs/benchmark.md
 ATTACK_DEFAULTS: dict[str, dict] = {
-    "pgd": {"steps": 100, "lr": 1 / 255, "pred_loss": "ce"},
-    "cam": {"steps": 110, "warm_steps": 50, "lam": "5:10", "lr": 2 / 255, "lr_decay": 1.0,
-            "pred_loss": "ce"},
-    "grad": {"steps": 130, "warm_steps": 30, "lam": "50", "lr": 0.004, "lr_decay": 0.05,
-             "pred_loss": "cw"},
-    "mask": {"steps": 100, "warm_steps": 50, "lam": "5:10", "lr": 1 / 255, "lr_decay": 1.0,
-             "pred_loss": "ce"},
+    "pgd": {"steps": 100, "optimizer": "sign", "lr": 1 / 255, "pred_loss": "ce"},
+    "cam": {"steps": 110, "warm_steps": 50, "optimizer": "adam", "lr": 2 / 255, "lr_decay": 1.0,
+            "lam": "5:10", "pred_loss": "ce"},
+    "grad": {"steps": 130, "warm_steps": 30, "optimizer": "adam", "lr": 0.004, "lr_decay": 0.05,
+             "lam": "50", "pred_loss": "cw"},
+    "mask": {"steps": 100, "warm_steps": 50, "optimizer": "adam", "lr": 1 / 255, "lr_decay": 1.0,
+             "lam": "5:10", "pred_loss": "ce"},
 }
 
 
@@ -87,6 +87,8 @@ def build_attack(cfg: AttackConfig, model: Classifier, interpreter: Interpreter)
     """The attack ``cfg`` describes (its ``None`` settings filled with the defaults)."""
     cfg = cfg.resolved()
     if cfg.attack == "pgd":
+        if cfg.optimizer != "sign":
+            raise ValueError("PGD takes sign steps; --optimizer applies to ADV² only")
         return PGD(model, eps=cfg.eps, steps=cfg.steps, step_size=cfg.lr,
                    random_start=cfg.random_start, seed=cfg.seed,
                    loss=PREDICTION_LOSSES[cfg.pred_loss]())
