@@ -47,8 +47,8 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pred-loss", choices=sorted(PREDICTION_LOSSES),
                    help="prediction loss (default: ce; cw margin for ADV² on GRAD)")
     p.add_argument("--map-loss", choices=sorted(MAP_LOSSES), default=d.map_loss)
-    p.add_argument("--patience", type=int, default=d.patience,
-                   help="ADV²: stop an image after this many steps without improvement")
+    p.add_argument("--patience", type=int,
+                   help="ADV²: stop an image after this many steps without improvement (0: never)")
     p.add_argument("--random-start", action="store_true", help="PGD: random start in the ball")
     p.add_argument("--target-class", type=int, help="one target class for every image")
     p.add_argument("--target-map", choices=KINDS, default=d.target_map)

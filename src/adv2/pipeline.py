@@ -40,7 +40,7 @@ class AttackConfig:
     lr_decay: float | None = None  # step size at the end relative to the start (linear)
     pred_loss: str | None = None
     map_loss: str = "mse"
-    patience: int = 20
+    patience: int | None = None  # 0: never stop early
     random_start: bool = False
     target_class: int | None = None
     target_map: str = "benign"
@@ -58,11 +58,11 @@ class AttackConfig:
 ATTACK_DEFAULTS: dict[str, dict] = {
     "pgd": {"steps": 100, "optimizer": "sign", "lr": 1 / 255, "pred_loss": "ce"},
     "cam": {"steps": 110, "warm_steps": 50, "optimizer": "adam", "lr": 2 / 255, "lr_decay": 1.0,
-            "lam": "5:10", "pred_loss": "ce"},
+            "lam": "5:10", "pred_loss": "ce", "patience": 20},
     "grad": {"steps": 130, "warm_steps": 30, "optimizer": "adam", "lr": 0.004, "lr_decay": 0.05,
-             "lam": "50", "pred_loss": "cw"},
+             "lam": "50", "pred_loss": "cw", "patience": 0},
     "mask": {"steps": 100, "warm_steps": 50, "optimizer": "adam", "lr": 1 / 255, "lr_decay": 1.0,
-             "lam": "5:10", "pred_loss": "ce"},
+             "lam": "5:10", "pred_loss": "ce", "patience": 20},
 }
 
 
@@ -99,7 +99,7 @@ def build_attack(cfg: AttackConfig, model: Classifier, interpreter: Interpreter)
             map_loss=MAP_LOSSES[cfg.map_loss](),
             optimizer=OPTIMIZERS[cfg.optimizer](lr=cfg.lr),
             step_scale=None if cfg.lr_decay == 1.0 else Linear(1.0, cfg.lr_decay),
-            warm_steps=cfg.warm_steps, patience=cfg.patience,
+            warm_steps=cfg.warm_steps, patience=cfg.patience or None,
         )
     raise ValueError(f"unknown attack {cfg.attack!r}; choose pgd or adv2")
 
