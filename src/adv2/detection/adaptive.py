@@ -127,7 +127,8 @@ class AdaptiveADV2:
     N×H×W×3, (N,), N×1×h×w) and returns its :class:`AttackResult`. With one bit-depth squeezer
     and ``two_stage`` the paper's bit-depth algorithm runs (module docstring); ``stage1_steps``
     PGD steps stop once p(target) on the squeezed image reaches ``stage1_confidence``.
-    ``steps`` and ``patience`` (when not None) replace the base attack's, and the base λ
+    ``steps`` and ``patience`` (when not None; patience only where the base attack stops early
+    at all) replace the base attack's, and the base λ
     schedule is multiplied by ``lam_scale``: evading the detector and matching the map at once
     needs a longer joint stage, and the map term must keep its weight against the penalties.
     """
@@ -166,8 +167,9 @@ class AdaptiveADV2:
         if self.two_stage and squeezer is not None:
             reference = self.stage_one(images, targets, squeezer)
             penalties = (*penalties, ProbabilityMatch(reference, self.match_weight))
-        overrides = {k: v for k, v in (("steps", self.steps), ("patience", self.patience))
-                     if v is not None}
+        overrides = {"steps": self.steps} if self.steps is not None else {}
+        if self.patience is not None and self.attack.patience is not None:
+            overrides["patience"] = self.patience
         joint = replace(self.attack, penalties=penalties, accept=self.guard.accept,
                         lam=Scaled(self.attack.lam, self.lam_scale), **overrides)
         return joint(images, targets, target_maps)
