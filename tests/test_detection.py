@@ -318,3 +318,30 @@ def test_cli_detect_fit_and_score(tmp_path, capsys) -> None:
     assert all(float(r["joint"]) == max(float(r["bit-3"]), float(r["median-2x2"])) for r in rows)
     assert cli.main(["detect", "score", "--images", str(folder), "--thresholds",
                      str(tmp_path / "missing.json")]) == 2
+
+
+def test_cli_attack_adaptive(tmp_path) -> None:
+    """`adv2 attack --adaptive THRESHOLDS` runs ADV² against a fitted detector and records it;
+    it is refused for PGD and with an unreadable thresholds file."""
+    from PIL import Image
+
+    from adv2 import cli
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(make_images(2, seed=9, size=64)):
+        Image.fromarray(image).save(folder / f"img_{i}.png")
+    thresholds = tmp_path / "fs.json"
+    assert cli.main(["detect", "fit", "--images", str(folder), "--squeezers", "median-2x2",
+                     "--fpr", "0.5", "--out", str(thresholds)]) == 0
+    common = ["attack", "--interpreter", "cam", "--images", str(folder), "--steps", "2",
+              "--warm-steps", "2"]
+    out = tmp_path / "run"
+    assert cli.main([*common, "--attack", "adv2", "--adaptive", str(thresholds),
+                     "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["adaptive"] == str(thresholds)
+    assert json.loads((out / "summary.json").read_text())["n_images"] == 2
+    assert cli.main([*common, "--attack", "pgd", "--adaptive", str(thresholds),
+                     "--out", str(tmp_path / "pgd")]) == 2
+    assert cli.main([*common, "--attack", "adv2", "--adaptive", str(tmp_path / "none.json"),
+                     "--out", str(tmp_path / "bad")]) == 2

@@ -50,6 +50,9 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patience", type=int,
                    help="ADV²: stop an image after this many steps without improvement (0: never)")
     p.add_argument("--random-start", action="store_true", help="PGD: random start in the ball")
+    p.add_argument("--adaptive", metavar="THRESHOLDS",
+                   help="ADV² that also evades the feature-squeezing detector fitted by "
+                        "'adv2 detect fit' (its JSON file)")
     p.add_argument("--target-class", type=int, help="one target class for every image")
     p.add_argument("--target-map", choices=KINDS, default=d.target_map)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -69,10 +72,10 @@ def cmd_attack(args: argparse.Namespace) -> int:
     try:
         model = load_model(args.model, args.weights)
         samples, errors = load_dataset(args.images, args.labels, args.limit)
+        summary = pipeline.run(_config(args), model, samples, args.out, errors)
     except (ModelError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2
-    summary = pipeline.run(_config(args), model, samples, args.out, errors)
     print(json.dumps({k: v for k, v in summary.items() if k != "errors"}, indent=2))
     print(f"report: {Path(args.out).resolve()}")
     return 0 if summary["n_images"] else 1

@@ -15,6 +15,8 @@ from adv2 import metrics, targets as target_maps_mod
 from adv2.attacks import (ADV2, MAP_LOSSES, OPTIMIZERS, PGD, PREDICTION_LOSSES, Linear,
                           parse_schedule)
 from adv2.data import Sample, to_tensor
+from adv2.detection import FeatureSqueezingDetector
+from adv2.detection.adaptive import AdaptiveADV2
 from adv2.interpreters import Interpreter, build_interpreter
 from adv2.models import Classifier
 from adv2.report import RunWriter
@@ -46,6 +48,7 @@ class AttackConfig:
     target_map: str = "benign"
     batch_size: int = 8
     seed: int = 0
+    adaptive: str | None = None  # thresholds JSON from `adv2 detect fit`: ADV² evades them
 
     def resolved(self) -> "AttackConfig":
         defaults = ATTACK_DEFAULTS["pgd"] if self.attack == "pgd" else ATTACK_DEFAULTS.get(
@@ -83,9 +86,18 @@ def choose_targets(labels: torch.Tensor, n_classes: int, seed: int, fixed: int |
     return torch.tensor(out)
 
 
-def build_attack(cfg: AttackConfig, model: Classifier, interpreter: Interpreter) -> PGD | ADV2:
-    """The attack ``cfg`` describes (its ``None`` settings filled with the defaults)."""
+def build_attack(
+    cfg: AttackConfig, model: Classifier, interpreter: Interpreter
+) -> PGD | ADV2 | AdaptiveADV2:
+    """The attack ``cfg`` describes (its ``None`` settings filled with the defaults); with
+    ``cfg.adaptive``, ADV² that also evades the feature-squeezing detector fitted in that file."""
     cfg = cfg.resolved()
+    if cfg.adaptive is not None:
+        if cfg.attack != "adv2":
+            raise ValueError("--adaptive applies to --attack adv2")
+        detector = FeatureSqueezingDetector.load(model, cfg.adaptive)
+        return AdaptiveADV2(build_attack(replace(cfg, adaptive=None), model, interpreter),
+                            detector)
     if cfg.attack == "pgd":
         if cfg.optimizer != "sign":
             raise ValueError("PGD takes sign steps; --optimizer applies to ADV² only")
