@@ -291,15 +291,21 @@ def test_bit_depth_two_stage_uses_squeezed_reference(tiny_model) -> None:
 # ------------------------------------------------------------------------------------------ CLI
 
 
-def test_cli_detect_fit_and_score(tmp_path, capsys) -> None:
+def _image_folder(tmp_path, n: int, seed: int):
+    """A folder of n small generated PNG images."""
     from PIL import Image
-
-    from adv2 import cli
 
     folder = tmp_path / "images"
     folder.mkdir()
-    for i, image in enumerate(make_images(6, seed=7, size=64)):
+    for i, image in enumerate(make_images(n, seed=seed, size=64)):
         Image.fromarray(image).save(folder / f"img_{i}.png")
+    return folder
+
+
+def test_cli_detect_fit_and_score(tmp_path, capsys) -> None:
+    from adv2 import cli
+
+    folder = _image_folder(tmp_path, 6, seed=7)
     thresholds = tmp_path / "fs.json"
     assert cli.main(["detect", "fit", "--images", str(folder), "--squeezers", "bit-3",
                      "median-2x2", "--fpr", "0.2", "--out", str(thresholds)]) == 0
@@ -323,14 +329,9 @@ def test_cli_detect_fit_and_score(tmp_path, capsys) -> None:
 def test_cli_attack_adaptive(tmp_path) -> None:
     """`adv2 attack --adaptive THRESHOLDS` runs ADV² against a fitted detector and records it;
     it is refused for PGD and with an unreadable thresholds file."""
-    from PIL import Image
-
     from adv2 import cli
 
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for i, image in enumerate(make_images(2, seed=9, size=64)):
-        Image.fromarray(image).save(folder / f"img_{i}.png")
+    folder = _image_folder(tmp_path, 2, seed=9)
     thresholds = tmp_path / "fs.json"
     assert cli.main(["detect", "fit", "--images", str(folder), "--squeezers", "median-2x2",
                      "--fpr", "0.5", "--out", str(thresholds)]) == 0

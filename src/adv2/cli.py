@@ -16,6 +16,7 @@ from adv2.attacks import MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES
 from adv2.data import demo_images, load_dataset
 from adv2.interpreters import INTERPRETERS
 from adv2.models import ModelError, load_model
+from adv2.report import panel_grid
 from adv2.targets import KINDS
 
 log = logging.getLogger("adv2")
@@ -101,29 +102,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _demo_figure(out: Path, names: list[str]) -> None:
     """One row per image: clean, PGD image, ADV² image, benign map, PGD map, ADV² map."""
-    import matplotlib.pyplot as plt
     from PIL import Image
 
-    rows = [n for n in names if (out / "adv2" / "samples" / n).is_dir()]
-    fig, axes = plt.subplots(len(rows), 6, figsize=(13, 2.3 * len(rows)), squeeze=False)
-    for ax_row, name in zip(axes, rows):
+    rows = []
+    for name in names:
         pgd, adv = out / "pgd" / "samples" / name, out / "adv2" / "samples" / name
-        panels = [
-            ("clean", np.asarray(Image.open(pgd / "clean.png"))),
+        if not (pgd.is_dir() and adv.is_dir()):
+            continue
+        rows.append([
+            (name, np.asarray(Image.open(pgd / "clean.png"))),
             ("PGD image", np.asarray(Image.open(pgd / "adv.png"))),
             ("ADV² image", np.asarray(Image.open(adv / "adv.png"))),
             ("benign CAM", np.load(adv / "benign_map.npy")),
             ("PGD CAM", np.load(pgd / "adv_map.npy")),
             ("ADV² CAM", np.load(adv / "adv_map.npy")),
-        ]
-        for ax, (title, img) in zip(ax_row, panels):
-            ax.imshow(img, **({} if img.ndim == 3 else
-                              {"cmap": "jet", "vmin": 0, "vmax": 1, "interpolation": "nearest"}))
-            ax.set_title(f"{name}: {title}" if title == "clean" else title, fontsize=8)
-            ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out / "demo.png", dpi=70)
-    plt.close(fig)
+        ])
+    panel_grid(out / "demo.png", rows, dpi=70)
 
 
 def _detect_parser(sub: argparse._SubParsersAction) -> None:

@@ -191,6 +191,17 @@ def _lukemelas_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
+class _TimmFeatures(nn.Module):
+    """A timm network's ``forward_features`` as a module (the last feature map)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner.forward_features(x)
+
+
 def _timm_classifier(net: nn.Module, normalize: Normalize, name: str) -> Classifier:
     linear = net.get_classifier()
     has_cam = isinstance(linear, nn.Linear) and getattr(net, "global_pool", None) is not None
@@ -198,15 +209,7 @@ def _timm_classifier(net: nn.Module, normalize: Normalize, name: str) -> Classif
     if not has_cam:
         return Classifier(net, normalize=normalize, name=name)
 
-    class _Features(nn.Module):
-        def __init__(self, inner: nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.inner.forward_features(x)
-
-    return Classifier(_Features(net), _PoolLinear(linear), linear, normalize, name)
+    return Classifier(_TimmFeatures(net), _PoolLinear(linear), linear, normalize, name)
 
 
 def efficientnet_lite0(weights: str | Path | None = None) -> Classifier:
