@@ -1,4 +1,5 @@
-"""The ``adv2`` command line: ``adv2 attack``, ``adv2 detect fit|score`` and ``adv2 demo``."""
+"""The ``adv2`` command line: ``adv2 attack``, ``adv2 detect fit|score``, ``adv2 train-rts`` and
+``adv2 demo``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from adv2 import pipeline
 from adv2.attacks import MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES
-from adv2.data import demo_images, load_dataset
+from adv2.data import demo_images, load_dataset, to_tensor
 from adv2.interpreters import INTERPRETERS
 from adv2.models import ModelError, load_model
 from adv2.report import panel_grid
@@ -54,6 +55,9 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adaptive", metavar="THRESHOLDS",
                    help="ADV² that also evades the feature-squeezing detector fitted by "
                         "'adv2 detect fit' (its JSON file)")
+    p.add_argument("--rts-checkpoint",
+                   help="RTS: checkpoint from 'adv2 train-rts' (default: the one shipped for the "
+                        "model)")
     p.add_argument("--target-class", type=int, help="one target class for every image")
     p.add_argument("--target-map", choices=KINDS, default=d.target_map)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -180,12 +184,71 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_rts_parser(sub: argparse._SubParsersAction) -> None:
+    from adv2.rts import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train-rts", help="train the RTS saliency network for a model")
+    p.add_argument("--images", required=True, help="a folder of training images")
+    p.add_argument("--labels", help="CSV with path,label (index, synset or class name)")
+    p.add_argument("--limit", type=int, help="use at most N images")
+    p.add_argument("--holdout", type=int, default=0,
+                   help="leave out N images (a seeded choice, listed in the checkpoint) for "
+                        "evaluating the masks")
+    p.add_argument("--model", default=pipeline.AttackConfig().model)
+    p.add_argument("--weights", help="local weights file (.pth/.pt/.safetensors)")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--out", required=True,
+                   help="folder for last.pt (resumable: rerun the command to continue) and rts.pt")
+
+
+def cmd_train_rts(args: argparse.Namespace) -> int:
+    import torch
+
+    from adv2.rts import TrainConfig, train
+
+    try:
+        model = load_model(args.model, args.weights)
+        samples, _ = load_dataset(args.images, args.labels, args.limit)  # logs bad files
+    except (ModelError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    order = np.random.default_rng(args.seed).permutation(len(samples))
+    held = sorted(samples[i].name for i in order[:args.holdout])
+    used = [samples[i] for i in sorted(order[args.holdout:])]
+    if not used:
+        log.error("no training images left in %s", args.images)
+        return 1
+    images = np.stack([s.image for s in used])
+    x = to_tensor(images)
+    with torch.no_grad():
+        preds = torch.cat([model(x[i:i + 32]).argmax(dim=1) for i in range(0, len(x), 32)])
+    labels = torch.tensor([s.label if s.label is not None else int(p)
+                           for s, p in zip(used, preds.tolist())])
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      checkpoint_every=args.checkpoint_every)
+    options = {k: v for k, v in vars(args).items()
+               if v is not None and k not in ("command", "verbose")}
+    command = "adv2 train-rts " + " ".join(f"--{k.replace('_', '-')} {v}"
+                                           for k, v in options.items())
+    meta = {"command": command, "data": str(args.images),
+            "n_train": len(used), "holdout": held, "seed": args.seed}
+    train(model, images, labels, args.out, cfg, meta=meta)
+    print(f"checkpoint: {(Path(args.out) / 'rts.pt').resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adv2", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _attack_parser(sub)
     _detect_parser(sub)
+    _train_rts_parser(sub)
     demo = sub.add_parser("demo", help="ADV² vs PGD against CAM on the embedded default model")
     demo.add_argument("--out", default="adv2-demo", help="output directory")
     demo.add_argument("--seed", type=int, default=0)
@@ -196,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    return {"attack": cmd_attack, "detect": cmd_detect, "demo": cmd_demo}[args.command](args)
+    return {"attack": cmd_attack, "detect": cmd_detect, "demo": cmd_demo,
+            "train-rts": cmd_train_rts}[args.command](args)
 
 
 if __name__ == "__main__":

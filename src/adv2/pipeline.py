@@ -49,6 +49,7 @@ class AttackConfig:
     batch_size: int = 8
     seed: int = 0
     adaptive: str | None = None  # thresholds JSON from `adv2 detect fit`: ADV² evades them
+    rts_checkpoint: str | None = None  # RTS: a checkpoint of `adv2 train-rts` (default: shipped)
 
     def resolved(self) -> "AttackConfig":
         defaults = ATTACK_DEFAULTS["pgd"] if self.attack == "pgd" else ATTACK_DEFAULTS.get(
@@ -64,6 +65,8 @@ ATTACK_DEFAULTS: dict[str, dict] = {
             "lam": "5:10", "pred_loss": "ce", "patience": 20},
     "grad": {"steps": 130, "warm_steps": 30, "optimizer": "adam", "lr": 0.004, "lr_decay": 0.05,
              "lam": "50", "pred_loss": "cw", "patience": 0},
+    "rts": {"steps": 110, "warm_steps": 50, "optimizer": "adam", "lr": 2 / 255, "lr_decay": 1.0,
+            "lam": "5:10", "pred_loss": "ce", "patience": 20},
     "mask": {"steps": 100, "warm_steps": 50, "optimizer": "adam", "lr": 1 / 255, "lr_decay": 1.0,
              "lam": "5:10", "pred_loss": "ce", "patience": 20},
 }
@@ -131,7 +134,7 @@ def run(
     """
     torch.manual_seed(cfg.seed)
     start = time.time()
-    interpreter = build_interpreter(cfg.interpreter, model)
+    interpreter = build_interpreter(cfg.interpreter, model, cfg.rts_checkpoint)
     writer = RunWriter(out, asdict(cfg.resolved()) | {"interpreter_config": interpreter.config()})
     for file, message in load_errors:
         writer.error(file, message)

@@ -1,20 +1,28 @@
-"""Interpreters: one interface (:class:`Interpreter`), GRAD, CAM and MASK."""
+"""Interpreters: one interface (:class:`Interpreter`), GRAD, CAM, MASK and RTS."""
+
+from pathlib import Path
+
 
 from adv2.interpreters.base import Interpreter, minmax
 from adv2.interpreters.cam import CAM
 from adv2.interpreters.grad import GRAD, SmoothReLU
 from adv2.interpreters.mask import MASK
+from adv2.interpreters.rts import RTS
 from adv2.models import Classifier
 
-INTERPRETERS = {"cam": CAM, "grad": GRAD, "mask": MASK}
+INTERPRETERS = {"cam": CAM, "grad": GRAD, "mask": MASK, "rts": RTS}
 
 
-def build_interpreter(name: str, model: Classifier) -> Interpreter:
-    """Instantiate an interpreter by name (``cam``, ``grad`` or ``mask``) with its defaults."""
+def build_interpreter(name: str, model: Classifier,
+                      rts_checkpoint: str | Path | None = None) -> Interpreter:
+    """Instantiate an interpreter by name (``cam``, ``grad``, ``mask`` or ``rts``) with its
+    defaults; RTS loads ``rts_checkpoint``, or the checkpoint shipped for the model."""
     if name not in INTERPRETERS:
         raise ValueError(f"unknown interpreter {name!r}; choose from {sorted(INTERPRETERS)}")
+    if name == "rts":
+        return RTS(model, rts_checkpoint)
     return INTERPRETERS[name](model)
 
 
-__all__ = ["CAM", "GRAD", "MASK", "INTERPRETERS", "Interpreter", "SmoothReLU", "build_interpreter",
-           "minmax"]
+__all__ = ["CAM", "GRAD", "INTERPRETERS", "MASK", "RTS", "Interpreter", "SmoothReLU",
+           "build_interpreter", "minmax"]

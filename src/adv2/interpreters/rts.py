@@ -1,0 +1,49 @@
+"""RTS (Dabkowski & Gal 2017): a trained masking network explains the classifier in one pass."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from adv2.interpreters.base import Interpreter
+from adv2.models import Classifier, ModelError
+from adv2.rts import SaliencyNet, load
+
+#: checkpoints shipped with adv2, by model name (see docs/rts.md for how they were made)
+SHIPPED = {"efficientnet_lite0": "rts_efficientnet_lite0.pt"}
+
+
+def shipped_checkpoint(model_name: str) -> Path:
+    """Path of the checkpoint shipped for ``model_name``; ModelError when there is none."""
+    if model_name not in SHIPPED:
+        raise ModelError(f"no RTS checkpoint ships for model {model_name!r}; train one with "
+                         "'adv2 train-rts' and pass it as --rts-checkpoint")
+    return Path(str(resources.files("adv2.resources") / SHIPPED[model_name]))
+
+
+class RTS(Interpreter):
+    """The saliency network's mask for class c at 1/4 resolution (56×56 for 224²), in [0,1],
+    high = the region that keeps the class. One forward pass of the classifier (the encoder)
+    plus the small decoder gives both the logits and the map, differentiably in x.
+    """
+
+    name = "rts"
+
+    def __init__(self, model: Classifier, checkpoint: str | Path | None = None) -> None:
+        super().__init__(model)
+        self.checkpoint = Path(checkpoint) if checkpoint else shipped_checkpoint(model.name)
+        self.net: SaliencyNet = load(model, self.checkpoint)
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    def resolution(self, height: int, width: int) -> tuple[int, int]:
+        return height // 4, width // 4
+
+    def explain(self, x: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net(x, classes)
+
+    def config(self) -> dict:
+        return {"name": self.name, "checkpoint": self.checkpoint.name,
+                "trained": {k: self.net.meta.get(k) for k in ("command", "data", "seed")}}

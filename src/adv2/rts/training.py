@@ -1,0 +1,215 @@
+"""Training the saliency network with the original saliency loss (Dabkowski & Gal 2017).
+
+For an image x (N×3×H×W in [0,1]) and a mask m (upsampled to H×W), the *preserved* image keeps
+the masked region, ``m·x + (1−m)·r``, and the *destroyed* image removes it, ``(1−m)·x + m·r``,
+where r is, per image with probability 1/2, x blurred (Gaussian σ = 11) or a random
+colour plus Gaussian noise. The loss, with the original weights, is
+
+    destroyer CW margin (non-targeted, confidence 5) on the destroyed image
+    + 0.3 · preserver CW margin (targeted, confidence 1) on the preserved image
+    + 8 · mean((m + 5e-4)^0.3)                      (area)
+    + 0.005 · TV²(m) with a border penalty of 0.3   (smoothness, on the 1/4-resolution mask)
+
+For "fake" labels (a random other class, probability 0.3) only the area and smoothness terms
+apply, which teaches the decoder to return an empty mask for a class absent from the image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2 as T
+from tqdm import tqdm
+
+from adv2.data import to_tensor
+from adv2.interpreters.mask import blur
+from adv2.models import Classifier
+from adv2.rts.network import SaliencyNet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SaliencyLoss:
+    """The original saliency loss weights (see the module docstring)."""
+
+    area_weight: float = 8.0
+    area_power: float = 0.3
+    smooth_weight: float = 0.005
+    border_penalty: float = 0.3
+    preserver_weight: float = 0.3
+    destroyer_confidence: float = 5.0
+    preserver_confidence: float = 1.0
+    blur_sigma: float = 11.0
+    noise_std: float = 0.055  # the original's N(0, 0.11) on [−1,1] images
+    colour_range: float = 0.33  # the original's U(−0.66, 0.66) on [−1,1] images
+    preserved_noise_std: float = 0.015  # the original's N(0, 0.03) on [−1,1] images
+
+    def replacement(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Per image: x blurred, or a random colour plus noise (probability 1/2 each)."""
+        n = x.shape[0]
+        blurred = blur(x, self.blur_sigma)
+        colour = 0.5 + self.colour_range * (2 * torch.rand(n, 3, 1, 1, generator=gen) - 1)
+        noisy = colour + self.noise_std * torch.randn(x.shape, generator=gen)
+        use_blur = (torch.rand(n, 1, 1, 1, generator=gen) < 0.5).to(x)
+        return (use_blur * blurred + (1 - use_blur) * noisy).clamp(0, 1)
+
+    def smoothness(self, m: torch.Tensor) -> torch.Tensor:
+        """(N,) squared total variation plus the border penalty, summed over cells, halved."""
+        tv = ((m[:, :, 1:] - m[:, :, :-1]) ** 2).sum(dim=(1, 2, 3))
+        tv = tv + ((m[..., 1:] - m[..., :-1]) ** 2).sum(dim=(1, 2, 3))
+        border = (m[:, :, 0] ** 2 + m[:, :, -1] ** 2).sum(dim=(1, 2))
+        border = border + (m[..., 0] ** 2 + m[..., -1] ** 2).sum(dim=(1, 2))
+        return (tv + self.border_penalty * border) / 2
+
+    def __call__(self, model: Classifier, x: torch.Tensor, masks: torch.Tensor,
+                 classes: torch.Tensor, real: torch.Tensor, gen: torch.Generator
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean loss over the batch and its parts. masks N×1×h×w in [0,1]; real (N,) bool."""
+        up = F.interpolate(masks, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        other = self.replacement(x, gen)
+        preserved = up * x + (1 - up) * other
+        preserved = (preserved + self.preserved_noise_std * torch.randn(x.shape, generator=gen))
+        destroyed = (1 - up) * x + up * other
+        logits = model(torch.cat([preserved.clamp(0, 1), destroyed]))
+        keep, remove = logits.chunk(2)
+        destroyer = _margin(remove, classes).clamp(min=-self.destroyer_confidence)
+        preserver = (-_margin(keep, classes)).clamp(min=-self.preserver_confidence)
+        area = ((up + 5e-4) ** self.area_power).mean(dim=(1, 2, 3))
+        smooth = self.smoothness(masks)
+        realf = real.to(x)
+        terms = {
+            "destroyer": (realf * destroyer).mean(),
+            "preserver": self.preserver_weight * (realf * preserver).mean(),
+            "area": self.area_weight * area.mean(),
+            "smoothness": self.smooth_weight * smooth.mean(),
+        }
+        return sum(terms.values()), {k: float(v.detach()) for k, v in terms.items()}
+
+
+def _margin(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """z_y − max_{j≠y} z_j, (N,)."""
+    own = logits.gather(1, classes.view(-1, 1)).squeeze(1)
+    others = logits.scatter(1, classes.view(-1, 1), float("-inf")).amax(dim=1)
+    return own - others
+
+
+@dataclass
+class TrainConfig:
+    """Settings of :func:`train` (saved in the checkpoint)."""
+
+    steps: int = 400
+    batch_size: int = 12
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    fake_prob: float = 0.3
+    min_scale: float = 0.3  # RandomResizedCrop's smallest area fraction
+    seed: int = 0
+    checkpoint_every: int = 25
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(
+    model: Classifier,
+    images: np.ndarray,
+    labels: torch.Tensor,
+    out: str | Path,
+    cfg: TrainConfig = TrainConfig(),
+    loss: SaliencyLoss = SaliencyLoss(),
+    meta: dict | None = None,
+    progress: bool = True,
+) -> SaliencyNet:
+    """Train a :class:`SaliencyNet` for ``model`` on uint8 images (N×H×W×3) with labels (N,).
+
+    Writes ``out/last.pt`` (resumable: network, optimiser, step, random state) every
+    ``cfg.checkpoint_every`` steps and ``out/rts.pt`` (the network and ``meta``) at the end; a
+    ``last.pt`` made with the same settings is resumed. Only the decoder and the selector's two
+    scalars are trained; the classifier is frozen. Returns the network in eval mode.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    net = SaliencyNet(model)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    # what a resumed run must share (it may train for more steps)
+    settings = {"train": asdict(cfg) | {"steps": None, "checkpoint_every": None},
+                "loss": asdict(loss), "model": model.name}
+    step = 0
+    last = out / "last.pt"
+    if last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        if json.loads(state["settings"]) != settings:
+            raise ValueError(f"{last} was made with other settings; remove it or use another out")
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        step = int(state["step"])
+        log.info("resuming %s at step %d", last, step)
+    augment = T.Compose([T.RandomResizedCrop(images.shape[1:3], scale=(cfg.min_scale, 1.0),
+                                             antialias=True),
+                         T.RandomHorizontalFlip()])
+    x_all = to_tensor(images)
+    n_classes = net.class_weights.shape[0]
+    bar = tqdm(total=cfg.steps, initial=step, desc="train-rts", unit="step", disable=not progress)
+    net.train()
+    started = time.time()
+    while step < cfg.steps:
+        idx = torch.randint(len(x_all), (cfg.batch_size,), generator=gen)
+        x = torch.stack([augment(x_all[i]) for i in idx.tolist()])
+        y = labels[idx]
+        fake = torch.rand(cfg.batch_size, generator=gen) < cfg.fake_prob
+        shift = torch.randint(1, n_classes, (cfg.batch_size,), generator=gen)
+        classes = torch.where(fake, (y + shift) % n_classes, y)
+        _, masks = net(x, classes)
+        value, parts = loss(model, x, masks, classes, ~fake, gen)
+        opt.zero_grad()
+        value.backward()
+        value = value.detach()
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{value.item():.3f}", area=f"{masks.mean().item():.2f}")
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            _atomic_save({"net": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                          "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                          "settings": json.dumps(settings)}, last)
+    bar.close()
+    net.eval()
+    info = dict(meta or {}) | settings | {"seconds_this_run": round(time.time() - started, 1)}
+    _atomic_save({"net": net.state_dict(), "meta": json.dumps(info)}, out / "rts.pt")
+    return net
+
+
+def load(model: Classifier, path: str | Path) -> SaliencyNet:
+    """A trained :class:`SaliencyNet` for ``model`` from ``rts.pt`` (``weights_only`` load)."""
+    from adv2.models import ModelError, load_weights
+
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        meta = json.loads(state["meta"])
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
+        raise ModelError(f"cannot read RTS checkpoint {path}: {exc}") from exc
+    if meta.get("model") != model.name:
+        raise ModelError(f"RTS checkpoint {path} was trained for model {meta.get('model')!r}, "
+                         f"not {model.name!r}; train one with 'adv2 train-rts'")
+    net = SaliencyNet(model)
+    load_weights(net, state["net"], str(path))
+    net.meta = meta
+    return net.eval()
+

@@ -1,0 +1,170 @@
+"""RTS: the saliency network's shapes and gradients, its training and checkpoints, the shipped
+checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from adv2.data import demo_images, to_tensor
+from adv2.interpreters import RTS, build_interpreter
+from adv2.models import Classifier, ModelError, _PoolLinear, load_model
+from adv2.rts import SaliencyLoss, SaliencyNet, TrainConfig, load, train
+
+from conftest import make_images
+
+
+def make_deep_tiny_model(seed: int = 0, n_classes: int = 10) -> Classifier:
+    """Four stride-2 convolutions: 32×32 input → 2×2 feature map (stride 16), so the saliency
+    network has stage outputs at strides 4 and 8 and three upsamplers."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for cin, cout in ((3, 8), (8, 16), (16, 16), (16, 32)):
+        layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.ReLU()]
+    linear = nn.Linear(32, n_classes)
+    return Classifier(nn.Sequential(*layers), _PoolLinear(linear), linear, name="deep-tiny")
+
+
+@pytest.fixture
+def deep_model() -> Classifier:
+    return make_deep_tiny_model()
+
+
+def test_mask_shape_range_and_skips(deep_model) -> None:
+    net = SaliencyNet(deep_model).eval()
+    assert net.skip_strides == [8, 4] and sorted(net.stages) == [4, 8]
+    x = to_tensor(make_images(3))
+    logits, masks = net(x, torch.tensor([0, 1, 2]))
+    assert masks.shape == (3, 1, 8, 8)  # 1/4 of 32×32
+    assert masks.min() >= 0 and masks.max() <= 1
+    torch.testing.assert_close(logits, deep_model(x))
+    # the classifier is not part of the network: only decoder and selector are saved/trained
+    assert not any(k.startswith(("model", "class_weights")) for k in net.state_dict())
+
+
+def test_gradient_reaches_the_input(deep_model) -> None:
+    net = SaliencyNet(deep_model).eval()
+    x = to_tensor(make_images(2)).requires_grad_(True)
+    _, masks = net(x, torch.tensor([3, 4]))
+    (grad,) = torch.autograd.grad(masks.square().sum(), x)
+    assert grad.abs().sum(dim=(1, 2, 3)).min() > 0  # every image, not detached anywhere
+
+
+def test_selector_depends_on_the_class(deep_model) -> None:
+    net = SaliencyNet(deep_model, scale=1.0, shift=0.0).eval()  # an open gate for tiny logits
+    x = to_tensor(make_images(1)).expand(2, -1, -1, -1)
+    _, masks = net(x, torch.tensor([0, 5]))
+    assert not torch.allclose(masks[0], masks[1])
+
+
+def test_smoothness_on_hand_made_masks() -> None:
+    loss = SaliencyLoss(border_penalty=0.0)
+    flat = torch.full((1, 1, 4, 4), 0.5)
+    assert loss.smoothness(flat).item() == 0.0
+    step = torch.zeros(1, 1, 4, 4)
+    step[..., 2:] = 1.0  # one vertical edge crossing 4 rows
+    assert loss.smoothness(step).item() == pytest.approx(4 / 2)
+    bordered = SaliencyLoss(border_penalty=0.3).smoothness(torch.ones(1, 1, 4, 4))
+    assert bordered.item() == pytest.approx(0.3 * 16 / 2)  # 4 borders of 4 cells, halved
+
+
+def test_one_training_step_lowers_the_loss(deep_model) -> None:
+    torch.manual_seed(0)
+    net = SaliencyNet(deep_model)
+    loss = SaliencyLoss()
+    x = to_tensor(make_images(8))
+    classes = deep_model(x).argmax(dim=1)
+    real = torch.ones(8, dtype=torch.bool)
+
+    def value() -> torch.Tensor:
+        _, masks = net(x, classes)
+        return loss(deep_model, x, masks, classes, real, torch.Generator().manual_seed(1))[0]
+
+    opt = torch.optim.SGD(net.parameters(), lr=1e-2)
+    before = value()
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    assert value().item() < before.item()
+
+
+def test_training_resumes_to_the_same_network(deep_model, tmp_path) -> None:
+    images = make_images(6)
+    labels = torch.arange(6)
+    cfg = TrainConfig(steps=4, batch_size=3, checkpoint_every=2, seed=3)
+    straight = train(deep_model, images, labels, tmp_path / "a", cfg, progress=False)
+    train(deep_model, images, labels, tmp_path / "b", TrainConfig(**{**cfg.__dict__, "steps": 2}),
+          progress=False)
+    resumed = train(deep_model, images, labels, tmp_path / "b", cfg, progress=False)
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    # the exported checkpoint loads with weights_only and gives the same masks
+    again = load(deep_model, tmp_path / "a" / "rts.pt")
+    x = to_tensor(images[:2])
+    torch.testing.assert_close(again(x, labels[:2])[1], straight(x, labels[:2])[1])
+
+
+def test_checkpoint_of_another_model_is_rejected(deep_model, tmp_path) -> None:
+    train(deep_model, make_images(3), torch.arange(3), tmp_path,
+          TrainConfig(steps=1, batch_size=3), progress=False)
+    other = make_deep_tiny_model()
+    other.name = "someone-else"
+    with pytest.raises(ModelError, match="trained for model 'deep-tiny'"):
+        load(other, tmp_path / "rts.pt")
+    with pytest.raises(ModelError, match="no RTS checkpoint ships .* train-rts"):
+        build_interpreter("rts", other)
+
+
+@pytest.mark.slow
+def test_shipped_checkpoint_explains_a_demo_image() -> None:
+    model = load_model()
+    rts = RTS(model)
+    x = to_tensor(np.stack([s.image for s in demo_images()[:2]]))
+    with torch.no_grad():
+        logits = model(x)
+        own = logits.argmax(dim=1)
+        absent = logits.argmin(dim=1)  # the least likely class: the selector should close
+        maps = rts(x, own)
+        empty = rts(x, absent)
+    assert maps.shape == (2, 1, 56, 56)
+    assert (maps.flatten(1).amax(dim=1) > 0.5).all()  # a region is kept ...
+    assert (maps.flatten(1).amin(dim=1) < 0.5).all()  # ... and a region removed
+    assert (empty.mean(dim=(1, 2, 3)) < maps.mean(dim=(1, 2, 3))).all()
+
+
+def test_adv2_against_rts_stays_in_the_ball(deep_model, tmp_path) -> None:
+    from adv2.attacks import ADV2
+    from adv2.targets import benign
+
+    train(deep_model, make_images(6), torch.arange(6), tmp_path,
+          TrainConfig(steps=2, batch_size=3), progress=False)
+    rts = build_interpreter("rts", deep_model, tmp_path / "rts.pt")
+    images = make_images(3, seed=1)
+    x = to_tensor(images)
+    labels = deep_model(x).argmax(dim=1)
+    targets = (labels + 1) % 10
+    result = ADV2(deep_model, rts, steps=5, warm_steps=5)(images, targets, benign(rts, x, labels))
+    assert result.linf.max() <= 8
+    assert result.l1.shape == (3,) and (result.passes > 0).all()
+
+
+@pytest.mark.slow
+def test_train_rts_command_records_holdout_and_skips_bad_files(tmp_path, capsys) -> None:
+    from PIL import Image
+
+    from adv2 import cli
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, img in enumerate(make_images(4, size=64)):
+        Image.fromarray(img).save(folder / f"img{i}.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "rts"
+    code = cli.main(["train-rts", "--images", str(folder), "--holdout", "1", "--steps", "1",
+                     "--batch-size", "2", "--out", str(out)])
+    assert code == 0
+    net = load(load_model(), out / "rts.pt")
+    assert net.meta["n_train"] == 3 and len(net.meta["holdout"]) == 1
+    assert "train-rts" in net.meta["command"]
