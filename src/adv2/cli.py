@@ -1,5 +1,5 @@
-"""The ``adv2`` command line: ``adv2 attack``, ``adv2 detect fit|score``, ``adv2 train-rts`` and
-``adv2 demo``."""
+"""The ``adv2`` command line: ``adv2 attack``, ``adv2 detect fit|score``, ``adv2 run``,
+``adv2 train-rts`` and ``adv2 demo``."""
 
 from __future__ import annotations
 
@@ -200,6 +200,8 @@ def _train_rts_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--area-warmup", type=float, default=d.area_warmup,
+                   help="fraction of the steps over which the area weight grows from 0")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--out", required=True,
@@ -230,7 +232,7 @@ def cmd_train_rts(args: argparse.Namespace) -> int:
     labels = torch.tensor([s.label if s.label is not None else int(p)
                            for s, p in zip(used, preds.tolist())])
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      checkpoint_every=args.checkpoint_every)
+                      checkpoint_every=args.checkpoint_every, area_warmup=args.area_warmup)
     options = {k: v for k, v in vars(args).items()
                if v is not None and k not in ("command", "verbose")}
     command = "adv2 train-rts " + " ".join(f"--{k.replace('_', '-')} {v}"
@@ -242,12 +244,45 @@ def cmd_train_rts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="the whole evaluation (every interpreter, PGD vs ADV², "
+                                   "transfer, detection, report) from one experiment file")
+    p.add_argument("config", help="experiment YAML file (see configs/ and docs/experiment.md)")
+    p.add_argument("--out", help="run directory (default runs/<config name>); the same command "
+                                 "resumes an interrupted run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set limit=4 --set attacks.adv2.steps=20")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import os
+
+    from adv2.experiment import ConfigError, load_config, run_experiment
+
+    if int(os.environ.get("RANK", "0")) > 0:  # torchrun: rank 0 speaks for the job
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        cfg = load_config(args.config, args.set)
+        out = args.out or str(Path("runs") / Path(args.config).stem)
+        summary = run_experiment(cfg, out, progress=not args.no_progress)
+    except (ConfigError, ModelError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
+    if not summary:  # a rank other than 0
+        return 0
+    print(json.dumps(summary["attacks"], indent=2))
+    print(f"report: {Path(summary['report']).resolve()}")
+    return 0 if summary["images"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adv2", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _attack_parser(sub)
     _detect_parser(sub)
+    _run_parser(sub)
     _train_rts_parser(sub)
     demo = sub.add_parser("demo", help="ADV² vs PGD against CAM on the embedded default model")
     demo.add_argument("--out", default="adv2-demo", help="output directory")
@@ -259,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    return {"attack": cmd_attack, "detect": cmd_detect, "demo": cmd_demo,
+    return {"attack": cmd_attack, "detect": cmd_detect, "run": cmd_run, "demo": cmd_demo,
             "train-rts": cmd_train_rts}[args.command](args)
 
 

@@ -1,0 +1,314 @@
+"""The experiment file: a YAML mapping validated into :class:`ExperimentConfig`.
+
+Every key is checked: unknown keys, wrong types and bad values raise :class:`ConfigError` with
+the dotted key (``attacks.adv2.lam``) and, for unknown keys, the closest valid name. Relative
+paths are resolved against the directory of the YAML file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from adv2.attacks import MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES, parse_schedule
+from adv2.detection import build_squeezer
+from adv2.interpreters import INTERPRETERS
+from adv2.pipeline import AttackConfig, build_attack
+from adv2.targets import KINDS
+
+ATTACKS = ("pgd", "adv2")
+#: AttackConfig fields an experiment may set per attack (and per interpreter inside an attack)
+ATTACK_KEYS = ("steps", "warm_steps", "lam", "optimizer", "lr", "lr_decay", "pred_loss",
+               "map_loss", "patience", "random_start")
+#: keys whose values are paths, resolved against the YAML file's directory
+PATH_KEYS = ("weights", "images", "labels", "benign_images")
+
+
+class ConfigError(ValueError):
+    """An experiment file that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    """Feature squeezing: thresholds fitted on ``benign_images`` (the attacked images are left
+    out, so the sets are disjoint) at false-positive rate ``fpr``, then applied to every
+    adversarial image."""
+
+    benign_images: str
+    benign_limit: int | None = 100
+    squeezers: tuple[str, ...] = ("bit-2", "bit-3", "median-3x3", "nlm-11-3-4")
+    fpr: float = 0.05
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """``examples``: images in the example figure (image and maps per interpreter)."""
+
+    examples: int = 4
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One evaluation: every interpreter × attack on the same images, transfer, detection.
+
+    ``attacks`` maps ``pgd``/``adv2`` to AttackConfig overrides (:data:`ATTACK_KEYS`), which may
+    hold per-interpreter overrides under the interpreter's name; unset values take
+    :data:`adv2.pipeline.ATTACK_DEFAULTS`. ``batch_size`` images form one unit of work (a fixed
+    chunk of the image list, so results do not depend on the number of processes).
+    """
+
+    images: str
+    model: str = "efficientnet_lite0"
+    weights: str | None = None
+    labels: str | None = None
+    limit: int | None = None
+    image_size: int = 224
+    seed: int = 0
+    interpreters: tuple[str, ...] = ("cam", "grad")
+    attacks: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"pgd": {}, "adv2": {}})
+    eps: float = 8 / 255
+    target_class: int | None = None
+    target_map: str = "benign"
+    batch_size: int = 1
+    transfer: bool = True
+    detection: DetectionSettings | None = None
+    report: ReportSettings = field(default_factory=ReportSettings)
+
+    def attack_config(self, interpreter: str, attack: str, seed: int) -> AttackConfig:
+        """The pipeline's AttackConfig for one (interpreter, attack), defaults resolved."""
+        settings = {k: v for k, v in self.attacks[attack].items() if k in ATTACK_KEYS}
+        settings |= self.attacks[attack].get(interpreter, {})
+        return AttackConfig(model=self.model, weights=self.weights, interpreter=interpreter,
+                            attack=attack, eps=self.eps, target_class=self.target_class,
+                            target_map=self.target_map, batch_size=self.batch_size, seed=seed,
+                            **settings).resolved()
+
+    def to_dict(self) -> dict:
+        """JSON-ready values (tuples as lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def digest(self) -> str:
+        """SHA-256 of every setting except ``report`` (presentation only)."""
+        data = {k: v for k, v in self.to_dict().items() if k != "report"}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation
+# --------------------------------------------------------------------------------------------
+
+
+def _unknown(key: str, where: str, valid: typing.Iterable[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+    return ConfigError(f"unknown key {where}{key}{hint}")
+
+
+def _number(value: Any, key: str) -> float:
+    """A float from a number or a fraction text such as ``8/255``."""
+    if isinstance(value, str) and value.count("/") == 1:
+        num, den = value.split("/")
+        try:
+            return float(num) / float(den)
+        except (ValueError, ZeroDivisionError):
+            pass
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise ConfigError(f"{key}: expected a number (or a fraction like 8/255), got {value!r}")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against the type ``hint`` (int, float, str, bool, X | None,
+    tuple[str, ...], a settings dataclass) and convert it."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if dataclasses.is_dataclass(hint):
+        return _dataclass(hint, value, key + ".")
+    if typing.get_origin(hint) is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if hint is float:
+        return _number(value, key)
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if hint in (str, bool) and not isinstance(value, hint):
+        raise ConfigError(f"{key}: expected {'text' if hint is str else 'true/false'}, "
+                          f"got {value!r}")
+    return value
+
+
+def _dataclass(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'the experiment file'}: expected a mapping, "
+                          f"got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    for key in data:
+        if key not in names:
+            raise _unknown(str(key), prefix, names)
+    required = [f.name for f in fields(cls) if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING]
+    for key in required:
+        if key not in data:
+            raise ConfigError(f"missing required key {prefix}{key}")
+    values = {k: (_attacks(v, prefix + k) if k == "attacks" else _coerce(v, hints[k], prefix + k))
+              for k, v in data.items()}
+    return cls(**values)
+
+
+def _attack_settings(data: Any, key: str, nested: bool) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key}: expected a mapping of attack settings, got {data!r}")
+    hints = typing.get_type_hints(AttackConfig)
+    out: dict[str, Any] = {}
+    for name, value in data.items():
+        if nested and name in INTERPRETERS:
+            out[name] = _attack_settings(value, f"{key}.{name}", nested=False)
+            continue
+        if name not in ATTACK_KEYS:
+            valid = ATTACK_KEYS + (tuple(sorted(INTERPRETERS)) if nested else ())
+            raise _unknown(str(name), key + ".", valid)
+        if name == "lam" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # a constant λ written as a number
+        out[name] = _coerce(value, hints[name], f"{key}.{name}")
+        _check_attack_value(name, out[name], f"{key}.{name}")
+    return out
+
+
+def _check_attack_value(name: str, value: Any, key: str) -> None:
+    registries = {"optimizer": OPTIMIZERS, "pred_loss": PREDICTION_LOSSES, "map_loss": MAP_LOSSES}
+    if name in registries and value not in registries[name]:
+        raise ConfigError(f"{key}: unknown value {value!r}; choose from {sorted(registries[name])}")
+    if name == "lam":
+        try:
+            parse_schedule(str(value))
+        except ValueError as exc:
+            raise ConfigError(f"{key}: bad λ schedule {value!r} ({exc})") from exc
+    if name in ("steps", "warm_steps", "patience") and value is not None and value < 0:
+        raise ConfigError(f"{key}: must be ≥ 0, got {value}")
+    if name in ("lr",) and value is not None and value <= 0:
+        raise ConfigError(f"{key}: must be > 0, got {value}")
+
+
+def _attacks(data: Any, key: str) -> dict[str, dict[str, Any]]:
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f"{key}: expected a mapping from {' / '.join(ATTACKS)} to settings")
+    for name in data:
+        if name not in ATTACKS:
+            raise _unknown(str(name), key + ".", ATTACKS)
+    return {name: _attack_settings(data[name], f"{key}.{name}", nested=True)
+            for name in ATTACKS if name in data}
+
+
+def _check(cfg: ExperimentConfig) -> None:
+    """Cross-field checks, each naming its key."""
+    for i, name in enumerate(cfg.interpreters):
+        if name not in INTERPRETERS:
+            raise ConfigError(f"interpreters[{i}]: unknown interpreter {name!r}; choose from "
+                              f"{sorted(INTERPRETERS)}")
+    if not cfg.interpreters or len(set(cfg.interpreters)) != len(cfg.interpreters):
+        raise ConfigError(f"interpreters: expected distinct names, got {list(cfg.interpreters)}")
+    if cfg.target_map not in KINDS:
+        raise ConfigError(f"target_map: unknown kind {cfg.target_map!r}; choose from {KINDS}")
+    if not 0 < cfg.eps <= 1:
+        raise ConfigError(f"eps: must be in (0, 1], got {cfg.eps}")
+    for key in ("limit", "batch_size", "image_size"):
+        value = getattr(cfg, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}: must be ≥ 1, got {value}")
+    if cfg.report.examples < 0:
+        raise ConfigError(f"report.examples: must be ≥ 0, got {cfg.report.examples}")
+    if cfg.transfer and "adv2" not in cfg.attacks:
+        raise ConfigError("transfer: the transfer study needs the adv2 attack in 'attacks'")
+    for interpreter in cfg.interpreters:
+        for attack in cfg.attacks:
+            try:
+                build_attack(cfg.attack_config(interpreter, attack, cfg.seed), None, None)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"attacks.{attack} ({interpreter}): {exc}") from exc
+    if cfg.detection is not None:
+        det = cfg.detection
+        for i, name in enumerate(det.squeezers):
+            try:
+                build_squeezer(name)
+            except ValueError as exc:
+                raise ConfigError(f"detection.squeezers[{i}]: {exc}") from exc
+        if not det.squeezers:
+            raise ConfigError("detection.squeezers: give at least one squeezer")
+        if not 0 <= det.fpr < 1:
+            raise ConfigError(f"detection.fpr: must be in [0, 1), got {det.fpr}")
+        if det.benign_limit is not None and det.benign_limit < 1:
+            raise ConfigError(f"detection.benign_limit: must be ≥ 1, got {det.benign_limit}")
+
+
+def _resolve_paths(data: dict, base: Path) -> dict:
+    out = dict(data)
+    for key, value in data.items():
+        if key in PATH_KEYS and isinstance(value, str):
+            out[key] = str((base / value).resolve()) if not Path(value).is_absolute() else value
+        elif isinstance(value, dict) and key != "attacks":
+            out[key] = _resolve_paths(value, base)
+    return out
+
+
+def set_key(data: dict, assignment: str) -> None:
+    """Apply one ``dotted.key=value`` override (the value parsed as YAML) to raw config data."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE")
+    *parents, last = key.split(".")
+    node = data
+    for part in parents:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is not a mapping")
+        node = child
+    node[last] = yaml.safe_load(text)
+
+
+def parse_config(data: Any, base: str | Path = ".") -> ExperimentConfig:
+    """Validate raw data (a mapping as read from YAML); relative paths resolve against
+    ``base``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"the experiment file must hold a mapping of settings, got {data!r}")
+    cfg = _dataclass(ExperimentConfig, _resolve_paths(data, Path(base)), "")
+    _check(cfg)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> ExperimentConfig:
+    """Read and validate an experiment YAML file, after ``key=value`` ``overrides``."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read experiment file {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    data = {} if data is None else data
+    if isinstance(data, dict):
+        for assignment in overrides:
+            set_key(data, assignment)
+    try:
+        return parse_config(data, path.parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

@@ -1,0 +1,80 @@
+"""Feature-squeezing detection of the experiment's adversarial images.
+
+The benign images of ``detection.benign_images`` (minus the attacked images, so the sets are
+disjoint; the first ``benign_limit`` of the rest in sorted order) and every adversarial image
+are scored per image (records ``detection/benign/<image>`` and ``detection/<interpreter>/
+<attack>/<image>``); the report fits the thresholds on the benign scores
+(:meth:`FeatureSqueezingDetector.fit_scores`) and counts the flagged successful adversarial
+images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from adv2.data import list_images, load_image
+from adv2.detection import FeatureSqueezingDetector
+from adv2.experiment import distributed
+from adv2.experiment.config import ConfigError, ExperimentConfig
+from adv2.experiment.images import ImageSet
+from adv2.experiment.store import Store
+from adv2.experiment.units import Output, chunks, run_units
+from adv2.models import Classifier
+
+BENIGN = "detection/benign"
+
+
+def stage(interpreter: str, attack: str) -> str:
+    return f"detection/{interpreter}/{attack}"
+
+
+def benign_files(cfg: ExperimentConfig, data: ImageSet) -> dict[str, Path]:
+    """Name → path of the benign images the thresholds are fitted on."""
+    assert cfg.detection is not None
+    attacked = {Path(p).resolve() for p in data.paths}
+    try:
+        paths = [p for p in list_images(cfg.detection.benign_images)
+                 if p.resolve() not in attacked]
+    except FileNotFoundError as exc:
+        raise ConfigError(f"detection.benign_images: {exc}") from exc
+    paths = paths[:cfg.detection.benign_limit]
+    if not paths:
+        raise ConfigError(f"detection.benign_images: no image in {cfg.detection.benign_images} "
+                          "apart from the attacked ones")
+    root = Path(cfg.detection.benign_images)
+    base = root if root.is_dir() else root.parent
+    return {str(p.relative_to(base)).replace("/", "__").rsplit(".", 1)[0]: p for p in paths}
+
+
+def _scores(detector: FeatureSqueezingDetector, images: np.ndarray) -> list[Output]:
+    return [({}, {"scores": row}) for row in detector.scores(images).tolist()]
+
+
+def run(ctx: distributed.Context, cfg: ExperimentConfig, model: Classifier, store: Store,
+        data: ImageSet, progress: bool) -> None:
+    """Score the benign images, then every attack's adversarial images."""
+    assert cfg.detection is not None
+    detector = FeatureSqueezingDetector(model, list(cfg.detection.squeezers))
+    files = benign_files(cfg, data)
+    run_units(ctx, store, BENIGN, chunks(list(files), cfg.batch_size),
+              lambda u: _scores(detector, np.stack([load_image(files[n], cfg.image_size)
+                                                    for n in u])), progress)
+
+    def adversarial(stage_name: str, names: list[str]) -> list[Output]:
+        records = [store.load(stage_name, n) for n in names]
+        for name, record in zip(names, records):
+            if record is None or record.error is not None:
+                raise RuntimeError(f"no adversarial image for {name}")
+        outputs = _scores(detector, np.stack([r.arrays["adv"] for r in records]))
+        for (_, meta), record in zip(outputs, records):
+            meta["success"] = record.meta["success"]
+        return outputs
+
+    units = chunks(data.attacked, cfg.batch_size)
+    for interpreter in cfg.interpreters:
+        for attack in cfg.attacks:
+            source = f"{interpreter}/{attack}"
+            run_units(ctx, store, stage(interpreter, attack), units,
+                      lambda u, s=source: adversarial(s, u), progress)
