@@ -71,9 +71,10 @@ class SaliencyLoss:
         return (tv + self.border_penalty * border) / 2
 
     def __call__(self, model: Classifier, x: torch.Tensor, masks: torch.Tensor,
-                 classes: torch.Tensor, real: torch.Tensor, gen: torch.Generator
-                 ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean loss over the batch and its parts. masks N×1×h×w in [0,1]; real (N,) bool."""
+                 classes: torch.Tensor, real: torch.Tensor, gen: torch.Generator,
+                 area_scale: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean loss over the batch and its parts. masks N×1×h×w in [0,1]; real (N,) bool;
+        ``area_scale`` multiplies the area weight (warm-up)."""
         up = F.interpolate(masks, size=x.shape[-2:], mode="bilinear", align_corners=False)
         other = self.replacement(x, gen)
         preserved = up * x + (1 - up) * other
@@ -89,7 +90,7 @@ class SaliencyLoss:
         terms = {
             "destroyer": (realf * destroyer).mean(),
             "preserver": self.preserver_weight * (realf * preserver).mean(),
-            "area": self.area_weight * area.mean(),
+            "area": area_scale * self.area_weight * area.mean(),
             "smoothness": self.smooth_weight * smooth.mean(),
         }
         return sum(terms.values()), {k: float(v.detach()) for k, v in terms.items()}
@@ -112,6 +113,10 @@ class TrainConfig:
     weight_decay: float = 1e-4
     fake_prob: float = 0.3
     min_scale: float = 0.3  # RandomResizedCrop's smallest area fraction
+    #: the area weight grows linearly from 0 over this fraction of the steps (0: the original
+    #: constant weight); short runs otherwise collapse to an empty mask before the decoder
+    #: learns where the class evidence is
+    area_warmup: float = 0.0
     seed: int = 0
     checkpoint_every: int = 25
 
@@ -176,7 +181,9 @@ def train(
         shift = torch.randint(1, n_classes, (cfg.batch_size,), generator=gen)
         classes = torch.where(fake, (y + shift) % n_classes, y)
         _, masks = net(x, classes)
-        value, parts = loss(model, x, masks, classes, ~fake, gen)
+        warm = cfg.area_warmup * cfg.steps
+        value, _ = loss(model, x, masks, classes, ~fake, gen,
+                        min(1.0, step / warm) if warm > 0 else 1.0)
         opt.zero_grad()
         value.backward()
         value = value.detach()
