@@ -377,6 +377,18 @@ def test_a_different_config_is_refused_in_the_same_run_directory(tiny) -> None:
         run_experiment(load_config(config, ["seed=1"]), reference, progress=False)
 
 
+@pytest.mark.parametrize("override, message", [
+    ("images=absent", r"images: image path .*absent does not exist"),
+    ("weights=absent.pth", r"model: weights file .*absent.pth does not exist"),
+    ("labels=absent.csv", r"labels: file .*absent.csv does not exist"),
+])
+def test_missing_inputs_are_named_and_leave_no_run_directory(tiny, tmp_path, override,
+                                                             message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        run_experiment(load_config(tiny[0], [override]), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 @needs_shared
 def test_default_config_end_to_end_with_reduced_steps(tmp_path) -> None:
     """configs/default.yaml (the embedded EfficientNet-Lite0) on 2 images with a few steps."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -66,7 +67,14 @@ class ImageSet:
 def prepare(cfg: ExperimentConfig, model: Classifier, chunk: int = 16) -> ImageSet:
     """Load the images, predict them (in fixed chunks, identical in every process) and choose
     each image's target class from its own seed."""
-    samples, errors = load_dataset(cfg.images, cfg.labels, cfg.limit, cfg.image_size)
+    if cfg.labels is not None and not Path(cfg.labels).is_file():
+        raise ConfigError(f"labels: file {cfg.labels} does not exist")
+    try:
+        samples, errors = load_dataset(cfg.images, cfg.labels, cfg.limit, cfg.image_size)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"images: {exc}") from exc
+    except ValueError as exc:  # a bad label in the CSV, named with its line
+        raise ConfigError(f"labels: {exc}") from exc
     if not samples:
         raise ConfigError(f"images: no readable image in {cfg.images}")
     images = np.stack([s.image for s in samples])

@@ -151,7 +151,7 @@ def transfer_tables(cfg: ExperimentConfig, store: Store,
     columns = ["ADV² against ↓ / explained by →", *cfg.interpreters]
     note = ("Each row's ADV² images, explained by each column's interpreter for the target class "
             "and compared with that interpreter's benign maps; the diagonal is the attack's own "
-            "result. Means over the images; n per cell in the CSV of the results.")
+            "result. Means over the attacked images.")
     l1 = Table("transfer_l1", "Transferability: L1 to the benign maps", columns,
                ["", *[".4f"] * len(cfg.interpreters)], note=note)
     iou = Table("transfer_iou", "Transferability: IoU (mean over k) to the benign maps", columns,
@@ -337,7 +337,8 @@ def _header(cfg: ExperimentConfig, data: ImageSet, timing: dict) -> list[tuple[s
     return [
         ("model", cfg.model + (f" (weights {cfg.weights})" if cfg.weights else "")),
         ("images", (f"{len(data.attacked)} attacked of {len(data.names)} loaded from "
-                    f"{cfg.images} (limit {cfg.limit}); {len(data.load_errors)} unreadable")),
+                    f"{cfg.images} (limit {cfg.limit or 'none'}); {len(data.load_errors)} "
+                    "unreadable")),
         ("seed", str(cfg.seed)),
         ("interpreters", ", ".join(cfg.interpreters)),
         ("target map", cfg.target_map),

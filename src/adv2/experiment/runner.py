@@ -27,7 +27,7 @@ from adv2.experiment.images import ImageSet, prepare, seed_of
 from adv2.experiment.store import Store, write_json
 from adv2.experiment.units import Output, chunks, run_units
 from adv2.interpreters import Interpreter, build_interpreter
-from adv2.models import Classifier, load_model
+from adv2.models import Classifier, ModelError, load_model
 from adv2.pipeline import build_attack
 from adv2.report import versions
 
@@ -114,22 +114,29 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
     ctx = distributed.init()
     store = Store(out)
     try:
+        try:
+            model = load_model(cfg.model, cfg.weights)
+        except ModelError as exc:
+            raise ConfigError(f"model: {exc}") from exc
+        # inputs first, so that bad ones stop the run before its directory exists
+        data = prepare(cfg, model)
+        try:
+            interpreters = {name: build_interpreter(name, model) for name in cfg.interpreters}
+        except (ModelError, ValueError) as exc:
+            raise ConfigError(f"interpreters: {exc}") from exc
         if ctx.main:
             claim(store, cfg)
             removed = store.remove_temporaries()
             if removed:
                 log.info("removed %d temporary files left by an interrupted run", removed)
-        ctx.barrier()
-        claim(store, cfg)
-        model = load_model(cfg.model, cfg.weights)
-        data = prepare(cfg, model)
-        if ctx.main:
             write_json(store.root / "images.json", data.manifest())
+        ctx.barrier()
+        if not ctx.main:
+            claim(store, cfg)  # rank 0 wrote or checked it: this only reads
         units = chunks(data.attacked, cfg.batch_size)
         stage_seconds: dict[str, float] = {}
-        for name in cfg.interpreters:
+        for name, interpreter in interpreters.items():
             t0 = time.time()
-            interpreter = build_interpreter(name, model)
             for attack in cfg.attacks:
                 run_units(ctx, store, f"{name}/{attack}", units,
                           lambda u, a=attack, i=interpreter: attack_unit(cfg, model, i, a, data, u),
@@ -141,7 +148,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
                                                        stage_seconds[name]))
         if cfg.transfer:
             t0 = time.time()
-            transfer.run(ctx, cfg, model, store, data, progress)
+            transfer.run(ctx, cfg, interpreters, store, data, progress)
             ctx.barrier()
             stage_seconds["transfer"] = round(time.time() - t0, 1)
         if cfg.detection is not None:

@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,8 +122,12 @@ class Store:
         return out
 
     def remove_temporaries(self) -> int:
-        """Delete temporary files left by killed writers; returns how many."""
+        """Delete temporary files (and report folders) left by killed writers; returns how
+        many."""
         stale = list(self.root.rglob(TMP_GLOB)) if self.root.is_dir() else []
         for path in stale:
-            path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         return len(stale)

@@ -16,7 +16,8 @@ _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{
 def latex_escape(text: str) -> str:
     out = "".join(_LATEX_SPECIAL.get(c, c) for c in text)
     return (out.replace("ADV²", ADV2_NAMES["latex"]).replace("²", r"$^2$")
-            .replace("→", r"$\to$").replace("≥", r"$\geq$").replace("×", r"$\times$"))
+            .replace("→", r"$\to$").replace("↓", r"$\downarrow$").replace("≥", r"$\geq$")
+            .replace("×", r"$\times$"))
 
 
 @dataclass

@@ -17,8 +17,7 @@ from adv2.experiment.config import ExperimentConfig
 from adv2.experiment.images import ImageSet
 from adv2.experiment.store import Store
 from adv2.experiment.units import Output, chunks, run_units
-from adv2.interpreters import Interpreter, build_interpreter
-from adv2.models import Classifier
+from adv2.interpreters import Interpreter
 
 
 def stage(source: str, target: str) -> str:
@@ -51,13 +50,12 @@ def transfer_unit(store: Store, source: str, interpreter: Interpreter,
             for j in range(len(names))]
 
 
-def run(ctx: distributed.Context, cfg: ExperimentConfig, model: Classifier, store: Store,
-        data: ImageSet, progress: bool) -> None:
+def run(ctx: distributed.Context, cfg: ExperimentConfig, interpreters: dict[str, Interpreter],
+        store: Store, data: ImageSet, progress: bool) -> None:
     """Every (source, target) pair of the configured interpreters, on every attacked image."""
     units = chunks(data.attacked, cfg.batch_size)
-    for target in cfg.interpreters:
-        interpreter = build_interpreter(target, model)
-        for source in cfg.interpreters:
+    for target, interpreter in interpreters.items():
+        for source in interpreters:
             run_units(ctx, store, stage(source, target), units,
                       lambda u, s=source, i=interpreter: transfer_unit(store, s, i, u),
                       progress)
