@@ -8,7 +8,10 @@ map s (the class activation map of class y) gates s by ``sigmoid(scale·act + sh
 selector needs no training of its own, only the two scalars.
 Decoder: U-Net style upsamplers (pixel shuffle ×2, a skip from the encoder stage at that stride,
 a residual bottleneck block) down to stride 4; head: a 1×1 conv to two channels (a, b), mask
-``|a| / (|a| + |b|)`` at 1/4 of the input resolution (56×56 for 224²).
+``sigmoid(a − b + g)`` (the two-channel softmax) at 1/4 of the input resolution (56×56 for
+224²), where g is the selector's gate logit upsampled. The head starts at zero, so an untrained
+network returns the gate (a thresholded class activation map) and training learns the
+correction; without that skip, short CPU trainings collapse to empty or full masks.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from adv2.models import Classifier, ModelError, _TimmFeatures
@@ -126,6 +130,8 @@ class SaliencyNet(nn.Module):
             self.skip_strides.append(stride)
         self.ups = nn.ModuleList(ups)
         self.head = nn.Conv2d(width, 2, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     def _channels(self, stride: int) -> int | None:
         if stride not in self.stages:
@@ -148,16 +154,18 @@ class SaliencyNet(nn.Module):
             for h in hooks:
                 h.remove()
 
-    def gate(self, feats: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """Selector: N×1×h×w gate in (0,1) from the class activation map of ``classes``."""
+    def gate_logit(self, feats: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Selector: N×1×h×w logit of the gate, from the class activation map of ``classes``."""
         act = torch.einsum("nk,nkhw->nhw", self.class_weights[classes].to(feats), feats)
-        return torch.sigmoid(self.scale * act + self.shift).unsqueeze(1)
+        return (self.scale * act + self.shift).unsqueeze(1)
 
     def forward(self, x: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with self._taps() as taps:
             logits, feats = self.model.forward_with_features(x)
-        h = self.bottom(feats * self.gate(feats, classes))
+        gate = self.gate_logit(feats, classes)
+        h = self.bottom(feats * torch.sigmoid(gate))
         for up, stride in zip(self.ups, self.skip_strides):
             h = up(h, taps.get(stride))
-        ab = self.head(h).abs()
-        return logits, (ab[:, :1] / (ab.sum(dim=1, keepdim=True) + 1e-6))
+        ab = self.head(h)
+        prior = F.interpolate(gate, size=ab.shape[-2:], mode="bilinear", align_corners=False)
+        return logits, torch.sigmoid(ab[:, :1] - ab[:, 1:] + prior)
