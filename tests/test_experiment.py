@@ -30,6 +30,7 @@ from PIL import Image
 
 from adv2.experiment import ConfigError, load_config, parse_config, run_experiment
 from adv2.experiment.store import Store
+from adv2.experiment.tables import Table
 
 N_IMAGES = 4
 TABLES = {"settings", "attacks", "transfer_l1", "transfer_iou", "detection", "errors"}
@@ -177,6 +178,15 @@ def test_values_paths_and_overrides(tmp_path) -> None:
                                               "report.examples=1"]).digest()
     with pytest.raises(ConfigError, match=r"--set 'limit': expected KEY=VALUE"):
         load_config(path, ["limit"])
+
+
+def test_table_formats_escape_and_round() -> None:
+    table = Table("t", "T", ["name", "IoU@10%"], ["", ".3f"], [["a_b & ADV²", 0.12345], ["c", None]])
+    assert table.markdown().splitlines()[2:] == ["| a_b & ADV² | 0.123 |", "| c | – |"]
+    assert table.csv().splitlines() == ["name,IoU@10%", "a_b & ADV²,0.12345", "c,"]
+    latex = table.latex()
+    assert r"name & IoU@10\% \\" in latex and r"a\_b \& ADV$^2$ & 0.123 \\" in latex
+    assert "<td>a_b &amp; ADV²</td><td>0.123</td>" in table.html()
 
 
 @pytest.mark.parametrize("name", ["default", "paper-resnet50", "paper-densenet169"])
