@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from adv2 import metrics, pipeline
 from adv2 import targets as target_maps
 from adv2.attacks import (ADV2, PGD, Adam, Constant, CrossEntropy, CWMargin, LabelSmoothing,
-                          Linear, MapL1, MapMSE, Objective, Piecewise, SignStep, Stop, descend,
+                          Linear, MapL1, MapLogitMSE, MapMSE, Objective, Piecewise, SignStep, Stop, descend,
                           judge, parse_schedule, project, quantise)
 from adv2.data import to_tensor
 from adv2.interpreters import CAM, GRAD
@@ -201,7 +201,17 @@ def test_prediction_loss_does_not_depend_on_batch(loss) -> None:
     torch.testing.assert_close(loss(logits[[4, 1]], t[[4, 1]]), together[[4, 1]])
 
 
-@pytest.mark.parametrize("loss", [MapMSE(), MapL1()])
+def test_logit_mse_sees_the_order_of_saturated_cells() -> None:
+    target = torch.sigmoid(torch.tensor([[[[0.0, 1.0], [9.0, 12.0]]]]))
+    assert MapLogitMSE()(target, target).item() == pytest.approx(0.0, abs=1e-8)
+    shifted = torch.sigmoid(torch.tensor([[[[1.0, 1.0], [9.0, 12.0]]]]))  # one logit off by 1
+    assert MapLogitMSE()(shifted, target).item() == pytest.approx(0.25, rel=1e-4)
+    swapped = torch.sigmoid(torch.tensor([[[[0.0, 1.0], [12.0, 9.0]]]]))  # saturated cells swap
+    assert MapMSE()(swapped, target).item() < 1e-8  # invisible to MSE on the values ...
+    assert MapLogitMSE()(swapped, target).item() == pytest.approx(18 / 4, rel=0.02)  # ... not here
+
+
+@pytest.mark.parametrize("loss", [MapMSE(), MapL1(), MapLogitMSE()])
 def test_map_loss_does_not_depend_on_batch(loss) -> None:
     gen = torch.Generator().manual_seed(2)
     a, b = torch.rand(5, 1, 7, 7, generator=gen), torch.rand(5, 1, 7, 7, generator=gen)

@@ -41,7 +41,7 @@ class AttackConfig:
     lr: float | None = None
     lr_decay: float | None = None  # step size at the end relative to the start (linear)
     pred_loss: str | None = None
-    map_loss: str = "mse"
+    map_loss: str | None = None
     patience: int | None = None  # 0: never stop early
     random_start: bool = False
     target_class: int | None = None
@@ -62,13 +62,14 @@ class AttackConfig:
 ATTACK_DEFAULTS: dict[str, dict] = {
     "pgd": {"steps": 100, "optimizer": "sign", "lr": 1 / 255, "pred_loss": "ce"},
     "cam": {"steps": 110, "warm_steps": 50, "optimizer": "adam", "lr": 2 / 255, "lr_decay": 1.0,
-            "lam": "5:10", "pred_loss": "ce", "patience": 20},
+            "lam": "5:10", "pred_loss": "ce", "map_loss": "mse", "patience": 20},
     "grad": {"steps": 130, "warm_steps": 30, "optimizer": "adam", "lr": 0.004, "lr_decay": 0.05,
-             "lam": "50", "pred_loss": "cw", "patience": 0},
-    "rts": {"steps": 110, "warm_steps": 50, "optimizer": "adam", "lr": 2 / 255, "lr_decay": 1.0,
-            "lam": "5:10", "pred_loss": "ce", "patience": 20},
+             "lam": "50", "pred_loss": "cw", "map_loss": "mse", "patience": 0},
+    # RTS masks are nearly binary: the logit MSE keeps the order of saturated cells (top-k IoU)
+    "rts": {"steps": 140, "warm_steps": 50, "optimizer": "adam", "lr": 2 / 255, "lr_decay": 1.0,
+            "lam": "2:4", "pred_loss": "ce", "map_loss": "logit", "patience": 20},
     "mask": {"steps": 100, "warm_steps": 50, "optimizer": "adam", "lr": 1 / 255, "lr_decay": 1.0,
-             "lam": "5:10", "pred_loss": "ce", "patience": 20},
+             "lam": "5:10", "pred_loss": "ce", "map_loss": "mse", "patience": 20},
 }
 
 

@@ -3,7 +3,7 @@
 from adv2.attacks.adv2 import ADV2
 from adv2.attacks.engine import Objective, Stop, descend, project, quantise
 from adv2.attacks.losses import (MAP_LOSSES, PREDICTION_LOSSES, CrossEntropy, CWMargin,
-                                 LabelSmoothing, MapL1, MapMSE)
+                                 LabelSmoothing, MapL1, MapLogitMSE, MapMSE)
 from adv2.attacks.optimizers import OPTIMIZERS, Adam, SignStep
 from adv2.attacks.pgd import PGD
 from adv2.attacks.result import AttackResult, judge
@@ -11,5 +11,5 @@ from adv2.attacks.schedules import Constant, Linear, Piecewise, parse_schedule
 
 __all__ = ["ADV2", "MAP_LOSSES", "OPTIMIZERS", "PGD", "PREDICTION_LOSSES", "Adam",
            "AttackResult", "CWMargin", "Constant", "CrossEntropy", "LabelSmoothing", "Linear",
-           "MapL1", "MapMSE", "Objective", "Piecewise", "SignStep", "Stop", "descend", "judge",
-           "parse_schedule", "project", "quantise"]
+           "MapL1", "MapLogitMSE", "MapMSE", "Objective", "Piecewise", "SignStep", "Stop",
+           "descend", "judge", "parse_schedule", "project", "quantise"]
