@@ -197,7 +197,8 @@ def train(
                           "settings": json.dumps(settings)}, last)
     bar.close()
     net.eval()
-    info = dict(meta or {}) | settings | {"seconds_this_run": round(time.time() - started, 1)}
+    info = (dict(meta or {}) | settings | {"train": asdict(cfg)}
+            | {"seconds_this_run": round(time.time() - started, 1)})
     _atomic_save({"net": net.state_dict(), "meta": json.dumps(info)}, out / "rts.pt")
     return net
 
