@@ -1,7 +1,7 @@
 """How well the RTS masks explain the classifier, against a centred box of the same area.
 
 For each held-out image (the checkpoint lists the images its training left out) that the model
-classifies correctly, with m the RTS mask of the true class y, bilinearly upsampled to the image:
+classifies correctly, with m the RTS map of the true class y, bilinearly upsampled to the image:
 
 - keep:   p(y | m·x + (1−m)·blur(x))   — only the mask region kept, the rest blurred (σ = 11);
 - remove: p(y | (1−m)·x + m·blur(x))   — the mask region blurred away;
@@ -108,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         f"(seed {meta.get('seed')}, {meta.get('n_train')} training images, "
         f"{meta.get('train', {}).get('steps')} steps of {meta.get('train', {}).get('batch_size')}). "
         f"Evaluated on the {len(samples)} images its training left out, of which the model "
-        f"classifies {len(rows)} correctly (those are used). Masks are the soft RTS masks of the "
-        f"true class, bilinearly upsampled; removed or outside regions are blurred (σ = "
+        f"classifies {len(rows)} correctly (those are used). Masks are the RTS maps of the true "
+        f"class (sigmoid(z / {rts.temperature:g}), see `adv2.interpreters.RTS`), bilinearly "
+        f"upsampled; removed or outside regions are blurred (σ = "
         f"{args.sigma:g}); the box is a centred square of the same area.",
         "",
         f"Machine: {platform.machine()}, {args.threads} torch thread(s), CPU; "

@@ -27,12 +27,20 @@ class RTS(Interpreter):
     """The saliency network's mask for class c at 1/4 resolution (56×56 for 224²), in [0,1],
     high = the region that keeps the class. One forward pass of the classifier (the encoder)
     plus the small decoder gives both the logits and the map, differentiably in x.
+
+    The map is sigmoid(z / ``temperature``) for the trained mask sigmoid(z): the same order of
+    cells and the same region above 1/2, but the trained mask's logits reach ±100, so in float32
+    about 40% of its cells are exactly 0 or 1, which makes top-k% sets (IoU) arbitrary and
+    passes attacks no gradient. 5 keeps the cells distinct (docs/rts.md measures the mask
+    quality with it).
     """
 
     name = "rts"
 
-    def __init__(self, model: Classifier, checkpoint: str | Path | None = None) -> None:
+    def __init__(self, model: Classifier, checkpoint: str | Path | None = None,
+                 temperature: float = 5.0) -> None:
         super().__init__(model)
+        self.temperature = temperature
         self.checkpoint = Path(checkpoint) if checkpoint else shipped_checkpoint(model.name)
         self.net: SaliencyNet = load(model, self.checkpoint)
         for p in self.net.parameters():
@@ -42,8 +50,10 @@ class RTS(Interpreter):
         return height // 4, width // 4
 
     def explain(self, x: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.net(x, classes)
+        logits, z = self.net.mask_logits(x, classes)
+        return logits, torch.sigmoid(z / self.temperature)
 
     def config(self) -> dict:
         return {"name": self.name, "checkpoint": self.checkpoint.name,
+                "temperature": self.temperature,
                 "trained": {k: self.net.meta.get(k) for k in ("command", "data", "seed")}}

@@ -160,6 +160,12 @@ class SaliencyNet(nn.Module):
         return (self.scale * act + self.shift).unsqueeze(1)
 
     def forward(self, x: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, z = self.mask_logits(x, classes)
+        return logits, torch.sigmoid(z)
+
+    def mask_logits(self, x: torch.Tensor, classes: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The classifier's logits N×C and the mask's logits N×1×H/4×W/4 (mask = sigmoid)."""
         with self._taps() as taps:
             logits, feats = self.model.forward_with_features(x)
         gate = self.gate_logit(feats, classes)
@@ -168,4 +174,4 @@ class SaliencyNet(nn.Module):
             h = up(h, taps.get(stride))
         ab = self.head(h)
         prior = F.interpolate(gate, size=ab.shape[-2:], mode="bilinear", align_corners=False)
-        return logits, torch.sigmoid(ab[:, :1] - ab[:, 1:] + prior)
+        return logits, ab[:, :1] - ab[:, 1:] + prior
