@@ -168,3 +168,22 @@ def test_train_rts_command_records_holdout_and_skips_bad_files(tmp_path, capsys)
     net = load(load_model(), out / "rts.pt")
     assert net.meta["n_train"] == 3 and len(net.meta["holdout"]) == 1
     assert "train-rts" in net.meta["command"]
+
+
+@pytest.mark.slow
+def test_attack_command_with_rts_records_the_checkpoint(tmp_path) -> None:
+    import json
+
+    from PIL import Image
+
+    from adv2 import cli
+
+    Image.fromarray(demo_images()[0].image).save(tmp_path / "cat.png")
+    out = tmp_path / "run"
+    code = cli.main(["attack", "--interpreter", "rts", "--images", str(tmp_path / "cat.png"),
+                     "--steps", "3", "--warm-steps", "3", "--out", str(out)])
+    assert code == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["interpreter_config"]["checkpoint"] == "rts_efficientnet_lite0.pt"
+    assert config["map_loss"] == "logit"
+    assert np.load(out / "samples" / "cat" / "adv_map.npy").shape[-2:] == (56, 56)
