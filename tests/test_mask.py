@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adv2.interpreters.mask import MASK, AdamState, blur, tv_norm
+from adv2.filters import blur
+from adv2.interpreters.mask import MASK, AdamState, tv_norm
 from adv2.models import Classifier
 from conftest import make_images, make_tiny_model
 from adv2.data import to_tensor

@@ -24,12 +24,22 @@ def make_deep_tiny_model(seed: int = 0, n_classes: int = 10) -> Classifier:
     for cin, cout in ((3, 8), (8, 16), (16, 16), (16, 32)):
         layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.ReLU()]
     linear = nn.Linear(32, n_classes)
+    with torch.no_grad():  # as conftest's tiny model: confident, and dependent on the image
+        linear.weight.mul_(30.0)
+        linear.weight.sub_(linear.weight.mean(dim=1, keepdim=True))
     return Classifier(nn.Sequential(*layers), _PoolLinear(linear), linear, name="deep-tiny")
 
 
 @pytest.fixture
 def deep_model() -> Classifier:
     return make_deep_tiny_model()
+
+
+def with_random_head(net: SaliencyNet) -> SaliencyNet:
+    """The head starts at zero (the mask is the gate); a random head makes the decoder count."""
+    torch.manual_seed(1)
+    torch.nn.init.normal_(net.head.weight, std=0.5)
+    return net
 
 
 def test_mask_shape_range_and_skips(deep_model) -> None:
@@ -44,16 +54,19 @@ def test_mask_shape_range_and_skips(deep_model) -> None:
     assert not any(k.startswith(("model", "class_weights")) for k in net.state_dict())
 
 
-def test_gradient_reaches_the_input(deep_model) -> None:
-    net = SaliencyNet(deep_model).eval()
+@pytest.mark.parametrize("through", ["gate", "decoder"])
+def test_gradient_reaches_the_input(deep_model, through) -> None:
+    net = with_random_head(SaliencyNet(deep_model)).eval()
+    if through == "decoder":  # only the decoder's path: a constant gate, no prior in the head
+        net.scale.data.zero_()
     x = to_tensor(make_images(2)).requires_grad_(True)
     _, masks = net(x, torch.tensor([3, 4]))
     (grad,) = torch.autograd.grad(masks.square().sum(), x)
-    assert grad.abs().sum(dim=(1, 2, 3)).min() > 0  # every image, not detached anywhere
+    assert grad.abs().sum(dim=(1, 2, 3)).min() > 0  # every image
 
 
 def test_selector_depends_on_the_class(deep_model) -> None:
-    net = SaliencyNet(deep_model, scale=1.0, shift=0.0).eval()  # an open gate for tiny logits
+    net = with_random_head(SaliencyNet(deep_model, scale=1.0, shift=0.0)).eval()
     x = to_tensor(make_images(1)).expand(2, -1, -1, -1)
     _, masks = net(x, torch.tensor([0, 5]))
     assert not torch.allclose(masks[0], masks[1])
@@ -68,6 +81,27 @@ def test_smoothness_on_hand_made_masks() -> None:
     assert loss.smoothness(step).item() == pytest.approx(4 / 2)
     bordered = SaliencyLoss(border_penalty=0.3).smoothness(torch.ones(1, 1, 4, 4))
     assert bordered.item() == pytest.approx(0.3 * 16 / 2)  # 4 borders of 4 cells, halved
+
+
+def test_classifier_terms_reward_a_mask_over_the_evidence() -> None:
+    """Keeping the whole image preserves the class and removing it destroys it: the preserver
+    and destroyer terms are lower for a full mask than for an empty one; fake labels get
+    neither term."""
+    model = make_deep_tiny_model()
+    x = to_tensor(make_images(4))
+    classes = model(x).argmax(dim=1)
+    loss = SaliencyLoss(area_weight=0.0, smooth_weight=0.0)
+    real = torch.ones(4, dtype=torch.bool)
+
+    def parts(fill: float, real: torch.Tensor) -> dict[str, float]:
+        masks = torch.full((4, 1, 8, 8), fill)
+        return loss(model, x, masks, classes, real, torch.Generator().manual_seed(0))[1]
+
+    full, empty = parts(1.0, real), parts(0.0, real)
+    assert full["destroyer"] < empty["destroyer"]
+    assert full["preserver"] < empty["preserver"]
+    fake = parts(1.0, torch.zeros(4, dtype=torch.bool))
+    assert fake["destroyer"] == 0.0 and fake["preserver"] == 0.0
 
 
 def test_one_training_step_lowers_the_loss(deep_model) -> None:
@@ -115,6 +149,9 @@ def test_checkpoint_of_another_model_is_rejected(deep_model, tmp_path) -> None:
         load(other, tmp_path / "rts.pt")
     with pytest.raises(ModelError, match="no RTS checkpoint ships .* train-rts"):
         build_interpreter("rts", other)
+    retrained = make_deep_tiny_model(seed=1)  # same name, other weights
+    with pytest.raises(ModelError, match="other deep-tiny weights"):
+        load(retrained, tmp_path / "rts.pt")
 
 
 @pytest.mark.slow
@@ -146,6 +183,7 @@ def test_adv2_against_rts_stays_in_the_ball(deep_model, tmp_path) -> None:
     labels = deep_model(x).argmax(dim=1)
     targets = (labels + 1) % 10
     result = ADV2(deep_model, rts, steps=5, warm_steps=5)(images, targets, benign(rts, x, labels))
+    assert result.maps.shape[-2:] == rts.resolution(32, 32)
     assert result.linf.max() <= 8
     assert result.l1.shape == (3,) and (result.passes > 0).all()
 

@@ -239,7 +239,11 @@ def cmd_train_rts(args: argparse.Namespace) -> int:
                                            for k, v in options.items())
     meta = {"command": command, "data": str(args.images),
             "n_train": len(used), "holdout": held, "seed": args.seed}
-    train(model, images, labels, args.out, cfg, meta=meta)
+    try:
+        train(model, images, labels, args.out, cfg, meta=meta)
+    except (ModelError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
     print(f"checkpoint: {(Path(args.out) / 'rts.pt').resolve()}")
     return 0
 

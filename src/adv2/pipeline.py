@@ -65,7 +65,7 @@ ATTACK_DEFAULTS: dict[str, dict] = {
             "lam": "5:10", "pred_loss": "ce", "map_loss": "mse", "patience": 20},
     "grad": {"steps": 130, "warm_steps": 30, "optimizer": "adam", "lr": 0.004, "lr_decay": 0.05,
              "lam": "50", "pred_loss": "cw", "map_loss": "mse", "patience": 0},
-    # RTS masks are nearly binary: the logit MSE keeps the order of saturated cells (top-k IoU)
+    # RTS maps are sigmoids with most cells near 0 or 1: the logit MSE keeps their order (IoU)
     "rts": {"steps": 160, "warm_steps": 50, "optimizer": "adam", "lr": 2 / 255, "lr_decay": 1.0,
             "lam": "2:4", "pred_loss": "ce", "map_loss": "logit", "patience": 30},
     "mask": {"steps": 100, "warm_steps": 50, "optimizer": "adam", "lr": 1 / 255, "lr_decay": 1.0,

@@ -4,7 +4,8 @@ Every loss returns a tensor of shape (N,), one value per image. The engine minim
 image i, ``pred_loss_i + λ · map_loss_i`` and differentiates the *sum* over the batch, so every
 image gets the gradient of its own loss, whatever the batch size or which images are still
 active. ``map_loss_i`` is a mean over the map's cells at the interpreter's native resolution,
-so λ means the same for every interpreter and resolution. Reported batch losses are means.
+so for a given map loss λ does not depend on the map's resolution. Reported batch losses are
+means.
 """
 
 from __future__ import annotations
@@ -79,8 +80,10 @@ class MapL1(MapLoss):
 
 class MapLogitMSE(MapLoss):
     """Mean over cells of the squared difference of the maps' logits, log(m / (1 − m)), with m
-    clipped to [eps, 1 − eps]. For near-binary maps (RTS) it keeps pulling on the order of
-    saturated cells, which MSE on the values hardly sees but top-k% IoU counts."""
+    clipped to [eps, 1 − eps] (logits within ±13.8 for the default eps: a clipped cell counts
+    with the clipped value and passes no gradient, which bounds the loss). For maps that are
+    sigmoids (RTS) it compares the order of cells near 0 and 1, which MSE on the values
+    hardly sees but top-k% IoU counts. Its scale differs from MSE's: λ is retuned for it."""
 
     def __init__(self, eps: float = 1e-6) -> None:
         self.eps = eps

@@ -47,7 +47,10 @@ class RTS(Interpreter):
             p.requires_grad_(False)
 
     def resolution(self, height: int, width: int) -> tuple[int, int]:
-        return height // 4, width // 4
+        with torch.no_grad():
+            _, z = self.net.mask_logits(torch.zeros(1, 3, height, width),
+                                        torch.zeros(1, dtype=torch.long))
+        return z.shape[-2], z.shape[-1]
 
     def explain(self, x: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, z = self.net.mask_logits(x, classes)

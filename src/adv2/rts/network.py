@@ -17,7 +17,7 @@ correction; without that skip, short CPU trainings collapse to empty or full mas
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -44,9 +44,11 @@ def _candidates(model: Classifier) -> list[nn.Module]:
                      "to find its stage outputs")
 
 
-def find_stages(model: Classifier, size: int = 64) -> tuple[dict[int, nn.Module], int, int]:
-    """The last candidate module at each stride of :data:`SKIP_STRIDES` (those present), the
-    stride of the last feature map and its channel count, from one dummy pass at ``size``²."""
+def find_stages(model: Classifier, size: int = 64
+                ) -> tuple[dict[int, tuple[nn.Module, int]], int, int]:
+    """The last candidate module at each stride of :data:`SKIP_STRIDES` (those present) with
+    its output channels, the stride of the last feature map and its channel count, from one
+    dummy pass at ``size``²."""
     found: dict[int, tuple[nn.Module, int]] = {}
     outputs: list[tuple[nn.Module, torch.Tensor]] = []
     hooks = [m.register_forward_hook(lambda m, i, o: outputs.append((m, o)))
@@ -65,7 +67,7 @@ def find_stages(model: Classifier, size: int = 64) -> tuple[dict[int, nn.Module]
     if final_stride < MASK_STRIDE:
         raise ModelError(f"model {model.name!r}: its last feature map has stride {final_stride}; "
                          f"RTS needs at least {MASK_STRIDE}")
-    return {s: m for s, (m, _) in found.items()}, final_stride, last.shape[1]
+    return found, final_stride, last.shape[1]
 
 
 class Bottleneck(nn.Module):
@@ -116,7 +118,10 @@ class SaliencyNet(nn.Module):
         object.__setattr__(self, "model", model)  # not registered: never trained nor saved
         # C×K, raises without a pool + linear head; derived from the model, so never saved
         self.register_buffer("class_weights", model.cam_weights().detach(), persistent=False)
-        self.stages, final_stride, channels = find_stages(model)
+        stages, final_stride, channels = find_stages(model)
+        self.stages = {stride: module for stride, (module, _) in stages.items()}
+        #: provenance of a loaded checkpoint (see adv2.rts.training.load)
+        self.meta: dict = {}
         self.scale = nn.Parameter(torch.tensor(float(scale)))
         self.shift = nn.Parameter(torch.tensor(float(shift)))
         self.bottom = nn.Sequential(nn.Conv2d(channels, width, 1), nn.ReLU())
@@ -125,26 +130,18 @@ class SaliencyNet(nn.Module):
         stride = final_stride
         while stride > MASK_STRIDE:
             stride //= 2
-            skip = self._channels(stride)
-            ups.append(Upsampler(width, skip, width))
+            ups.append(Upsampler(width, stages[stride][1] if stride in stages else None, width))
             self.skip_strides.append(stride)
         self.ups = nn.ModuleList(ups)
         self.head = nn.Conv2d(width, 2, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def _channels(self, stride: int) -> int | None:
-        if stride not in self.stages:
-            return None
-        with self._taps() as taps, torch.no_grad():
-            self.model.features(torch.zeros(1, 3, 64, 64))
-        return taps[stride].shape[1]
-
     @contextmanager
     def _taps(self) -> Iterator[dict[int, torch.Tensor]]:
         taps: dict[int, torch.Tensor] = {}
 
-        def keep(stride: int):
+        def keep(stride: int) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
             return lambda module, inputs, output: taps.__setitem__(stride, output)
 
         hooks = [m.register_forward_hook(keep(s)) for s, m in self.stages.items()]

@@ -16,6 +16,7 @@ apply, which teaches the decoder to return an empty mask for a class absent from
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -30,8 +31,8 @@ import torchvision.transforms.v2 as T
 from tqdm import tqdm
 
 from adv2.data import to_tensor
-from adv2.interpreters.mask import blur
-from adv2.models import Classifier
+from adv2.filters import blur
+from adv2.models import Classifier, ModelError, load_weights
 from adv2.rts.network import SaliencyNet
 
 log = logging.getLogger(__name__)
@@ -132,8 +133,8 @@ def train(
     images: np.ndarray,
     labels: torch.Tensor,
     out: str | Path,
-    cfg: TrainConfig = TrainConfig(),
-    loss: SaliencyLoss = SaliencyLoss(),
+    cfg: TrainConfig | None = None,
+    loss: SaliencyLoss | None = None,
     meta: dict | None = None,
     progress: bool = True,
 ) -> SaliencyNet:
@@ -144,15 +145,19 @@ def train(
     ``last.pt`` made with the same settings is resumed. Only the decoder and the selector's two
     scalars are trained; the classifier is frozen. Returns the network in eval mode.
     """
+    cfg = cfg or TrainConfig()
+    loss = loss or SaliencyLoss()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     net = SaliencyNet(model)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
-    # what a resumed run must share (it may train for more steps)
-    settings = {"train": asdict(cfg) | {"steps": None, "checkpoint_every": None},
-                "loss": asdict(loss), "model": model.name}
+    # what a resumed run must share: it may train for more steps, unless the area warm-up
+    # (a fraction of the steps) depends on their number
+    resumable = {"checkpoint_every": None} | ({} if cfg.area_warmup else {"steps": None})
+    settings = {"train": asdict(cfg) | resumable, "loss": asdict(loss), "model": model.name,
+                "model_digest": model_digest(model)}
     step = 0
     last = out / "last.pt"
     if last.is_file():
@@ -203,9 +208,20 @@ def train(
     return net
 
 
+def model_digest(model: Classifier) -> str:
+    """SHA-256 of the classifier's parameters and buffers (names, shapes, float32 values): an
+    RTS checkpoint explains only the exact weights it was trained on."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def load(model: Classifier, path: str | Path) -> SaliencyNet:
-    """A trained :class:`SaliencyNet` for ``model`` from ``rts.pt`` (``weights_only`` load)."""
-    from adv2.models import ModelError, load_weights
+    """A trained :class:`SaliencyNet` for ``model`` from ``rts.pt`` (``weights_only`` load);
+    ModelError when it was trained for another model or other weights."""
 
     path = Path(path)
     try:
@@ -216,6 +232,9 @@ def load(model: Classifier, path: str | Path) -> SaliencyNet:
     if meta.get("model") != model.name:
         raise ModelError(f"RTS checkpoint {path} was trained for model {meta.get('model')!r}, "
                          f"not {model.name!r}; train one with 'adv2 train-rts'")
+    if meta.get("model_digest") != model_digest(model):
+        raise ModelError(f"RTS checkpoint {path} was trained for other {model.name} weights; "
+                         "train one for these weights with 'adv2 train-rts'")
     net = SaliencyNet(model)
     load_weights(net, state["net"], str(path))
     net.meta = meta
