@@ -128,17 +128,21 @@ def main(argv: list[str] | None = None) -> int:
     xu = FeatureSqueezingDetector(model, [detector.names[c] for c in joint_cols])
     xu.fit_scores(fit_scores[:, joint_cols], args.fpr)
 
-    def flags(adv: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """n×(S+2) flags: each squeezer, the joint over all, the joint of Xu et al."""
-        report = detector.detect(adv)
-        xu_flag = xu.decide(report.scores[:, joint_cols]).joint_flag
+    def flags_of(scores: torch.Tensor) -> torch.Tensor:
+        """n×(S+2) flags from n×S scores: each squeezer, the joint over all, Xu et al.'s joint."""
+        report = detector.decide(scores)
+        xu_flag = xu.decide(scores[:, joint_cols]).joint_flag
         return torch.cat([report.flags, report.joint_flag[:, None], xu_flag[:, None]], dim=1)
+
+    def flags(adv: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return flags_of(detector.scores(adv))
 
     row_names = [*detector.names, f"joint: max over all {len(detector.names)}",
                  "joint: " + ", ".join(xu.names) + " (Xu et al.)"]
     thresholds = [*detector.thresholds.tolist(), detector.joint_threshold, xu.joint_threshold]
-    benign_flags = flags(images_all[holdout_idx])
-    resplits = resplit_fpr(torch.cat([fit_scores, detector.scores(images_all[holdout_idx])]),
+    holdout_scores = detector.scores(images_all[holdout_idx])
+    benign_flags = flags_of(holdout_scores)
+    resplits = resplit_fpr(torch.cat([fit_scores, holdout_scores]),
                            args.fit, [list(range(len(detector.names))), joint_cols], args.fpr,
                            args.resplits, args.seed)
 
