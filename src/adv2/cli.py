@@ -48,7 +48,8 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
                    help="ADV²: final step size relative to the first (linear decay)")
     p.add_argument("--pred-loss", choices=sorted(PREDICTION_LOSSES),
                    help="prediction loss (default: ce; cw margin for ADV² on GRAD)")
-    p.add_argument("--map-loss", choices=sorted(MAP_LOSSES), default=d.map_loss)
+    p.add_argument("--map-loss", choices=sorted(MAP_LOSSES),
+                   help="ADV² map loss (default: mse; logit MSE for RTS)")
     p.add_argument("--patience", type=int,
                    help="ADV²: stop an image after this many steps without improvement (0: never)")
     p.add_argument("--random-start", action="store_true", help="PGD: random start in the ball")
