@@ -154,3 +154,11 @@ def test_success_and_confidence() -> None:
     # confidence is softmax: invariant to a per-row shift of the logits
     torch.testing.assert_close(metrics.confidence(logits + torch.tensor([[3.0], [-7.0], [1.0]]),
                                                   targets), expected)
+
+
+def test_margin_on_hand_made_logits() -> None:
+    logits = torch.tensor([[3.0, 1.0, 2.5], [0.0, 4.0, 4.0]])
+    torch.testing.assert_close(metrics.margin(logits, torch.tensor([0, 2])),
+                               torch.tensor([0.5, 0.0]))
+    torch.testing.assert_close(metrics.margin(logits, torch.tensor([1, 0])),
+                               torch.tensor([-2.0, -4.0]))

@@ -23,6 +23,13 @@ def confidence(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return logits.softmax(dim=1).gather(1, targets.view(-1, 1)).squeeze(1)
 
 
+def margin(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """z_c − max_{j≠c} z_j per sample, (N,), for logits N×C and classes (N,)."""
+    own = logits.gather(1, classes.view(-1, 1)).squeeze(1)
+    others = logits.scatter(1, classes.view(-1, 1), float("-inf")).amax(dim=1)
+    return own - others
+
+
 def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference per sample."""
     return (a - b).abs().flatten(1).mean(dim=1)

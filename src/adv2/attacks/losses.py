@@ -15,6 +15,8 @@ from abc import ABC, abstractmethod
 import torch
 import torch.nn.functional as F
 
+from adv2.metrics import margin
+
 
 class PredictionLoss(ABC):
     """Loss that is small when ``logits`` (N×C) predict ``targets`` (N,)."""
@@ -38,9 +40,7 @@ class CWMargin(PredictionLoss):
         self.kappa = kappa
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        target_logit = logits.gather(1, targets.view(-1, 1)).squeeze(1)
-        others = logits.scatter(1, targets.view(-1, 1), float("-inf")).amax(dim=1)
-        return (others - target_logit).clamp(min=-self.kappa)
+        return (-margin(logits, targets)).clamp(min=-self.kappa)
 
 
 class LabelSmoothing(PredictionLoss):

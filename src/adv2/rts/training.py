@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from adv2.data import to_tensor
 from adv2.filters import blur
+from adv2.metrics import margin
 from adv2.models import Classifier, ModelError, load_weights
 from adv2.rts.network import SaliencyNet
 
@@ -83,8 +84,8 @@ class SaliencyLoss:
         destroyed = (1 - up) * x + up * other
         logits = model(torch.cat([preserved.clamp(0, 1), destroyed]))
         keep, remove = logits.chunk(2)
-        destroyer = _margin(remove, classes).clamp(min=-self.destroyer_confidence)
-        preserver = (-_margin(keep, classes)).clamp(min=-self.preserver_confidence)
+        destroyer = margin(remove, classes).clamp(min=-self.destroyer_confidence)
+        preserver = (-margin(keep, classes)).clamp(min=-self.preserver_confidence)
         area = ((up + 5e-4) ** self.area_power).mean(dim=(1, 2, 3))
         smooth = self.smoothness(masks)
         realf = real.to(x)
@@ -97,13 +98,6 @@ class SaliencyLoss:
         return sum(terms.values()), {k: float(v.detach()) for k, v in terms.items()}
 
 
-def _margin(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """z_y − max_{j≠y} z_j, (N,)."""
-    own = logits.gather(1, classes.view(-1, 1)).squeeze(1)
-    others = logits.scatter(1, classes.view(-1, 1), float("-inf")).amax(dim=1)
-    return own - others
-
-
 @dataclass
 class TrainConfig:
     """Settings of :func:`train` (saved in the checkpoint)."""
@@ -114,9 +108,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     fake_prob: float = 0.3
     min_scale: float = 0.3  # RandomResizedCrop's smallest area fraction
-    #: the area weight grows linearly from 0 over this fraction of the steps (0: the original
-    #: constant weight); short runs otherwise collapse to an empty mask before the decoder
-    #: learns where the class evidence is
+    #: the area weight grows linearly from 0 over this fraction of the steps; 0 (the original
+    #: constant weight, used for the shipped checkpoint) unless masks collapse early
     area_warmup: float = 0.0
     seed: int = 0
     checkpoint_every: int = 25
