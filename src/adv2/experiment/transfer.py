@@ -40,12 +40,13 @@ def transfer_unit(store: Store, source: str, interpreter: Interpreter,
         benign.append(ref.arrays["benign"])
         tgts.append(src.meta["target"])
     targets = torch.tensor(tgts)
-    logits, maps = interpreter.explain(to_tensor(np.stack(adv)), targets)
+    with torch.no_grad():  # GRAD enables the gradient it needs inside explain
+        logits, maps = interpreter.explain(to_tensor(np.stack(adv)), targets)
     benign_maps = torch.from_numpy(np.stack(benign)).unsqueeze(1)
-    l1 = metrics.l1(maps.detach(), benign_maps)
-    iou = metrics.iou(maps.detach(), benign_maps)
-    success = metrics.success(logits.detach(), targets)
-    return [({"map": maps[j, 0].detach().numpy()},
+    l1 = metrics.l1(maps, benign_maps)
+    iou = metrics.iou(maps, benign_maps)
+    success = metrics.success(logits, targets)
+    return [({"map": maps[j, 0].numpy()},
              {"l1": float(l1[j]), "iou": iou[j].tolist(), "success": bool(success[j])})
             for j in range(len(names))]
 
