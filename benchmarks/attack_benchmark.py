@@ -2,7 +2,8 @@
 
 Seeded random targets, benign target maps, the embedded EfficientNet-Lite0, ε = 8/255, the
 CLI's default attack settings. Prints one Markdown table (and writes it with --out):
-success, confidence, L1, IoU mean, seconds and passes per image, and the cost of one attack
+success, confidence, L1, IoU mean, seconds and passes per image, the interpreter's noise floor
+(benign map vs the map of the image plus ±1/255 noise), and the cost of one attack
 step relative to one PGD step (forward + backward on the true model), timed in the same run.
 
     python benchmarks/attack_benchmark.py --interpreters cam:20 grad:8 --out docs/benchmark.md
@@ -20,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adv2 import pipeline, targets
+from adv2 import metrics, pipeline, targets
+from adv2.attacks import MapMSE
 from adv2.data import load_dataset, to_tensor
-from adv2.interpreters import build_interpreter
+from adv2.interpreters import MASK_STRATEGIES, build_interpreter
 from adv2.models import load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +46,19 @@ def pick_images(model, folder: Path, n: int, seed: int):
     return chosen
 
 
-def step_cost(model, interpreter, x: torch.Tensor, t: torch.Tensor, repeats: int = 5) -> float:
+def noise_floor(interpreter, x: torch.Tensor, labels: torch.Tensor, benign: torch.Tensor,
+                seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The interpreter's own instability: L1 and IoU (N,×k) between the benign maps and the
+    maps of the same images plus seeded uniform noise in {−1, 0, +1}/255 (same class, same
+    interpreter settings and seed). An attacked map cannot be expected closer than this."""
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randint(-1, 2, x.shape, generator=gen).float() / 255
+    noisy = targets.benign(interpreter, (x + noise).clamp(0, 1), labels)
+    return metrics.l1(noisy, benign), metrics.iou(noisy, benign)
+
+
+def step_cost(model, interpreter, x: torch.Tensor, t: torch.Tensor, target_maps: torch.Tensor,
+              repeats: int = 5) -> float:
     """Median time of one ADV² step over one PGD step on the same batch."""
 
     def pgd_step():
@@ -53,8 +67,9 @@ def step_cost(model, interpreter, x: torch.Tensor, t: torch.Tensor, repeats: int
 
     def adv2_step():
         xg = x.clone().requires_grad_(True)
-        logits, maps = interpreter.attack_forward(xg, t, 0.5)
-        loss = torch.nn.functional.cross_entropy(logits, t) + maps.square().mean()
+        interpreter.start_attack(xg.detach(), t)
+        logits, dist = interpreter.attack_loss(xg, t, target_maps, MapMSE(), 0.5)
+        loss = torch.nn.functional.cross_entropy(logits, t) + dist.mean()
         torch.autograd.grad(loss, xg)
 
     def timed(fn):
@@ -77,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--mask-strategies", nargs="+", choices=MASK_STRATEGIES,
+                        default=list(MASK_STRATEGIES), help="ADV² rows for MASK, one per strategy")
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
     args = parser.parse_args(argv)
     if not args.images.is_dir():
@@ -91,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
               "IoU@10/20/30/40/50% | s / image | passes / image |")
     lines = [header, "|" + "---|" * 10]
     ratios = []
+    notes: list[str] = []
     for name, n in plan:
         samples = pool[:n]
         images = np.stack([s.image for s in samples])
@@ -99,15 +117,27 @@ def main(argv: list[str] | None = None) -> int:
         tgts = pipeline.choose_targets(labels, 1000, args.seed, None)
         interpreter = build_interpreter(name, model)
         benign = targets.benign(interpreter, x, labels)
-        for attack_name in ("pgd", "adv2"):
-            cfg = pipeline.AttackConfig(interpreter=name, attack=attack_name, seed=args.seed)
-            attack = pipeline.build_attack(cfg, model, interpreter)
+        floor_l1, floor_iou = noise_floor(interpreter, x, labels, benign, args.seed)
+        per_k = "/".join(f"{v:.2f}" for v in floor_iou.mean(0).tolist())
+        if name == "mask":
+            per_image = " ".join(f"{v:.2f}" for v in floor_iou.mean(1).tolist())
+            notes.append(f"{name} floor IoU per image: {per_image}")
+        lines.append(f"| {name} | floor (±1/255 noise) | {n} | | | {floor_l1.mean():.4f} | "
+                     f"{floor_iou.mean():.3f} | {per_k} | | |")
+        print(lines[-1], flush=True)
+        runs = [("pgd", None)] + [("adv2", strategy) for strategy in
+                                  (args.mask_strategies if name == "mask" else [None])]
+        for attack_name, strategy in runs:
+            cfg = pipeline.AttackConfig(interpreter=name, attack=attack_name, seed=args.seed,
+                                        **({"mask_strategy": strategy} if strategy else {}))
+            attacked = build_interpreter(name, model, **pipeline.interpreter_options(cfg))
+            attack = pipeline.build_attack(cfg, model, attacked)
             results = []
             start = time.time()
             for lo in range(0, n, args.batch_size):
                 rows = slice(lo, lo + args.batch_size)
                 if attack_name == "pgd":
-                    results.append(attack(images[rows], tgts[rows], interpreter, benign[rows]))
+                    results.append(attack(images[rows], tgts[rows], attacked, benign[rows]))
                 else:
                     results.append(attack(images[rows], tgts[rows], benign[rows]))
             seconds = (time.time() - start) / n
@@ -115,24 +145,34 @@ def main(argv: list[str] | None = None) -> int:
                    for k in ("success", "confidence", "l1", "iou", "passes", "linf")}
             assert cat["linf"].max() <= round(255 * cfg.eps)
             per_k = "/".join(f"{v:.2f}" for v in cat["iou"].mean(0).tolist())
+            label = "PGD" if attack_name == "pgd" else "ADV²" + (f" ({strategy})" if strategy
+                                                                 else "")
             lines.append(
-                f"| {name} | {attack_name.upper() if attack_name == 'pgd' else 'ADV²'} | {n} | "
+                f"| {name} | {label} | {n} | "
                 f"{cat['success'].mean():.3f} | {cat['confidence'].mean():.3f} | "
                 f"{cat['l1'].mean():.4f} | {cat['iou'].mean():.3f} | {per_k} | {seconds:.2f} | "
                 f"{cat['passes'].mean():.1f} |")
             print(lines[-1], flush=True)
-        k = min(n, args.batch_size)
-        ratios.append(f"| {name} | {step_cost(model, interpreter, x[:k], tgts[:k]):.2f} |")
+            if attack_name == "adv2":
+                k = min(n, args.batch_size)
+                ratio = step_cost(model, attacked, x[:k], tgts[:k], benign[:k])
+                ratios.append(f"| {name}{f' ({strategy})' if strategy else ''} | {ratio:.2f} |")
+            if strategy:
+                per_image = " ".join(f"{v:.2f}" for v in cat["iou"].mean(1).tolist())
+                notes.append(f"{name} ADV² ({strategy}) IoU per image: {per_image}")
 
     report = [
         f"Command: `python benchmarks/attack_benchmark.py --interpreters "
-        f"{' '.join(args.interpreters)} --seed {args.seed} --batch-size {args.batch_size}`",
+        f"{' '.join(args.interpreters)} --seed {args.seed} --batch-size {args.batch_size}"
+        + (f" --mask-strategies {' '.join(args.mask_strategies)}"
+           if any(name == "mask" for name, _ in plan) else "") + "`",
         "",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, CPU; "
         f"torch {torch.__version__}. Model: efficientnet_lite0 (embedded), ε = 8/255, "
         "benign target maps, seeded random targets, CLI default settings. Metrics: the true "
         "interpreter on the final uint8 images; L1 and IoU (top-k%, mean over k) against the "
-        "benign map.",
+        "benign map. The floor row compares the benign map with the map of the clean image "
+        "plus seeded uniform noise in {−1, 0, +1}/255 (same class and settings).",
         "",
         *lines,
         "",
@@ -141,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         "| interpreter | ADV² step / PGD step |",
         "|---|---|",
         *ratios,
+        "",
+        *(f"- {note}" for note in notes),
         "",
     ]
     text = "\n".join(report)

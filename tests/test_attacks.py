@@ -506,3 +506,60 @@ def test_choose_targets_allowed_and_fixed() -> None:
     assert pipeline.choose_targets(labels, 10, 0, fixed=7).tolist() == [7] * 5
     with pytest.raises(ValueError):
         pipeline.choose_targets(torch.tensor([1]), 10, 0, None, allowed=torch.tensor([1]))
+
+
+# ------------------------------------------------------------------------------ step search
+
+
+class _Linear2(torch.nn.Module):
+    """logits = (x̄ − 0.5, 0): class 0 leads iff the mean pixel is above 1/2, by x̄ − 0.5."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = x.flatten(1).mean(dim=1) - 0.5
+        return torch.stack([score, torch.zeros_like(score)], dim=1)
+
+
+def test_margin_step_search_is_per_example() -> None:
+    """Each image gets the largest bisection fraction that keeps its own margin ≥ κ; an image
+    whose full step passes keeps it, and one that already fails takes the full step."""
+    from adv2.attacks import MarginStepSearch
+
+    model = _Linear2()
+    x = torch.stack([torch.full((1, 2, 2), v) for v in (0.9, 0.62, 0.9, 0.3)])
+    update = torch.full_like(x, 0.2)  # subtracting lowers the margin by 0.2 at full step
+    targets = torch.zeros(4, dtype=torch.long)
+    kappa = 0.29
+    current = model(x)[:, 0]
+    search = MarginStepSearch(kappa=kappa, bisections=3)
+    scaled, spent = search(model, x, update, lambda c, i: c, targets, current)
+    scale = scaled.flatten(1)[:, 0] / 0.2
+    # image 0: margin 0.4 → 0.2 at the full step < κ, so bisection: the largest passing
+    # fraction of {1/2, 3/4, 5/8} with 0.4 − 0.2 s ≥ 0.29, i.e. s ≤ 0.55 → 1/2
+    assert scale[0] == pytest.approx(0.5)
+    # image 1: margin 0.12 < κ already: full step, no search
+    assert scale[1] == pytest.approx(1.0) and spent[1] == 0
+    # image 2 is the same as image 0 whatever the batch holds
+    assert scale[2] == pytest.approx(0.5) and spent[0] == spent[2] == 4
+    # image 3: margin −0.2 fails: full step
+    assert scale[3] == pytest.approx(1.0)
+    # a small step that keeps the margin passes whole, at the cost of one forward pass
+    scaled, spent = search(model, x[:1], update[:1] / 4, lambda c, i: c, targets[:1], current[:1])
+    assert torch.equal(scaled, update[:1] / 4) and spent.tolist() == [1]
+
+
+def test_adv2_with_step_search_keeps_success(setup) -> None:
+    """With the search, ADV² succeeds wherever it does without, stays in the ball and counts
+    the extra passes."""
+    from adv2.attacks import MarginStepSearch
+
+    model, images, labels, targets = setup
+    interp = CAM(model)
+    benign = target_maps.benign(interp, to_tensor(images), labels)
+    plain = ADV2(model, interp, eps=16 / 255, steps=10, patience=None)(images, targets, benign)
+    searched = ADV2(model, interp, eps=16 / 255, steps=10, patience=None,
+                    step_search=MarginStepSearch(kappa=0.5))(images, targets, benign)
+    assert (searched.success >= plain.success).all() and searched.success.sum() >= 5
+    assert (_linf_uint8(searched.adv, images) <= 16).all()
+    won = plain.success.bool()  # only images that lead search (one forward per candidate)
+    assert (searched.passes[won] > plain.passes[won]).all()
+    assert torch.equal(searched.passes[~won], plain.passes[~won])

@@ -15,7 +15,7 @@ import numpy as np
 from adv2 import pipeline
 from adv2.attacks import MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES
 from adv2.data import demo_images, load_dataset, to_tensor
-from adv2.interpreters import INTERPRETERS
+from adv2.interpreters import INTERPRETERS, MASK_STRATEGIES
 from adv2.models import ModelError, load_model
 from adv2.report import panel_grid
 from adv2.targets import KINDS
@@ -59,6 +59,12 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rts-checkpoint",
                    help="RTS: checkpoint from 'adv2 train-rts' (default: the one shipped for the "
                         "model)")
+    p.add_argument("--mask-strategy", choices=MASK_STRATEGIES, default=d.mask_strategy,
+                   help="MASK: track (warm-started inner masks + unrolled lookahead) or alt "
+                        "(the inner objective at the target mask, cheap)")
+    p.add_argument("--step-search", action=argparse.BooleanOptionalAction, default=None,
+                   help="ADV²: per-example step-length search that keeps the target winning "
+                        "(default on for MASK)")
     p.add_argument("--target-class", type=int, help="one target class for every image")
     p.add_argument("--target-map", choices=KINDS, default=d.target_map)
     p.add_argument("--batch-size", type=int, default=d.batch_size)

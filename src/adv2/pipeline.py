@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from adv2 import metrics, targets as target_maps_mod
 from adv2.attacks import (ADV2, MAP_LOSSES, OPTIMIZERS, PGD, PREDICTION_LOSSES, Linear,
-                          parse_schedule)
+                          MarginStepSearch, parse_schedule)
 from adv2.data import Sample, to_tensor
 from adv2.detection import FeatureSqueezingDetector
 from adv2.detection.adaptive import AdaptiveADV2
@@ -50,6 +50,8 @@ class AttackConfig:
     seed: int = 0
     adaptive: str | None = None  # thresholds JSON from `adv2 detect fit`: ADV² evades them
     rts_checkpoint: str | None = None  # RTS: a checkpoint of `adv2 train-rts` (default: shipped)
+    mask_strategy: str = "track"  # MASK: how ADV² differentiates it (see adv2.interpreters.mask)
+    step_search: bool | None = None  # ADV²: per-example step-length search keeping the target
 
     def resolved(self) -> "AttackConfig":
         defaults = ATTACK_DEFAULTS["pgd"] if self.attack == "pgd" else ATTACK_DEFAULTS.get(
@@ -62,15 +64,24 @@ class AttackConfig:
 ATTACK_DEFAULTS: dict[str, dict] = {
     "pgd": {"steps": 100, "optimizer": "sign", "lr": 1 / 255, "pred_loss": "ce"},
     "cam": {"steps": 110, "warm_steps": 50, "optimizer": "adam", "lr": 2 / 255, "lr_decay": 1.0,
-            "lam": "5:10", "pred_loss": "ce", "map_loss": "mse", "patience": 20},
+            "lam": "5:10", "pred_loss": "ce", "map_loss": "mse", "patience": 20,
+            "step_search": False},
     "grad": {"steps": 130, "warm_steps": 30, "optimizer": "adam", "lr": 0.004, "lr_decay": 0.05,
-             "lam": "50", "pred_loss": "cw", "map_loss": "mse", "patience": 0},
+             "lam": "50", "pred_loss": "cw", "map_loss": "mse", "patience": 0,
+             "step_search": False},
     # RTS maps are sigmoids with most cells near 0 or 1: the logit MSE keeps their order (IoU)
     "rts": {"steps": 160, "warm_steps": 50, "optimizer": "adam", "lr": 2 / 255, "lr_decay": 1.0,
-            "lam": "2:4", "pred_loss": "ce", "map_loss": "logit", "patience": 30},
+            "lam": "2:4", "pred_loss": "ce", "map_loss": "logit", "patience": 30,
+            "step_search": False},
     "mask": {"steps": 100, "warm_steps": 50, "optimizer": "adam", "lr": 1 / 255, "lr_decay": 1.0,
-             "lam": "5:10", "pred_loss": "ce", "map_loss": "mse", "patience": 20},
+             "lam": "5:10", "pred_loss": "ce", "map_loss": "mse", "patience": 20,
+             "step_search": True},
 }
+
+
+def interpreter_options(cfg: AttackConfig) -> dict:
+    """Interpreter settings that come from the attack config (MASK's attack strategy)."""
+    return {"strategy": cfg.mask_strategy} if cfg.interpreter == "mask" else {}
 
 
 def choose_targets(labels: torch.Tensor, n_classes: int, seed: int, fixed: int | None,
@@ -116,6 +127,7 @@ def build_attack(
             optimizer=OPTIMIZERS[cfg.optimizer](lr=cfg.lr),
             step_scale=None if cfg.lr_decay == 1.0 else Linear(1.0, cfg.lr_decay),
             warm_steps=cfg.warm_steps, patience=cfg.patience or None,
+            step_search=MarginStepSearch() if cfg.step_search else None,
         )
     raise ValueError(f"unknown attack {cfg.attack!r}; choose pgd or adv2")
 
@@ -135,7 +147,8 @@ def run(
     """
     torch.manual_seed(cfg.seed)
     start = time.time()
-    interpreter = build_interpreter(cfg.interpreter, model, cfg.rts_checkpoint)
+    interpreter = build_interpreter(cfg.interpreter, model, cfg.rts_checkpoint,
+                                    **interpreter_options(cfg))
     writer = RunWriter(out, asdict(cfg.resolved()) | {"interpreter_config": interpreter.config()})
     for file, message in load_errors:
         writer.error(file, message)

@@ -8,8 +8,9 @@ from adv2.attacks.optimizers import OPTIMIZERS, Adam, SignStep
 from adv2.attacks.pgd import PGD
 from adv2.attacks.result import AttackResult, judge
 from adv2.attacks.schedules import Constant, Linear, Piecewise, parse_schedule
+from adv2.attacks.step_search import MarginStepSearch
 
 __all__ = ["ADV2", "MAP_LOSSES", "OPTIMIZERS", "PGD", "PREDICTION_LOSSES", "Adam",
            "AttackResult", "CWMargin", "Constant", "CrossEntropy", "LabelSmoothing", "Linear",
-           "MapL1", "MapLogitMSE", "MapMSE", "Objective", "Piecewise", "SignStep", "Stop",
+           "MapL1", "MapLogitMSE", "MapMSE", "MarginStepSearch", "Objective", "Piecewise", "SignStep", "Stop",
            "descend", "judge", "parse_schedule", "project", "quantise"]

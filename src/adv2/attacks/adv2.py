@@ -14,6 +14,7 @@ from adv2.attacks.optimizers import Optimizer, SignStep
 from adv2.attacks.pgd import PGD
 from adv2.attacks.result import AttackResult, judge
 from adv2.attacks.schedules import Linear, Schedule
+from adv2.attacks.step_search import MarginStepSearch
 from adv2.data import to_tensor, to_uint8
 from adv2.interpreters import Interpreter
 
@@ -23,7 +24,8 @@ class ADV2:
     """min ℓ_prd(f(x), t) + λ·ℓ_int(g(x; t), m_t) in the ε-ball, warm-started by targeted PGD.
 
     ``step_scale`` (a schedule over progress) decays the optimiser's step; ``penalties`` are
-    extra per-sample loss terms of the joint stage (see :class:`~adv2.attacks.engine.Objective`).
+    extra per-sample loss terms of the joint stage (see :class:`~adv2.attacks.engine.Objective`);
+    ``step_search`` shortens each image's joint-stage step so the target keeps winning.
     Stage 1 runs up to ``warm_steps`` PGD steps, stopping each image once p(t) ≥
     ``warm_confidence``. Stage 2 runs up to ``steps`` joint steps with ``optimizer``; each image
     keeps its successful iterate of lowest interpretation distance under the true interpreter on
@@ -42,6 +44,7 @@ class ADV2:
     map_loss: MapLoss = field(default_factory=MapMSE)
     optimizer: Optimizer = field(default_factory=SignStep)
     step_scale: Schedule | None = None
+    step_search: MarginStepSearch | None = None
     penalties: tuple = ()
     accept: Callable | None = None
     warm_steps: int = 50
@@ -63,6 +66,7 @@ class ADV2:
             self.steps, self.eps,
             Stop(tol=self.tol, patience=self.patience),
             self.interpreter, target_maps, self.record_history, self.step_scale,
+            self.step_search,
         )
         return judge(to_uint8(joint.x), images, targets, self.model, warm.passes + joint.passes,
                      self.interpreter, target_maps, history=joint.history)

@@ -17,7 +17,9 @@ import torch
 from adv2.attacks.losses import MapLoss, PredictionLoss
 from adv2.attacks.optimizers import Optimizer
 from adv2.attacks.schedules import Schedule
+from adv2.attacks.step_search import MarginStepSearch
 from adv2.interpreters import Interpreter
+from adv2.metrics import margin
 
 
 def quantise(x: torch.Tensor) -> torch.Tensor:
@@ -91,6 +93,7 @@ def descend(
     target_maps: torch.Tensor | None = None,
     record_history: bool = False,
     step_scale: Schedule | None = None,
+    step_search: MarginStepSearch | None = None,
 ) -> Trajectory:
     """Minimise ``objective`` from ``x_start`` for up to ``steps`` updates per sample.
 
@@ -99,7 +102,8 @@ def descend(
     x_start: N×3×H×W in [0,1] on the uint8 lattice; targets: (N,) long. When the
     interpreter's attack values are not its true maps (``attack_values_exact`` False, MASK),
     iterates are judged with :meth:`Interpreter.explain` every ``interpreter.verify_every``
-    steps, and patience counts those verifications.
+    steps, and patience counts those verifications. ``step_search`` shortens each image's
+    update so that the target keeps winning (its forward passes are counted).
     """
     use_maps = objective.map_loss is not None
     if use_maps and (interpreter is None or target_maps is None):
@@ -118,8 +122,7 @@ def descend(
     active = torch.arange(n)
     optimizer.reset(x)
     if use_maps:
-        interpreter.start_attack(x, targets)
-        passes += interpreter.explain_passes if not exact else 0
+        passes += interpreter.start_attack(x, targets)
     history: list[dict] = []
 
     for step in range(steps + 1):
@@ -129,11 +132,23 @@ def descend(
         last = step == steps
         xq = quantise(x[active]).requires_grad_(not last)
         t = targets[active]
+        judged = None  # (logits, distance) of the true model and interpreter at xq
+        if last or (not exact and step % verify_every == 0):
+            # verify before stepping, so that a stateful interpreter restarts from the truth
+            with torch.no_grad():
+                if use_maps:
+                    v_logits, maps = interpreter.explain(xq.detach(), t)
+                    judged = v_logits, objective.map_loss(maps, target_maps[active])
+                    if not exact:
+                        interpreter.sync(active, maps)
+                else:
+                    judged = model(xq), torch.zeros(len(active))
+            passes[active] += interpreter.explain_passes if use_maps else 1
         loss = None
         if not last:  # the attack's loss and gradient at the quantised iterate
             if use_maps:
-                logits, maps = interpreter.attack_forward(xq, t, progress, active)
-                dist = objective.map_loss(maps, target_maps[active])
+                logits, dist = interpreter.attack_loss(xq, t, target_maps[active],
+                                                       objective.map_loss, progress, active)
                 lam = objective.lam(progress) if objective.lam is not None else 1.0
                 loss = objective.pred_loss(logits, t) + lam * dist
             else:
@@ -143,29 +158,18 @@ def descend(
             for penalty in objective.penalties:
                 loss = loss + penalty(xq, logits, active)
             passes[active] += cost
-        judged = exact and not last
-        if not judged and (last or step % verify_every == 0):
-            # the true model and interpreter on the quantised iterate
-            with torch.no_grad():
-                if use_maps:
-                    logits, maps = interpreter.explain(xq.detach(), t)
-                    dist = objective.map_loss(maps, target_maps[active])
-                    if not exact:
-                        interpreter.sync(active, maps)
-                else:
-                    logits, dist = model(xq), torch.zeros(len(active))
-            passes[active] += interpreter.explain_passes if use_maps else 1
-            judged = True
+            if exact:
+                judged = logits, dist
 
         done = torch.zeros(len(active), dtype=torch.bool)
-        if judged:  # bookkeeping on the evaluated (quantised) iterate
-            dist = dist.detach()
-            probs = logits.detach().softmax(dim=1)
+        if judged is not None:  # bookkeeping on the evaluated (quantised) iterate
+            j_logits, dist = (v.detach() for v in judged)
+            probs = j_logits.softmax(dim=1)
             ok = (probs.argmax(dim=1) == t) & (probs.gather(1, t.view(-1, 1)).squeeze(1)
                                                >= stop.min_confidence)
             if objective.accept is not None:
                 with torch.no_grad():
-                    ok &= objective.accept(xq.detach(), logits.detach(), active)
+                    ok &= objective.accept(xq.detach(), j_logits, active)
             if use_maps:
                 better = ok & (dist < best[active])
                 gain = better & (dist < best[active] * (1 - stop.min_gain))
@@ -195,6 +199,11 @@ def descend(
             update = optimizer.step(grad[keep], rows)
             if step_scale is not None:
                 update = update * step_scale(progress)
+            if step_search is not None:
+                update, spent = step_search(
+                    model, x[rows], update, lambda c, i: quantise(project(c, x0[rows[i]], eps)),
+                    targets[rows], margin(logits.detach()[keep], t[keep]))
+                passes[rows] += spent
             x[rows] = project(x[rows] - update, x0[rows], eps)
         active = rows
     if not use_maps:

@@ -2,11 +2,11 @@
 
 from pathlib import Path
 
-
 from adv2.interpreters.base import Interpreter, minmax
 from adv2.interpreters.cam import CAM
 from adv2.interpreters.grad import GRAD, SmoothReLU
 from adv2.interpreters.mask import MASK
+from adv2.interpreters.mask import STRATEGIES as MASK_STRATEGIES
 from adv2.interpreters.rts import RTS
 from adv2.models import Classifier
 
@@ -14,15 +14,16 @@ INTERPRETERS = {"cam": CAM, "grad": GRAD, "mask": MASK, "rts": RTS}
 
 
 def build_interpreter(name: str, model: Classifier,
-                      rts_checkpoint: str | Path | None = None) -> Interpreter:
+                      rts_checkpoint: str | Path | None = None, **options) -> Interpreter:
     """Instantiate an interpreter by name (``cam``, ``grad``, ``mask`` or ``rts``) with its
-    defaults; RTS loads ``rts_checkpoint``, or the checkpoint shipped for the model."""
+    defaults overridden by ``options`` (keyword arguments of its class); RTS loads
+    ``rts_checkpoint``, or the checkpoint shipped for the model."""
     if name not in INTERPRETERS:
         raise ValueError(f"unknown interpreter {name!r}; choose from {sorted(INTERPRETERS)}")
     if name == "rts":
-        return RTS(model, rts_checkpoint)
-    return INTERPRETERS[name](model)
+        return RTS(model, rts_checkpoint, **options)
+    return INTERPRETERS[name](model, **options)
 
 
-__all__ = ["CAM", "GRAD", "INTERPRETERS", "MASK", "RTS", "Interpreter", "SmoothReLU",
+__all__ = ["CAM", "GRAD", "INTERPRETERS", "MASK", "MASK_STRATEGIES", "RTS", "Interpreter", "SmoothReLU",
            "build_interpreter", "minmax"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Callable
 
 import torch
 
@@ -64,8 +65,23 @@ class Interpreter(ABC):
         """
         return self.explain(x, classes)
 
-    def start_attack(self, x: torch.Tensor, classes: torch.Tensor) -> None:
-        """Called by the attack engine before its first step on a batch; stateless by default."""
+    def attack_loss(
+        self, x: torch.Tensor, classes: torch.Tensor, target_maps: torch.Tensor,
+        map_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], progress: float,
+        rows: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (N×C) and the interpretation loss (N,) the attack minimises for x.
+
+        By default ``map_loss`` between the maps of :meth:`attack_forward` and ``target_maps``;
+        interpreters with several attack strategies (MASK) override it.
+        """
+        logits, maps = self.attack_forward(x, classes, progress, rows)
+        return logits, map_loss(maps, target_maps)
+
+    def start_attack(self, x: torch.Tensor, classes: torch.Tensor) -> int:
+        """Called by the attack engine before its first step on a batch; returns the passes
+        per image it spent (stateless by default: 0)."""
+        return 0
 
     def sync(self, rows: torch.Tensor, maps: torch.Tensor) -> None:
         """Called after the engine verified ``rows`` with :meth:`explain`; no-op by default."""

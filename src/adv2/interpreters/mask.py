@@ -17,6 +17,7 @@ same for every image whatever the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +61,10 @@ class AdamState:
             other.mask, other.m1, other.m2, other.t)
 
 
+#: attack strategies of :meth:`MASK.attack_loss`
+STRATEGIES = ("track", "alt")
+
+
 class MASK(Interpreter):
     """Meaningful-perturbation masks at 1/``scale`` resolution (28×28 for 224²); see module doc.
 
@@ -92,16 +97,24 @@ class MASK(Interpreter):
         track_steps: int = 2,
         lookahead: int = 2,
         verify_every: int = 25,
+        strategy: str = "track",
     ) -> None:
         super().__init__(model)
         self.iterations, self.lr, self.l1, self.tv, self.tv_beta = iterations, lr, l1, tv, tv_beta
         self.scale, self.mask_sigma, self.null_sigma = scale, mask_sigma, null_sigma
         self.jitter, self.init, self.seed = jitter, init, seed
         self.track_steps, self.lookahead, self.verify_every = track_steps, lookahead, verify_every
-        # one pass per tracking step, two per unrolled (double-backprop) step, one for logits
-        self.passes_per_step = track_steps + 2 * lookahead + 1
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown MASK attack strategy {strategy!r}; choose from "
+                             f"{', '.join(STRATEGIES)}")
+        self.strategy = strategy
+        # track: one pass per tracking step, two per unrolled (double-backprop) step, one for
+        # the logits; alt: the objective at the target mask and the logits
+        self.passes_per_step = track_steps + 2 * lookahead + 1 if strategy == "track" else 2
         self.explain_passes = iterations
         self._state: AdamState | None = None
+        self._last_run: AdamState | None = None
+        self._alt_calls = 0
         self._offsets = self._draw_offsets(iterations + track_steps + lookahead)
 
     def _draw_offsets(self, count: int) -> torch.Tensor:
@@ -113,7 +126,7 @@ class MASK(Interpreter):
 
     def config(self) -> dict:
         keys = ("iterations", "lr", "l1", "tv", "tv_beta", "scale", "mask_sigma", "null_sigma",
-                "jitter", "init", "seed", "track_steps", "lookahead", "verify_every")
+                "jitter", "init", "seed", "track_steps", "lookahead", "verify_every", "strategy")
         return {"name": self.name, **{k: getattr(self, k) for k in keys}}
 
     # ------------------------------------------------------------------ the inner problem
@@ -166,8 +179,9 @@ class MASK(Interpreter):
         h, w = self.resolution(*x.shape[-2:])
         start = AdamState.start(torch.full((x.shape[0], 1, h, w), float(self.init)))
         x = x.detach()
-        return self.adam_steps(start, x, blur(x, self.null_sigma), classes, self.iterations, 0,
-                               create_graph=False)
+        self._last_run = self.adam_steps(start, x, blur(x, self.null_sigma), classes,
+                                         self.iterations, 0, create_graph=False)
+        return self._last_run
 
     # ------------------------------------------------------------------ the interface
     def explain(self, x: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,14 +190,40 @@ class MASK(Interpreter):
             logits = self.model(x)
         return logits, 1 - self.cold_start(x, classes).mask
 
-    def start_attack(self, x: torch.Tensor, classes: torch.Tensor) -> None:
-        """Start tracking: one cold-start run per image of the attacked batch."""
-        self._state = self.cold_start(x, classes)
+    def start_attack(self, x: torch.Tensor, classes: torch.Tensor) -> int:
+        """Reset the attack state. Tracking starts from the engine's first verification (a
+        cold-start run, see :meth:`sync`), so this costs no pass."""
+        self._alt_calls = 0
+        h, w = self.resolution(*x.shape[-2:])
+        self._state = AdamState.start(torch.full((x.shape[0], 1, h, w), float(self.init)))
+        return 0
 
     def sync(self, rows: torch.Tensor, maps: torch.Tensor) -> None:
-        """Restart tracking of ``rows`` from verified maps (fresh Adam moments)."""
+        """Restart tracking of ``rows`` from verified maps: with the Adam state of the run that
+        produced them when they are the latest :meth:`explain` result (tracking then continues
+        that run), else with fresh moments."""
         assert self._state is not None
-        self._state.store(rows, AdamState.start(1 - maps.detach()))
+        last = self._last_run
+        if last is not None and last.mask.shape == maps.shape and torch.equal(1 - last.mask, maps):
+            self._state.store(rows, last)
+        else:
+            self._state.store(rows, AdamState.start(1 - maps.detach()))
+
+    def attack_loss(
+        self, x: torch.Tensor, classes: torch.Tensor, target_maps: torch.Tensor,
+        map_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], progress: float,
+        rows: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``track``: ``map_loss`` on the lookahead maps of :meth:`attack_forward`. ``alt`` (the
+        authors' cheap variant): the inner objective at the target mask 1 − target_maps, whose
+        only term that depends on x is p_c(Φ(x; m_t)): deleting the target's important region
+        must destroy the class. Its jitter offset cycles through the interpreter's sequence."""
+        if self.strategy == "track":
+            return super().attack_loss(x, classes, target_maps, map_loss, progress, rows)
+        offset = self._offsets[self._alt_calls % self.iterations]
+        self._alt_calls += 1
+        loss = self.objective(1 - target_maps, x, blur(x, self.null_sigma), classes, offset)
+        return self.model(x), loss
 
     def attack_forward(
         self, x: torch.Tensor, classes: torch.Tensor, progress: float,
