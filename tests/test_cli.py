@@ -175,3 +175,26 @@ def test_parser_rejects_unknown_choices(capsys) -> None:
         cli.main(["attack", "--images", "x", "--out", "y", "--interpreter", "lime"])
     with pytest.raises(SystemExit):
         cli.main(["attack", "--images", "x", "--out", "y", "--target-map", "zebra"])
+
+
+def test_mask_strategy_and_interpreter_settings(tmp_path, monkeypatch, caplog) -> None:
+    """--mask-strategy and --interpreter-setting reach the interpreter and config.json; an
+    unknown setting exits 2 naming it."""
+    from conftest import make_tiny_model
+
+    monkeypatch.setattr(cli, "load_model", lambda name, weights: make_tiny_model(0, 1000))
+    images = _make_images(tmp_path / "images")
+    common = ["attack", "--images", str(images), "--interpreter", "mask", "--limit", "1",
+              "--steps", "2", "--warm-steps", "1", "--mask-strategy", "alt"]
+    assert cli.main([*common, "--out", str(tmp_path / "o"), "--interpreter-setting",
+                     "iterations=3", "--interpreter-setting", "lr=0.05"]) == 0
+    config = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert config["interpreter_config"]["strategy"] == "alt"
+    assert config["interpreter_config"]["iterations"] == 3
+    assert config["interpreter_config"]["lr"] == 0.05
+    assert cli.main([*common, "--out", str(tmp_path / "o2"), "--interpreter-setting",
+                     "itrations=3"]) == 2
+    assert "itrations" in caplog.text
+    assert cli.main([*common, "--out", str(tmp_path / "o3"), "--interpreter-setting",
+                     "iterations"]) == 2
+    assert "KEY=VALUE" in caplog.text

@@ -62,6 +62,10 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask-strategy", choices=MASK_STRATEGIES, default=d.mask_strategy,
                    help="MASK: track (warm-started inner masks + unrolled lookahead) or alt "
                         "(the inner objective at the target mask, cheap)")
+    p.add_argument("--interpreter-setting", action="append", default=[], metavar="KEY=VALUE",
+                   dest="interpreter_settings",
+                   help="an interpreter setting other than its default, e.g. lr=0.05 or "
+                        "iterations=500 for MASK (repeatable; keyword arguments of its class)")
     p.add_argument("--step-search", action=argparse.BooleanOptionalAction, default=None,
                    help="ADV²: per-example step-length search that keeps the target winning "
                         "(default on for MASK)")
@@ -72,9 +76,23 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory")
 
 
+def _setting(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE a JSON literal (number, true/false, "string") or a bare
+    string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--interpreter-setting {text!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def _config(args: argparse.Namespace) -> pipeline.AttackConfig:
     names = {f.name for f in fields(pipeline.AttackConfig)}
-    return pipeline.AttackConfig(**{k: v for k, v in vars(args).items() if k in names})
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values["interpreter_settings"] = dict(map(_setting, values.get("interpreter_settings", [])))
+    return pipeline.AttackConfig(**values)
 
 
 def cmd_attack(args: argparse.Namespace) -> int:

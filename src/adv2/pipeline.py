@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,8 @@ class AttackConfig:
     adaptive: str | None = None  # thresholds JSON from `adv2 detect fit`: ADV² evades them
     rts_checkpoint: str | None = None  # RTS: a checkpoint of `adv2 train-rts` (default: shipped)
     mask_strategy: str = "track"  # MASK: how ADV² differentiates it (see adv2.interpreters.mask)
+    #: interpreter settings other than the defaults (keyword arguments of its class)
+    interpreter_settings: dict = field(default_factory=dict)
     step_search: bool | None = None  # ADV²: per-example step-length search keeping the target
 
     def resolved(self) -> "AttackConfig":
@@ -80,8 +82,10 @@ ATTACK_DEFAULTS: dict[str, dict] = {
 
 
 def interpreter_options(cfg: AttackConfig) -> dict:
-    """Interpreter settings that come from the attack config (MASK's attack strategy)."""
-    return {"strategy": cfg.mask_strategy} if cfg.interpreter == "mask" else {}
+    """Interpreter keyword arguments from the attack config: MASK's attack strategy and
+    ``interpreter_settings``."""
+    options = {"strategy": cfg.mask_strategy} if cfg.interpreter == "mask" else {}
+    return options | cfg.interpreter_settings
 
 
 def choose_targets(labels: torch.Tensor, n_classes: int, seed: int, fixed: int | None,

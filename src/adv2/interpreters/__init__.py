@@ -20,9 +20,12 @@ def build_interpreter(name: str, model: Classifier,
     ``rts_checkpoint``, or the checkpoint shipped for the model."""
     if name not in INTERPRETERS:
         raise ValueError(f"unknown interpreter {name!r}; choose from {sorted(INTERPRETERS)}")
-    if name == "rts":
-        return RTS(model, rts_checkpoint, **options)
-    return INTERPRETERS[name](model, **options)
+    try:
+        if name == "rts":
+            return RTS(model, rts_checkpoint, **options)
+        return INTERPRETERS[name](model, **options)
+    except TypeError as exc:  # an unknown keyword
+        raise ValueError(f"interpreter {name!r}: {exc}") from exc
 
 
 __all__ = ["CAM", "GRAD", "INTERPRETERS", "MASK", "MASK_STRATEGIES", "RTS", "Interpreter", "SmoothReLU",

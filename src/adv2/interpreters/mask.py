@@ -1,4 +1,4 @@
-"""MASK: meaningful perturbation (Fong & Vedaldi, ICCV 2017), and its attack-time lookahead.
+"""MASK: meaningful perturbation (Fong & Vedaldi, ICCV 2017), and how ADV² differentiates it.
 
 The map is 1 − m, where the mask m ∈ [0,1]^{h×w} (h = H/scale) minimises
 
@@ -68,12 +68,17 @@ STRATEGIES = ("track", "alt")
 class MASK(Interpreter):
     """Meaningful-perturbation masks at 1/``scale`` resolution (28×28 for 224²); see module doc.
 
-    For attacks, :meth:`attack_forward` keeps a warm-started inner mask per image that tracks
-    the optimum as the image changes (``track_steps`` Adam steps per call) and differentiates
-    ``lookahead`` further Adam steps, unrolled, with respect to the image. Its map values are
-    those of the lookahead, not of a cold-start run, so ``attack_values_exact`` is False and the
-    engine verifies with :meth:`explain` (a cold start, as a user runs it) every
-    ``verify_every`` steps, after which :meth:`sync` restarts the tracking from the verified masks.
+    Two attack strategies (``strategy``), both judged by the engine with :meth:`explain` (a cold
+    start, as a user runs it) every ``verify_every`` steps, since neither returns true maps
+    (``attack_values_exact`` is False):
+
+    - ``track``: a warm-started inner mask per image tracks the optimum as the image changes
+      (``track_steps`` Adam steps per attack step, restarted from each verification, see
+      :meth:`sync`), and ``lookahead`` further Adam steps are unrolled
+      and differentiated with respect to the image; the map loss compares their result with
+      the target map.
+    - ``alt`` (the ADV² authors' cheap variant): the inner objective evaluated at the target
+      mask; no inner optimisation.
     """
 
     name = "mask"
@@ -113,7 +118,6 @@ class MASK(Interpreter):
         self.passes_per_step = track_steps + 2 * lookahead + 1 if strategy == "track" else 2
         self.explain_passes = iterations
         self._state: AdamState | None = None
-        self._last_run: AdamState | None = None
         self._alt_calls = 0
         self._offsets = self._draw_offsets(iterations + track_steps + lookahead)
 
@@ -179,9 +183,8 @@ class MASK(Interpreter):
         h, w = self.resolution(*x.shape[-2:])
         start = AdamState.start(torch.full((x.shape[0], 1, h, w), float(self.init)))
         x = x.detach()
-        self._last_run = self.adam_steps(start, x, blur(x, self.null_sigma), classes,
-                                         self.iterations, 0, create_graph=False)
-        return self._last_run
+        return self.adam_steps(start, x, blur(x, self.null_sigma), classes, self.iterations, 0,
+                               create_graph=False)
 
     # ------------------------------------------------------------------ the interface
     def explain(self, x: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,15 +202,9 @@ class MASK(Interpreter):
         return 0
 
     def sync(self, rows: torch.Tensor, maps: torch.Tensor) -> None:
-        """Restart tracking of ``rows`` from verified maps: with the Adam state of the run that
-        produced them when they are the latest :meth:`explain` result (tracking then continues
-        that run), else with fresh moments."""
+        """Restart tracking of ``rows`` from verified maps, with fresh Adam moments."""
         assert self._state is not None
-        last = self._last_run
-        if last is not None and last.mask.shape == maps.shape and torch.equal(1 - last.mask, maps):
-            self._state.store(rows, last)
-        else:
-            self._state.store(rows, AdamState.start(1 - maps.detach()))
+        self._state.store(rows, AdamState.start(1 - maps.detach()))
 
     def attack_loss(
         self, x: torch.Tensor, classes: torch.Tensor, target_maps: torch.Tensor,
