@@ -99,8 +99,8 @@ class MASK(Interpreter):
         jitter: int = 4,
         init: float = 0.5,
         seed: int = 0,
-        track_steps: int = 2,
-        lookahead: int = 2,
+        track_steps: int = 1,
+        lookahead: int = 4,
         verify_every: int = 25,
         strategy: str = "track",
     ) -> None:
