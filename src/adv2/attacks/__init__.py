@@ -12,5 +12,5 @@ from adv2.attacks.step_search import MarginStepSearch
 
 __all__ = ["ADV2", "MAP_LOSSES", "OPTIMIZERS", "PGD", "PREDICTION_LOSSES", "Adam",
            "AttackResult", "CWMargin", "Constant", "CrossEntropy", "LabelSmoothing", "Linear",
-           "MapL1", "MapLogitMSE", "MapMSE", "MarginStepSearch", "Objective", "Piecewise", "SignStep", "Stop",
-           "descend", "judge", "parse_schedule", "project", "quantise"]
+           "MapL1", "MapLogitMSE", "MapMSE", "MarginStepSearch", "Objective", "Piecewise",
+           "SignStep", "Stop", "descend", "judge", "parse_schedule", "project", "quantise"]

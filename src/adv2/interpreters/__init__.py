@@ -28,5 +28,5 @@ def build_interpreter(name: str, model: Classifier,
         raise ValueError(f"interpreter {name!r}: {exc}") from exc
 
 
-__all__ = ["CAM", "GRAD", "INTERPRETERS", "MASK", "MASK_STRATEGIES", "RTS", "Interpreter", "SmoothReLU",
-           "build_interpreter", "minmax"]
+__all__ = ["CAM", "GRAD", "INTERPRETERS", "MASK", "MASK_STRATEGIES", "RTS", "Interpreter",
+           "SmoothReLU", "build_interpreter", "minmax"]
