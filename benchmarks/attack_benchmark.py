@@ -128,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         runs = [("pgd", None)] + [("adv2", strategy) for strategy in
                                   (args.mask_strategies if name == "mask" else [None])]
         for attack_name, strategy in runs:
-            cfg = pipeline.AttackConfig(interpreter=name, attack=attack_name, seed=args.seed,
-                                        **({"mask_strategy": strategy} if strategy else {}))
-            attacked = build_interpreter(name, model, **pipeline.interpreter_options(cfg))
+            cfg = pipeline.AttackConfig(interpreter=name, attack=attack_name, seed=args.seed)
+            attacked = (build_interpreter(name, model, strategy=strategy) if strategy
+                        else interpreter)
             attack = pipeline.build_attack(cfg, model, attacked)
             results = []
             start = time.time()

@@ -198,3 +198,6 @@ def test_mask_strategy_and_interpreter_settings(tmp_path, monkeypatch, caplog) -
     assert cli.main([*common, "--out", str(tmp_path / "o3"), "--interpreter-setting",
                      "iterations"]) == 2
     assert "KEY=VALUE" in caplog.text
+    cam = [a if a != "mask" else "cam" for a in common]
+    assert cli.main([*cam, "--out", str(tmp_path / "o4")]) == 2
+    assert "--mask-strategy applies to --interpreter mask" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -141,3 +142,23 @@ def test_adv2_on_mask_verifies_with_cold_starts() -> None:
     # steps 0 (which also starts the tracking), 2 and the final one (8 each)
     assert (result.passes >= 1 + 4 * 4 + 3 * 8).all()
     assert (result.passes <= 21 + 4 * 4 + 3 * 8).all()
+
+
+def test_alt_strategy_is_the_objective_at_the_target_mask() -> None:
+    """``alt``: the interpretation loss is the inner objective at m_t = 1 − target map, with
+    the interpreter's jitter offsets in turn, and it passes a gradient to the image."""
+    model = make_tiny_model(0)
+    x = to_tensor(make_images(2, seed=5)).requires_grad_(True)
+    y = model(x).argmax(1)
+    interp = MASK(model, iterations=6, jitter=2, mask_sigma=1.0, null_sigma=2.0, strategy="alt")
+    assert interp.passes_per_step == 2
+    target = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert interp.start_attack(x.detach(), y) == 0
+    for k in range(2):
+        logits, loss = interp.attack_loss(x, y, target, lambda a, b: None, 0.5)
+        expected = interp.objective(1 - target, x, blur(x, 2.0), y, interp._offsets[k])
+        assert torch.allclose(loss, expected) and torch.allclose(logits, model(x))
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    assert grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="strategy"):
+        MASK(model, strategy="unroll")

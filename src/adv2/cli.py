@@ -59,9 +59,10 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rts-checkpoint",
                    help="RTS: checkpoint from 'adv2 train-rts' (default: the one shipped for the "
                         "model)")
-    p.add_argument("--mask-strategy", choices=MASK_STRATEGIES, default=d.mask_strategy,
-                   help="MASK: track (warm-started inner masks + unrolled lookahead) or alt "
-                        "(the inner objective at the target mask, cheap)")
+    p.add_argument("--mask-strategy", choices=MASK_STRATEGIES,
+                   help="MASK: track (default: warm-started inner masks + unrolled lookahead) "
+                        "or alt (the inner objective at the target mask, cheap); the same as "
+                        "--interpreter-setting strategy=...")
     p.add_argument("--interpreter-setting", action="append", default=[], metavar="KEY=VALUE",
                    dest="interpreter_settings",
                    help="an interpreter setting other than its default, e.g. lr=0.05 or "
@@ -91,7 +92,12 @@ def _setting(text: str) -> tuple[str, object]:
 def _config(args: argparse.Namespace) -> pipeline.AttackConfig:
     names = {f.name for f in fields(pipeline.AttackConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
-    values["interpreter_settings"] = dict(map(_setting, values.get("interpreter_settings", [])))
+    settings = dict(map(_setting, values.get("interpreter_settings", [])))
+    if getattr(args, "mask_strategy", None) is not None:
+        if args.interpreter != "mask":
+            raise ValueError("--mask-strategy applies to --interpreter mask")
+        settings["strategy"] = args.mask_strategy
+    values["interpreter_settings"] = settings
     return pipeline.AttackConfig(**values)
 
 

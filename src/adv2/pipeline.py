@@ -50,8 +50,8 @@ class AttackConfig:
     seed: int = 0
     adaptive: str | None = None  # thresholds JSON from `adv2 detect fit`: ADV² evades them
     rts_checkpoint: str | None = None  # RTS: a checkpoint of `adv2 train-rts` (default: shipped)
-    mask_strategy: str = "track"  # MASK: how ADV² differentiates it (see adv2.interpreters.mask)
-    #: interpreter settings other than the defaults (keyword arguments of its class)
+    #: interpreter settings other than the defaults (keyword arguments of its class, e.g.
+    #: MASK's attack ``strategy``)
     interpreter_settings: dict = field(default_factory=dict)
     step_search: bool | None = None  # ADV²: per-example step-length search keeping the target
 
@@ -79,13 +79,6 @@ ATTACK_DEFAULTS: dict[str, dict] = {
              "lam": "5:10", "pred_loss": "ce", "map_loss": "mse", "patience": 20,
              "step_search": True},
 }
-
-
-def interpreter_options(cfg: AttackConfig) -> dict:
-    """Interpreter keyword arguments from the attack config: MASK's attack strategy and
-    ``interpreter_settings``."""
-    options = {"strategy": cfg.mask_strategy} if cfg.interpreter == "mask" else {}
-    return options | cfg.interpreter_settings
 
 
 def choose_targets(labels: torch.Tensor, n_classes: int, seed: int, fixed: int | None,
@@ -152,7 +145,7 @@ def run(
     torch.manual_seed(cfg.seed)
     start = time.time()
     interpreter = build_interpreter(cfg.interpreter, model, cfg.rts_checkpoint,
-                                    **interpreter_options(cfg))
+                                    **cfg.interpreter_settings)
     writer = RunWriter(out, asdict(cfg.resolved()) | {"interpreter_config": interpreter.config()})
     for file, message in load_errors:
         writer.error(file, message)
