@@ -1,10 +1,11 @@
 """Feature-squeezing detection of PGD, ADV² and adaptive ADV² (the paper's Tables 4 and 5).
 
-A seeded permutation of ../shared/data/imagenet-sample is split into three disjoint parts:
-``--fit`` benign images set the thresholds (5% false positives), the next ``--holdout`` benign
-images measure the false-positive rate, and the first correctly classified images of the rest
-are attacked (seeded random targets, benign target maps, the embedded EfficientNet-Lite0,
-ε = 8/255, the CLI's attack defaults from ``adv2.pipeline.build_attack``).
+A seeded permutation of ../shared/data/imagenet-sample is split into two disjoint parts: the
+first ``--benign`` images set the thresholds (5% false positives) and, by ``--folds``-fold
+cross-validation, measure the held-out false-positive rate of that fitting; the first correctly
+classified images of the rest are attacked (seeded random targets, benign target maps, the
+embedded EfficientNet-Lite0, ε = 8/255, the CLI's attack defaults of
+``adv2.pipeline.build_attack``).
 
 Attacks: PGD, ADV², A*(s) — adaptive ADV² against one squeezer s (``--specific``; the two-stage
 algorithm for bit depth, the hinge + cross entropy for smoothing) — and A*(all), one adaptive
@@ -28,9 +29,8 @@ import torch
 from adv2 import pipeline, targets
 from adv2.attacks import AttackResult
 from adv2.data import load_dataset, to_tensor
-from adv2.detection import SQUEEZER_NAMES, FeatureSqueezingDetector
+from adv2.detection import SQUEEZER_NAMES, FeatureSqueezingDetector, cross_validated_flags
 from adv2.detection.adaptive import AdaptiveADV2
-from adv2.detection.detector import threshold_at_fpr
 from adv2.interpreters import INTERPRETERS, build_interpreter
 from adv2.models import load_model
 
@@ -41,28 +41,12 @@ XU_JOINT = ("bit-5", "median-2x2", "nlm-11-3-4")
 PAPER_ROWS = ("bit-2", "bit-3", "median-3x3", "nlm-11-3-4")
 
 
-def split(n_images: int, n_fit: int, n_holdout: int, seed: int) -> tuple[np.ndarray, ...]:
-    """Disjoint index arrays (fit, held-out, attack pool) of a seeded permutation."""
+def split(n_images: int, n_benign: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint index arrays (benign, attack pool) of a seeded permutation."""
     order = np.random.default_rng(seed).permutation(n_images)
-    if n_fit + n_holdout >= n_images:
-        raise ValueError(f"{n_fit} + {n_holdout} benign images leave none of {n_images} to attack")
-    return order[:n_fit], order[n_fit:n_fit + n_holdout], order[n_fit + n_holdout:]
-
-
-def resplit_fpr(scores: torch.Tensor, n_fit: int, joints: list[list[int]], fpr: float,
-                 repeats: int, seed: int) -> torch.Tensor:
-    """Held-out false-positive rates of the fitting procedure over ``repeats`` random splits of
-    the benign n×S ``scores`` into ``n_fit`` fitting and n − n_fit held-out images: a
-    repeats×(S + len(joints)) tensor (each squeezer, then the max over each column list)."""
-    columns = torch.cat([scores, *(scores[:, c].amax(dim=1, keepdim=True) for c in joints)], 1)
-    rng = np.random.default_rng(seed)
-    out = torch.empty(repeats, columns.shape[1])
-    for r in range(repeats):
-        order = torch.from_numpy(rng.permutation(len(columns)))
-        fit, held = columns[order[:n_fit]], columns[order[n_fit:]]
-        thresholds = torch.tensor([threshold_at_fpr(fit[:, j], fpr) for j in range(fit.shape[1])])
-        out[r] = (held > thresholds).float().mean(dim=0)
-    return out
+    if n_benign >= n_images:
+        raise ValueError(f"{n_benign} benign images leave none of {n_images} to attack")
+    return order[:n_benign], order[n_benign:]
 
 
 def rate(flags: torch.Tensor) -> str:
@@ -92,13 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interpreters", nargs="+", default=[f"{n}:20" for n in INTERPRETERS],
                         help="interpreter:n_images pairs (default: every interpreter, 20 images)")
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
-    parser.add_argument("--fit", type=int, default=100, help="benign images for the thresholds")
-    parser.add_argument("--holdout", type=int, default=100,
-                        help="held-out benign images for the false-positive rate")
+    parser.add_argument("--benign", type=int, default=440,
+                        help="benign images for the thresholds and the false-positive rate")
+    parser.add_argument("--folds", type=int, default=10,
+                        help="cross-validation folds for the held-out false-positive rate")
     parser.add_argument("--fpr", type=float, default=0.05)
-    parser.add_argument("--resplits", type=int, default=200,
-                        help="random fit/held-out re-splits of the benign images for the "
-                             "false-positive rate of the fitting procedure")
     parser.add_argument("--squeezers", nargs="+", default=list(SQUEEZER_NAMES))
     parser.add_argument("--specific", nargs="*", default=list(PAPER_ROWS),
                         help="squeezers that also get their own adaptive attack A*(s)")
@@ -119,14 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     samples, _ = load_dataset(args.images)
     images_all = np.stack([s.image for s in samples])
     labels_all = torch.tensor([s.label for s in samples])
-    fit_idx, holdout_idx, pool_idx = split(len(samples), args.fit, args.holdout, args.seed)
+    benign_idx, pool_idx = split(len(samples), args.benign, args.seed)
 
     detector = FeatureSqueezingDetector(model, args.squeezers)
-    fit_scores = detector.scores(images_all[fit_idx])
-    detector.fit_scores(fit_scores, args.fpr)
+    benign_scores = detector.scores(images_all[benign_idx])
+    detector.fit_scores(benign_scores, args.fpr)
     joint_cols = [detector.names.index(n) for n in XU_JOINT if n in detector.names]
     xu = FeatureSqueezingDetector(model, [detector.names[c] for c in joint_cols])
-    xu.fit_scores(fit_scores[:, joint_cols], args.fpr)
+    xu.fit_scores(benign_scores[:, joint_cols], args.fpr)
 
     def flags_of(scores: torch.Tensor) -> torch.Tensor:
         """n×(S+2) flags from n×S scores: each squeezer, the joint over all, Xu et al.'s joint."""
@@ -140,11 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     row_names = [*detector.names, f"joint: max over all {len(detector.names)}",
                  "joint: " + ", ".join(xu.names) + " (Xu et al.)"]
     thresholds = [*detector.thresholds.tolist(), detector.joint_threshold, xu.joint_threshold]
-    holdout_scores = detector.scores(images_all[holdout_idx])
-    benign_flags = flags_of(holdout_scores)
-    resplits = resplit_fpr(torch.cat([fit_scores, holdout_scores]),
-                           args.fit, [list(range(len(detector.names))), joint_cols], args.fpr,
-                           args.resplits, args.seed)
+    columns = torch.cat([benign_scores, benign_scores.amax(dim=1, keepdim=True),
+                         benign_scores[:, joint_cols].amax(dim=1, keepdim=True)], dim=1)
+    benign_flags = cross_validated_flags(columns, args.fpr, args.folds, args.seed)
 
     with torch.no_grad():
         pool_pred = torch.cat([model(to_tensor(images_all[pool_idx[i:i + 25]])).argmax(1)
@@ -187,14 +167,13 @@ def main(argv: list[str] | None = None) -> int:
                 cells.append(rate(results[own][1][:, i]) if own in results else "–")
             if not args.no_all:
                 cells.append(rate(results["A*(all)"][1][:, i]))
-            lo, hi = np.percentile(resplits[:, i].numpy(), [5, 95])
             table4.append(f"| {name} | {row} | {thresholds[i]:.3f} | "
-                          f"{rate(benign_flags[:, i])} | {100 * resplits[:, i].mean():.1f}% "
-                          f"({100 * lo:.1f}–{100 * hi:.1f}%) | " + " | ".join(cells) + " |")
+                          f"{rate(benign_flags[:, i])} ({int(benign_flags[:, i].sum())}/"
+                          f"{len(benign_flags)}) | " + " | ".join(cells) + " |")
 
     command = (f"python benchmarks/detection_report.py --interpreters {' '.join(args.interpreters)}"
-               f" --fit {args.fit} --holdout {args.holdout} --fpr {args.fpr}"
-               f" --resplits {args.resplits} --seed {args.seed}"
+               f" --benign {args.benign} --folds {args.folds} --fpr {args.fpr}"
+               f" --seed {args.seed}"
                f" --batch-size {args.batch_size} --threads {args.threads}"
                + (f" --squeezers {' '.join(args.squeezers)}"
                   if list(args.squeezers) != list(SQUEEZER_NAMES) else "")
@@ -209,10 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.__version__}; total {(time.time() - started) / 60:.0f} min. Model: "
         "efficientnet_lite0 (embedded), ε = 8/255, seeded random targets, benign target maps, "
         "the CLI's attack defaults. Images: a seeded permutation of "
-        f"`../shared/data/imagenet-sample`: {args.fit} benign images fit the thresholds at "
-        f"{100 * args.fpr:g}% false positives, the next {args.holdout} (disjoint) measure the "
-        "false-positive rate, and the first correctly classified images of the remaining "
-        f"{len(pool_idx)} are attacked.",
+        f"`../shared/data/imagenet-sample`: the first {args.benign} are benign images that fit "
+        f"the thresholds at {100 * args.fpr:g}% false positives, and the first correctly "
+        f"classified images of the remaining {len(pool_idx)} are attacked.",
         "",
         "Score: ‖softmax f(x) − softmax f(ψ(x))‖₁ on the uint8 image (ψ re-quantised to uint8); "
         "a detector flags a score above its threshold; the joint detectors take the maximum over "
@@ -227,17 +205,16 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## Table 4: detection rate (held-out benign: false-positive rate)",
         "",
-        f"FPR: the held-out benign images flagged with these thresholds; FPR over re-splits: "
-        f"the same fitting on {args.resplits} random re-splits of the {args.fit + args.holdout} "
-        f"benign images into {args.fit} fitting and {args.holdout} held-out ones, mean and "
-        "5th–95th percentile (what the procedure gives on average; one split varies by a few "
-        "points, and the squeezers' errors are correlated because the same fragile images score "
-        "high under all of them).",
+        f"Benign (FPR): the held-out false-positive rate by {args.folds}-fold cross-validation: "
+        f"each benign image is scored against thresholds fitted the same way on the other "
+        f"{args.folds - 1} folds (about {args.benign - args.benign // args.folds} images), so "
+        f"every one of the {args.benign} is held out once. The thresholds shown, which the "
+        "attacks face, are fitted on all of them.",
         "",
-        "| interpreter | detector | threshold | benign (FPR) | FPR over re-splits | PGD | ADV² | "
+        "| interpreter | detector | threshold | benign (FPR) | PGD | ADV² | "
         + ("A*(this squeezer) | " if args.specific else "")
         + ("" if args.no_all else "A*(all) |"),
-        "|---|---|---|---|---|---|---|" + ("---|" if args.specific else "")
+        "|---|---|---|---|---|---|" + ("---|" if args.specific else "")
         + ("" if args.no_all else "---|"),
         *table4,
         "",

@@ -17,7 +17,8 @@ from adv2.attacks import (ADV2, Constant, CrossEntropy, Linear, MapMSE, Objectiv
                           Stop, descend)
 from adv2.data import to_tensor
 from adv2.detection import (BitDepth, FeatureSqueezingDetector, MedianSmoothing, NonLocalMeans,
-                            NotFittedError, build_squeezer, nlm_uint8, threshold_at_fpr)
+                            NotFittedError, build_squeezer, cross_validated_flags, nlm_uint8,
+                            threshold_at_fpr)
 from adv2.detection.adaptive import AdaptiveADV2, ProbabilityMatch, Scaled, SqueezeGuard
 from adv2.interpreters import CAM
 from conftest import N_CLASSES, make_images
@@ -130,6 +131,21 @@ def test_threshold_rejects_bad_input() -> None:
         threshold_at_fpr(torch.rand(10), 1.0)
     with pytest.raises(ValueError):
         threshold_at_fpr(torch.zeros(0), 0.05)
+
+
+def test_cross_validated_flags_are_held_out_and_hit_the_rate() -> None:
+    gen = torch.Generator().manual_seed(1)
+    scores = torch.rand(2000, 2, generator=gen)
+    flags = cross_validated_flags(scores, 0.05, folds=10, seed=3)
+    # held-out rate of thresholds fitted on 1800 samples: 5% within 3 standard errors
+    assert flags.float().mean(dim=0).sub(0.05).abs().max() < 3 * (0.05 * 0.95 / 2000) ** 0.5
+    assert torch.equal(flags, cross_validated_flags(scores, 0.05, folds=10, seed=3))
+    # leave-one-out on 0, 1, ..., 19 at fpr 0.1: the threshold without image i is the 18th of
+    # the other 19, so exactly the two largest scores are flagged
+    loo = cross_validated_flags(torch.arange(20.0)[:, None], 0.1, folds=20, seed=0)
+    assert loo[:, 0].nonzero().flatten().tolist() == [18, 19]
+    with pytest.raises(ValueError):
+        cross_validated_flags(scores[:5], 0.05, folds=10)
 
 
 def _fitted(model, n: int = 20, seed: int = 10) -> FeatureSqueezingDetector:
@@ -311,7 +327,11 @@ def test_cli_detect_fit_and_score(tmp_path, capsys) -> None:
                      "median-2x2", "--fpr", "0.2", "--out", str(thresholds)]) == 0
     fitted = json.loads(thresholds.read_text())
     assert fitted["squeezers"] == ["bit-3", "median-2x2"] and fitted["fpr"] == 0.2
-    capsys.readouterr()
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed["cross_validated_fpr"]) == {"bit-3", "median-2x2", "joint"}
+    # leave-one-out over the 6 images: each rate counts flagged images out of 6
+    assert all(0 <= r <= 1 and abs(6 * r - round(6 * r)) < 1e-6
+               for r in printed["cross_validated_fpr"].values())
     scores = tmp_path / "scores.csv"
     assert cli.main(["detect", "score", "--images", str(folder), "--thresholds", str(thresholds),
                      "--out", str(scores)]) == 0

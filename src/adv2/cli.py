@@ -165,6 +165,10 @@ def _detect_parser(sub: argparse._SubParsersAction) -> None:
                      help="bit-<b>, median-<k>x<k>, nlm-<search>-<patch>-<h>")
     fit.add_argument("--fpr", type=float, default=0.05, help="false-positive rate on the benign")
     fit.add_argument("--out", required=True, help="thresholds file to write (JSON)")
+    fit.add_argument("--folds", type=int, default=10,
+                     help="cross-validation folds (at most one per image) for the held-out "
+                          "false-positive rate printed beside the thresholds (0: skip)")
+    fit.add_argument("--seed", type=int, default=0, help="seed of the cross-validation folds")
     score = actions.add_parser("score", help="score and flag images with fitted thresholds")
     score.add_argument("--thresholds", required=True, help="file written by 'adv2 detect fit'")
     score.add_argument("--out", help="also write per-image scores and flags here (CSV)")
@@ -178,7 +182,9 @@ def _detect_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_detect(args: argparse.Namespace) -> int:
     import csv
 
-    from adv2.detection import FeatureSqueezingDetector
+    import torch
+
+    from adv2.detection import FeatureSqueezingDetector, cross_validated_flags
 
     try:
         model = load_model(args.model, args.weights)
@@ -195,9 +201,17 @@ def cmd_detect(args: argparse.Namespace) -> int:
         return 1
     images = np.stack([s.image for s in samples])
     if args.action == "fit":
-        detector.fit(images, args.fpr)
+        scores = detector.scores(images)
+        detector.fit_scores(scores, args.fpr)
         detector.save(args.out)
-        print(json.dumps(detector.to_dict() | {"n_images": len(samples)}, indent=2))
+        summary = detector.to_dict() | {"n_images": len(samples)}
+        folds = min(args.folds, len(samples))
+        if folds >= 2:
+            columns = torch.cat([scores, scores.amax(dim=1, keepdim=True)], dim=1)
+            rates = cross_validated_flags(columns, args.fpr, folds, args.seed).float()
+            summary["cross_validated_fpr"] = dict(zip([*detector.names, "joint"],
+                                                      rates.mean(dim=0).tolist()))
+        print(json.dumps(summary, indent=2))
         return 0
     report = detector.detect(images)
     if args.out:

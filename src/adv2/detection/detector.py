@@ -37,6 +37,25 @@ def threshold_at_fpr(scores: torch.Tensor, fpr: float) -> float:
     return float(ordered[k - 1])
 
 
+def cross_validated_flags(scores: torch.Tensor, fpr: float, folds: int = 10,
+                          seed: int = 0) -> torch.Tensor:
+    """n×S bool: each benign image's flags under thresholds fitted (:func:`threshold_at_fpr`,
+    column by column) on the other folds of a seeded ``folds``-fold split of the n×S benign
+    ``scores``. Their column means are the held-out false-positive rates of the fitting
+    procedure, measured on every benign image once."""
+    n = len(scores)
+    if not 2 <= folds <= n:
+        raise ValueError(f"need 2 ≤ folds ≤ {n} benign images, got {folds} folds")
+    fold = torch.from_numpy(np.random.default_rng(seed).permutation(n) % folds)
+    flags = torch.zeros(scores.shape, dtype=torch.bool)
+    for k in range(folds):
+        held = fold == k
+        fit = scores[~held]
+        thresholds = torch.tensor([threshold_at_fpr(fit[:, j], fpr) for j in range(fit.shape[1])])
+        flags[held] = scores[held] > thresholds
+    return flags
+
+
 def softmax_l1(logits: torch.Tensor, squeezed_logits: torch.Tensor) -> torch.Tensor:
     """(n,) L1 distances between the softmax vectors of two n×C logit batches."""
     return (logits.softmax(dim=1) - squeezed_logits.softmax(dim=1)).abs().sum(dim=1)
