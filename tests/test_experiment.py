@@ -413,4 +413,6 @@ def test_default_config_end_to_end_with_reduced_steps(tmp_path) -> None:
             assert s["images"] == 2 and 0 <= s["l1_mean"] <= 1 and 0 <= s["iou_mean"] <= 1
     assert set(summary["transfer"]) == {"cam", "grad"}
     assert summary["detection"]["rates"]["benign (n=3)"] is not None
+    held_out = summary["detection"]["rates"]["benign held out (3-fold)"]
+    assert all(abs(3 * r - round(3 * r)) < 1e-6 for r in held_out.values())
     assert (tmp_path / "default" / "report" / "index.html").is_file()

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from adv2 import metrics
-from adv2.detection import FeatureSqueezingDetector
+from adv2.detection import FeatureSqueezingDetector, cross_validated_flags
 from adv2.experiment import detection, transfer
 from adv2.experiment.config import ExperimentConfig
 from adv2.experiment.images import ImageSet
@@ -180,9 +180,16 @@ def detection_table(cfg: ExperimentConfig, store: Store, data: ImageSet) -> tupl
     benign = _ok(store.records(detection.BENIGN, list(detection.benign_files(cfg, data))))
     columns, rates = [], []
     if benign:
-        det.fit_scores(_scores(benign), cfg.detection.fpr)
+        scores = _scores(benign)
+        det.fit_scores(scores, cfg.detection.fpr)
         columns.append(f"benign (n={len(benign)})")
-        rates.append(_rates(det, _scores(benign)))
+        rates.append(_rates(det, scores))
+        folds = min(10, len(benign))
+        if folds >= 2:  # held-out rate: each image against thresholds fitted without its fold
+            joint = torch.cat([scores, scores.amax(dim=1, keepdim=True)], dim=1)
+            columns.append(f"benign held out ({folds}-fold)")
+            rates.append(cross_validated_flags(joint, cfg.detection.fpr, folds, cfg.seed)
+                         .float().mean(dim=0).tolist())
         for interpreter in cfg.interpreters:
             for attack in cfg.attacks:
                 ok = [r for r in _ok(store.records(detection.stage(interpreter, attack),
@@ -193,8 +200,9 @@ def detection_table(cfg: ExperimentConfig, store: Store, data: ImageSet) -> tupl
                   f"images (thresholds at {cfg.detection.fpr:.0%} false positives on the benign "
                   "images)", ["squeezer", "threshold", *columns],
                   ["", ".4f", *[".1%"] * len(columns)],
-                  note="The benign column is the false-positive rate on the images the "
-                       "thresholds were fitted on.")
+                  note="Benign: the false-positive rate on the images the thresholds were "
+                       "fitted on; benign held out: each benign image scored against "
+                       "thresholds fitted the same way on the other folds.")
     thresholds = det.thresholds.tolist() if det.fitted else [None] * len(det.names)
     joint = det.joint_threshold if det.fitted else None
     for j, (name, thr) in enumerate(zip([*det.names, "joint"], [*thresholds, joint])):
