@@ -218,8 +218,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
         with open(args.out, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["file", *detector.names, "joint", "flagged"])
-            for sample, scores, joint, flag in zip(samples, report.scores.tolist(),
-                                                   report.joint.tolist(), report.joint_flag.tolist()):
+            rows = zip(samples, report.scores.tolist(), report.joint.tolist(),
+                       report.joint_flag.tolist())
+            for sample, scores, joint, flag in rows:
                 writer.writerow([sample.name, *(f"{v:.6f}" for v in scores), f"{joint:.6f}",
                                  int(flag)])
     rates = report.flags.float().mean(dim=0).tolist()
