@@ -144,6 +144,13 @@ BASE = {"images": "imgs"}
      r"detection.squeezers\[0\]: unknown squeezer"),
     ({"detection": {"benign_images": "b", "fpr": 1.5}}, r"detection.fpr: must be in \[0, 1\)"),
     ({"report": {"examples": 2, "dpi": 3}}, r"unknown key report.dpi"),
+    ({"interpreter_settings": {"mask": {"strategy": "alt"}}},
+     r"interpreter_settings.mask: 'mask' is not in interpreters"),
+    ({"interpreters": ["mask"], "interpreter_settings": {"mask": {"iteration": 5}}},
+     r"unknown key interpreter_settings.mask.iteration; did you mean 'iterations'"),
+    ({"interpreter_settings": {"cam": 3}}, r"interpreter_settings.cam: expected a mapping"),
+    ({"interpreter_settings": ["cam"]}, r"interpreter_settings: expected a mapping"),
+    ({"attacks": {"adv2": {"step_search": "yes"}}}, r"attacks.adv2.step_search: expected true"),
 ])
 def test_bad_values_are_rejected_naming_the_key(change, message) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -172,6 +179,10 @@ def test_values_paths_and_overrides(tmp_path) -> None:
     grad, cam = cfg.attack_config("grad", "adv2", 0), cfg.attack_config("cam", "adv2", 0)
     assert (grad.steps, grad.lam, cam.lam) == (7, "50", "50")
     assert cam.steps == 110  # unset: the pipeline's per-interpreter default
+    assert cam.step_search is False and load_config(path, ["attacks.adv2.step_search=true"]) \
+        .attack_config("cam", "adv2", 0).step_search is True
+    mask = load_config(path, ["interpreters=[mask]", "interpreter_settings.mask.strategy=alt"])
+    assert mask.interpreter_settings == {"mask": {"strategy": "alt"}}
     assert cfg.digest() != load_config(path, ["limit=4"]).digest()
     assert cfg.digest() == load_config(path, ["limit=3", "attacks.adv2.grad.steps=7",
                                               "detection.benign_images=b",
@@ -396,6 +407,26 @@ def test_missing_inputs_are_named_and_leave_no_run_directory(tiny, tmp_path, ove
                                                              message) -> None:
     with pytest.raises(ConfigError, match=message):
         run_experiment(load_config(tiny[0], [override]), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_interpreter_settings_reach_the_interpreters(tiny, tmp_path, monkeypatch) -> None:
+    from adv2.experiment import runner
+    from adv2.interpreters import build_interpreter
+
+    seen: dict[str, dict] = {}
+
+    def build(name, model, **options):
+        seen[name] = options
+        if name == "grad":  # stop the run here: interpreters are built before any output
+            raise ValueError("built grad")
+        return build_interpreter(name, model, **options)
+
+    monkeypatch.setattr(runner, "build_interpreter", build)
+    cfg = load_config(tiny[0], ["interpreter_settings.grad.beta_end=7"])
+    with pytest.raises(ConfigError, match="interpreters: built grad"):
+        run_experiment(cfg, tmp_path / "run", progress=False)
+    assert seen == {"cam": {}, "grad": {"beta_end": 7}}
     assert not (tmp_path / "run").exists()
 
 

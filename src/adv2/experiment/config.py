@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import inspect
 import json
 import types
 import typing
@@ -28,7 +29,7 @@ from adv2.targets import KINDS
 ATTACKS = ("pgd", "adv2")
 #: AttackConfig fields an experiment may set per attack (and per interpreter inside an attack)
 ATTACK_KEYS = ("steps", "warm_steps", "lam", "optimizer", "lr", "lr_decay", "pred_loss",
-               "map_loss", "patience", "random_start")
+               "map_loss", "patience", "random_start", "step_search")
 #: keys whose values are paths, resolved against the YAML file's directory
 PATH_KEYS = ("weights", "images", "labels", "benign_images")
 
@@ -62,8 +63,10 @@ class ExperimentConfig:
 
     ``attacks`` maps ``pgd``/``adv2`` to AttackConfig overrides (:data:`ATTACK_KEYS`), which may
     hold per-interpreter overrides under the interpreter's name; unset values take
-    :data:`adv2.pipeline.ATTACK_DEFAULTS`. ``batch_size`` images form one unit of work (a fixed
-    chunk of the image list, so results do not depend on the number of processes).
+    :data:`adv2.pipeline.ATTACK_DEFAULTS`. ``interpreter_settings`` maps an interpreter's name
+    to keyword arguments of its class (e.g. ``mask: {strategy: alt, iterations: 500}``), used
+    for benign maps, attacks and transfer alike. ``batch_size`` images form one unit of work (a
+    fixed chunk of the image list, so results do not depend on the number of processes).
     """
 
     images: str
@@ -74,6 +77,7 @@ class ExperimentConfig:
     image_size: int = 224
     seed: int = 0
     interpreters: tuple[str, ...] = ("cam", "grad")
+    interpreter_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     attacks: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {"pgd": {}, "adv2": {}})
     eps: float = 8 / 255
@@ -225,6 +229,19 @@ def _check(cfg: ExperimentConfig) -> None:
                               f"{sorted(INTERPRETERS)}")
     if not cfg.interpreters or len(set(cfg.interpreters)) != len(cfg.interpreters):
         raise ConfigError(f"interpreters: expected distinct names, got {list(cfg.interpreters)}")
+    if not isinstance(cfg.interpreter_settings, dict):
+        raise ConfigError("interpreter_settings: expected a mapping from interpreter names to "
+                          f"keyword arguments, got {cfg.interpreter_settings!r}")
+    for name, settings in cfg.interpreter_settings.items():
+        key = f"interpreter_settings.{name}"
+        if name not in cfg.interpreters:
+            raise ConfigError(f"{key}: {name!r} is not in interpreters {list(cfg.interpreters)}")
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{key}: expected a mapping of keyword arguments, got {settings!r}")
+        valid = [p for p in inspect.signature(INTERPRETERS[name]).parameters if p != "model"]
+        for option in settings:
+            if option not in valid:
+                raise _unknown(str(option), key + ".", valid)
     if cfg.target_map not in KINDS:
         raise ConfigError(f"target_map: unknown kind {cfg.target_map!r}; choose from {KINDS}")
     if not 0 < cfg.eps <= 1:

@@ -121,7 +121,9 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
         # inputs first, so that bad ones stop the run before its directory exists
         data = prepare(cfg, model)
         try:
-            interpreters = {name: build_interpreter(name, model) for name in cfg.interpreters}
+            interpreters = {name: build_interpreter(name, model,
+                                                    **cfg.interpreter_settings.get(name, {}))
+                            for name in cfg.interpreters}
         except (ModelError, ValueError) as exc:
             raise ConfigError(f"interpreters: {exc}") from exc
         if ctx.main:
