@@ -118,6 +118,12 @@ class Scaled:
         return self.factor * self.schedule(progress)
 
 
+#: default λ multipliers of the adaptive attack, measured in docs/detection*.md: on CAM × 16
+#: kept the IoU to the benign map at 0.955 where × 4 gave 0.919, on GRAD × 16 gave 0.847; on
+#: RTS (logit MSE) × 16 lost to × 4 (0.779 against 0.904). Others: × 4 (not measured).
+LAM_SCALES: dict[str, float] = {"cam": 16.0, "grad": 16.0, "rts": 4.0}
+
+
 @dataclass
 class AdaptiveADV2:
     """ADV² (``attack``, e.g. from :func:`adv2.pipeline.build_attack`) that also evades the
@@ -129,9 +135,9 @@ class AdaptiveADV2:
     PGD steps stop once p(target) on the squeezed image reaches ``stage1_confidence``.
     ``steps`` and ``patience`` (when not None; patience only where the base attack stops early
     at all) replace the base attack's, and the base λ
-    schedule is multiplied by ``lam_scale``: evading the detector and matching the map at once
-    needs a longer joint stage, and the map term must keep its weight against the penalties
-    (on CAM, λ × 16 kept the IoU within 0.02 of basic ADV² where λ × 4 lost 0.07).
+    schedule is multiplied by ``lam_scale`` (None: the interpreter's entry of
+    :data:`LAM_SCALES`): evading the detector and matching the map at once needs a longer joint
+    stage, and the map term must keep its weight against the penalties.
     """
 
     attack: ADV2
@@ -143,13 +149,15 @@ class AdaptiveADV2:
     ce_weight: float = 0.3
     steps: int | None = 200
     patience: int | None = 40
-    lam_scale: float = 16.0
+    lam_scale: float | None = None
     two_stage: bool = True
     match_weight: float = 1.0
     stage1_steps: int = 50
     stage1_confidence: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.lam_scale is None:
+            self.lam_scale = LAM_SCALES.get(self.attack.interpreter.name, 4.0)
         self.guard = SqueezeGuard(self.detector, self.columns, self.margin, self.weight,
                                   self.ce_weight)
 
