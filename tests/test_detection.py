@@ -19,7 +19,8 @@ from adv2.data import to_tensor
 from adv2.detection import (BitDepth, FeatureSqueezingDetector, MedianSmoothing, NonLocalMeans,
                             NotFittedError, build_squeezer, cross_validated_flags, nlm_uint8,
                             threshold_at_fpr)
-from adv2.detection.adaptive import AdaptiveADV2, ProbabilityMatch, Scaled, SqueezeGuard
+from adv2.detection.adaptive import (LAM_SCALES, AdaptiveADV2, ProbabilityMatch, Scaled,
+                                     SqueezeGuard)
 from adv2.interpreters import CAM
 from conftest import N_CLASSES, make_images
 
@@ -281,6 +282,9 @@ def test_adaptive_adv2_end_to_end(tiny_model) -> None:
     assert (result.linf <= 24).all()
     assert result.iou is not None and result.success.shape == (4,)
     assert attack.penalties == () and attack.accept is None  # the base attack is untouched
+    # the λ multiplier defaults per interpreter; an explicit one is kept
+    assert AdaptiveADV2(attack, detector).lam_scale == LAM_SCALES["cam"]
+    assert AdaptiveADV2(attack, detector, lam_scale=2.0).lam_scale == 2.0
 
 
 def test_bit_depth_two_stage_uses_squeezed_reference(tiny_model) -> None:
