@@ -197,8 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         "their squeezers. A*(s): adaptive ADV² against squeezer s alone (bit depth: the paper's "
         f"two-stage algorithm; smoothing: hinge on the score above {adaptive.margin} × threshold, "
         f"weight {adaptive.weight}, plus {adaptive.ce_weight} × the cross entropy between the "
-        "predictions on x and ψ(x)); adaptive attacks run up to "
-        f"{adaptive.steps} joint steps with patience {adaptive.patience} and λ × "
+        "predictions on x and ψ(x)); adaptive attacks run "
+        + (f"all {adaptive.steps} joint steps" if adaptive.patience is None else
+           f"up to {adaptive.steps} joint steps with patience {adaptive.patience}")
+        + " and λ × "
         f"{adaptive.lam_scale} (ADV²: the CLI's defaults); A*(all): one adaptive ADV² against all "
         "squeezers at once (NLM through BPDA). Adaptive attacks keep only iterates that no "
         "guarded squeezer flags.",

@@ -134,11 +134,12 @@ class AdaptiveADV2:
     N×H×W×3, (N,), N×1×h×w) and returns its :class:`AttackResult`. With one bit-depth squeezer
     and ``two_stage`` the paper's bit-depth algorithm runs (module docstring); ``stage1_steps``
     PGD steps stop once p(target) on the squeezed image reaches ``stage1_confidence``.
-    ``steps`` and ``patience`` (when not None; patience only where the base attack stops early
-    at all) replace the base attack's, and the base λ
-    schedule is multiplied by ``lam_scale`` (None: the interpreter's entry of
-    :data:`LAM_SCALES`): evading the detector and matching the map at once needs a longer joint
-    stage, and the map term must keep its weight against the penalties.
+    ``steps`` (when not None) and ``patience`` replace the base attack's; patience None (the
+    default) runs every image for all ``steps``: an image that has not improved its map for a
+    while still does once the penalties are met. The base λ schedule is multiplied by
+    ``lam_scale`` (None: the interpreter's entry of :data:`LAM_SCALES`): evading the detector
+    and matching the map at once needs a longer joint stage, and the map term must keep its
+    weight against the penalties.
     """
 
     attack: ADV2
@@ -149,7 +150,7 @@ class AdaptiveADV2:
     weight: float = 3.0
     ce_weight: float = 0.3
     steps: int | None = 200
-    patience: int | None = 40
+    patience: int | None = None
     lam_scale: float | None = None
     two_stage: bool = True
     match_weight: float = 1.0
@@ -177,9 +178,9 @@ class AdaptiveADV2:
         if self.two_stage and squeezer is not None:
             reference = self.stage_one(images, targets, squeezer)
             penalties = (*penalties, ProbabilityMatch(reference, self.match_weight))
-        overrides = {"steps": self.steps} if self.steps is not None else {}
-        if self.patience is not None and self.attack.patience is not None:
-            overrides["patience"] = self.patience
+        overrides: dict = {"patience": self.patience}
+        if self.steps is not None:
+            overrides["steps"] = self.steps
         joint = replace(self.attack, penalties=penalties, accept=self.guard.accept,
                         lam=Scaled(self.attack.lam, self.lam_scale), **overrides)
         return joint(images, targets, target_maps)
