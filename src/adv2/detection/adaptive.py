@@ -119,9 +119,9 @@ class Scaled:
 
 
 #: default λ multipliers of the adaptive attack against all eleven squeezers (20 images, see
-#: docs/detection*.md): on CAM × 16 gave IoU 0.955 to the benign map where × 4 gave 0.919, on
-#: GRAD × 16 gave 0.847; on RTS (logit MSE) × 16 fell to 0.779 with 20% detected, where × 4 had
-#: given 0.904 (earlier thresholds). Others: × 4 (not measured).
+#: docs/detection*.md): on CAM × 16 gave IoU 0.955 to the benign map where × 4 gave 0.919
+#: (with patience 40), on GRAD × 16 gave 0.847; on RTS (logit MSE) × 16 fell to 0.779 with
+#: 20% detected, × 4 gives 0.964. Others: × 4 (not measured).
 LAM_SCALES: dict[str, float] = {"cam": 16.0, "grad": 16.0, "rts": 4.0}
 
 
