@@ -274,8 +274,8 @@ def test_accept_hook_keeps_only_undetected_iterates(tiny_model) -> None:
 def test_adaptive_adv2_end_to_end(tiny_model) -> None:
     detector = _fitted(tiny_model)
     images, targets, cam, maps = _setup(tiny_model)
-    attack = pipeline.build_attack(
-        pipeline.AttackConfig(attack="adv2", steps=30, warm_steps=20, eps=24 / 255), tiny_model, cam)
+    cfg = pipeline.AttackConfig(attack="adv2", steps=30, warm_steps=20, eps=24 / 255)
+    attack = pipeline.build_attack(cfg, tiny_model, cam)
     assert isinstance(attack, ADV2)
     result = AdaptiveADV2(attack, detector)(images, targets, maps)
     assert result.adv.dtype == np.uint8 and result.adv.shape == images.shape
@@ -285,6 +285,23 @@ def test_adaptive_adv2_end_to_end(tiny_model) -> None:
     # the λ multiplier defaults per interpreter; an explicit one is kept
     assert AdaptiveADV2(attack, detector).lam_scale == LAM_SCALES["cam"]
     assert AdaptiveADV2(attack, detector, lam_scale=2.0).lam_scale == 2.0
+
+
+def test_adaptive_config_defaults_and_overrides(tiny_model, tmp_path) -> None:
+    """With ``adaptive`` set, the joint stage defaults to AdaptiveADV2's steps without early stop;
+    explicit steps and patience reach it (and are what config.json records)."""
+    path = tmp_path / "fs.json"
+    _fitted(tiny_model).save(path)
+    cam = CAM(tiny_model)
+    cfg = pipeline.AttackConfig(attack="adv2", adaptive=str(path))
+    assert cfg.resolved().steps == AdaptiveADV2.steps and cfg.resolved().patience == 0
+    default = pipeline.build_attack(cfg, tiny_model, cam)
+    assert isinstance(default, AdaptiveADV2)
+    assert (default.steps, default.patience) == (AdaptiveADV2.steps, None)
+    chosen = pipeline.build_attack(dataclasses.replace(cfg, steps=7, patience=3), tiny_model, cam)
+    assert (chosen.steps, chosen.patience) == (7, 3)
+    plain = pipeline.AttackConfig(attack="adv2").resolved()
+    assert plain.steps == pipeline.ATTACK_DEFAULTS["cam"]["steps"]
 
 
 def test_bit_depth_two_stage_uses_squeezed_reference(tiny_model) -> None:

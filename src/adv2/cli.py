@@ -55,7 +55,8 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--random-start", action="store_true", help="PGD: random start in the ball")
     p.add_argument("--adaptive", metavar="THRESHOLDS",
                    help="ADV² that also evades the feature-squeezing detector fitted by "
-                        "'adv2 detect fit' (its JSON file)")
+                        "'adv2 detect fit' (its JSON file); its joint stage defaults to 200 "
+                        "steps without early stop (--steps, --patience override)")
     p.add_argument("--rts-checkpoint",
                    help="RTS: checkpoint from 'adv2 train-rts' (default: the one shipped for the "
                         "model)")

@@ -58,6 +58,8 @@ class AttackConfig:
     def resolved(self) -> "AttackConfig":
         defaults = ATTACK_DEFAULTS["pgd"] if self.attack == "pgd" else ATTACK_DEFAULTS.get(
             self.interpreter, ATTACK_DEFAULTS["cam"])
+        if self.attack == "adv2" and self.adaptive is not None:
+            defaults = {**defaults, **ADAPTIVE_DEFAULTS}
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         return replace(self, **filled)
 
@@ -79,6 +81,10 @@ ATTACK_DEFAULTS: dict[str, dict] = {
              "lam": "5:10", "pred_loss": "ce", "map_loss": "mse", "patience": 20,
              "step_search": True},
 }
+
+#: the joint stage of adaptive ADV² (``adaptive`` set): longer, and no early stop (see
+#: :class:`~adv2.detection.adaptive.AdaptiveADV2`)
+ADAPTIVE_DEFAULTS: dict = {"steps": AdaptiveADV2.steps, "patience": 0}
 
 
 def choose_targets(labels: torch.Tensor, n_classes: int, seed: int, fixed: int | None,
@@ -109,7 +115,7 @@ def build_attack(
             raise ValueError("--adaptive applies to --attack adv2")
         detector = FeatureSqueezingDetector.load(model, cfg.adaptive)
         return AdaptiveADV2(build_attack(replace(cfg, adaptive=None), model, interpreter),
-                            detector)
+                            detector, steps=cfg.steps, patience=cfg.patience or None)
     if cfg.attack == "pgd":
         if cfg.optimizer != "sign":
             raise ValueError("PGD takes sign steps; --optimizer applies to ADV² only")
