@@ -289,7 +289,7 @@ def test_adaptive_adv2_end_to_end(tiny_model) -> None:
 
 def test_adaptive_config_defaults_and_overrides(tiny_model, tmp_path) -> None:
     """With ``adaptive`` set, the joint stage defaults to AdaptiveADV2's steps without early stop;
-    explicit steps and patience reach it (and are what config.json records)."""
+    explicit steps and patience reach it (the resolved config is what config.json records)."""
     path = tmp_path / "fs.json"
     _fitted(tiny_model).save(path)
     cam = CAM(tiny_model)
@@ -381,7 +381,9 @@ def test_cli_attack_adaptive(tmp_path) -> None:
     out = tmp_path / "run"
     assert cli.main([*common, "--attack", "adv2", "--adaptive", str(thresholds),
                      "--out", str(out)]) == 0
-    assert json.loads((out / "config.json").read_text())["adaptive"] == str(thresholds)
+    config = json.loads((out / "config.json").read_text())
+    assert config["adaptive"] == str(thresholds)
+    assert config["steps"] == 2  # --steps reaches the joint stage and is recorded
     assert json.loads((out / "summary.json").read_text())["n_images"] == 2
     assert cli.main([*common, "--attack", "pgd", "--adaptive", str(thresholds),
                      "--out", str(tmp_path / "pgd")]) == 2

@@ -118,10 +118,10 @@ class Scaled:
         return self.factor * self.schedule(progress)
 
 
-#: default λ multipliers of the adaptive attack against all eleven squeezers (20 images, see
-#: docs/detection*.md): on CAM × 16 gave IoU 0.955 to the benign map where × 4 gave 0.919
-#: (with patience 40), on GRAD × 16 gave 0.847; on RTS (logit MSE) × 16 fell to 0.779 with
-#: 20% detected, × 4 gives 0.964. Others: × 4 (not measured).
+#: default λ multipliers of the adaptive attack against all eleven squeezers, measured on 20
+#: images (docs/detection*.md): CAM and GRAD × 16 keep the IoU to the benign map within 0.03
+#: of basic ADV²; on RTS (logit MSE) × 16 fell to IoU 0.779 with 20% detected (the report at
+#: commit 30ca4c8) where × 4 keeps it. Others: × 4 (not measured).
 LAM_SCALES: dict[str, float] = {"cam": 16.0, "grad": 16.0, "rts": 4.0}
 
 
