@@ -400,6 +400,51 @@ def test_descend_selects_best_successful_iterate(setup) -> None:
     assert torch.equal(traj.passes, torch.full((len(x0),), steps + 1))
 
 
+class _RarelyVerifiedCAM(_SpyCAM):
+    """CAM posing as an interpreter whose attack values are not its true maps (like MASK), with
+    scheduled verifications only at the first and last step; the spy log holds only the
+    engine's verifications, ``attack_log`` the attack evaluations (iterate, logits)."""
+
+    attack_values_exact = False
+    verify_every = 1000
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        self.attack_log: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def attack_forward(self, x, classes, progress, rows=None):
+        logits, maps = CAM.explain(self, x, classes)
+        self.attack_log.append((x.detach().clone(), logits.detach()))
+        return logits, maps
+
+
+def test_descend_verifies_an_iterate_as_soon_as_it_succeeds(setup) -> None:
+    model, imgs, _, targets = setup
+    spy = _RarelyVerifiedCAM(model)
+    x0 = to_tensor(imgs)
+    with torch.no_grad():
+        tmaps = CAM(model)(x0, targets)
+    steps = 25
+    traj = descend(x0, x0, targets, model, Objective(CrossEntropy(), MapMSE(), Constant(1.0)),
+                   SignStep(), steps, 16 / 255, Stop(tol=-1.0, patience=None), spy, tmaps)
+    assert len(spy.attack_log) == steps  # every row is evaluated every step but the last
+    ok = torch.stack([e[1].argmax(dim=1) == targets for e in spy.attack_log])  # steps × N
+    assert not ok[0].any() and ok.any(dim=0).any(), "the test needs late successes"
+    verified = [e[0] for e in spy.log]
+    for i in range(len(x0)):
+        if not ok[:, i].any():
+            continue
+        first = int(ok[:, i].float().argmax())
+        # the first successful iterate was judged by the true interpreter at once ...
+        assert any(torch.equal(row, spy.attack_log[first][0][i]) for v in verified for row in v)
+        # ... so the image has a selected, successful iterate even if its last one fails
+        assert traj.found[i] and math.isfinite(traj.distance[i])
+    # verifications: everyone at the start and the end, plus each image once per regained success
+    regained = (ok[1:] & ~ok[:-1]).sum() + ok[0].sum()
+    assert sum(len(v) for v in verified) <= 2 * len(x0) + int(regained)
+    assert sum(len(v) for v in verified) > 2 * len(x0)
+
+
 def test_descend_without_success_selects_nothing(setup) -> None:
     model, imgs, _, _ = setup
     x0 = to_tensor(imgs)

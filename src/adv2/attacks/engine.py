@@ -102,8 +102,9 @@ def descend(
     x_start: N×3×H×W in [0,1] on the uint8 lattice; targets: (N,) long. When the
     interpreter's attack values are not its true maps (``attack_values_exact`` False, MASK),
     iterates are judged with :meth:`Interpreter.explain` every ``interpreter.verify_every``
-    steps, and patience counts those verifications. ``step_search`` shortens each image's
-    update so that the target keeps winning (its forward passes are counted).
+    steps, and also as soon as an image whose last judged iterate failed succeeds again (and
+    passes ``objective.accept``); patience counts these verifications. ``step_search`` shortens
+    each image's update so that the target keeps winning (its forward passes are counted).
     """
     use_maps = objective.map_loss is not None
     if use_maps and (interpreter is None or target_maps is None):
@@ -118,12 +119,37 @@ def descend(
     found = torch.zeros(n, dtype=torch.bool)
     best = torch.full((n,), float("inf"))
     stale = torch.zeros(n, dtype=torch.long)
+    failed = torch.ones(n, dtype=torch.bool)  # the last judged iterate failed (or none yet)
     passes = torch.zeros(n, dtype=torch.long)
     active = torch.arange(n)
     optimizer.reset(x)
     if use_maps:
         passes += interpreter.start_attack(x, targets)
     history: list[dict] = []
+
+    def accepted(xs: torch.Tensor, logits: torch.Tensor, t: torch.Tensor,
+                 rows: torch.Tensor) -> torch.Tensor:
+        """(n,) bool: the target wins with enough confidence and ``objective.accept`` holds."""
+        probs = logits.softmax(dim=1)
+        ok = (probs.argmax(dim=1) == t) & (probs.gather(1, t.view(-1, 1)).squeeze(1)
+                                           >= stop.min_confidence)
+        if objective.accept is not None:
+            with torch.no_grad():
+                ok &= objective.accept(xs.detach(), logits, rows)
+        return ok
+
+    def verify(xs: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """True logits and interpretation distances of iterates xs of the batch rows ``rows``."""
+        with torch.no_grad():
+            if use_maps:
+                v_logits, maps = interpreter.explain(xs.detach(), targets[rows])
+                distance = objective.map_loss(maps, target_maps[rows])
+                if not exact:
+                    interpreter.sync(rows, maps)
+            else:
+                v_logits, distance = model(xs.detach()), torch.zeros(len(rows))
+        passes[rows] += interpreter.explain_passes if use_maps else 1
+        return v_logits, distance
 
     for step in range(steps + 1):
         if active.numel() == 0:
@@ -132,18 +158,13 @@ def descend(
         last = step == steps
         xq = quantise(x[active]).requires_grad_(not last)
         t = targets[active]
-        judged = None  # (logits, distance) of the true model and interpreter at xq
+        # judged: which of the active iterates the true model and interpreter judged this step,
+        # with their logits and interpretation distances
+        judged: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         if last or (not exact and step % verify_every == 0):
             # verify before stepping, so that a stateful interpreter restarts from the truth
-            with torch.no_grad():
-                if use_maps:
-                    v_logits, maps = interpreter.explain(xq.detach(), t)
-                    judged = v_logits, objective.map_loss(maps, target_maps[active])
-                    if not exact:
-                        interpreter.sync(active, maps)
-                else:
-                    judged = model(xq), torch.zeros(len(active))
-            passes[active] += interpreter.explain_passes if use_maps else 1
+            everyone = torch.ones(len(active), dtype=torch.bool)
+            judged = (everyone, *verify(xq, active))
         loss = None
         if not last:  # the attack's loss and gradient at the quantised iterate
             if use_maps:
@@ -159,24 +180,27 @@ def descend(
                 loss = loss + penalty(xq, logits, active)
             passes[active] += cost
             if exact:
-                judged = logits, dist
+                judged = torch.ones(len(active), dtype=torch.bool), logits, dist
+            elif judged is None:
+                # an image whose last judged iterate failed is judged again as soon as its
+                # iterate succeeds (and passes ``accept``), not only at the next scheduled step
+                newly = accepted(xq, logits.detach(), t, active) & failed[active]
+                if newly.any():
+                    judged = (newly, *verify(xq[newly], active[newly]))
 
         done = torch.zeros(len(active), dtype=torch.bool)
-        if judged is not None:  # bookkeeping on the evaluated (quantised) iterate
-            j_logits, dist = (v.detach() for v in judged)
-            probs = j_logits.softmax(dim=1)
-            ok = (probs.argmax(dim=1) == t) & (probs.gather(1, t.view(-1, 1)).squeeze(1)
-                                               >= stop.min_confidence)
-            if objective.accept is not None:
-                with torch.no_grad():
-                    ok &= objective.accept(xq.detach(), j_logits, active)
+        if judged is not None:  # bookkeeping on the evaluated (quantised) iterates
+            sel, j_logits, dist = (v.detach() for v in judged)
+            rows_j = active[sel]
+            ok = accepted(xq[sel], j_logits, t[sel], rows_j)
             if use_maps:
-                better = ok & (dist < best[active])
-                gain = better & (dist < best[active] * (1 - stop.min_gain))
-                stale[active] = torch.where(gain, 0, stale[active] + 1)
-                best[active] = torch.where(better, dist, best[active])
-                found[active] |= ok
-                chosen[active[better]] = xq.detach()[better]
+                better = ok & (dist < best[rows_j])
+                gain = better & (dist < best[rows_j] * (1 - stop.min_gain))
+                stale[rows_j] = torch.where(gain, 0, stale[rows_j] + 1)
+                best[rows_j] = torch.where(better, dist, best[rows_j])
+                found[rows_j] |= ok
+                failed[rows_j] = ~ok
+                chosen[rows_j[better]] = xq.detach()[sel][better]
                 done = found[active] & (best[active] <= stop.tol)
                 if stop.patience is not None:
                     done |= found[active] & (stale[active] >= stop.patience)
@@ -186,7 +210,7 @@ def descend(
                 done = ok if stop.on_success else done
             if record_history:
                 history.append({
-                    "step": step, "active": int(active.numel()),
+                    "step": step, "active": int(active.numel()), "judged": int(sel.sum()),
                     "loss": float(loss.detach().mean()) if loss is not None else None,
                     "map_distance": float(dist.mean()), "success": float(ok.float().mean()),
                 })
