@@ -15,6 +15,7 @@ from adv2 import pipeline
 from adv2 import targets as target_maps
 from adv2.attacks import (ADV2, Constant, CrossEntropy, Linear, MapMSE, Objective, SignStep,
                           Stop, descend)
+from adv2.attacks.step_search import MarginStepSearch
 from adv2.data import to_tensor
 from adv2.detection import (BitDepth, FeatureSqueezingDetector, MedianSmoothing, NonLocalMeans,
                             NotFittedError, build_squeezer, cross_validated_flags, nlm_uint8,
@@ -285,6 +286,11 @@ def test_adaptive_adv2_end_to_end(tiny_model) -> None:
     # the λ multiplier defaults per interpreter; an explicit one is kept
     assert AdaptiveADV2(attack, detector).lam_scale == LAM_SCALES["cam"]
     assert AdaptiveADV2(attack, detector, lam_scale=2.0).lam_scale == 2.0
+    # the joint stage: the guard's hooks, λ × lam_scale, its own steps, no step search
+    searching = dataclasses.replace(attack, step_search=MarginStepSearch())
+    joint = AdaptiveADV2(searching, detector, lam_scale=2.0, steps=9).joint((len,))
+    assert joint.step_search is None and joint.penalties == (len,) and joint.steps == 9
+    assert joint.accept is not None and joint.lam(0.5) == 2.0 * attack.lam(0.5)
 
 
 def test_adaptive_config_defaults_and_overrides(tiny_model, tmp_path) -> None:

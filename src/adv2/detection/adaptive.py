@@ -139,7 +139,7 @@ class AdaptiveADV2:
     while still does once the penalties are met. The base λ schedule is multiplied by
     ``lam_scale`` (None: the interpreter's entry of :data:`LAM_SCALES`): evading the detector
     and matching the map at once needs a longer joint stage, and the map term must keep its
-    weight against the penalties.
+    weight against the penalties. The base attack's per-example step search is dropped.
     """
 
     attack: ADV2
@@ -178,12 +178,18 @@ class AdaptiveADV2:
         if self.two_stage and squeezer is not None:
             reference = self.stage_one(images, targets, squeezer)
             penalties = (*penalties, ProbabilityMatch(reference, self.match_weight))
-        overrides: dict = {"patience": self.patience}
+        return self.joint(penalties)(images, targets, target_maps)
+
+    def joint(self, penalties: tuple) -> ADV2:
+        """The base attack with ``penalties``, the guard's acceptance test, λ × ``lam_scale``,
+        this attack's steps and patience, and no margin-keeping step search: it undoes the
+        steps the penalties need (on MASK, the only interpreter whose ADV² uses it, it kept
+        every iterate flagged)."""
+        overrides: dict = {"patience": self.patience, "step_search": None}
         if self.steps is not None:
             overrides["steps"] = self.steps
-        joint = replace(self.attack, penalties=penalties, accept=self.guard.accept,
-                        lam=Scaled(self.attack.lam, self.lam_scale), **overrides)
-        return joint(images, targets, target_maps)
+        return replace(self.attack, penalties=penalties, accept=self.guard.accept,
+                       lam=Scaled(self.attack.lam, self.lam_scale), **overrides)
 
     def stage_one(self, images: np.ndarray, targets: torch.Tensor,
                   squeezer: BitDepth) -> torch.Tensor:
