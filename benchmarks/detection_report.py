@@ -201,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         + (f"all {adaptive.steps} joint steps" if adaptive.patience is None else
            f"up to {adaptive.steps} joint steps with patience {adaptive.patience}")
         + " and λ × "
-        f"{adaptive.lam_scale}, without ADV²'s step search (ADV²: the CLI's defaults); A*(all): one adaptive ADV² against all "
-        "squeezers at once (NLM through BPDA). Adaptive attacks keep only iterates that no "
-        "guarded squeezer flags.",
+        f"{adaptive.lam_scale}, without ADV²'s step search (ADV²: the CLI's defaults); A*(all): "
+        "one adaptive ADV² against all squeezers at once (NLM through BPDA). Adaptive attacks "
+        "keep only iterates that no guarded squeezer flags.",
         "",
         "## Table 4: detection rate (held-out benign: false-positive rate)",
         "",
