@@ -370,17 +370,24 @@ class _SpyCAM(CAM):
         return logits, maps
 
 
-def test_descend_selects_best_successful_iterate(setup) -> None:
+def _descend_from_clean(setup, spy: _SpyCAM, steps: int):
+    """``steps`` sign steps of 16/255 from the clean images, nobody stopping, judged by ``spy``; the
+    target maps are the clean maps for the target class. Returns (x0, targets, maps, result)."""
     model, imgs, _, targets = setup
-    spy = _SpyCAM(model)
     x0 = to_tensor(imgs)
     with torch.no_grad():
-        # target maps = the current maps for the target class: distance 0 at the start, where
-        # the target is not predicted, so the lowest distance overall is an unsuccessful iterate
         tmaps = CAM(model)(x0, targets)
-    steps = 25
     traj = descend(x0, x0, targets, model, Objective(CrossEntropy(), MapMSE(), Constant(1.0)),
                    SignStep(), steps, 16 / 255, Stop(tol=-1.0, patience=None), spy, tmaps)
+    return x0, targets, tmaps, traj
+
+
+def test_descend_selects_best_successful_iterate(setup) -> None:
+    # target maps = the current maps for the target class: distance 0 at the start, where the
+    # target is not predicted, so the lowest distance overall is an unsuccessful iterate
+    spy = _SpyCAM(setup[0])
+    steps = 25
+    x0, targets, tmaps, traj = _descend_from_clean(setup, spy, steps)
     assert len(spy.log) == steps + 1  # nobody stops: every row is evaluated every step
     xs = torch.stack([e[0] for e in spy.log])
     ok = torch.stack([e[1].argmax(dim=1) == targets for e in spy.log])  # steps+1 × N
@@ -419,14 +426,9 @@ class _RarelyVerifiedCAM(_SpyCAM):
 
 
 def test_descend_verifies_an_iterate_as_soon_as_it_succeeds(setup) -> None:
-    model, imgs, _, targets = setup
-    spy = _RarelyVerifiedCAM(model)
-    x0 = to_tensor(imgs)
-    with torch.no_grad():
-        tmaps = CAM(model)(x0, targets)
+    spy = _RarelyVerifiedCAM(setup[0])
     steps = 25
-    traj = descend(x0, x0, targets, model, Objective(CrossEntropy(), MapMSE(), Constant(1.0)),
-                   SignStep(), steps, 16 / 255, Stop(tol=-1.0, patience=None), spy, tmaps)
+    x0, targets, _, traj = _descend_from_clean(setup, spy, steps)
     assert len(spy.attack_log) == steps  # every row is evaluated every step but the last
     ok = torch.stack([e[1].argmax(dim=1) == targets for e in spy.attack_log])  # steps × N
     assert not ok[0].any() and ok.any(dim=0).any(), "the test needs late successes"
