@@ -25,7 +25,7 @@ from adv2 import metrics, pipeline, targets
 from adv2.attacks import MapMSE
 from adv2.data import load_dataset, to_tensor
 from adv2.interpreters import MASK_STRATEGIES, build_interpreter
-from adv2.models import load_model
+from adv2.models import describe_device, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "imagenet-sample"
@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--mask-strategies", nargs="+", choices=MASK_STRATEGIES,
                         default=list(MASK_STRATEGIES), help="ADV² rows for MASK, one per strategy")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device of the classifier (e.g. cuda; the rest: CPU)")
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
     args = parser.parse_args(argv)
     if not args.images.is_dir():
@@ -101,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     torch.manual_seed(args.seed)
     model = load_model()
+    if args.device != "cpu":
+        model.offload(args.device)
     plan = [(spec.split(":")[0], int(spec.split(":")[1])) for spec in args.interpreters]
     pool = pick_images(model, args.images, max(n for _, n in plan), args.seed)
 
@@ -165,9 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `python benchmarks/attack_benchmark.py --interpreters "
         f"{' '.join(args.interpreters)} --seed {args.seed} --batch-size {args.batch_size}"
         + (f" --mask-strategies {' '.join(args.mask_strategies)}"
-           if any(name == "mask" for name, _ in plan) else "") + "`",
+           if any(name == "mask" for name, _ in plan) else "")
+        + (f" --device {args.device}" if args.device != "cpu" else "") + "`",
         "",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, CPU; "
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"{describe_device(args.device)}; "
         f"torch {torch.__version__}. Model: efficientnet_lite0 (embedded), ε = 8/255, "
         "benign target maps, seeded random targets, CLI default settings. Metrics: the true "
         "interpreter on the final uint8 images; L1 and IoU (top-k%, mean over k) against the "

@@ -32,7 +32,7 @@ from adv2.data import load_dataset, to_tensor
 from adv2.detection import SQUEEZER_NAMES, FeatureSqueezingDetector, cross_validated_flags
 from adv2.detection.adaptive import AdaptiveADV2
 from adv2.interpreters import INTERPRETERS, build_interpreter
-from adv2.models import load_model
+from adv2.models import describe_device, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "imagenet-sample"
@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device of the classifier (e.g. cuda; the rest: CPU)")
+    parser.add_argument("--lam-scale", type=float,
+                        help="the adaptive attacks' λ multiplier (default: adaptive.LAM_SCALES)")
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
     args = parser.parse_args(argv)
     if not args.images.is_dir():
@@ -98,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.time()
     model = load_model()
+    if args.device != "cpu":
+        model.offload(args.device)
     samples, _ = load_dataset(args.images)
     images_all = np.stack([s.image for s in samples])
     labels_all = torch.tensor([s.label for s in samples])
@@ -144,12 +150,13 @@ def main(argv: list[str] | None = None) -> int:
                                                                seed=args.seed), model, interpreter)
                 for a in ("pgd", "adv2")}
         attacks = {"PGD": base["pgd"], "ADV²": base["adv2"],
-                   "A*(all)": AdaptiveADV2(base["adv2"], detector)}
+                   "A*(all)": AdaptiveADV2(base["adv2"], detector, lam_scale=args.lam_scale)}
         adaptive = attacks["A*(all)"]  # its settings are those the report states
         if args.no_all:
             del attacks["A*(all)"]
         for s in args.specific:
-            attacks[f"A*({s})"] = AdaptiveADV2(base["adv2"], detector, [detector.names.index(s)])
+            attacks[f"A*({s})"] = AdaptiveADV2(base["adv2"], detector, [detector.names.index(s)],
+                                               lam_scale=args.lam_scale)
         results = {}
         for label, attack in attacks.items():
             result, seconds = run_attack(attack, images, tgts, maps, interpreter, args.batch_size)
@@ -175,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                f" --benign {args.benign} --folds {args.folds} --fpr {args.fpr}"
                f" --seed {args.seed}"
                f" --batch-size {args.batch_size} --threads {args.threads}"
+               + (f" --device {args.device}" if args.device != "cpu" else "")
+               + (f" --lam-scale {args.lam_scale:g}" if args.lam_scale is not None else "")
                + (f" --squeezers {' '.join(args.squeezers)}"
                   if list(args.squeezers) != list(SQUEEZER_NAMES) else "")
                + f" --specific {' '.join(args.specific)}".rstrip()
@@ -184,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), CPU; torch "
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), "
+        f"{describe_device(args.device)}; torch "
         f"{torch.__version__}; total {(time.time() - started) / 60:.0f} min. Model: "
         "efficientnet_lite0 (embedded), ε = 8/255, seeded random targets, benign target maps, "
         "the CLI's attack defaults. Images: a seeded permutation of "

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from adv2 import cli
@@ -141,10 +142,15 @@ def test_adv2_and_pgd_attack_the_same_targets(runs) -> None:
 # ------------------------------------------------------------------------------ exit codes
 
 
-def test_cpu_only(tmp_path, capsys) -> None:
-    assert cli.main(["attack", "--images", str(tmp_path), "--out", str(tmp_path / "o"),
-                     "--device", "cuda"]) == 2
+@pytest.mark.parametrize("device", ["cuda", "nonsense"])
+def test_unavailable_device_exits_2(tmp_path, caplog, device) -> None:
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    images = _make_images(tmp_path / "images")
+    assert cli.main(["attack", "--images", str(images), "--out", str(tmp_path / "o"),
+                     "--device", device]) == 2
     assert not (tmp_path / "o").exists()
+    assert f"device '{device}'" in caplog.text
 
 
 def test_model_errors_exit_2(tmp_path) -> None:

@@ -12,7 +12,7 @@ from adv2.data import load_dataset, to_tensor
 from adv2.interpreters import CAM, GRAD
 from adv2.models import (IMAGENET_NORMALIZE, Classifier, ModelError, load_model,
                          load_state_dict, load_weights, mean_std, tf_normalize)
-from conftest import IMAGENET_SAMPLE, needs_shared
+from conftest import IMAGENET_SAMPLE, make_tiny_model, needs_shared
 
 
 class _Net(nn.Module):
@@ -213,3 +213,38 @@ def test_efficientnet_lite0_top1_on_imagenet_sample(lite0) -> None:
             correct += int((pred == torch.tensor([s.label for s in batch])).sum())
     top1 = correct / len(samples)
     assert top1 >= 0.85, f"top-1 {top1:.3f} on {len(samples)} images"
+
+
+# ------------------------------------------------------------------------------ offload
+
+
+def test_offload_refuses_unknown_and_unavailable_devices() -> None:
+    with pytest.raises(ModelError, match="'nonsense'"):
+        make_tiny_model().offload("nonsense")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match="no CUDA device"):
+            make_tiny_model().offload("cuda")
+
+
+def _first_and_second_order(model: Classifier, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Logits, features, input gradient and a second-order gradient (as GRAD needs)."""
+    x = x.clone().requires_grad_(True)
+    logits, feats = model.forward_with_features(x)
+    (g,) = torch.autograd.grad(logits.logsumexp(1).sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.pow(2).sum(), x)
+    return logits, feats, g, gg
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_offloaded_model_computes_on_the_device_and_answers_on_the_callers() -> None:
+    host, offloaded = make_tiny_model(0), make_tiny_model(0).offload("cuda")
+    assert next(offloaded.parameters()).is_cuda
+    x = torch.rand(3, 3, 32, 32)
+    expected, got = _first_and_second_order(host, x), _first_and_second_order(offloaded, x)
+    for a, b in zip(expected, got):
+        assert b.device.type == "cpu"
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-3)
+    assert expected[-1].abs().sum() > 0
+    assert torch.equal(offloaded(x).argmax(1), host(x).argmax(1))
+    _, cam = CAM(offloaded).explain(x, torch.tensor([0, 1, 2]))
+    assert cam.device.type == "cpu"

@@ -74,7 +74,8 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-class", type=int, help="one target class for every image")
     p.add_argument("--target-map", choices=KINDS, default=d.target_map)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--device", default="cpu", help="torch device (cpu only in this release)")
+    p.add_argument("--device", default="cpu",
+                   help="run the classifier on this torch device (e.g. cuda; not with RTS)")
     p.add_argument("--out", required=True, help="output directory")
 
 
@@ -103,11 +104,10 @@ def _config(args: argparse.Namespace) -> pipeline.AttackConfig:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    if args.device != "cpu":
-        log.error("--device %s: this release runs on the CPU only", args.device)
-        return 2
     try:
         model = load_model(args.model, args.weights)
+        if args.device != "cpu":
+            model.offload(args.device)
         samples, errors = load_dataset(args.images, args.labels, args.limit)
         summary = pipeline.run(_config(args), model, samples, args.out, errors)
     except (ModelError, FileNotFoundError, ValueError) as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -68,9 +68,33 @@ class Classifier(nn.Module):
         self.linear = linear
         self.normalize = normalize
         self.name = name
+        self.compute: torch.device | None = None  # the offload device, see offload()
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
+
+    def offload(self, device: str | torch.device) -> Classifier:
+        """Run the network on ``device`` (e.g. ``"cuda"``) while taking and returning tensors
+        on the caller's device: attacks and interpreters keep their tensors where they are and
+        only the network's passes (normalisation excluded) move. Returns self."""
+        try:
+            compute = torch.device(device)
+        except RuntimeError as exc:
+            raise ModelError(f"device {str(device)!r}: {exc}") from None
+        if compute.type == "cuda" and not torch.cuda.is_available():
+            raise ModelError(f"device {str(device)!r}: no CUDA device is available")
+        self.compute = compute
+        return self.to(compute)
+
+    def _run(self, net: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Any:
+        """``net(normalize(x))``, computed on the offload device and returned on x's device."""
+        z = self.normalize(x)
+        if self.compute is None or self.compute == z.device:
+            return net(z)
+        out = net(z.to(self.compute))
+        if isinstance(out, tuple):
+            return tuple(o.to(z.device) for o in out)
+        return out.to(z.device)
 
     @property
     def has_cam_head(self) -> bool:
@@ -78,22 +102,30 @@ class Classifier(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Last feature map (N×K×h×w) of raw input x (N×3×H×W in [0,1])."""
+        self._require_split()
+        return self._run(self.body, x)
+
+    def _require_split(self) -> None:
         if self.head is None:
             raise ModelError(
                 f"model {self.name!r} has no declared feature map + linear head; "
                 "CAM needs a global-pool + linear classifier"
             )
-        return self.body(self.normalize(x))
 
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (logits N×C, last feature map N×K×h×w) from one forward pass."""
-        feats = self.features(x)
-        return self.head(feats), feats
+        self._require_split()
+
+        def both(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            feats = self.body(z)
+            return self.head(feats), feats
+
+        return self._run(both, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.head is None:
-            return self.body(self.normalize(x))
-        return self.head(self.body(self.normalize(x)))
+            return self._run(self.body, x)
+        return self._run(lambda z: self.head(self.body(z)), x)
 
     def cam_weights(self) -> torch.Tensor:
         """Linear classifier weights (C×K) used by CAM."""
@@ -267,6 +299,14 @@ def _timm(name: str, weights: str | Path | None) -> Classifier:
     load_weights(net, load_state_dict(weights), str(weights))
     cfg = net.pretrained_cfg
     return _timm_classifier(net, mean_std(tuple(cfg["mean"]), tuple(cfg["std"])), name)
+
+
+def describe_device(device: str | torch.device) -> str:
+    """A device for reports: "CPU", or a CUDA device's name (the classifier offloaded there)."""
+    compute = torch.device(device)
+    if compute.type == "cuda":
+        return f"{torch.cuda.get_device_name(compute)} (classifier offloaded, the rest on the CPU)"
+    return compute.type.upper()
 
 
 def load_model(name: str = "efficientnet_lite0", weights: str | Path | None = None) -> Classifier:

@@ -115,6 +115,9 @@ class SaliencyNet(nn.Module):
     def __init__(self, model: Classifier, width: int = 64, scale: float = 0.5,
                  shift: float = -5.0) -> None:
         super().__init__()
+        if model.compute is not None:
+            raise ModelError(f"model {model.name!r} is offloaded to {model.compute}: RTS taps "
+                             "its stages on the caller's device, so run it unoffloaded")
         object.__setattr__(self, "model", model)  # not registered: never trained nor saved
         # C×K, raises without a pool + linear head; derived from the model, so never saved
         self.register_buffer("class_weights", model.cam_weights().detach(), persistent=False)
