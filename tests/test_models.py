@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from adv2.data import load_dataset, to_tensor
-from adv2.interpreters import CAM, GRAD
+from adv2.interpreters import CAM, GRAD, MASK
 from adv2.models import (IMAGENET_NORMALIZE, Classifier, ModelError, load_model,
                          load_state_dict, load_weights, mean_std, tf_normalize)
 from conftest import IMAGENET_SAMPLE, make_tiny_model, needs_shared
@@ -246,5 +246,17 @@ def test_offloaded_model_computes_on_the_device_and_answers_on_the_callers() -> 
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-3)
     assert expected[-1].abs().sum() > 0
     assert torch.equal(offloaded(x).argmax(1), host(x).argmax(1))
-    _, cam = CAM(offloaded).explain(x, torch.tensor([0, 1, 2]))
+    classes = torch.tensor([0, 1, 2])
+    _, cam = CAM(offloaded).explain(x, classes)
     assert cam.device.type == "cpu"
+    # MASK runs its inner optimisation on the device and answers on the CPU
+    mask_host, mask_offloaded = MASK(host, iterations=20), MASK(offloaded, iterations=20)
+    maps = mask_offloaded.explain(x, classes)[1]
+    assert maps.device.type == "cpu"
+    assert torch.allclose(maps, mask_host.explain(x, classes)[1], atol=1e-3)
+    xr = x.clone().requires_grad_(True)
+    mask_offloaded.start_attack(xr, classes)
+    mask_offloaded.sync(torch.arange(3), maps)
+    _, ahead = mask_offloaded.attack_forward(xr, classes, 0.0)
+    (g,) = torch.autograd.grad(ahead.sum(), xr)
+    assert ahead.device.type == g.device.type == "cpu" and g.abs().sum() > 0

@@ -86,6 +86,10 @@ class Classifier(nn.Module):
         self.compute = compute
         return self.to(compute)
 
+    def device_for(self, x: torch.Tensor) -> torch.device:
+        """Where work around the network on input x belongs: the offload device, else x's."""
+        return self.compute if self.compute is not None else x.device
+
     def _run(self, net: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Any:
         """``net(normalize(x))``, computed on the offload device and returned on x's device."""
         z = self.normalize(x)

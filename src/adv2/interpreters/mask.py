@@ -47,16 +47,17 @@ class AdamState:
     @classmethod
     def start(cls, mask: torch.Tensor) -> "AdamState":
         zeros = torch.zeros_like(mask)
-        return cls(mask, zeros, zeros.clone(), torch.zeros(mask.shape[0]))
+        return cls(mask, zeros, zeros.clone(), torch.zeros(mask.shape[0], device=mask.device))
 
     def rows(self, rows: torch.Tensor) -> "AdamState":
+        rows = rows.to(self.mask.device)
         return AdamState(self.mask[rows], self.m1[rows], self.m2[rows], self.t[rows])
 
     def detach(self) -> "AdamState":
         return AdamState(self.mask.detach(), self.m1.detach(), self.m2.detach(), self.t)
 
     def store(self, rows: torch.Tensor, other: "AdamState") -> None:
-        other = other.detach()
+        other, rows = other.detach(), rows.to(self.mask.device)
         self.mask[rows], self.m1[rows], self.m2[rows], self.t[rows] = (
             other.mask, other.m1, other.m2, other.t)
 
@@ -179,10 +180,12 @@ class MASK(Interpreter):
         return state
 
     def cold_start(self, x: torch.Tensor, classes: torch.Tensor) -> AdamState:
-        """A full run from the constant init, as a user runs the interpreter."""
+        """A full run from the constant init, as a user runs the interpreter (on the
+        classifier's offload device, if any)."""
         h, w = self.resolution(*x.shape[-2:])
-        start = AdamState.start(torch.full((x.shape[0], 1, h, w), float(self.init)))
-        x = x.detach()
+        here = self.model.device_for(x)
+        start = AdamState.start(torch.full((x.shape[0], 1, h, w), float(self.init), device=here))
+        x, classes = x.detach().to(here), classes.to(here)
         return self.adam_steps(start, x, blur(x, self.null_sigma), classes, self.iterations, 0,
                                create_graph=False)
 
@@ -191,20 +194,21 @@ class MASK(Interpreter):
         """Logits and 1 − m of a cold-start run (not differentiable with respect to x)."""
         with torch.no_grad():
             logits = self.model(x)
-        return logits, 1 - self.cold_start(x, classes).mask
+        return logits, (1 - self.cold_start(x, classes).mask).to(x.device)
 
     def start_attack(self, x: torch.Tensor, classes: torch.Tensor) -> int:
         """Reset the attack state. Tracking starts from the engine's first verification (a
         cold-start run, see :meth:`sync`), so this costs no pass."""
         self._alt_calls = 0
         h, w = self.resolution(*x.shape[-2:])
-        self._state = AdamState.start(torch.full((x.shape[0], 1, h, w), float(self.init)))
+        self._state = AdamState.start(torch.full((x.shape[0], 1, h, w), float(self.init),
+                                                 device=self.model.device_for(x)))
         return 0
 
     def sync(self, rows: torch.Tensor, maps: torch.Tensor) -> None:
         """Restart tracking of ``rows`` from verified maps, with fresh Adam moments."""
         assert self._state is not None
-        self._state.store(rows, AdamState.start(1 - maps.detach()))
+        self._state.store(rows, AdamState.start(1 - maps.detach().to(self._state.mask.device)))
 
     def attack_loss(
         self, x: torch.Tensor, classes: torch.Tensor, target_maps: torch.Tensor,
@@ -219,8 +223,11 @@ class MASK(Interpreter):
             return super().attack_loss(x, classes, target_maps, map_loss, progress, rows)
         offset = self._offsets[self._alt_calls % self.iterations]
         self._alt_calls += 1
-        loss = self.objective(1 - target_maps, x, blur(x, self.null_sigma), classes, offset)
-        return self.model(x), loss
+        here = self.model.device_for(x)
+        xh = x.to(here)
+        loss = self.objective((1 - target_maps).to(here), xh, blur(xh, self.null_sigma),
+                              classes.to(here), offset)
+        return self.model(x), loss.to(x.device)
 
     def attack_forward(
         self, x: torch.Tensor, classes: torch.Tensor, progress: float,
@@ -228,6 +235,8 @@ class MASK(Interpreter):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self._state is None:
             raise RuntimeError("MASK.attack_forward needs start_attack() first")
+        home, here = x.device, self.model.device_for(x)
+        x, classes = x.to(here), classes.to(here)  # the inner problem runs where the network does
         rows = torch.arange(x.shape[0]) if rows is None else rows
         null = blur(x, self.null_sigma)
         state = self.adam_steps(self._state.rows(rows), x.detach(), null.detach(), classes,
@@ -235,5 +244,4 @@ class MASK(Interpreter):
         self._state.store(rows, state)
         ahead = self.adam_steps(state, x, null, classes, self.lookahead,
                                 self.iterations + self.track_steps, create_graph=True)
-        logits = self.model(x)
-        return logits, 1 - ahead.mask
+        return self.model(x).to(home), (1 - ahead.mask).to(home)
