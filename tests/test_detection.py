@@ -224,6 +224,25 @@ def test_guard_penalty_is_hinge_plus_cross_entropy(tiny_model) -> None:
     torch.testing.assert_close(accepted, (scores <= 0.98 * detector.thresholds).all(1))
 
 
+def test_guard_scores_each_iterate_once(tiny_model, monkeypatch) -> None:
+    detector = _fitted(tiny_model)
+    guard = SqueezeGuard(detector)
+    calls = []
+    score_logits = detector.score_logits
+    monkeypatch.setattr(detector, "score_logits",
+                        lambda x, *a: calls.append(len(x)) or score_logits(x, *a))
+    x = to_tensor(make_images(6, seed=5))
+    rows = torch.tensor([3, 4, 5, 6, 7, 8])
+    logits = tiny_model(x)
+    full = guard.scores(x, logits, rows)
+    some = torch.tensor([4, 1])  # positions of rows 7 and 4: a subset, in another order
+    torch.testing.assert_close(guard.scores(x[some], logits[some], rows[some]), full[some])
+    assert calls == [6]
+    guard.scores(x[some] + 1 / 255, logits[some], rows[some])  # other iterates: scored again
+    guard.scores(x[:2], logits[:2], torch.tensor([0, 1]))  # rows it has not seen: likewise
+    assert calls == [6, 2, 2]
+
+
 def test_probability_match_penalty() -> None:
     reference = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
     logits = torch.tensor([[0.0, 0.0]])

@@ -60,25 +60,30 @@ class SqueezeGuard:
         self.thresholds = detector.check_fitted()[self.columns]
         self.margin, self.weight, self.ce_weight = margin, weight, ce_weight
         self.accept_margin = accept_margin
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def scores(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """n×len(columns) guarded scores of x with logits f(x) (no gradient), cached so that
-        :meth:`accept` after :meth:`penalty` on the same iterate costs nothing."""
+    def scores(self, x: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """n×len(columns) guarded scores of x with logits f(x) (no gradient) for the batch rows
+        ``rows`` (n,), cached so that :meth:`accept` after :meth:`penalty` on the same
+        iterates, or on some of them, costs nothing."""
         x = x.detach()
-        if self._cache is not None and self._cache[0].shape == x.shape \
-                and torch.equal(self._cache[0], x):
-            return self._cache[1]
+        if self._cache is not None:
+            cached_rows, cached_x, cached_scores = self._cache
+            match = rows[:, None] == cached_rows[None, :]
+            if match.any(dim=1).all():
+                at = match.int().argmax(dim=1)
+                if torch.equal(cached_x[at], x):
+                    return cached_scores[at]
         with torch.no_grad():
             scores = self.detector.score_logits(x, logits.detach(), self.columns)
-        self._cache = (x.clone(), scores)
+        self._cache = (rows.clone(), x.clone(), scores)
         return scores
 
     def penalty(self, x: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """(n,) penalty summed over the guarded squeezers above their margin (zero elsewhere);
         differentiable in x and ``logits``."""
         limits = self.margin * self.thresholds
-        active = self.scores(x, logits) > limits
+        active = self.scores(x, logits, rows) > limits
         total = torch.zeros(len(x), dtype=x.dtype)
         for j, col in enumerate(self.columns):
             idx = torch.nonzero(active[:, j]).flatten()
@@ -92,7 +97,7 @@ class SqueezeGuard:
 
     def accept(self, x: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """(n,) bool: no guarded squeezer flags x."""
-        return (self.scores(x, logits) <= self.accept_margin * self.thresholds).all(dim=1)
+        return (self.scores(x, logits, rows) <= self.accept_margin * self.thresholds).all(dim=1)
 
 
 @dataclass
