@@ -126,8 +126,8 @@ class Scaled:
 #: default λ multipliers of the adaptive attack against all eleven squeezers, measured on 20
 #: images (docs/detection*.md): CAM and GRAD × 16 keep the IoU to the benign map within 0.03
 #: of basic ADV²; on RTS (logit MSE) × 16 fell to IoU 0.779 with 20% detected (the report at
-#: commit 30ca4c8) where × 4 keeps it. MASK × 8: on its first 3 report images (100 steps)
-#: × 1 and × 4 fell 0.11 and 0.06 below ADV²'s IoU with none flagged. Others: × 4 (not measured).
+#: commit 30ca4c8) where × 4 keeps it. MASK × 8: IoU 0.501 against ADV²'s 0.454, none of 20
+#: flagged (docs/detection-mask.md). Others: × 4 (not measured).
 LAM_SCALES: dict[str, float] = {"cam": 16.0, "grad": 16.0, "mask": 8.0, "rts": 4.0}
 
 
