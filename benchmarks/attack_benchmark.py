@@ -102,9 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.images} not found: the benchmark needs the ImageNet sample", file=sys.stderr)
         return 1
     torch.manual_seed(args.seed)
-    model = load_model()
-    if args.device != "cpu":
-        model.offload(args.device)
+    model = load_model(device=args.device)
     plan = [(spec.split(":")[0], int(spec.split(":")[1])) for spec in args.interpreters]
     pool = pick_images(model, args.images, max(n for _, n in plan), args.seed)
 

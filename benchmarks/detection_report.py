@@ -101,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     started = time.time()
-    model = load_model()
-    if args.device != "cpu":
-        model.offload(args.device)
+    model = load_model(device=args.device)
     samples, _ = load_dataset(args.images)
     images_all = np.stack([s.image for s in samples])
     labels_all = torch.tensor([s.label for s in samples])

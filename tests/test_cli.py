@@ -164,7 +164,7 @@ def test_missing_images_and_only_corrupt_files(tmp_path, monkeypatch) -> None:
     from conftest import make_tiny_model
 
     # the exit codes do not depend on the model: a tiny one keeps this fast
-    monkeypatch.setattr(cli, "load_model", lambda name, weights: make_tiny_model(0, 1000))
+    monkeypatch.setattr(cli, "load_model", lambda *args: make_tiny_model(0, 1000))
     assert cli.main(["attack", "--images", str(tmp_path / "absent"),
                      "--out", str(tmp_path / "o1")]) == 2
     bad = tmp_path / "bad"
@@ -188,7 +188,7 @@ def test_mask_strategy_and_interpreter_settings(tmp_path, monkeypatch, caplog) -
     unknown setting exits 2 naming it."""
     from conftest import make_tiny_model
 
-    monkeypatch.setattr(cli, "load_model", lambda name, weights: make_tiny_model(0, 1000))
+    monkeypatch.setattr(cli, "load_model", lambda *args: make_tiny_model(0, 1000))
     images = _make_images(tmp_path / "images")
     common = ["attack", "--images", str(images), "--interpreter", "mask", "--limit", "1",
               "--steps", "2", "--warm-steps", "1", "--mask-strategy", "alt"]

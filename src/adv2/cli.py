@@ -105,9 +105,7 @@ def _config(args: argparse.Namespace) -> pipeline.AttackConfig:
 
 def cmd_attack(args: argparse.Namespace) -> int:
     try:
-        model = load_model(args.model, args.weights)
-        if args.device != "cpu":
-            model.offload(args.device)
+        model = load_model(args.model, args.weights, args.device)
         samples, errors = load_dataset(args.images, args.labels, args.limit)
         summary = pipeline.run(_config(args), model, samples, args.out, errors)
     except (ModelError, FileNotFoundError, ValueError) as exc:

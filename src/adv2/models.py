@@ -313,17 +313,20 @@ def describe_device(device: str | torch.device) -> str:
     return compute.type.upper()
 
 
-def load_model(name: str = "efficientnet_lite0", weights: str | Path | None = None) -> Classifier:
-    """Build a classifier by name.
+def load_model(name: str = "efficientnet_lite0", weights: str | Path | None = None,
+               device: str | torch.device = "cpu") -> Classifier:
+    """Build a classifier by name, offloaded to ``device`` unless that is the CPU.
 
     ``efficientnet_lite0`` (default, embedded weights), a torchvision name (``resnet50``,
     ``densenet169``, ...) or ``timm:<name>``; the latter two need a local ``weights`` file.
     """
     if name == "efficientnet_lite0":
-        return efficientnet_lite0(weights)
-    if name.startswith("timm:"):
-        return _timm(name.removeprefix("timm:"), weights)
-    return _torchvision(name, weights)
+        model = efficientnet_lite0(weights)
+    elif name.startswith("timm:"):
+        model = _timm(name.removeprefix("timm:"), weights)
+    else:
+        model = _torchvision(name, weights)
+    return model if str(device) == "cpu" else model.offload(device)
 
 
 def smooth_copy(model: Classifier, activation: Callable[[nn.Module], nn.Module]) -> Classifier:
