@@ -151,6 +151,7 @@ BASE = {"images": "imgs"}
     ({"interpreter_settings": {"cam": 3}}, r"interpreter_settings.cam: expected a mapping"),
     ({"interpreter_settings": ["cam"]}, r"interpreter_settings: expected a mapping"),
     ({"attacks": {"adv2": {"step_search": "yes"}}}, r"attacks.adv2.step_search: expected true"),
+    ({"device": "gpu0"}, r"device: .*gpu0"),
 ])
 def test_bad_values_are_rejected_naming_the_key(change, message) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -408,6 +409,23 @@ def test_missing_inputs_are_named_and_leave_no_run_directory(tiny, tmp_path, ove
     with pytest.raises(ConfigError, match=message):
         run_experiment(load_config(tiny[0], [override]), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_cuda_device_without_cuda_is_named_and_leaves_no_run_directory(tiny, tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"model: device 'cuda': no CUDA device"):
+        run_experiment(load_config(tiny[0], ["device=cuda"]), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_each_rank_takes_its_own_gpu(monkeypatch) -> None:
+    from adv2.experiment.distributed import Context
+
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert Context(rank=7, world=8).device("cuda") == "cuda:3"
+    assert Context(rank=7, world=8).device("cuda:1") == "cuda:1"
+    assert Context().device("cuda") == "cuda"
+    assert Context(rank=1, world=2).device("cpu") == "cpu"
 
 
 def test_interpreter_settings_reach_the_interpreters(tiny, tmp_path, monkeypatch) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from adv2.attacks import MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES, parse_schedule
@@ -67,6 +68,8 @@ class ExperimentConfig:
     to keyword arguments of its class (e.g. ``mask: {strategy: alt, iterations: 500}``), used
     for benign maps, attacks and transfer alike. ``batch_size`` images form one unit of work (a
     fixed chunk of the image list, so results do not depend on the number of processes).
+    ``device`` is where the classifier runs (``cuda``: under torchrun, each rank takes
+    ``cuda:LOCAL_RANK``); it is part of the digest, since GPU kernels change MASK's maps.
     """
 
     images: str
@@ -75,6 +78,7 @@ class ExperimentConfig:
     labels: str | None = None
     limit: int | None = None
     image_size: int = 224
+    device: str = "cpu"
     seed: int = 0
     interpreters: tuple[str, ...] = ("cam", "grad")
     interpreter_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -246,6 +250,10 @@ def _check(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"target_map: unknown kind {cfg.target_map!r}; choose from {KINDS}")
     if not 0 < cfg.eps <= 1:
         raise ConfigError(f"eps: must be in (0, 1], got {cfg.eps}")
+    try:
+        torch.device(cfg.device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device: {exc}") from None
     for key in ("limit", "batch_size", "image_size"):
         value = getattr(cfg, key)
         if value is not None and value < 1:

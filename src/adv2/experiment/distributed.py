@@ -3,8 +3,8 @@
 Work is cut into fixed units (chunks of the image list) that do not depend on the number of
 processes; unit i goes to rank i mod N. Processes share the run directory (one machine, or a
 shared file system across machines) and only synchronise at barriers; rank 0 merges the
-per-image records into the report. adv2 computes on the CPU in this release, so the process
-group uses gloo (NCCL would only carry these barriers, and needs one GPU per rank).
+per-image records into the report. The process group uses gloo: it only carries barriers, and
+the ranks may compute on CPUs or GPUs (see :meth:`Context.device`).
 """
 
 from __future__ import annotations
@@ -41,6 +41,13 @@ class Context:
     def shard(self, units: Sequence[T]) -> list[T]:
         """This rank's units: every ``world``-th, starting at ``rank``."""
         return list(units[self.rank::self.world])
+
+    def device(self, device: str) -> str:
+        """This rank's torch device for the configured ``device``: a bare ``cuda`` becomes
+        ``cuda:LOCAL_RANK`` when several processes run (one GPU per rank), else stays as is."""
+        if device == "cuda" and self.world > 1:
+            return f"cuda:{os.environ.get('LOCAL_RANK', self.rank)}"
+        return device
 
     def barrier(self) -> None:
         if self.world > 1:

@@ -115,7 +115,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
     store = Store(out)
     try:
         try:
-            model = load_model(cfg.model, cfg.weights)
+            model = load_model(cfg.model, cfg.weights, ctx.device(cfg.device))
         except ModelError as exc:
             raise ConfigError(f"model: {exc}") from exc
         # inputs first, so that bad ones stop the run before its directory exists
