@@ -23,6 +23,7 @@ import torch
 
 from adv2 import metrics, pipeline, targets
 from adv2.attacks import MapMSE
+from adv2.cli import parse_setting
 from adv2.data import load_dataset, to_tensor
 from adv2.interpreters import MASK_STRATEGIES, build_interpreter
 from adv2.models import describe_device, load_model
@@ -94,10 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--mask-strategies", nargs="+", choices=MASK_STRATEGIES,
                         default=list(MASK_STRATEGIES), help="ADV² rows for MASK, one per strategy")
+    parser.add_argument("--interpreter-setting", action="append", default=[],
+                        metavar="KEY=VALUE", dest="settings",
+                        help="keyword of the interpreter's class, for benign maps, floor and "
+                             "attacks alike (every interpreter of --interpreters takes it)")
     parser.add_argument("--device", default="cpu",
                         help="torch device of the classifier (e.g. cuda; the rest: CPU)")
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
     args = parser.parse_args(argv)
+    settings = dict(map(parse_setting, args.settings))
     if not args.images.is_dir():
         print(f"{args.images} not found: the benchmark needs the ImageNet sample", file=sys.stderr)
         return 1
@@ -117,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         x = to_tensor(images)
         labels = torch.tensor([s.label for s in samples])
         tgts = pipeline.choose_targets(labels, 1000, args.seed, None)
-        interpreter = build_interpreter(name, model)
+        interpreter = build_interpreter(name, model, **settings)
         benign = targets.benign(interpreter, x, labels)
         floor_l1, floor_iou = noise_floor(interpreter, x, labels, benign, args.seed)
         per_k = "/".join(f"{v:.2f}" for v in floor_iou.mean(0).tolist())
@@ -131,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                                   (args.mask_strategies if name == "mask" else [None])]
         for attack_name, strategy in runs:
             cfg = pipeline.AttackConfig(interpreter=name, attack=attack_name, seed=args.seed)
-            attacked = (build_interpreter(name, model, strategy=strategy) if strategy
-                        else interpreter)
+            attacked = (build_interpreter(name, model, **settings, strategy=strategy)
+                        if strategy else interpreter)
             attack = pipeline.build_attack(cfg, model, attacked)
             results = []
             start = time.time()
@@ -168,12 +174,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{' '.join(args.interpreters)} --seed {args.seed} --batch-size {args.batch_size}"
         + (f" --mask-strategies {' '.join(args.mask_strategies)}"
            if any(name == "mask" for name, _ in plan) else "")
+        + "".join(f" --interpreter-setting {text}" for text in args.settings)
         + (f" --device {args.device}" if args.device != "cpu" else "") + "`",
         "",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"{describe_device(args.device)}; "
         f"torch {torch.__version__}. Model: efficientnet_lite0 (embedded), ε = 8/255, "
-        "benign target maps, seeded random targets, CLI default settings. Metrics: the true "
+        "benign target maps, seeded random targets, CLI default settings"
+        + (f" except the interpreter's {', '.join(args.settings)}" if args.settings else "")
+        + ". Metrics: the true "
         "interpreter on the final uint8 images; L1 and IoU (top-k%, mean over k) against the "
         "benign map. The floor row compares the benign map with the map of the clean image "
         "plus seeded uniform noise in {−1, 0, +1}/255 (same class and settings).",

@@ -79,7 +79,7 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory")
 
 
-def _setting(text: str) -> tuple[str, object]:
+def parse_setting(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` with VALUE a JSON literal (number, true/false, "string") or a bare
     string."""
     key, sep, value = text.partition("=")
@@ -94,7 +94,7 @@ def _setting(text: str) -> tuple[str, object]:
 def _config(args: argparse.Namespace) -> pipeline.AttackConfig:
     names = {f.name for f in fields(pipeline.AttackConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
-    settings = dict(map(_setting, values.get("interpreter_settings", [])))
+    settings = dict(map(parse_setting, values.get("interpreter_settings", [])))
     if getattr(args, "mask_strategy", None) is not None:
         if args.interpreter != "mask":
             raise ValueError("--mask-strategy applies to --interpreter mask")
