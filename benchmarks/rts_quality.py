@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         ok = (logits.argmax(dim=1) == y).tolist()
         clean += [p for p, good in zip(logits.softmax(dim=1).gather(1, y.view(-1, 1)).tolist(),
                                        ok) if good]
-        for kind, small, mode in ((kinds[0], maps, "bilinear"), (kinds[1], binarise(maps), "nearest"),
+        for kind, small, mode in ((kinds[0], maps, "bilinear"),
+                                  (kinds[1], binarise(maps), "nearest"),
                                   (kinds[2], gate, "bilinear")):
             masks = F.interpolate(small, size=x.shape[-2:], mode=mode,
                                   **({"align_corners": False} if mode == "bilinear" else {}))
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             rows[kind] += [r for r, good in zip(torch.stack([areas, rk, rr, bk, br], 1).tolist(),
                                                 ok) if good]
     meta = rts.net.meta
+    train = meta.get("train", {})
     lines = [
         "# RTS mask quality: the shipped checkpoint against a centred box",
         "",
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Checkpoint: `{rts.checkpoint.name}`, trained with `{meta.get('command')}` "
         f"(seed {meta.get('seed')}, {meta.get('n_train')} training images, "
-        f"{meta.get('train', {}).get('steps')} steps of {meta.get('train', {}).get('batch_size')}). "
+        f"{train.get('steps')} steps of {train.get('batch_size')}). "
         f"Evaluated on the {len(samples)} images its training left out, of which the model "
         f"classifies {len(clean)} correctly (those are used). Masks are the RTS maps of the true "
         f"class (sigmoid(z / {rts.temperature:g}), see `adv2.interpreters.RTS`), bilinearly "

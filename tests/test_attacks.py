@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from adv2 import metrics, pipeline
 from adv2 import targets as target_maps
 from adv2.attacks import (ADV2, PGD, Adam, Constant, CrossEntropy, CWMargin, LabelSmoothing,
-                          Linear, MapL1, MapLogitMSE, MapMSE, Objective, Piecewise, SignStep, Stop, descend,
-                          judge, parse_schedule, project, quantise)
+                          Linear, MapL1, MapLogitMSE, MapMSE, Objective, Piecewise, SignStep, Stop,
+                          descend, judge, parse_schedule, project, quantise)
 from adv2.data import to_tensor
 from adv2.interpreters import CAM, GRAD
 from conftest import N_CLASSES, make_images, make_tiny_model

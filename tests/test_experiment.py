@@ -193,7 +193,8 @@ def test_values_paths_and_overrides(tmp_path) -> None:
 
 
 def test_table_formats_escape_and_round() -> None:
-    table = Table("t", "T", ["name", "IoU@10%"], ["", ".3f"], [["a_b & ADV²", 0.12345], ["c", None]])
+    table = Table("t", "T", ["name", "IoU@10%"], ["", ".3f"],
+                  [["a_b & ADV²", 0.12345], ["c", None]])
     assert table.markdown().splitlines()[2:] == ["| a_b & ADV² | 0.123 |", "| c | – |"]
     assert table.csv().splitlines() == ["name,IoU@10%", "a_b & ADV²,0.12345", "c,"]
     latex = table.latex()
