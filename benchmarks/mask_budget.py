@@ -1,0 +1,163 @@
+"""How close ADV² (track) gets to MASK's benign maps as its budget grows.
+
+Runs one long ADV² attack on MASK (the benchmark's seeded choice of correctly classified
+images and targets, benign target maps) and records every cold-start verification the engine
+makes: the verified map's IoU and L1 against the benign map, and the passes each image has
+spent so far. The report gives, after each verification, the mean IoU of the iterate the
+attack would return if it stopped there (its successful verified iterate of lowest MSE), so
+one run shows the whole quality-versus-budget curve. The interpreter's noise floor is in the
+same report.
+
+    python benchmarks/mask_budget.py --n 4 --steps 1000 --lam 40:80 --verify-every 50 \
+        --out docs/mask-budget.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adv2 import metrics, pipeline, targets
+from adv2.data import to_tensor
+from adv2.interpreters import MASK, build_interpreter
+from adv2.models import load_model
+from attack_benchmark import DEFAULT_IMAGES, noise_floor, pick_images
+
+#: the ADV² authors' multistep attack, in passes per image (docs/benchmark-mask.md, "Cost")
+AUTHORS_PASSES = 29_400
+
+
+class Recorder:
+    """Counts the passes the engine spends on each image through ``mask`` and keeps every
+    verification (:meth:`MASK.sync` follows each cold-start :meth:`MASK.explain`)."""
+
+    def __init__(self, mask: MASK, n: int, benign: torch.Tensor, tgts: torch.Tensor) -> None:
+        self.mask, self.benign, self.tgts = mask, benign, tgts
+        self.passes = torch.zeros(n, dtype=torch.long)
+        self.verifications: list[dict] = []
+        self._logits: torch.Tensor | None = None
+        self._explain, self._sync, self._loss = mask.explain, mask.sync, mask.attack_loss
+        mask.explain, mask.sync, mask.attack_loss = self.explain, self.sync, self.attack_loss
+
+    def explain(self, x, classes):
+        logits, maps = self._explain(x, classes)
+        self._logits = logits
+        return logits, maps
+
+    def sync(self, rows, maps):
+        self.passes[rows] += self.mask.explain_passes
+        ok = self._logits.argmax(dim=1) == self.tgts[rows]
+        self.verifications.append({
+            "rows": rows.clone(), "passes": self.passes[rows].clone(), "success": ok,
+            "iou": metrics.iou(maps, self.benign[rows]).mean(dim=1),
+            "l1": metrics.l1(maps, self.benign[rows]),
+            "mse": (maps - self.benign[rows]).pow(2).flatten(1).mean(dim=1)})
+        self._sync(rows, maps)
+
+    def attack_loss(self, x, classes, target_maps, map_loss, progress, rows=None):
+        self.passes[rows] += self.mask.passes_per_step
+        return self._loss(x, classes, target_maps, map_loss, progress, rows)
+
+    def curve(self, warm: torch.Tensor) -> list[tuple[float, float, float, float, float]]:
+        """After each full verification: (mean passes incl. the warm start, mean IoU and L1
+        of the verified iterates, mean IoU and L1 of the kept iterates; NaN while an image has
+        no successful one)."""
+        n = len(self.passes)
+        best = torch.full((n,), float("inf"))
+        kept_iou, kept_l1 = torch.full((n,), float("nan")), torch.full((n,), float("nan"))
+        rows_out = []
+        for v in self.verifications:
+            rows = v["rows"]
+            better = v["success"] & (v["mse"] < best[rows])
+            best[rows[better]] = v["mse"][better]
+            kept_iou[rows[better]] = v["iou"][better]
+            kept_l1[rows[better]] = v["l1"][better]
+            if len(rows) == n:
+                rows_out.append((float((v["passes"] + warm).float().mean()),
+                                 float(v["iou"].mean()), float(v["l1"].mean()),
+                                 float(kept_iou.mean()), float(kept_l1.mean())))
+        return rows_out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
+    parser.add_argument("--n", type=int, default=4, help="images (one batch)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=1000, help="ADV² joint steps")
+    parser.add_argument("--lam", default="40:80", help="λ schedule, as `adv2 attack --lam`")
+    parser.add_argument("--verify-every", type=int, default=50)
+    parser.add_argument("--lookahead", type=int, default=4)
+    parser.add_argument("--out", type=Path, help="also write the Markdown report here")
+    args = parser.parse_args(argv)
+    if not args.images.is_dir():
+        print(f"{args.images} not found: the benchmark needs the ImageNet sample", file=sys.stderr)
+        return 1
+    torch.manual_seed(args.seed)
+    model = load_model()
+    samples = pick_images(model, args.images, args.n, args.seed)
+    images = np.stack([s.image for s in samples])
+    x = to_tensor(images)
+    labels = torch.tensor([s.label for s in samples])
+    tgts = pipeline.choose_targets(labels, 1000, args.seed, None)
+    mask = build_interpreter("mask", model, lookahead=args.lookahead,
+                             verify_every=args.verify_every)
+    benign = targets.benign(mask, x, labels)
+    floor_l1, floor_iou = noise_floor(mask, x, labels, benign, args.seed)
+    # no step search and no patience: every image runs all the steps
+    cfg = pipeline.AttackConfig(interpreter="mask", attack="adv2", seed=args.seed,
+                                steps=args.steps, lam=args.lam, step_search=False, patience=0)
+    attack = pipeline.build_attack(cfg, model, mask)
+    recorder = Recorder(mask, args.n, benign, tgts)
+    start = time.time()
+    result = attack(images, tgts, benign)
+    seconds = time.time() - start
+    warm = result.passes - recorder.passes
+
+    command = (f"python benchmarks/mask_budget.py --n {args.n} --seed {args.seed} --steps "
+               f"{args.steps} --lam {args.lam} --verify-every {args.verify_every} --lookahead "
+               f"{args.lookahead}")
+    lines = [
+        f"Command: `{command}`",
+        "",
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, CPU; torch "
+        f"{torch.__version__}; {seconds / 60:.0f} min. MASK with its default settings; ADV² "
+        f"(track) with a {args.lookahead}-step lookahead, λ {args.lam}, {args.steps} joint "
+        f"steps, a cold-start verification every {args.verify_every} steps, no step search, no "
+        "patience. Passes per image include the PGD warm start.",
+        "",
+        f"Floor (benign map vs the map of the image plus ±1/255 noise): IoU "
+        f"{floor_iou.mean():.3f}, L1 {floor_l1.mean():.4f}; per image "
+        + " ".join(f"{v:.2f}" for v in floor_iou.mean(1).tolist()) + ".",
+        "",
+        "| verification | passes / image | % of the authors' | verified IoU | verified L1 | "
+        "kept IoU | kept L1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, (passes, iou, l1, k_iou, k_l1) in enumerate(recorder.curve(warm), 1):
+        lines.append(f"| {i} | {passes:.0f} | {100 * passes / AUTHORS_PASSES:.1f} | {iou:.3f} | "
+                     f"{l1:.4f} | {k_iou:.3f} | {k_l1:.4f} |")
+    lines += [
+        "",
+        f"Returned iterates (the engine's choice, judged on the uint8 images): success "
+        f"{result.success.float().mean():.3f}, IoU {result.iou.mean():.3f}, L1 "
+        f"{result.l1.mean():.4f}, {result.passes.float().mean():.0f} passes per image; IoU per "
+        "image " + " ".join(f"{v:.2f}" for v in result.iou.mean(1).tolist()) + ".",
+        "",
+    ]
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        args.out.write_text("# ADV² on MASK: quality against budget\n\n" + report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
