@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
     parser.add_argument("--n", type=int, default=4, help="images (one batch)")
+    parser.add_argument("--offset", type=int, default=0,
+                        help="skip this many of the seeded choice (attack_benchmark.py's order)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=1000, help="ADV² joint steps")
     parser.add_argument("--lam", default="40:80", help="λ schedule, as `adv2 attack --lam`")
@@ -102,11 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     torch.manual_seed(args.seed)
     model = load_model()
-    samples = pick_images(model, args.images, args.n, args.seed)
+    samples = pick_images(model, args.images, args.offset + args.n, args.seed)
+    labels = torch.tensor([s.label for s in samples])
+    # the targets attack_benchmark.py gives these images
+    tgts = pipeline.choose_targets(labels, 1000, args.seed, None)[args.offset:]
+    samples, labels = samples[args.offset:], labels[args.offset:]
     images = np.stack([s.image for s in samples])
     x = to_tensor(images)
-    labels = torch.tensor([s.label for s in samples])
-    tgts = pipeline.choose_targets(labels, 1000, args.seed, None)
     mask = build_interpreter("mask", model, lookahead=args.lookahead,
                              verify_every=args.verify_every)
     benign = targets.benign(mask, x, labels)
@@ -121,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.time() - start
     warm = result.passes - recorder.passes
 
-    command = (f"python benchmarks/mask_budget.py --n {args.n} --seed {args.seed} --steps "
-               f"{args.steps} --lam {args.lam} --verify-every {args.verify_every} --lookahead "
-               f"{args.lookahead}")
+    command = (f"python benchmarks/mask_budget.py --n {args.n}"
+               + (f" --offset {args.offset}" if args.offset else "")
+               + f" --seed {args.seed} --steps {args.steps} --lam {args.lam} --verify-every "
+               f"{args.verify_every} --lookahead {args.lookahead}")
     lines = [
         f"Command: `{command}`",
         "",
