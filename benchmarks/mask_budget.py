@@ -4,8 +4,8 @@ Runs one long ADV² attack on MASK (the benchmark's seeded choice of correctly c
 images and targets, benign target maps) and records every cold-start verification the engine
 makes: the verified map's IoU and L1 against the benign map, and the passes each image has
 spent so far. The report gives, after each verification, the mean IoU of the iterate the
-attack would return if it stopped there (its successful verified iterate of lowest MSE), so
-one run shows the whole quality-versus-budget curve. The interpreter's noise floor is in the
+attack would return if it stopped there (its successful verified iterate of lowest map loss),
+so one run shows the whole quality-versus-budget curve. The interpreter's noise floor is in the
 same report.
 
     python benchmarks/mask_budget.py --n 4 --steps 1000 --lam 40:80 --verify-every 50 \
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from adv2 import metrics, pipeline, targets
+from adv2.attacks.losses import MapLoss
 from adv2.data import to_tensor
 from adv2.interpreters import MASK, build_interpreter
 from adv2.models import load_model
@@ -37,8 +38,9 @@ class Recorder:
     """Counts the passes the engine spends on each image through ``mask`` and keeps every
     verification (:meth:`MASK.sync` follows each cold-start :meth:`MASK.explain`)."""
 
-    def __init__(self, mask: MASK, n: int, benign: torch.Tensor, tgts: torch.Tensor) -> None:
-        self.mask, self.benign, self.tgts = mask, benign, tgts
+    def __init__(self, mask: MASK, n: int, benign: torch.Tensor, tgts: torch.Tensor,
+                 map_loss: MapLoss) -> None:
+        self.mask, self.benign, self.tgts, self.map_loss = mask, benign, tgts, map_loss
         self.passes = torch.zeros(n, dtype=torch.long)
         self.verifications: list[dict] = []
         self._logits: torch.Tensor | None = None
@@ -57,7 +59,7 @@ class Recorder:
             "rows": rows.clone(), "passes": self.passes[rows].clone(), "success": ok,
             "iou": metrics.iou(maps, self.benign[rows]).mean(dim=1),
             "l1": metrics.l1(maps, self.benign[rows]),
-            "mse": (maps - self.benign[rows]).pow(2).flatten(1).mean(dim=1)})
+            "distance": self.map_loss(maps, self.benign[rows])})
         self._sync(rows, maps)
 
     def attack_loss(self, x, classes, target_maps, map_loss, progress, rows=None):
@@ -74,8 +76,8 @@ class Recorder:
         rows_out = []
         for v in self.verifications:
             rows = v["rows"]
-            better = v["success"] & (v["mse"] < best[rows])
-            best[rows[better]] = v["mse"][better]
+            better = v["success"] & (v["distance"] < best[rows])
+            best[rows[better]] = v["distance"][better]
             kept_iou[rows[better]] = v["iou"][better]
             kept_l1[rows[better]] = v["l1"][better]
             if len(rows) == n:
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = pipeline.AttackConfig(interpreter="mask", attack="adv2", seed=args.seed,
                                 steps=args.steps, lam=args.lam, step_search=False, patience=0)
     attack = pipeline.build_attack(cfg, model, mask)
-    recorder = Recorder(mask, args.n, benign, tgts)
+    recorder = Recorder(mask, args.n, benign, tgts, attack.map_loss)
     start = time.time()
     result = attack(images, tgts, benign)
     seconds = time.time() - start
