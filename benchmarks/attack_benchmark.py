@@ -34,7 +34,7 @@ DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "imagenet-sample"
 
 def pick_images(model, folder: Path, n: int, seed: int):
     """The first n correctly classified images of a seeded permutation of the folder."""
-    samples, _ = load_dataset(folder)
+    samples = load_dataset(folder).samples
     order = np.random.default_rng(seed).permutation(len(samples))
     chosen = []
     with torch.no_grad():

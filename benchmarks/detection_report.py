@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.time()
     model = load_model(device=args.device)
-    samples, _ = load_dataset(args.images)
+    samples = load_dataset(args.images).samples
     images_all = np.stack([s.image for s in samples])
     labels_all = torch.tensor([s.label for s in samples])
     benign_idx, pool_idx = split(len(samples), args.benign, args.seed)

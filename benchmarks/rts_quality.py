@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model()
     rts = RTS(model, args.checkpoint)
     held = set(rts.net.meta.get("holdout", []))
-    samples, _ = load_dataset(args.images)
-    samples = [s for s in samples if s.name in held]
+    samples = load_dataset(args.images).samples
+    samples = [s for s in samples if s.key in held]  # the checkpoint lists sample keys
     if not samples:
         print("the checkpoint lists no held-out images of this folder", file=sys.stderr)
         return 1

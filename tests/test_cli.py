@@ -15,19 +15,20 @@ from adv2 import cli
 from adv2.data import load_image
 from adv2.report import FIELDS
 
-NAMES = ["img_a", "img_b", "img_c"]
+STEMS = ["img_a", "img_b", "img_c"]
+NAMES = [f"{stem}.png" for stem in STEMS]  # a sample's name is its path in the folder
 SAMPLE_FILES = ["clean.png", "adv.png", "benign_map.npy", "adv_map.npy", "target_map.npy",
                 "figure.png"]
-SUMMARY_KEYS = {"model", "interpreter", "attack", "n_images", "success_rate", "mean_confidence",
-                "l1_mean", "iou_mean", "iou_per_k", "passes_per_image", "eps", "seed", "seconds",
-                "errors"}
+SUMMARY_KEYS = {"model", "interpreter", "attack", "n_images", "clean_accuracy", "success_rate",
+                "mean_confidence", "l1_mean", "iou_mean", "iou_per_k", "passes_per_image", "eps",
+                "seed", "seconds", "errors", "ignored", "warnings"}
 
 
 def _make_images(folder: Path) -> Path:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:80, 0:96]
-    for i, name in enumerate(NAMES):
+    for i, name in enumerate(STEMS):
         img = np.zeros((80, 96, 3), dtype=np.uint8)
         img[..., i] = (xx * 255 / 95).astype(np.uint8)
         img[..., (i + 1) % 3] = (yy * 255 / 79).astype(np.uint8)
@@ -74,7 +75,7 @@ def test_outputs_exist_and_are_consistent(runs, run) -> None:
     assert "versions" in config and "torch" in config["versions"]
 
     header = (out / "results.csv").read_text().splitlines()[0]
-    assert header == "file,label,target,pred,confidence,success,l1,iou"
+    assert header == "file,label,clean_pred,target,pred,confidence,success,l1,iou"
     assert header.split(",") == FIELDS
     rows = _rows(out)
     assert [r["file"] for r in rows] == NAMES
@@ -100,7 +101,7 @@ def test_outputs_exist_and_are_consistent(runs, run) -> None:
         clean = np.asarray(Image.open(folder / "clean.png"))
         adv = np.asarray(Image.open(folder / "adv.png"))
         assert clean.shape == adv.shape == (224, 224, 3) and adv.dtype == np.uint8
-        assert np.array_equal(clean, load_image(images / f"{r['file']}.png"))
+        assert np.array_equal(clean, load_image(images / r["file"]))
         linf = np.abs(adv.astype(int) - clean.astype(int)).max()
         assert 0 < linf <= 8  # default eps 8/255
         benign = np.load(folder / "benign_map.npy")
@@ -150,7 +151,7 @@ def test_unavailable_device_exits_2(tmp_path, caplog, device) -> None:
     assert cli.main(["attack", "--images", str(images), "--out", str(tmp_path / "o"),
                      "--device", device]) == 2
     assert not (tmp_path / "o").exists()
-    assert f"device '{device}'" in caplog.text
+    assert f"'{device}'" in caplog.text and "device" in caplog.text
 
 
 def test_model_errors_exit_2(tmp_path) -> None:

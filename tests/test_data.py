@@ -162,6 +162,11 @@ def test_to_tensor_and_to_uint8_roundtrip() -> None:
 # ------------------------------------------------------------------------------ load_dataset
 
 
+def _load(*args, **kwargs):
+    data = load_dataset(*args, **kwargs)
+    return data.samples, data.errors
+
+
 def _save(path: Path, color=(120, 60, 30), size=(64, 48)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, color).save(path)
@@ -173,8 +178,8 @@ def test_load_dataset_skips_corrupt_file_and_names_it(tmp_path) -> None:
     (tmp_path / "bad.jpg").write_bytes(np.random.default_rng(0).bytes(2000))
     _save(tmp_path / "c.png", (200, 200, 200))
     (tmp_path / "notes.txt").write_text("not an image")
-    samples, errors = load_dataset(tmp_path)
-    assert [s.name for s in samples] == ["a", "c"]
+    samples, errors = _load(tmp_path)
+    assert [s.name for s in samples] == ["a.png", "c.png"]
     assert len(errors) == 1
     file, message = errors[0]
     assert Path(file).name == "bad.jpg"
@@ -190,8 +195,8 @@ def test_load_dataset_truncated_file_is_an_error(tmp_path) -> None:
     _save(whole, size=(400, 400))
     (tmp_path / "trunc.jpg").write_bytes(whole.read_bytes()[:200])
     whole.unlink()
-    samples, errors = load_dataset(tmp_path)
-    assert [s.name for s in samples] == ["good"]
+    samples, errors = _load(tmp_path)
+    assert [s.name for s in samples] == ["good.png"]
     assert [Path(f).name for f, _ in errors] == ["trunc.jpg"]
 
 
@@ -200,11 +205,11 @@ def test_labels_from_imagenet_file_names(tmp_path) -> None:
     _save(tmp_path / "n01484850_great_white_shark.JPEG")
     _save(tmp_path / "n99999999_unknown.JPEG")
     _save(tmp_path / "holiday.jpg")
-    samples, errors = load_dataset(tmp_path)
+    samples, errors = _load(tmp_path)
     assert not errors
     labels = {s.name: s.label for s in samples}
-    assert labels == {"n01440764_tench": 0, "n01484850_great_white_shark": 2,
-                      "n99999999_unknown": None, "holiday": None}
+    assert labels == {"n01440764_tench.JPEG": 0, "n01484850_great_white_shark.JPEG": 2,
+                      "n99999999_unknown.JPEG": None, "holiday.jpg": None}
 
 
 def test_labels_from_class_subfolders(tmp_path) -> None:
@@ -212,15 +217,15 @@ def test_labels_from_class_subfolders(tmp_path) -> None:
     _save(tmp_path / "tench" / "y.png")  # class name → 0
     _save(tmp_path / "207" / "z.png")  # index
     _save(tmp_path / "misc" / "w.png")  # not a class
-    samples, errors = load_dataset(tmp_path)
+    samples, errors = _load(tmp_path)
     assert not errors
     assert {s.name: s.label for s in samples} == {
-        "207__z": 207, "misc__w": None, "n01443537__x": 1, "tench__y": 0}
+        "207/z.png": 207, "misc/w.png": None, "n01443537/x.png": 1, "tench/y.png": 0}
 
 
 def test_labels_from_multiword_class_subfolder(tmp_path) -> None:
     _save(tmp_path / "great_white_shark" / "x.png")
-    samples, _ = load_dataset(tmp_path)
+    samples = load_dataset(tmp_path).samples
     assert samples[0].label == 2
 
 
@@ -237,10 +242,10 @@ def test_labels_from_csv(tmp_path) -> None:
         "sub/d.png,goldfish\n"  # relative path in a subfolder
         f"{tmp_path / 'n01440764_e.png'},5\n"  # absolute path; the CSV beats the file name
     )
-    samples, errors = load_dataset(tmp_path, labels_csv=csv_path)
+    samples, errors = _load(tmp_path, labels_csv=csv_path)
     assert not errors
     assert {s.name: s.label for s in samples} == {
-        "a": 207, "b": 1, "c": 0, "sub__d": 1, "n01440764_e": 5}
+        "a.png": 207, "b.png": 1, "c.png": 0, "sub/d.png": 1, "n01440764_e.png": 5}
 
 
 def test_csv_errors_name_the_line(tmp_path) -> None:
@@ -259,15 +264,15 @@ def test_load_dataset_limit_single_file_and_missing(tmp_path) -> None:
     for i in range(4):
         _save(tmp_path / f"img{i}.png")
     (tmp_path / "a_bad.png").write_bytes(b"garbage")
-    samples, errors = load_dataset(tmp_path, limit=2)
-    assert [s.name for s in samples] == ["img0", "img1"]  # the limit counts loaded images
+    samples, errors = _load(tmp_path, limit=2)
+    assert [s.name for s in samples] == ["img0.png", "img1.png"]  # the limit counts loaded
     assert len(errors) == 1
-    samples, errors = load_dataset(tmp_path / "img3.png")
-    assert [s.name for s in samples] == ["img3"] and not errors
+    samples, errors = _load(tmp_path / "img3.png")
+    assert [s.name for s in samples] == ["img3.png"] and not errors
     assert list_images(tmp_path / "img3.png") == [tmp_path / "img3.png"]
     with pytest.raises(FileNotFoundError):
         load_dataset(tmp_path / "missing")
-    samples, _ = load_dataset(tmp_path, size=32)
+    samples = load_dataset(tmp_path, size=32).samples
     assert samples[0].image.shape == (32, 32, 3)
 
 

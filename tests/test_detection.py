@@ -386,7 +386,7 @@ def test_cli_detect_fit_and_score(tmp_path, capsys) -> None:
     # refitting scores on the fitting images flags at most ⌊0.2·6⌋ = 1 image per squeezer
     assert all(round(rate * 6) <= 1 for rate in summary["detection_rate"].values())
     rows = list(csv.DictReader(scores.open()))
-    assert [r["file"] for r in rows] == [f"img_{i}" for i in range(6)]
+    assert [r["file"] for r in rows] == [f"img_{i}.png" for i in range(6)]
     assert all(float(r["joint"]) == max(float(r["bit-3"]), float(r["median-2x2"])) for r in rows)
     assert cli.main(["detect", "score", "--images", str(folder), "--thresholds",
                      str(tmp_path / "missing.json")]) == 2

@@ -29,7 +29,7 @@ from conftest import REPO, make_images, needs_shared
 from PIL import Image
 
 from adv2.experiment import ConfigError, load_config, parse_config, run_experiment
-from adv2.experiment.store import Store
+from adv2.records import Store
 from adv2.experiment.tables import Table
 
 N_IMAGES = 4
@@ -128,7 +128,7 @@ BASE = {"images": "imgs"}
     ({"eps": "8/x"}, r"eps: expected a number"),
     ({"interpreters": ["cam", "gard"]}, r"interpreters\[1\]: unknown interpreter 'gard'"),
     ({"interpreters": "cam"}, r"interpreters: expected a list"),
-    ({"target_map": "blob"}, r"target_map: unknown kind 'blob'"),
+    ({"target_map": "blob"}, r"target_map: unknown value 'blob'"),
     ({"transfer": "yes"}, r"transfer: expected true/false"),
     ({"attacks": {"fgsm": {}}}, r"unknown key attacks.fgsm; valid keys: pgd, adv2"),
     ({"attacks": {"adv2": {"lamb": 3}}}, r"unknown key attacks.adv2.lamb; did you mean 'lam'"),
@@ -216,17 +216,17 @@ def test_committed_configs_are_valid(name) -> None:
 def test_run_records_every_stage_and_the_corrupt_image(tiny) -> None:
     _, run = tiny
     manifest = json.loads((run / "images.json").read_text())
-    assert [i["name"] for i in manifest["images"]] == [f"img_{i}" for i in range(N_IMAGES)]
+    assert [i["name"] for i in manifest["images"]] == [f"img_{i}.png" for i in range(N_IMAGES)]
     assert [Path(e["file"]).name for e in manifest["load_errors"]] == ["corrupt.jpg"]
     store = Store(run)
-    names = [f"img_{i}" for i in range(N_IMAGES)]
+    names = [f"img_{i}.png" for i in range(N_IMAGES)]
     stages = [f"{i}/{a}" for i in ("cam", "grad") for a in ("pgd", "adv2")]
     stages += [f"transfer/{s}-to-{t}" for s in ("cam", "grad") for t in ("cam", "grad")]
     stages += [f"detection/{s}" for s in stages[:4]]
     for stage in stages:
         records = store.records(stage, names)
         assert sorted(records) == names and all(r.error is None for r in records.values()), stage
-    assert len(store.records("detection/benign", [f"img_{i}" for i in range(6)])) == 6
+    assert len(store.records("detection/benign", [f"img_{i}.png" for i in range(6)])) == 6
 
     rows = _csv(run / "report" / "results.csv")
     assert len(rows) == 4 * N_IMAGES
@@ -373,7 +373,7 @@ def test_a_failing_sample_is_recorded_and_the_run_goes_on(tiny, tmp_path, monkey
     real = runner.attack_unit
 
     def flaky(cfg, model, interpreter, attack, data, names):
-        if "img_1" in names:
+        if "img_1.png" in names:
             raise RuntimeError("simulated failure")
         return real(cfg, model, interpreter, attack, data, names)
 
@@ -385,9 +385,10 @@ def test_a_failing_sample_is_recorded_and_the_run_goes_on(tiny, tmp_path, monkey
     assert summary["attacks"]["cam"]["adv2"]["errors"] == 1
     errors = _csv(tmp_path / "flaky" / "report" / "tables" / "errors.csv")
     by_stage = {(e["stage"], e["image"]): e["error"] for e in errors}
-    assert by_stage[("cam/pgd", "img_1")] == "RuntimeError: simulated failure"
-    assert by_stage[("cam/adv2", "img_1")] == "RuntimeError: simulated failure"
-    assert "no source ADV² image for img_1" in by_stage[("transfer/cam-to-cam", "img_1")]
+    assert by_stage[("cam/pgd", "img_1.png")] == "RuntimeError: simulated failure"
+    assert by_stage[("cam/adv2", "img_1.png")] == "RuntimeError: simulated failure"
+    assert "no source ADV² image for img_1.png" in by_stage[("transfer/cam-to-cam",
+                                                             "img_1.png")]
     # a rerun does not retry recorded failures: the results stay as they are
     monkeypatch.setattr(runner, "attack_unit", real)
     again = run_experiment(cfg, tmp_path / "flaky", progress=False)

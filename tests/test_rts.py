@@ -229,4 +229,4 @@ def test_attack_command_with_rts_records_the_checkpoint(tmp_path) -> None:
     config = json.loads((out / "config.json").read_text())
     assert config["interpreter_config"]["checkpoint"] == "rts_efficientnet_lite0.pt"
     assert config["map_loss"] == "logit"
-    assert np.load(out / "samples" / "cat" / "adv_map.npy").shape[-2:] == (56, 56)
+    assert np.load(out / "samples" / "cat.png" / "adv_map.npy").shape[-2:] == (56, 56)

@@ -35,16 +35,17 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", help="CSV with path,label (index, synset or class name)")
     p.add_argument("--limit", type=int, help="attack at most N images")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--eps", type=float, default=d.eps, help="L∞ budget in [0,1] units")
+    p.add_argument("--eps", type=number, default=d.eps,
+                   help="L∞ budget in [0,1] units (a number or a fraction, default 8/255)")
     p.add_argument("--steps", type=int, help="attack steps (PGD 100; ADV² per interpreter)")
     p.add_argument("--warm-steps", type=int, help="ADV²: maximum PGD warm-start steps")
     p.add_argument("--lam", help="ADV² λ schedule: '5' constant, '5:10' linear, "
                                  "'1,2,4@0.3,0.6' piecewise over progress")
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS),
                    help="ADV² update rule (default adam; PGD always takes sign steps)")
-    p.add_argument("--lr", type=float, help="step size / learning rate (PGD 1/255; ADV² per "
-                                             "interpreter, see pipeline.ATTACK_DEFAULTS)")
-    p.add_argument("--lr-decay", type=float,
+    p.add_argument("--lr", type=number, help="step size / learning rate (PGD 1/255; ADV² per "
+                                              "interpreter, see pipeline.ATTACK_DEFAULTS)")
+    p.add_argument("--lr-decay", type=number,
                    help="ADV²: final step size relative to the first (linear decay)")
     p.add_argument("--pred-loss", choices=sorted(PREDICTION_LOSSES),
                    help="prediction loss (default: ce; cw margin for ADV² on GRAD)")
@@ -76,7 +77,24 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--device", default="cpu",
                    help="run the classifier on this torch device (e.g. cuda; not with RTS)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True,
+                   help="output directory; rerunning the same command resumes an interrupted run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out made with other settings (deletes its results)")
+
+
+def _usage_error(exc: Exception) -> int:
+    """Log a bad option (named as on the command line), file or model; the exit code 2."""
+    if isinstance(exc, pipeline.SettingError):
+        log.error("--%s: %s", exc.key.replace("_", "-"), exc.problem)
+    else:
+        log.error("%s", exc)
+    return 2
+
+
+def number(text: str) -> float:
+    """An argparse type: a number or a fraction such as 8/255."""
+    return pipeline.parse_number(text)
 
 
 def parse_setting(text: str) -> tuple[str, object]:
@@ -105,12 +123,16 @@ def _config(args: argparse.Namespace) -> pipeline.AttackConfig:
 
 def cmd_attack(args: argparse.Namespace) -> int:
     try:
+        cfg = _config(args)
+        cfg.validate()
+        pipeline.check_setting("limit", args.limit)
         model = load_model(args.model, args.weights, args.device)
-        samples, errors = load_dataset(args.images, args.labels, args.limit)
-        summary = pipeline.run(_config(args), model, samples, args.out, errors)
+        data = load_dataset(args.images, args.labels, args.limit)
+        summary = pipeline.run(cfg, model, data.samples, args.out, data.errors,
+                               overwrite=args.overwrite, ignored=data.ignored,
+                               warnings=data.warnings)
     except (ModelError, FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
+        return _usage_error(exc)
     print(json.dumps({k: v for k, v in summary.items() if k != "errors"}, indent=2))
     print(f"report: {Path(args.out).resolve()}")
     return 0 if summary["n_images"] else 1
@@ -186,15 +208,15 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from adv2.detection import FeatureSqueezingDetector, cross_validated_flags
 
     try:
+        pipeline.check_setting("limit", args.limit)
         model = load_model(args.model, args.weights)
-        samples, _ = load_dataset(args.images, limit=args.limit)
+        samples = load_dataset(args.images, limit=args.limit).samples
         if args.action == "fit":
             detector = FeatureSqueezingDetector(model, args.squeezers)
         else:
             detector = FeatureSqueezingDetector.load(model, args.thresholds)
     except (ModelError, FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
+        return _usage_error(exc)
     if not samples:
         log.error("no readable images in %s", args.images)
         return 1
@@ -259,13 +281,13 @@ def cmd_train_rts(args: argparse.Namespace) -> int:
     from adv2.rts import TrainConfig, train
 
     try:
+        pipeline.check_setting("limit", args.limit)
         model = load_model(args.model, args.weights)
-        samples, _ = load_dataset(args.images, args.labels, args.limit)  # logs bad files
+        samples = load_dataset(args.images, args.labels, args.limit).samples  # logs bad files
     except (ModelError, FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
+        return _usage_error(exc)
     order = np.random.default_rng(args.seed).permutation(len(samples))
-    held = sorted(samples[i].name for i in order[:args.holdout])
+    held = sorted(samples[i].key for i in order[:args.holdout])
     used = [samples[i] for i in sorted(order[args.holdout:])]
     if not used:
         log.error("no training images left in %s", args.images)

@@ -1,15 +1,21 @@
-"""Attack a set of images end to end: targets, target maps, attack, judging, output folder."""
+"""Attack a set of images end to end: settings and their validation, targets, target maps, the
+attack of one batch, judging, and the resumable output folder of ``adv2 attack``.
+
+:func:`attack_batch` is the one batch body of ``adv2 attack``, ``adv2 run`` and the demo.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+import zlib
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from adv2 import metrics, targets as target_maps_mod
 from adv2.attacks import (ADV2, MAP_LOSSES, OPTIMIZERS, PGD, PREDICTION_LOSSES, Linear,
@@ -19,6 +25,7 @@ from adv2.detection import FeatureSqueezingDetector
 from adv2.detection.adaptive import AdaptiveADV2
 from adv2.interpreters import Interpreter, build_interpreter
 from adv2.models import Classifier
+from adv2.records import Alone, Failed, Output, Store, chunks, run_units
 from adv2.report import RunWriter
 
 log = logging.getLogger(__name__)
@@ -31,6 +38,7 @@ class AttackConfig:
 
     model: str = "efficientnet_lite0"
     weights: str | None = None
+    device: str = "cpu"  # the classifier's torch device
     interpreter: str = "cam"
     attack: str = "adv2"
     eps: float = 8 / 255
@@ -63,6 +71,90 @@ class AttackConfig:
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         return replace(self, **filled)
 
+    def validate(self, n_classes: int | None = None) -> None:
+        """Check every setting (:func:`check_setting`) and, once the model's ``n_classes`` is
+        known, the target class; raises :class:`SettingError` naming the first bad one."""
+        for f in fields(self):
+            check_setting(f.name, getattr(self, f.name))
+        if self.optimizer not in (None, "sign") and self.attack == "pgd":
+            raise SettingError("optimizer", "PGD takes sign steps; it applies to ADV² only")
+        if self.adaptive is not None and self.attack != "adv2":
+            raise SettingError("adaptive", "applies to the adv2 attack only")
+        if n_classes is not None and self.target_class is not None \
+                and not 0 <= self.target_class < n_classes:
+            raise SettingError("target_class", f"must be a class index in [0, {n_classes - 1}] "
+                                               f"of the model, got {self.target_class}")
+
+
+class SettingError(ValueError):
+    """A bad attack setting: ``key`` is its name (``eps``), ``problem`` what is wrong. The CLI
+    shows it as ``--eps: ...``, an experiment file as ``attacks.adv2.eps: ...``."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+def parse_number(text: str | float | int) -> float:
+    """A number, or a fraction text such as ``8/255`` (ValueError otherwise)."""
+    if isinstance(text, bool):
+        raise ValueError(f"expected a number, got {text!r}")
+    if isinstance(text, (int, float)):
+        return float(text)
+    num, slash, den = str(text).partition("/")
+    try:
+        return float(num) / float(den) if slash else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"expected a number or a fraction like 8/255, got {text!r}") from None
+
+
+#: what each attack setting must be (checked by :func:`check_setting`)
+_RANGES: dict[str, tuple[str, Any]] = {
+    "eps": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "steps": ("≥ 0", lambda v: v >= 0),
+    "warm_steps": ("≥ 0", lambda v: v >= 0),
+    "patience": ("≥ 0", lambda v: v >= 0),
+    "lr": ("> 0", lambda v: v > 0),
+    "lr_decay": ("> 0", lambda v: v > 0),
+    "batch_size": ("≥ 1", lambda v: v >= 1),
+    "limit": ("≥ 1", lambda v: v >= 1),
+    "target_class": ("≥ 0", lambda v: v >= 0),
+}
+
+
+def check_setting(key: str, value: Any) -> None:
+    """Validate one attack setting (``None`` means its default); raises :class:`SettingError`.
+
+    The one validation of ``adv2 attack``'s options and of an experiment file's attack keys.
+    """
+    if value is None:
+        return
+    registries = {"optimizer": OPTIMIZERS, "pred_loss": PREDICTION_LOSSES,
+                  "map_loss": MAP_LOSSES, "attack": ATTACKS,
+                  "target_map": target_maps_mod.KINDS}
+    if key in registries and value not in registries[key]:
+        raise SettingError(key, f"unknown value {value!r}; choose from {sorted(registries[key])}")
+    if key == "lam":
+        try:
+            parse_schedule(str(value))
+        except ValueError as exc:
+            raise SettingError(key, f"bad λ schedule {value!r} ({exc})") from None
+    if key == "device":
+        try:
+            torch.device(value)
+        except (RuntimeError, TypeError) as exc:
+            raise SettingError(key, f"{value!r} is not a torch device ({exc})") from None
+    if key in _RANGES:
+        what, ok = _RANGES[key]
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SettingError(key, f"must be a finite number, got {value}")
+        if not ok(value):
+            raise SettingError(key, f"must be {what}, got {value}")
+
+
+#: the attacks ``--attack`` / an experiment's ``attacks`` name
+ATTACKS = ("pgd", "adv2")
 
 #: per-attack / per-interpreter defaults, measured in docs/benchmark.md
 ATTACK_DEFAULTS: dict[str, dict] = {
@@ -87,6 +179,11 @@ ATTACK_DEFAULTS: dict[str, dict] = {
 ADAPTIVE_DEFAULTS: dict = {"steps": AdaptiveADV2.steps, "patience": 0}
 
 
+def seed_of(seed: int, key: str) -> int:
+    """A 32-bit seed from the user's seed and a sample key (stable across runs and folders)."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(key.encode())]).generate_state(1)[0])
+
+
 def choose_targets(labels: torch.Tensor, n_classes: int, seed: int, fixed: int | None,
                    allowed: torch.Tensor | None = None) -> torch.Tensor:
     """Target classes: ``fixed`` for all, or uniform over classes ≠ label (over ``allowed``
@@ -94,14 +191,65 @@ def choose_targets(labels: torch.Tensor, n_classes: int, seed: int, fixed: int |
     if fixed is not None:
         return torch.full_like(labels, fixed)
     rng = np.random.default_rng(seed)
-    pool = np.arange(n_classes) if allowed is None else np.unique(allowed.numpy())
+    pool = np.arange(n_classes) if allowed is None else np.unique(allowed.cpu().numpy())
     out = []
     for y in labels.tolist():
         choices = pool[pool != y]
         if choices.size == 0:
             raise ValueError("no target class different from the label is available")
         out.append(int(rng.choice(choices)))
-    return torch.tensor(out)
+    return torch.tensor(out, device=labels.device)
+
+
+def per_image_targets(keys: list[str], labels: torch.Tensor, n_classes: int, seed: int,
+                      fixed: int | None, allowed: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, dict[int, str]]:
+    """Each image's target class, drawn by :func:`choose_targets` from its own seed
+    (:func:`seed_of` of ``seed`` and its key), so that other images change nothing of it.
+
+    Returns the targets (−1 where none) and, per index of an image that cannot be attacked,
+    why (its label is the target, or no other class is allowed).
+    """
+    tgts, skipped = [], {}
+    for i, key in enumerate(keys):
+        try:
+            t = int(choose_targets(labels[i:i + 1], n_classes, seed_of(seed, key), fixed,
+                                   allowed)[0])
+        except ValueError as exc:
+            t, skipped[i] = -1, str(exc)
+        if t == int(labels[i]):
+            skipped[i] = f"label equals the target class {t}"
+        tgts.append(t)
+    return torch.tensor(tgts, device=labels.device), skipped
+
+
+@dataclass
+class Pool:
+    """The image set an ``other`` target map is drawn from: float N×3×H×W, labels, preds."""
+
+    x: torch.Tensor
+    labels: torch.Tensor
+    preds: torch.Tensor
+
+
+def target_maps_for(kind: str, interpreter: Interpreter, keys: list[str], seed: int,
+                    targets: torch.Tensor, benign: torch.Tensor, pool: Pool,
+                    size: int) -> torch.Tensor:
+    """Each image's target map (N×1×h×w) of ``kind``, seeded per image (:func:`seed_of`)."""
+    if kind == "benign":
+        return benign
+    maps = []
+    for j, key in enumerate(keys):
+        image_seed = seed_of(seed, key)
+        if kind == "shape":
+            maps.append(target_maps_mod.shape(1, interpreter.resolution(size, size), image_seed,
+                                              size).to(benign))
+        elif kind == "other":
+            maps.append(target_maps_mod.other(interpreter, targets[j:j + 1], pool.x,
+                                              pool.labels, image_seed, pool.preds))
+        else:
+            raise ValueError(f"unknown target map kind {kind!r}")
+    return torch.cat(maps)
 
 
 def build_attack(
@@ -135,84 +283,146 @@ def build_attack(
     raise ValueError(f"unknown attack {cfg.attack!r}; choose pgd or adv2")
 
 
+def attack_batch(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,
+                 attack: PGD | ADV2 | AdaptiveADV2, images: np.ndarray, labels: torch.Tensor,
+                 targets: torch.Tensor, keys: list[str], pool: Pool) -> list[Output]:
+    """Attack one batch: benign maps, target maps, the attack, the judged outcome.
+
+    Arguments:
+        cfg: the settings (``target_map``, ``seed``); images: uint8 N×H×W×3;
+        labels, targets: (N,) long; keys: the images' seed keys; pool: for ``other`` maps.
+
+    Returns:
+        Per image ``(arrays, meta)``: arrays ``adv`` (uint8), ``map``, ``benign``,
+        ``target_map`` (h×w float32); meta ``label``, ``target``, ``pred``, ``confidence``,
+        ``success``, ``l1``, ``iou`` (per k), ``passes``, ``linf``. An image whose logits or
+        maps are not finite is :class:`~adv2.records.Failed` instead: never a metric.
+    """
+    torch.manual_seed(seed_of(cfg.seed, keys[0]))
+    benign = target_maps_mod.benign(interpreter, to_tensor(images), labels)
+    tmaps = target_maps_for(cfg.target_map, interpreter, keys, cfg.seed, targets, benign, pool,
+                            images.shape[1])
+    if isinstance(attack, PGD):
+        result = attack(images, targets, interpreter, tmaps)
+    else:
+        result = attack(images, targets, tmaps)
+    maps = result.maps.detach()
+    finite = (torch.isfinite(result.confidence) & torch.isfinite(result.l1)
+              & torch.isfinite(maps).flatten(1).all(1) & torch.isfinite(benign).flatten(1).all(1)
+              & torch.isfinite(tmaps).flatten(1).all(1)).tolist()
+    out: list[Output] = []
+    for j in range(len(images)):
+        if not finite[j]:
+            out.append(Failed("non-finite logits or maps (NaN or infinity): the model or the "
+                              "interpreter is broken for this image; no metric is reported"))
+            continue
+        meta = {"label": int(labels[j]), "target": int(targets[j]), "pred": int(result.pred[j]),
+                "confidence": float(result.confidence[j].detach()), "success": bool(result.success[j]),
+                "l1": float(result.l1[j]), "iou": result.iou[j].tolist(),
+                "passes": int(result.passes[j]), "linf": int(result.linf[j])}
+        arrays = {"adv": result.adv[j], "map": maps[j, 0].cpu().numpy(),
+                  "benign": benign[j, 0].cpu().numpy(), "target_map": tmaps[j, 0].cpu().numpy()}
+        out.append((arrays, meta))
+    return out
+
+
+def predict(model: Classifier, images: np.ndarray, batch_size: int) -> torch.Tensor:
+    """Logits (N×C) of uint8 images, ``batch_size`` at a time."""
+    with torch.no_grad():
+        return torch.cat([model(to_tensor(images[i:i + batch_size]))
+                          for i in range(0, len(images), batch_size)])
+
+
+def clean_accuracy(logits: torch.Tensor, labels: list[int | None], where: str) -> float | None:
+    """Top-1 of the clean images whose label is known (None when none is); logged, with a loud
+    warning below 50% (wrong weights or normalisation)."""
+    known = [i for i, y in enumerate(labels) if y is not None]
+    if not known:
+        return None
+    preds = logits.argmax(dim=1)[known].tolist()
+    accuracy = sum(int(p == labels[i]) for p, i in zip(preds, known)) / len(known)
+    log.info("%s: clean top-1 %.3f on the %d images with known labels", where, accuracy,
+             len(known))
+    if accuracy < 0.5:
+        log.warning("%s: the model classifies only %.0f%% of the clean images correctly: are "
+                    "the weights and normalisation right?", where, 100 * accuracy)
+    return accuracy
+
+
 def run(
     cfg: AttackConfig,
     model: Classifier,
     samples: list[Sample],
     out: str | Path,
-    load_errors: list[tuple[str, str]] = (),
+    skipped: list[tuple[str, str]] = (),
     progress: bool = True,
+    overwrite: bool = False,
+    ignored: list[tuple[str, str]] = (),
+    warnings: list[tuple[str, str]] = (),
 ) -> dict:
-    """Attack ``samples`` and write the output folder ``out``; returns the summary.
+    """Attack ``samples`` into the output folder ``out`` (see :mod:`adv2.report`); returns the
+    summary. Resumable: a rerun with the same settings skips the images already recorded for
+    the same pictures; other settings are refused naming the changed keys (``overwrite``
+    starts afresh).
 
-    Images without a label take the model's prediction as their label. A batch that fails is
-    recorded with its error in summary.json and the run goes on.
+    Images without a label take the model's prediction as their label. Units are fixed chunks
+    of ``batch_size`` images of the list, each seeded by its first image's key; an image or
+    a unit that fails is recorded with its error (in summary.json) and the run goes on.
+    ``skipped`` (files that could not be read), ``ignored`` (other files passed over) and
+    ``warnings``: (file, message) pairs named in summary.json too.
     """
-    torch.manual_seed(cfg.seed)
     start = time.time()
     interpreter = build_interpreter(cfg.interpreter, model, cfg.rts_checkpoint,
                                     **cfg.interpreter_settings)
-    writer = RunWriter(out, asdict(cfg.resolved()) | {"interpreter_config": interpreter.config()})
-    for file, message in load_errors:
+    settings = asdict(cfg.resolved()) | {"interpreter_config": interpreter.config()}
+    writer = RunWriter(out, settings, overwrite)
+    for file, message in skipped:
         writer.error(file, message)
+    for file, reason in ignored:
+        writer.ignore(file, reason)
+    for file, message in warnings:
+        writer.warn(file, message)
     if not samples:
         log.error("no readable images to attack")
-        return writer.finish(time.time() - start, metrics.DEFAULT_KS)
+        return writer.finish(time.time() - start, metrics.DEFAULT_KS, None)
 
     images = np.stack([s.image for s in samples])
-    x = to_tensor(images)
-    with torch.no_grad():
-        logits = torch.cat([model(x[i:i + cfg.batch_size])
-                            for i in range(0, len(x), cfg.batch_size)])
+    logits = predict(model, images, cfg.batch_size)
+    cfg.validate(logits.shape[1])
     preds = logits.argmax(dim=1)
+    accuracy = clean_accuracy(logits, [s.label for s in samples], str(out))
+    finite = torch.isfinite(logits).all(dim=1).tolist()
     labels = torch.tensor([s.label if s.label is not None else int(p)
                            for s, p in zip(samples, preds)])
     allowed = labels[preds == labels] if cfg.target_map == "other" else None
-    tgts = choose_targets(labels, logits.shape[1], cfg.seed, cfg.target_class, allowed)
-    trivial = (tgts == labels).tolist()
-    for sample, skip in zip(samples, trivial):
-        if skip:
-            log.error("skipping %s: its label is the target class %d", sample.name,
-                      cfg.target_class)
-            writer.error(sample.name, f"label equals the target class {cfg.target_class}")
-    if any(trivial):
-        rows = [i for i, skip in enumerate(trivial) if not skip]
-        samples = [samples[i] for i in rows]
-        images, x, labels = images[rows], x[rows], labels[rows]
-        preds, tgts = preds[rows], tgts[rows]
+    tgts, why = per_image_targets([s.key for s in samples], labels, logits.shape[1], cfg.seed,
+                                  cfg.target_class, allowed)
+    for i, ok in enumerate(finite):
+        if not ok:
+            why[i] = "non-finite clean logits (NaN or infinity): the model is broken for it"
+    for i, reason in why.items():
+        log.error("skipping %s: %s", samples[i].name, reason)
+        writer.error(samples[i].name, reason)
+    attacked = [i for i in range(len(samples)) if i not in why]
+    rows = {samples[i].name: i for i in attacked}
+    writer.expect([samples[i].name for i in attacked])
     attack = build_attack(cfg, model, interpreter)
-    size = x.shape[-2:]
-    resolution = interpreter.resolution(*size)
+    pool = Pool(to_tensor(images), labels, preds)
 
-    bar = tqdm(total=len(samples), desc=f"{cfg.attack}/{cfg.interpreter}", unit="img",
-               disable=not progress)
-    for lo in range(0, len(samples), cfg.batch_size):
-        rows = slice(lo, lo + cfg.batch_size)
-        names = [s.name for s in samples[rows]]
-        try:
-            benign = target_maps_mod.benign(interpreter, x[rows], labels[rows])
-            if cfg.target_map == "benign":
-                tmaps = benign
-            elif cfg.target_map == "other":
-                tmaps = target_maps_mod.other(interpreter, tgts[rows], x, labels,
-                                              cfg.seed + lo, preds)
-            elif cfg.target_map == "shape":
-                tmaps = target_maps_mod.shape(len(names), resolution, cfg.seed + lo, size[-1])
-            else:
-                raise ValueError(f"unknown target map kind {cfg.target_map!r}")
-            if isinstance(attack, PGD):
-                result = attack(images[rows], tgts[rows], interpreter, tmaps)
-            else:
-                result = attack(images[rows], tgts[rows], tmaps)
-            writer.add(names, images[rows], labels[rows], tgts[rows], result, benign, tmaps,
-                       cfg.attack.upper() if cfg.attack == "pgd" else "ADV²")
-        except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
-            log.exception("batch %s failed", names)
-            for name in names:
-                writer.error(name, f"{type(exc).__name__}: {exc}")
-        bar.update(len(names))
-    bar.close()
-    summary = writer.finish(time.time() - start, metrics.DEFAULT_KS)
+    def work(names: list[str]) -> list[Output]:
+        index = [rows[n] for n in names]
+        outputs = attack_batch(cfg, model, interpreter, attack, images[index], labels[index],
+                               tgts[index], [samples[i].key for i in index], pool)
+        for i, output in zip(index, outputs):
+            if not isinstance(output, Failed):
+                output[1]["clean_pred"] = int(preds[i])
+        writer.save_samples(names, images[index], outputs,
+                            "PGD" if cfg.attack == "pgd" else "ADV²")
+        return outputs
+
+    run_units(Alone(), writer.store, "", chunks(list(rows), cfg.batch_size), work, progress,
+              {n: samples[i].digest for n, i in rows.items()}, after=writer.write_results)
+    summary = writer.finish(time.time() - start, metrics.DEFAULT_KS, accuracy)
     log.info("%s/%s on %d images: success %.3f, L1 %.4f, IoU %.3f (%s)", cfg.attack,
              cfg.interpreter, summary["n_images"], summary["success_rate"] or 0,
              summary["l1_mean"] or 0, summary["iou_mean"] or 0, out)

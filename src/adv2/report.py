@@ -1,19 +1,24 @@
-"""The output directory of an attack run.
+"""The output directory of an attack run (``adv2 attack``), and the figures of every report.
 
-    OUT/config.json     every setting, the seed and library versions
-    OUT/results.csv     one row per image: file,label,target,pred,confidence,success,l1,iou
-    OUT/summary.json    aggregates (see :meth:`RunWriter.finish`)
-    OUT/samples/<name>/ clean.png adv.png benign_map.npy adv_map.npy target_map.npy figure.png
+    OUT/config.json       every setting, the seed and library versions
+    OUT/results.csv       one row per image: file,label,clean_pred,target,pred,confidence,
+                          success,l1,iou
+    OUT/summary.json      aggregates, errors, ignored files, warnings (:meth:`RunWriter.finish`)
+    OUT/samples/<name>/   clean.png adv.png benign_map.npy adv_map.npy target_map.npy figure.png
+    OUT/records/<name>.npz  one finished image (:mod:`adv2.records`), bound to its picture
 
-Rows and sample folders are written as each batch finishes, so an interrupted run keeps what it
-had computed.
+Each unit's sample folders, then its records, are written as it finishes, and results.csv is
+rewritten from the records (atomically), so a killed run keeps everything it had computed and
+a rerun with the same settings resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import platform
+import shutil
 from importlib import metadata
 from pathlib import Path
 
@@ -25,10 +30,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from adv2.attacks.result import AttackResult  # noqa: E402
 from adv2.data import imagenet_classes  # noqa: E402
+from adv2.records import (Failed, Output, Record, Store, changed_keys, to_json,  # noqa: E402
+                          write_bytes, write_json)
 
-FIELDS = ["file", "label", "target", "pred", "confidence", "success", "l1", "iou"]
+FIELDS = ["file", "label", "clean_pred", "target", "pred", "confidence", "success", "l1", "iou"]
 
 
 def versions() -> dict[str, str]:
@@ -81,94 +87,138 @@ def figure(path: Path, clean: np.ndarray, adv: np.ndarray, maps: dict[str, np.nd
     panel_grid(path, [[("clean", clean), ("adversarial", adv), *maps.items()]], title)
 
 
-class RunWriter:
-    """Writes one run's output directory incrementally."""
+#: the settings a rerun may change without being refused
+UNCOMPARED = ("versions",)
 
-    def __init__(self, out: str | Path, config: dict) -> None:
+
+class RunWriter:
+    """The output folder of one ``adv2 attack`` run (see the module docstring).
+
+    Arguments:
+        out: the folder (created; an existing file is refused).
+        config: every setting; a folder made with other settings is refused, naming the
+            changed keys, unless ``overwrite`` (which deletes its records, samples and tables).
+    """
+
+    def __init__(self, out: str | Path, config: dict, overwrite: bool = False) -> None:
+        from adv2.pipeline import SettingError
+
         self.out = Path(out)
-        (self.out / "samples").mkdir(parents=True, exist_ok=True)
-        self.config = {**config, "versions": versions()}
-        (self.out / "config.json").write_text(json.dumps(self.config, indent=2, default=str))
-        self.csv_path = self.out / "results.csv"
-        with open(self.csv_path, "w", newline="") as fh:
-            csv.writer(fh).writerow(FIELDS)
-        self.rows: list[dict] = []
-        self.iou_per_k: list[list[float]] = []
-        self.passes: list[int] = []
+        if self.out.exists() and not self.out.is_dir():
+            raise SettingError("out", f"{self.out} is a file, not a folder")
+        self.config = json.loads(to_json({**config, "versions": versions()}))
+        path = self.out / "config.json"
+        if overwrite:
+            for name in ("records", "samples"):
+                shutil.rmtree(self.out / name, ignore_errors=True)
+            for name in ("results.csv", "summary.json", "config.json"):
+                (self.out / name).unlink(missing_ok=True)
+        elif path.is_file():
+            try:
+                old = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise SettingError("out", f"{path} cannot be read ({exc}); use --overwrite to "
+                                          "start afresh") from None
+            changed = changed_keys(old, self.config, UNCOMPARED)
+            if changed:
+                raise SettingError("out", f"{self.out} holds results of other settings "
+                                          f"(changed: {', '.join(changed)}); rerun with those "
+                                          "settings to resume, choose another --out, or add "
+                                          "--overwrite to start afresh")
+        self.store = Store(self.out, "records")
+        self.store.remove_temporaries()
+        write_json(path, self.config)
         self.errors: list[dict] = []
+        self.ignored: list[dict] = []
+        self.warnings: list[dict] = []
+        self.names: list[str] = []
 
     def error(self, file: str, message: str) -> None:
         self.errors.append({"file": file, "error": message})
 
-    def add(
-        self,
-        names: list[str],
-        clean: np.ndarray,
-        labels: torch.Tensor,
-        targets: torch.Tensor,
-        result: AttackResult,
-        benign_maps: torch.Tensor,
-        target_maps: torch.Tensor,
-        attack: str,
-    ) -> None:
-        """Record a finished batch: CSV rows, sample folders and figures."""
-        assert result.maps is not None and result.l1 is not None and result.iou is not None
-        for i, name in enumerate(names):
-            row = {
-                "file": name,
-                "label": int(labels[i]),
-                "target": int(targets[i]),
-                "pred": int(result.pred[i]),
-                "confidence": round(float(result.confidence[i]), 6),
-                "success": int(result.success[i]),
-                "l1": round(float(result.l1[i]), 6),
-                "iou": round(float(result.iou[i].mean()), 6),
-            }
-            self.rows.append(row)
-            self.iou_per_k.append(result.iou[i].tolist())
-            self.passes.append(int(result.passes[i]))
-            with open(self.csv_path, "a", newline="") as fh:
-                csv.DictWriter(fh, FIELDS).writerow(row)
+    def ignore(self, file: str, reason: str) -> None:
+        self.ignored.append({"file": file, "reason": reason})
+
+    def warn(self, file: str, message: str) -> None:
+        self.warnings.append({"file": file, "warning": message})
+
+    def expect(self, names: list[str]) -> None:
+        """The attacked images, in the order of results.csv."""
+        self.names = list(names)
+
+    def save_samples(self, names: list[str], clean: np.ndarray, outputs: list[Output],
+                     attack: str) -> None:
+        """Write the sample folder of each finished image of a unit (before its record)."""
+        for name, image, output in zip(names, clean, outputs):
+            if isinstance(output, Failed):
+                continue
+            arrays, meta = output
             folder = self.out / "samples" / name
             folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(clean[i]).save(folder / "clean.png")
-            Image.fromarray(result.adv[i]).save(folder / "adv.png")
-            maps = {
-                "benign map": benign_maps[i, 0].cpu().numpy(),
-                f"{attack} map": result.maps[i, 0].cpu().numpy(),
-                "target map": target_maps[i, 0].cpu().numpy(),
-            }
-            np.save(folder / "benign_map.npy", maps["benign map"])
-            np.save(folder / "adv_map.npy", maps[f"{attack} map"])
-            np.save(folder / "target_map.npy", maps["target map"])
+            Image.fromarray(image).save(folder / "clean.png")
+            Image.fromarray(arrays["adv"]).save(folder / "adv.png")
+            maps = {"benign map": arrays["benign"], f"{attack} map": arrays["map"],
+                    "target map": arrays["target_map"]}
+            np.save(folder / "benign_map.npy", arrays["benign"])
+            np.save(folder / "adv_map.npy", arrays["map"])
+            np.save(folder / "target_map.npy", arrays["target_map"])
+            row = self._row(name, meta)
             title = (f"{name}: {class_name(row['label'])} → target {class_name(row['target'])}; "
                      f"pred {class_name(row['pred'])} ({row['confidence']:.2f}), "
                      f"L1 {row['l1']:.3f}, IoU {row['iou']:.3f}")
-            figure(folder / "figure.png", clean[i], result.adv[i], maps, title)
+            figure(folder / "figure.png", image, arrays["adv"], maps, title)
 
-    def finish(self, seconds: float, ks: tuple[float, ...]) -> dict:
-        """Write summary.json and return it."""
-        n = len(self.rows)
+    @staticmethod
+    def _row(name: str, meta: dict) -> dict:
+        return {"file": name, "label": meta["label"], "clean_pred": meta["clean_pred"],
+                "target": meta["target"], "pred": meta["pred"],
+                "confidence": round(meta["confidence"], 6), "success": int(meta["success"]),
+                "l1": round(meta["l1"], 6), "iou": round(float(np.mean(meta["iou"])), 6)}
 
-        def mean(key: str) -> float | None:
-            return float(np.mean([r[key] for r in self.rows])) if n else None
+    def _records(self) -> dict[str, Record]:
+        return self.store.records("", self.names)
+
+    def write_results(self) -> None:
+        """Rewrite results.csv from the records, in image order (atomically)."""
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for name, record in self._records().items():
+            if record.error is None:
+                writer.writerow(self._row(name, record.meta))
+        write_bytes(self.out / "results.csv", buf.getvalue().encode())
+
+    def finish(self, seconds: float, ks: tuple[float, ...], clean_accuracy: float | None) -> dict:
+        """Write results.csv and summary.json from the records; return the summary."""
+        self.write_results()
+        records = self._records()
+        done = [r.meta for r in records.values() if r.error is None]
+        errors = self.errors + [{"file": n, "error": r.error} for n, r in records.items()
+                                if r.error is not None]
+        n = len(done)
+
+        def mean(values: list[float]) -> float | None:
+            return float(np.mean(values)) if n else None
 
         summary = {
             "model": self.config.get("model"),
             "interpreter": self.config.get("interpreter"),
             "attack": self.config.get("attack"),
             "n_images": n,
-            "success_rate": mean("success"),
-            "mean_confidence": mean("confidence"),
-            "l1_mean": mean("l1"),
-            "iou_mean": mean("iou"),
-            "iou_per_k": ({f"{k:g}": float(v) for k, v in zip(ks, np.mean(self.iou_per_k, 0))}
-                          if n else None),
-            "passes_per_image": float(np.mean(self.passes)) if n else None,
+            "clean_accuracy": clean_accuracy,
+            "success_rate": mean([float(m["success"]) for m in done]),
+            "mean_confidence": mean([m["confidence"] for m in done]),
+            "l1_mean": mean([m["l1"] for m in done]),
+            "iou_mean": mean([float(np.mean(m["iou"])) for m in done]),
+            "iou_per_k": ({f"{k:g}": float(v) for k, v in
+                           zip(ks, np.mean([m["iou"] for m in done], axis=0))} if n else None),
+            "passes_per_image": mean([m["passes"] for m in done]),
             "eps": self.config.get("eps"),
             "seed": self.config.get("seed"),
             "seconds": round(seconds, 2),
-            "errors": self.errors,
+            "errors": errors,
+            "ignored": self.ignored,
+            "warnings": self.warnings,
         }
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json(self.out / "summary.json", summary)
         return summary

@@ -18,16 +18,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
-from adv2.attacks import MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES, parse_schedule
 from adv2.detection import build_squeezer
 from adv2.interpreters import INTERPRETERS
-from adv2.pipeline import AttackConfig, build_attack
-from adv2.targets import KINDS
-
-ATTACKS = ("pgd", "adv2")
+from adv2.pipeline import ATTACKS, AttackConfig, SettingError, build_attack, check_setting, \
+    parse_number
 #: AttackConfig fields an experiment may set per attack (and per interpreter inside an attack)
 ATTACK_KEYS = ("steps", "warm_steps", "lam", "optimizer", "lr", "lr_decay", "pred_loss",
                "map_loss", "patience", "random_start", "step_search")
@@ -124,15 +120,10 @@ def _unknown(key: str, where: str, valid: typing.Iterable[str]) -> ConfigError:
 
 def _number(value: Any, key: str) -> float:
     """A float from a number or a fraction text such as ``8/255``."""
-    if isinstance(value, str) and value.count("/") == 1:
-        num, den = value.split("/")
-        try:
-            return float(num) / float(den)
-        except (ValueError, ZeroDivisionError):
-            pass
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    raise ConfigError(f"{key}: expected a number (or a fraction like 8/255), got {value!r}")
+    try:
+        return parse_number(value)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -196,23 +187,11 @@ def _attack_settings(data: Any, key: str, nested: bool) -> dict[str, Any]:
         if name == "lam" and isinstance(value, (int, float)) and not isinstance(value, bool):
             value = str(value)  # a constant λ written as a number
         out[name] = _coerce(value, hints[name], f"{key}.{name}")
-        _check_attack_value(name, out[name], f"{key}.{name}")
-    return out
-
-
-def _check_attack_value(name: str, value: Any, key: str) -> None:
-    registries = {"optimizer": OPTIMIZERS, "pred_loss": PREDICTION_LOSSES, "map_loss": MAP_LOSSES}
-    if name in registries and value not in registries[name]:
-        raise ConfigError(f"{key}: unknown value {value!r}; choose from {sorted(registries[name])}")
-    if name == "lam":
         try:
-            parse_schedule(str(value))
-        except ValueError as exc:
-            raise ConfigError(f"{key}: bad λ schedule {value!r} ({exc})") from exc
-    if name in ("steps", "warm_steps", "patience") and value is not None and value < 0:
-        raise ConfigError(f"{key}: must be ≥ 0, got {value}")
-    if name in ("lr",) and value is not None and value <= 0:
-        raise ConfigError(f"{key}: must be > 0, got {value}")
+            check_setting(name, out[name])
+        except SettingError as exc:
+            raise ConfigError(f"{key}.{name}: {exc.problem}") from None
+    return out
 
 
 def _attacks(data: Any, key: str) -> dict[str, dict[str, Any]]:
@@ -246,15 +225,12 @@ def _check(cfg: ExperimentConfig) -> None:
         for option in settings:
             if option not in valid:
                 raise _unknown(str(option), key + ".", valid)
-    if cfg.target_map not in KINDS:
-        raise ConfigError(f"target_map: unknown kind {cfg.target_map!r}; choose from {KINDS}")
-    if not 0 < cfg.eps <= 1:
-        raise ConfigError(f"eps: must be in (0, 1], got {cfg.eps}")
-    try:
-        torch.device(cfg.device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"device: {exc}") from None
-    for key in ("limit", "batch_size", "image_size"):
+    for key in ("target_map", "eps", "device", "batch_size", "target_class", "limit"):
+        try:
+            check_setting(key, getattr(cfg, key))
+        except SettingError as exc:
+            raise ConfigError(str(exc)) from None
+    for key in ("image_size",):
         value = getattr(cfg, key)
         if value is not None and value < 1:
             raise ConfigError(f"{key}: must be ≥ 1, got {value}")

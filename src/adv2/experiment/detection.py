@@ -10,18 +10,20 @@ images.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
-from adv2.data import list_images, load_image
+from adv2.data import image_digest, list_images, load_image
 from adv2.detection import FeatureSqueezingDetector
 from adv2.experiment import distributed
 from adv2.experiment.config import ConfigError, ExperimentConfig
 from adv2.experiment.images import ImageSet
-from adv2.experiment.store import Store
-from adv2.experiment.units import Output, chunks, run_units
+from adv2.records import Output, Store, chunks, run_units
 from adv2.models import Classifier
+
+log = logging.getLogger(__name__)
 
 BENIGN = "detection/benign"
 
@@ -31,7 +33,8 @@ def stage(interpreter: str, attack: str) -> str:
 
 
 def benign_files(cfg: ExperimentConfig, data: ImageSet) -> dict[str, Path]:
-    """Name → path of the benign images the thresholds are fitted on."""
+    """Name (its path relative to ``benign_images``) → path of the benign images the
+    thresholds are fitted on."""
     assert cfg.detection is not None
     attacked = {Path(p).resolve() for p in data.paths}
     try:
@@ -45,7 +48,7 @@ def benign_files(cfg: ExperimentConfig, data: ImageSet) -> dict[str, Path]:
                           "apart from the attacked ones")
     root = Path(cfg.detection.benign_images)
     base = root if root.is_dir() else root.parent
-    return {str(p.relative_to(base)).replace("/", "__").rsplit(".", 1)[0]: p for p in paths}
+    return {p.relative_to(base).as_posix(): p for p in paths}
 
 
 def _scores(detector: FeatureSqueezingDetector, images: np.ndarray) -> list[Output]:
@@ -58,9 +61,18 @@ def run(ctx: distributed.Context, cfg: ExperimentConfig, model: Classifier, stor
     assert cfg.detection is not None
     detector = FeatureSqueezingDetector(model, list(cfg.detection.squeezers))
     files = benign_files(cfg, data)
-    run_units(ctx, store, BENIGN, chunks(list(files), cfg.batch_size),
-              lambda u: _scores(detector, np.stack([load_image(files[n], cfg.image_size)
-                                                    for n in u])), progress)
+    benign = {}
+    for name, path in files.items():
+        try:
+            benign[name] = load_image(path, cfg.image_size)
+        except Exception as exc:  # noqa: BLE001 - one unreadable benign image is left out
+            message = f"cannot read image ({type(exc).__name__}: {exc})"
+            log.error("detection: skipping benign image %s: %s", path, message)
+            if ctx.main:
+                store.save_error(BENIGN, name, message)
+    run_units(ctx, store, BENIGN, chunks(list(benign), cfg.batch_size),
+              lambda u: _scores(detector, np.stack([benign[n] for n in u])), progress,
+              {n: image_digest(image) for n, image in benign.items()})
 
     def adversarial(stage_name: str, names: list[str]) -> list[Output]:
         records = [store.load(stage_name, n) for n in names]
@@ -77,4 +89,4 @@ def run(ctx: distributed.Context, cfg: ExperimentConfig, model: Classifier, stor
         for attack in cfg.attacks:
             source = f"{interpreter}/{attack}"
             run_units(ctx, store, stage(interpreter, attack), units,
-                      lambda u, s=source: adversarial(s, u), progress)
+                      lambda u, s=source: adversarial(s, u), progress, data.digests)

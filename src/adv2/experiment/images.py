@@ -1,13 +1,13 @@
 """The attacked image set: loaded once, predicted, and given per-image seeded targets.
 
-Every per-image random choice is seeded by :func:`seed_of` (the experiment seed and the image
-name), never by the batch, the process rank or the order of work, so resumed and sharded runs
-choose the same targets as an uninterrupted single-process run.
+Every per-image random choice is seeded by :func:`adv2.pipeline.seed_of` (the experiment seed
+and the image's key), never by the batch, the process rank or the order of work, so resumed and
+sharded runs choose the same targets as an uninterrupted single-process run, and as
+``adv2 attack`` with the same seed.
 """
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -15,22 +15,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adv2.data import load_dataset, to_tensor
+from adv2.data import load_dataset, sample_key, to_tensor
 from adv2.experiment.config import ConfigError, ExperimentConfig
 from adv2.models import Classifier
-from adv2.pipeline import choose_targets
-
-
-def seed_of(seed: int, name: str) -> int:
-    """A 32-bit seed from the experiment seed and an image name (stable across runs)."""
-    return int(np.random.SeedSequence([seed, zlib.crc32(name.encode())]).generate_state(1)[0])
+from adv2.pipeline import Pool, clean_accuracy, per_image_targets, predict
 
 
 @dataclass
 class ImageSet:
     """The attacked images in list order. ``images`` uint8 N×H×W×3; ``labels`` (the given
-    label, else the prediction), ``preds`` and ``targets`` (N,) long; ``skipped``: name → why an
-    image is not attacked; ``load_errors``: (file, message) of unreadable files."""
+    label, else the prediction), ``preds`` and ``targets`` (N,) long; ``digests``: name → digest
+    of its picture; ``skipped``: name → why an image is not attacked; ``load_errors``: (file,
+    message) of unreadable files; ``ignored``: (file, reason) of other files passed over."""
 
     names: list[str]
     paths: list[str]
@@ -38,17 +34,23 @@ class ImageSet:
     labels: torch.Tensor
     preds: torch.Tensor
     targets: torch.Tensor
+    digests: dict[str, str]
     skipped: dict[str, str]
     load_errors: list[tuple[str, str]]
+    ignored: list[tuple[str, str]]
+    clean_accuracy: float | None = None
 
     def index(self, names: list[str]) -> list[int]:
         lookup = {n: i for i, n in enumerate(self.names)}
         return [lookup[n] for n in names]
 
     @cached_property
-    def x(self) -> torch.Tensor:
-        """All images as float N×3×H×W in [0,1] (the pool of ``other`` target maps)."""
-        return to_tensor(self.images)
+    def pool(self) -> Pool:
+        """All images, labels and predictions: the pool of ``other`` target maps."""
+        return Pool(to_tensor(self.images), self.labels, self.preds)
+
+    def keys(self, names: list[str]) -> list[str]:
+        return [sample_key(n) for n in names]
 
     @property
     def attacked(self) -> list[str]:
@@ -61,6 +63,8 @@ class ImageSet:
                        for n, p, y, q, t in zip(self.names, self.paths, self.labels.tolist(),
                                                 self.preds.tolist(), self.targets.tolist())],
             "load_errors": [{"file": f, "error": e} for f, e in self.load_errors],
+            "ignored": [{"file": f, "reason": r} for f, r in self.ignored],
+            "clean_accuracy": self.clean_accuracy,
         }
 
 
@@ -70,30 +74,31 @@ def prepare(cfg: ExperimentConfig, model: Classifier, chunk: int = 16) -> ImageS
     if cfg.labels is not None and not Path(cfg.labels).is_file():
         raise ConfigError(f"labels: file {cfg.labels} does not exist")
     try:
-        samples, errors = load_dataset(cfg.images, cfg.labels, cfg.limit, cfg.image_size)
+        data = load_dataset(cfg.images, cfg.labels, cfg.limit, cfg.image_size)
     except FileNotFoundError as exc:
         raise ConfigError(f"images: {exc}") from exc
     except ValueError as exc:  # a bad label in the CSV, named with its line
         raise ConfigError(f"labels: {exc}") from exc
+    samples = data.samples
     if not samples:
         raise ConfigError(f"images: no readable image in {cfg.images}")
     images = np.stack([s.image for s in samples])
-    x = to_tensor(images)
-    with torch.no_grad():
-        logits = torch.cat([model(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+    logits = predict(model, images, chunk)
+    n_classes = logits.shape[1]
+    if cfg.target_class is not None and not 0 <= cfg.target_class < n_classes:
+        raise ConfigError(f"target_class: must be a class index in [0, {n_classes - 1}] of the "
+                          f"model, got {cfg.target_class}")
+    accuracy = clean_accuracy(logits, [s.label for s in samples], str(cfg.images))
     preds = logits.argmax(dim=1)
     labels = torch.tensor([s.label if s.label is not None else int(p)
                            for s, p in zip(samples, preds.tolist())])
     allowed = labels[preds == labels] if cfg.target_map == "other" else None
-    tgts, skipped = [], {}
-    for i, s in enumerate(samples):
-        try:
-            t = int(choose_targets(labels[i:i + 1], logits.shape[1], seed_of(cfg.seed, s.name),
-                                   cfg.target_class, allowed)[0])
-        except ValueError as exc:
-            t, skipped[s.name] = -1, str(exc)
-        if t == int(labels[i]):
-            skipped[s.name] = f"label equals the target class {t}"
-        tgts.append(t)
+    tgts, why = per_image_targets([s.key for s in samples], labels, n_classes, cfg.seed,
+                                  cfg.target_class, allowed)
+    for i, finite in enumerate(torch.isfinite(logits).all(dim=1).tolist()):
+        if not finite:
+            why[i] = "non-finite clean logits (NaN or infinity): the model is broken for it"
     return ImageSet([s.name for s in samples], [str(s.path) for s in samples], images, labels,
-                    preds, torch.tensor(tgts), skipped, errors)
+                    preds, tgts, {s.name: s.digest for s in samples},
+                    {samples[i].name: reason for i, reason in sorted(why.items())},
+                    data.errors, data.ignored, accuracy)

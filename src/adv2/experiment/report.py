@@ -37,7 +37,7 @@ from adv2.detection import FeatureSqueezingDetector, cross_validated_flags
 from adv2.experiment import detection, transfer
 from adv2.experiment.config import ExperimentConfig
 from adv2.experiment.images import ImageSet
-from adv2.experiment.store import Record, Store, write_json
+from adv2.records import Record, Store, write_json
 from adv2.experiment.tables import Table
 from adv2.report import panel_grid
 

@@ -3,7 +3,7 @@
 Determinism, which resuming and sharding rest on: the unit of work is a fixed chunk of
 ``batch_size`` consecutive images of the image list (1 by default), the same for any number of
 processes; every random choice of a unit (target class, ``shape``/``other`` target map, PGD's
-random start) is seeded by :func:`~adv2.experiment.images.seed_of` (the experiment seed and the
+random start) is seeded by :func:`~adv2.pipeline.seed_of` (the experiment seed and the
 image name), never by the batch, the rank or the order of work. A unit's record is written
 atomically when it finishes; a restarted run skips the units whose records exist.
 """
@@ -13,71 +13,32 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
-from adv2 import targets as target_maps
-from adv2.attacks import PGD
-from adv2.data import to_tensor
 from adv2.experiment import detection, distributed, report, transfer
 from adv2.experiment.config import ConfigError, ExperimentConfig
-from adv2.experiment.images import ImageSet, prepare, seed_of
-from adv2.experiment.store import Store, write_json
-from adv2.experiment.units import Output, chunks, run_units
+from adv2.experiment.images import ImageSet, prepare
 from adv2.interpreters import Interpreter, build_interpreter
 from adv2.models import Classifier, ModelError, load_model
-from adv2.pipeline import build_attack
+from adv2.pipeline import attack_batch, build_attack, seed_of
+from adv2.records import Output, Store, changed_keys, chunks, run_units, write_json
 from adv2.report import versions
 
 log = logging.getLogger(__name__)
 
 
-def _target_maps(cfg: ExperimentConfig, interpreter: Interpreter, data: ImageSet,
-                 rows: list[int], benign: torch.Tensor) -> torch.Tensor:
-    """Each image's target map (N×1×h×w), seeded per image."""
-    if cfg.target_map == "benign":
-        return benign
-    size = data.images.shape[1]
-    maps = []
-    for i in rows:
-        seed = seed_of(cfg.seed, data.names[i])
-        if cfg.target_map == "shape":
-            maps.append(target_maps.shape(1, interpreter.resolution(size, size), seed, size))
-        else:
-            maps.append(target_maps.other(interpreter, data.targets[i:i + 1],
-                                          data.x, data.labels, seed, data.preds))
-    return torch.cat(maps)
-
-
 def attack_unit(cfg: ExperimentConfig, model: Classifier, interpreter: Interpreter,
                 attack_name: str, data: ImageSet, names: list[str]) -> list[Output]:
-    """Attack one unit of images; per image the adversarial uint8 image, its map, the benign
-    and target maps, and the judged metrics."""
+    """Attack one unit of images (:func:`adv2.pipeline.attack_batch`)."""
     rows = data.index(names)
-    seed = seed_of(cfg.seed, names[0])
-    torch.manual_seed(seed)
-    images, tgts = data.images[rows], data.targets[rows]
-    benign = target_maps.benign(interpreter, to_tensor(images), data.labels[rows])
-    tmaps = _target_maps(cfg, interpreter, data, rows, benign)
-    attack = build_attack(cfg.attack_config(interpreter.name, attack_name, seed), model,
-                          interpreter)
-    if isinstance(attack, PGD):
-        result = attack(images, tgts, interpreter, tmaps)
-    else:
-        result = attack(images, tgts, tmaps)
-    confidence, maps = result.confidence.detach(), result.maps.detach()
-    out = []
-    for j, i in enumerate(rows):
-        meta = {"label": int(data.labels[i]), "target": int(tgts[j]), "pred": int(result.pred[j]),
-                "confidence": float(confidence[j]), "success": bool(result.success[j]),
-                "l1": float(result.l1[j]), "iou": result.iou[j].tolist(),
-                "passes": int(result.passes[j]), "linf": int(result.linf[j])}
-        arrays = {"adv": result.adv[j], "map": maps[j, 0].numpy(),
-                  "benign": benign[j, 0].numpy(), "target_map": tmaps[j, 0].numpy()}
-        out.append((arrays, meta))
-    return out
+    keys = data.keys(names)
+    settings = cfg.attack_config(interpreter.name, attack_name, seed_of(cfg.seed, keys[0]))
+    attack = build_attack(settings, model, interpreter)
+    return attack_batch(replace(settings, seed=cfg.seed), model, interpreter, attack,
+                        data.images[rows], data.labels[rows], data.targets[rows], keys,
+                        data.pool)
 
 
 def claim(store: Store, cfg: ExperimentConfig) -> None:
@@ -87,24 +48,13 @@ def claim(store: Store, cfg: ExperimentConfig) -> None:
     if path.is_file():
         old = json.loads(path.read_text())
         if old.get("digest") != cfg.digest():
-            changed = _changed_keys(old.get("config", {}), cfg.to_dict())
+            changed = changed_keys(old.get("config", {}), cfg.to_dict(), ("report",))
             raise ConfigError(
                 f"{store.root} holds results of a different experiment (changed: "
                 f"{', '.join(changed) or 'the version of the config format'}); choose another "
                 "output directory (--out) or delete this one")
         return
     write_json(path, {"config": cfg.to_dict(), "digest": cfg.digest(), "versions": versions()})
-
-
-def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _changed_keys(a, b, f"{prefix}{key}.")
-        elif a != b and key != "report":
-            out.append(f"{prefix}{key}")
-    return out
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True) -> dict:
@@ -142,7 +92,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
             for attack in cfg.attacks:
                 run_units(ctx, store, f"{name}/{attack}", units,
                           lambda u, a=attack, i=interpreter: attack_unit(cfg, model, i, a, data, u),
-                          progress)
+                          progress, data.digests)
             ctx.barrier()
             stage_seconds[name] = round(time.time() - t0, 1)
             if ctx.main:

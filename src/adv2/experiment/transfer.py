@@ -15,8 +15,7 @@ from adv2.data import to_tensor
 from adv2.experiment import distributed
 from adv2.experiment.config import ExperimentConfig
 from adv2.experiment.images import ImageSet
-from adv2.experiment.store import Store
-from adv2.experiment.units import Output, chunks, run_units
+from adv2.records import Output, Store, chunks, run_units
 from adv2.interpreters import Interpreter
 
 
@@ -59,4 +58,4 @@ def run(ctx: distributed.Context, cfg: ExperimentConfig, interpreters: dict[str,
         for source in interpreters:
             run_units(ctx, store, stage(source, target), units,
                       lambda u, s=source, i=interpreter: transfer_unit(store, s, i, u),
-                      progress)
+                      progress, data.digests)
