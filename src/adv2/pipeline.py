@@ -374,6 +374,10 @@ def run(
     start = time.time()
     interpreter = build_interpreter(cfg.interpreter, model, cfg.rts_checkpoint,
                                     **cfg.interpreter_settings)
+    if samples:
+        images = np.stack([s.image for s in samples])
+        logits = predict(model, images, cfg.batch_size)
+        cfg.validate(logits.shape[1])  # before anything is written
     settings = asdict(cfg.resolved()) | {"interpreter_config": interpreter.config()}
     writer = RunWriter(out, settings, overwrite)
     for file, message in skipped:
@@ -386,9 +390,6 @@ def run(
         log.error("no readable images to attack")
         return writer.finish(time.time() - start, metrics.DEFAULT_KS, None)
 
-    images = np.stack([s.image for s in samples])
-    logits = predict(model, images, cfg.batch_size)
-    cfg.validate(logits.shape[1])
     preds = logits.argmax(dim=1)
     accuracy = clean_accuracy(logits, [s.label for s in samples], str(out))
     finite = torch.isfinite(logits).all(dim=1).tolist()

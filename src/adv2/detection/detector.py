@@ -19,6 +19,7 @@ import torch
 
 from adv2.data import to_tensor
 from adv2.detection.squeezers import Squeezer, build_squeezer
+from adv2.records import write_json
 
 
 class NotFittedError(RuntimeError):
@@ -162,7 +163,7 @@ class FeatureSqueezingDetector:
 
     def save(self, path: str | Path) -> None:
         """Write the squeezer names and thresholds as a small JSON file."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json(Path(path), self.to_dict())
 
     @classmethod
     def load(cls, model: torch.nn.Module, path: str | Path,
