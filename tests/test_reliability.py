@@ -307,3 +307,70 @@ def test_attack_killed_with_sigkill_resumes_to_the_uninterrupted_results(tmp_pat
         name = f"img_{i}.png"
         assert (killed / "samples" / name / "adv.png").read_bytes() == (
             reference / "samples" / name / "adv.png").read_bytes()
+
+
+def _tiny_run_config(tmp_path: Path, images: Path, **extra) -> Path:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "images": str(images), "interpreters": ["cam"], "attacks": {"pgd": {"steps": 1}},
+        "transfer": False, "image_size": 64, **extra}))
+    return config
+
+
+def _imagenet_named(folder: Path, n: int) -> list[str]:
+    folder.mkdir()
+    names = [f"n01440764_{i}.png" for i in range(n)]  # labelled tench by their synset
+    for name, picture in zip(names, make_images(n, seed=2, size=64)):
+        Image.fromarray(picture).save(folder / name)
+    return names
+
+
+def test_run_and_attack_share_targets_and_warn_on_a_misconfigured_model(
+        tmp_path, monkeypatch, caplog, tiny1000) -> None:
+    import adv2.experiment.runner as runner
+
+    monkeypatch.setattr(runner, "load_model", lambda *args: tiny1000)
+    images = tmp_path / "images"
+    names = _imagenet_named(images, 3)
+    run_experiment(load_config(_tiny_run_config(tmp_path, images)), tmp_path / "run",
+                   progress=False)
+    manifest = _strict((tmp_path / "run" / "images.json").read_text())
+    assert "are the weights and normalisation right?" in caplog.text  # random tiny weights
+    assert manifest["clean_accuracy"] < 0.5
+    assert _attack(images, tmp_path / "attack") == 0
+    summary = _strict((tmp_path / "attack" / "summary.json").read_text())
+    assert summary["clean_accuracy"] == manifest["clean_accuracy"]
+    by_run = {i["name"]: i["target"] for i in manifest["images"]}
+    by_attack = {r["file"]: int(r["target"]) for r in _rows(tmp_path / "attack")}
+    assert by_run == by_attack and set(by_run) == set(names)
+
+
+def test_run_refuses_a_target_class_the_model_lacks(tmp_path, monkeypatch) -> None:
+    import adv2.experiment.runner as runner
+    from adv2.experiment import ConfigError
+
+    monkeypatch.setattr(runner, "load_model", lambda *args: make_tiny_model(0, 1000))
+    images = tmp_path / "images"
+    _imagenet_named(images, 1)
+    cfg = load_config(_tiny_run_config(tmp_path, images, target_class=1000))
+    with pytest.raises(ConfigError, match=r"target_class: must be a class index in \[0, 999\]"):
+        run_experiment(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_recomputes_the_records_of_a_replaced_picture(tmp_path, monkeypatch) -> None:
+    import adv2.experiment.runner as runner
+
+    monkeypatch.setattr(runner, "load_model", lambda *args: make_tiny_model(0, 1000))
+    images = tmp_path / "images"
+    names = _imagenet_named(images, 3)
+    config = _tiny_run_config(tmp_path, images)
+    run_experiment(load_config(config), tmp_path / "run", progress=False)
+    stage = tmp_path / "run" / "results" / "cam" / "pgd"
+    before = {p.name: p.stat().st_mtime_ns for p in stage.glob("*.npz")}
+    Image.fromarray(make_images(1, seed=7, size=64)[0]).save(images / names[1])
+    run_experiment(load_config(config), tmp_path / "run", progress=False)
+    after = {p.name: p.stat().st_mtime_ns for p in stage.glob("*.npz")}
+    assert [n for n in before if before[n] != after[n]] == [f"{names[1]}.npz"]
+    record = Store(tmp_path / "run").load("cam/pgd", names[1])
+    assert record.meta["input"] == image_digest(load_image(images / names[1], 64))

