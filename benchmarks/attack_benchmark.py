@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adv2 import metrics, pipeline, targets
+from adv2 import metrics, pipeline, target_maps
 from adv2.attacks import MapMSE
 from adv2.cli import parse_setting
 from adv2.data import load_dataset, to_tensor
 from adv2.interpreters import MASK_STRATEGIES, build_interpreter
 from adv2.models import describe_device, load_model
+from adv2.target_classes import choose_targets
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "imagenet-sample"
@@ -54,7 +55,7 @@ def noise_floor(interpreter, x: torch.Tensor, labels: torch.Tensor, benign: torc
     interpreter settings and seed). An attacked map cannot be expected closer than this."""
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randint(-1, 2, x.shape, generator=gen).float() / 255
-    noisy = targets.benign(interpreter, (x + noise).clamp(0, 1), labels)
+    noisy = target_maps.benign(interpreter, (x + noise).clamp(0, 1), labels)
     return metrics.l1(noisy, benign), metrics.iou(noisy, benign)
 
 
@@ -122,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         images = np.stack([s.image for s in samples])
         x = to_tensor(images)
         labels = torch.tensor([s.label for s in samples])
-        tgts = pipeline.choose_targets(labels, 1000, args.seed, None)
+        tgts = choose_targets(labels, 1000, args.seed, None)
         interpreter = build_interpreter(name, model, **settings)
-        benign = targets.benign(interpreter, x, labels)
+        benign = target_maps.benign(interpreter, x, labels)
         floor_l1, floor_iou = noise_floor(interpreter, x, labels, benign, args.seed)
         per_k = "/".join(f"{v:.2f}" for v in floor_iou.mean(0).tolist())
         if name == "mask":

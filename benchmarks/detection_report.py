@@ -26,13 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adv2 import pipeline, targets
+from adv2 import pipeline, target_maps
 from adv2.attacks import AttackResult
 from adv2.data import load_dataset, to_tensor
 from adv2.detection import SQUEEZER_NAMES, FeatureSqueezingDetector, cross_validated_flags
 from adv2.detection.adaptive import AdaptiveADV2
 from adv2.interpreters import INTERPRETERS, build_interpreter
 from adv2.models import describe_device, load_model
+from adv2.target_classes import choose_targets
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "imagenet-sample"
@@ -141,9 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         name, n = spec.split(":")[0], int(spec.split(":")[1])
         rows = correct[:n]
         images, labels = images_all[rows], labels_all[rows]
-        tgts = pipeline.choose_targets(labels, 1000, args.seed, None)
+        tgts = choose_targets(labels, 1000, args.seed, None)
         interpreter = build_interpreter(name, model)
-        maps = targets.benign(interpreter, to_tensor(images), labels)
+        maps = target_maps.benign(interpreter, to_tensor(images), labels)
         base = {a: pipeline.build_attack(pipeline.AttackConfig(interpreter=name, attack=a,
                                                                seed=args.seed), model, interpreter)
                 for a in ("pgd", "adv2")}

@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adv2 import metrics, pipeline, targets
+from adv2 import metrics, pipeline, target_maps
 from adv2.attacks.losses import MapLoss
 from adv2.data import to_tensor
 from adv2.interpreters import MASK, build_interpreter
 from adv2.models import load_model
+from adv2.target_classes import choose_targets
 from attack_benchmark import DEFAULT_IMAGES, noise_floor, pick_images
 
 #: the ADV² authors' multistep attack, in passes per image (docs/benchmark-mask.md, "Cost")
@@ -109,13 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     samples = pick_images(model, args.images, args.offset + args.n, args.seed)
     labels = torch.tensor([s.label for s in samples])
     # the targets attack_benchmark.py gives these images
-    tgts = pipeline.choose_targets(labels, 1000, args.seed, None)[args.offset:]
+    tgts = choose_targets(labels, 1000, args.seed, None)[args.offset:]
     samples, labels = samples[args.offset:], labels[args.offset:]
     images = np.stack([s.image for s in samples])
     x = to_tensor(images)
     mask = build_interpreter("mask", model, lookahead=args.lookahead,
                              verify_every=args.verify_every)
-    benign = targets.benign(mask, x, labels)
+    benign = target_maps.benign(mask, x, labels)
     floor_l1, floor_iou = noise_floor(mask, x, labels, benign, args.seed)
     # no step search and no patience: every image runs all the steps
     cfg = pipeline.AttackConfig(interpreter="mask", attack="adv2", seed=args.seed,

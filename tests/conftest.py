@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adv2.models import Classifier, _PoolLinear
+from adv2.models import Classifier, PoolLinear
 
 # The machine that runs the suite is small and shared: one intra-op thread keeps timings stable
 # and the numerics of repeated runs identical.
@@ -45,7 +45,7 @@ def make_tiny_model(seed: int = 0, n_classes: int = N_CLASSES) -> Classifier:
         linear.weight.mul_(30.0)
         linear.weight.sub_(linear.weight.mean(dim=1, keepdim=True))
         linear.bias.zero_()
-    return Classifier(features=features, head=_PoolLinear(linear), linear=linear, name="tiny")
+    return Classifier(features=features, head=PoolLinear(linear), linear=linear, name="tiny")
 
 
 def make_images(n: int, seed: int = 0, size: int = SIZE) -> np.ndarray:

@@ -9,13 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adv2 import metrics, pipeline
-from adv2 import targets as target_maps
+from adv2 import metrics
+from adv2 import target_maps
 from adv2.attacks import (ADV2, PGD, Adam, Constant, CrossEntropy, CWMargin, LabelSmoothing,
                           Linear, MapL1, MapLogitMSE, MapMSE, Objective, Piecewise, SignStep, Stop,
                           descend, judge, parse_schedule, project, quantise)
 from adv2.data import to_tensor
 from adv2.interpreters import CAM, GRAD
+from adv2.target_classes import choose_targets
 from conftest import N_CLASSES, make_images, make_tiny_model
 
 
@@ -39,7 +40,7 @@ def setup(tiny_model, images):
     """(model, images, labels, targets) with seeded targets ≠ predictions."""
     with torch.no_grad():
         labels = tiny_model(to_tensor(images)).argmax(dim=1)
-    targets = pipeline.choose_targets(labels, N_CLASSES, seed=0, fixed=None)
+    targets = choose_targets(labels, N_CLASSES, seed=0, fixed=None)
     return tiny_model, images, labels, targets
 
 
@@ -339,7 +340,7 @@ def test_adv2_invariants(kind, setup, saturated_images) -> None:
     interp = CAM(model) if kind == "cam" else GRAD(model)
     with torch.no_grad():
         labels = model(to_tensor(imgs)).argmax(dim=1)
-    targets = pipeline.choose_targets(labels, N_CLASSES, seed=1, fixed=None)
+    targets = choose_targets(labels, N_CLASSES, seed=1, fixed=None)
     tmaps = target_maps.benign(interp, to_tensor(imgs), labels)
     eps = 8 / 255
     result = _adv2(model, interp, eps=eps, steps=15)(imgs, targets, tmaps)
@@ -529,9 +530,9 @@ def test_judge_linf_and_passes(tiny_model, images) -> None:
 
 def test_choose_targets_never_label_and_seeded() -> None:
     labels = torch.arange(1000) % 10
-    a = pipeline.choose_targets(labels, 10, seed=0, fixed=None)
-    b = pipeline.choose_targets(labels, 10, seed=0, fixed=None)
-    c = pipeline.choose_targets(labels, 10, seed=1, fixed=None)
+    a = choose_targets(labels, 10, seed=0, fixed=None)
+    b = choose_targets(labels, 10, seed=0, fixed=None)
+    c = choose_targets(labels, 10, seed=1, fixed=None)
     assert (a != labels).all() and (c != labels).all()
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
@@ -546,13 +547,13 @@ def test_choose_targets_never_label_and_seeded() -> None:
 def test_choose_targets_allowed_and_fixed() -> None:
     labels = torch.tensor([0, 1, 2, 3, 4])
     allowed = torch.tensor([1, 1, 3])
-    out = pipeline.choose_targets(labels, 10, seed=0, fixed=None, allowed=allowed)
+    out = choose_targets(labels, 10, seed=0, fixed=None, allowed=allowed)
     assert set(out.tolist()) <= {1, 3}
     assert (out != labels).all()
     assert out[1] == 3 and out[3] == 1
-    assert pipeline.choose_targets(labels, 10, 0, fixed=7).tolist() == [7] * 5
+    assert choose_targets(labels, 10, 0, fixed=7).tolist() == [7] * 5
     with pytest.raises(ValueError):
-        pipeline.choose_targets(torch.tensor([1]), 10, 0, None, allowed=torch.tensor([1]))
+        choose_targets(torch.tensor([1]), 10, 0, None, allowed=torch.tensor([1]))
 
 
 # ------------------------------------------------------------------------------ step search

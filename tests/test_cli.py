@@ -13,7 +13,7 @@ from PIL import Image
 
 from adv2 import cli
 from adv2.data import load_image
-from adv2.report import FIELDS
+from adv2.output import FIELDS
 
 STEMS = ["img_a", "img_b", "img_c"]
 NAMES = [f"{stem}.png" for stem in STEMS]  # a sample's name is its path in the folder

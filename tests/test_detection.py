@@ -12,7 +12,7 @@ import scipy.ndimage
 import torch
 
 from adv2 import pipeline
-from adv2 import targets as target_maps
+from adv2 import target_maps
 from adv2.attacks import (ADV2, Constant, CrossEntropy, Linear, MapMSE, Objective, SignStep,
                           Stop, descend)
 from adv2.attacks.step_search import MarginStepSearch
@@ -23,6 +23,7 @@ from adv2.detection import (BitDepth, FeatureSqueezingDetector, MedianSmoothing,
 from adv2.detection.adaptive import (LAM_SCALES, AdaptiveADV2, ProbabilityMatch, Scaled,
                                      SqueezeGuard)
 from adv2.interpreters import CAM
+from adv2.target_classes import choose_targets
 from conftest import N_CLASSES, make_images
 
 # ------------------------------------------------------------------------------------ squeezers
@@ -262,7 +263,7 @@ def _setup(model, n: int = 4):
     x = to_tensor(images)
     with torch.no_grad():
         labels = model(x).argmax(1)
-    targets = pipeline.choose_targets(labels, N_CLASSES, seed=0, fixed=None)
+    targets = choose_targets(labels, N_CLASSES, seed=0, fixed=None)
     cam = CAM(model)
     return images, targets, cam, target_maps.benign(cam, x, labels)
 

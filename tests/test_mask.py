@@ -121,7 +121,7 @@ def test_lookahead_gradient_matches_finite_differences() -> None:
 def test_adv2_on_mask_verifies_with_cold_starts() -> None:
     """The engine judges MASK attacks with cold-start runs (every verify_every steps), keeps
     iterates inside the ε-ball on uint8, and counts the verification passes."""
-    from adv2 import targets
+    from adv2 import target_maps
     from adv2.attacks import ADV2
 
     model = make_tiny_model(0)
@@ -131,7 +131,7 @@ def test_adv2_on_mask_verifies_with_cold_starts() -> None:
     goal = (labels + 1) % 10
     interp = MASK(model, iterations=8, jitter=1, mask_sigma=1.0, null_sigma=2.0, verify_every=2,
                   track_steps=1, lookahead=1)
-    benign = targets.benign(interp, x, labels)
+    benign = target_maps.benign(interp, x, labels)
     result = ADV2(model, interp, eps=24 / 255, steps=4, warm_steps=20, patience=None)(
         images, goal, benign)
     diff = (result.adv.astype(int) - images.astype(int)).reshape(3, -1)

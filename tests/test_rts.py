@@ -10,7 +10,7 @@ from torch import nn
 
 from adv2.data import demo_images, to_tensor
 from adv2.interpreters import RTS, build_interpreter
-from adv2.models import Classifier, ModelError, _PoolLinear, load_model
+from adv2.models import Classifier, ModelError, PoolLinear, load_model
 from adv2.rts import SaliencyLoss, SaliencyNet, TrainConfig, load, train
 
 from conftest import make_images
@@ -27,7 +27,7 @@ def make_deep_tiny_model(seed: int = 0, n_classes: int = 10) -> Classifier:
     with torch.no_grad():  # as conftest's tiny model: confident, and dependent on the image
         linear.weight.mul_(30.0)
         linear.weight.sub_(linear.weight.mean(dim=1, keepdim=True))
-    return Classifier(nn.Sequential(*layers), _PoolLinear(linear), linear, name="deep-tiny")
+    return Classifier(nn.Sequential(*layers), PoolLinear(linear), linear, name="deep-tiny")
 
 
 @pytest.fixture
@@ -178,7 +178,7 @@ def test_shipped_checkpoint_explains_a_demo_image() -> None:
 
 def test_adv2_against_rts_stays_in_the_ball(deep_model, tmp_path) -> None:
     from adv2.attacks import ADV2
-    from adv2.targets import benign
+    from adv2.target_maps import benign
 
     train(deep_model, make_images(6), torch.arange(6), tmp_path,
           TrainConfig(steps=2, batch_size=3), progress=False)

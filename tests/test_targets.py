@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adv2 import targets
+from adv2 import target_maps
 from adv2.data import to_tensor
 from adv2.interpreters import CAM, GRAD
 from conftest import make_images
@@ -21,7 +21,7 @@ def pool(tiny_model):
 
 
 def test_kinds() -> None:
-    assert set(targets.KINDS) == {"benign", "other", "shape"}
+    assert set(target_maps.KINDS) == {"benign", "other", "shape"}
 
 
 @pytest.mark.parametrize("kind", ["cam", "grad"])
@@ -29,13 +29,13 @@ def test_benign_is_the_clean_map_of_the_label(kind, tiny_model, images) -> None:
     interp = CAM(tiny_model) if kind == "cam" else GRAD(tiny_model)
     x = to_tensor(images)
     labels = torch.tensor([0, 1, 2, 3, 4, 5])
-    maps = targets.benign(interp, x, labels)
+    maps = target_maps.benign(interp, x, labels)
     assert maps.shape == (6, 1, 8, 8)
     assert not maps.requires_grad
     assert maps.min() >= 0 and maps.max() <= 1
     torch.testing.assert_close(maps, interp(x, labels).detach())
     # it is the map for the given label, not for the prediction
-    assert not torch.allclose(maps, targets.benign(interp, x, (labels + 1) % 10))
+    assert not torch.allclose(maps, target_maps.benign(interp, x, (labels + 1) % 10))
 
 
 def test_other_uses_a_correctly_classified_image_of_the_target(tiny_model, pool) -> None:
@@ -45,7 +45,7 @@ def test_other_uses_a_correctly_classified_image_of_the_target(tiny_model, pool)
     classes = [c for c in range(10) if counts[c] >= 2]
     assert classes, "the pool needs a class with several images"
     tgt = torch.tensor(classes)
-    maps = targets.other(interp, tgt, x, labels, seed=0)
+    maps = target_maps.other(interp, tgt, x, labels, seed=0)
     assert maps.shape == (len(classes), 1, 8, 8)
     assert maps.min() >= 0 and maps.max() <= 1
     # each map is the map, for the target class, of one pool image of that class
@@ -61,10 +61,10 @@ def test_other_is_seeded(tiny_model, pool) -> None:
     c = int(torch.bincount(labels, minlength=10).argmax())
     assert int((labels == c).sum()) >= 3
     tgt = torch.full((4,), c)
-    a = targets.other(interp, tgt, x, labels, seed=11)
-    b = targets.other(interp, tgt, x, labels, seed=11)
+    a = target_maps.other(interp, tgt, x, labels, seed=11)
+    b = target_maps.other(interp, tgt, x, labels, seed=11)
     assert torch.equal(a, b)
-    draws = [targets.other(interp, tgt, x, labels, seed=s) for s in range(8)]
+    draws = [target_maps.other(interp, tgt, x, labels, seed=s) for s in range(8)]
     assert any(not torch.equal(draws[0], d) for d in draws[1:])
 
 
@@ -77,7 +77,7 @@ def test_other_ignores_misclassified_images(tiny_model, pool) -> None:
     eligible = torch.nonzero(pred == c).flatten()
     expected = interp(x[eligible], torch.full((len(eligible),), c))
     for seed in range(5):
-        m = targets.other(interp, torch.tensor([c]), x, labels, seed=seed)
+        m = target_maps.other(interp, torch.tensor([c]), x, labels, seed=seed)
         assert any(torch.allclose(m[0], e, atol=1e-6) for e in expected)
 
 
@@ -86,31 +86,31 @@ def test_other_raises_without_a_correct_image(tiny_model, pool) -> None:
     interp = CAM(tiny_model)
     missing = next(c for c in range(10) if not (pred == c).any())
     with pytest.raises(ValueError, match=f"target class {missing}"):
-        targets.other(interp, torch.tensor([missing]), x, pred, seed=0)
+        target_maps.other(interp, torch.tensor([missing]), x, pred, seed=0)
     # images labelled with the class but predicted as another class do not count
     c = int(pred[0])
     d = (c + 1) % 10
     rows = pred == c
     with pytest.raises(ValueError, match=f"target class {d}"):
-        targets.other(interp, torch.tensor([d]), x[rows], torch.full((int(rows.sum()),), d),
+        target_maps.other(interp, torch.tensor([d]), x[rows], torch.full((int(rows.sum()),), d),
                       seed=0)
 
 
 def test_shape_maps_shape_range_and_seed() -> None:
-    a = targets.shape(6, (8, 8), seed=3, size=32)
+    a = target_maps.shape(6, (8, 8), seed=3, size=32)
     assert a.shape == (6, 1, 8, 8)
     assert a.min() >= 0 and a.max() <= 1
-    assert torch.equal(a, targets.shape(6, (8, 8), seed=3, size=32))
-    assert not torch.equal(a, targets.shape(6, (8, 8), seed=4, size=32))
+    assert torch.equal(a, target_maps.shape(6, (8, 8), seed=3, size=32))
+    assert not torch.equal(a, target_maps.shape(6, (8, 8), seed=4, size=32))
     # different maps within one call
     assert not torch.equal(a[0], a[1])
     # native resolutions of CAM (7×7) and GRAD (56×56) on 224² inputs
-    assert targets.shape(2, (7, 7), seed=0).shape == (2, 1, 7, 7)
-    assert targets.shape(2, (56, 56), seed=0).shape == (2, 1, 56, 56)
+    assert target_maps.shape(2, (7, 7), seed=0).shape == (2, 1, 7, 7)
+    assert target_maps.shape(2, (56, 56), seed=0).shape == (2, 1, 56, 56)
 
 
 def test_shape_inside_and_outside_values() -> None:
-    full = targets.shape(8, (224, 224), seed=1)
+    full = target_maps.shape(8, (224, 224), seed=1)
     # at full size every pixel is either inside (U(0.9, 1)) or outside (U(0, 0.1))
     inside = full >= 0.9
     assert ((full <= 0.1) | inside).all()
@@ -119,7 +119,7 @@ def test_shape_inside_and_outside_values() -> None:
     # a disc or rectangle of radius / half-side 30–60 px on 224²
     assert (frac > (30**2 * 3.14 * 0.9) / 224**2).all() and (frac < (120**2) / 224**2 * 1.1).all()
     # at 56×56 (4×4 px cells) a shape always covers whole cells: an inside region exists
-    small = targets.shape(8, (56, 56), seed=1)
+    small = target_maps.shape(8, (56, 56), seed=1)
     flat = small.flatten(1)
     assert ((flat >= 0.9) & (flat <= 1.0)).any(dim=1).all()
     assert (flat <= 0.1).any(dim=1).all()

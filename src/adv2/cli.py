@@ -17,8 +17,8 @@ from adv2.attacks import MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES
 from adv2.data import demo_images, load_dataset, to_tensor
 from adv2.interpreters import INTERPRETERS, MASK_STRATEGIES
 from adv2.models import ModelError, load_model
-from adv2.report import panel_grid
-from adv2.targets import KINDS
+from adv2.figures import panel_grid
+from adv2.target_maps import KINDS
 
 log = logging.getLogger("adv2")
 

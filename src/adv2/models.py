@@ -9,6 +9,7 @@ without that split still classify, and CAM raises a clear error for them.
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import inspect
 import pickle
@@ -145,7 +146,7 @@ class Classifier(nn.Module):
         return self.linear.weight
 
 
-class _PoolLinear(nn.Module):
+class PoolLinear(nn.Module):
     """Global average pooling followed by a linear layer (optionally after a pre-activation)."""
 
     def __init__(self, linear: nn.Linear, pre: nn.Module | None = None) -> None:
@@ -350,7 +351,7 @@ def _load_lukemelas(net: nn.Module, state: dict[str, torch.Tensor], source: str,
     load_weights(net, converted, source)
 
 
-class _TimmFeatures(nn.Module):
+class TimmFeatures(nn.Module):
     """A timm network's ``forward_features`` as a module (the last feature map)."""
 
     def __init__(self, inner: nn.Module) -> None:
@@ -368,7 +369,7 @@ def _timm_classifier(net: nn.Module, normalize: Normalize, name: str) -> Classif
     if not has_cam:
         return Classifier(net, normalize=normalize, name=name)
 
-    return Classifier(_TimmFeatures(net), _PoolLinear(linear), linear, normalize, name)
+    return Classifier(TimmFeatures(net), PoolLinear(linear), linear, normalize, name)
 
 
 def _lite_weights_file(name: str) -> Path:
@@ -433,9 +434,9 @@ def _torchvision(name: str, weights: str | Path | None) -> Classifier:
     if name.startswith(("resnet", "resnext", "wide_resnet")):
         body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool,
                              net.layer1, net.layer2, net.layer3, net.layer4)
-        return Classifier(body, _PoolLinear(net.fc), net.fc, IMAGENET_NORMALIZE, name)
+        return Classifier(body, PoolLinear(net.fc), net.fc, IMAGENET_NORMALIZE, name)
     if name.startswith("densenet"):
-        return Classifier(net.features, _PoolLinear(net.classifier, nn.ReLU()), net.classifier,
+        return Classifier(net.features, PoolLinear(net.classifier, nn.ReLU()), net.classifier,
                           IMAGENET_NORMALIZE, name)
     return Classifier(net, normalize=IMAGENET_NORMALIZE, name=name)
 
@@ -500,3 +501,14 @@ def smooth_copy(model: Classifier, activation: Callable[[nn.Module], nn.Module])
             if isinstance(child, (nn.ReLU, nn.ReLU6)):
                 setattr(parent, child_name, activation(child))
     return twin
+
+
+def model_digest(model: Classifier) -> str:
+    """SHA-256 of the classifier's parameters and buffers (names, shapes, float32 values): an
+    RTS checkpoint explains only the exact weights it was trained on."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import zlib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from adv2 import metrics, targets as target_maps_mod
+from adv2 import metrics, target_maps as target_maps_mod
 from adv2.attacks import (ADV2, MAP_LOSSES, OPTIMIZERS, PGD, PREDICTION_LOSSES, Linear,
                           MarginStepSearch, parse_schedule)
 from adv2.data import Sample, to_tensor
@@ -25,8 +24,9 @@ from adv2.detection import FeatureSqueezingDetector
 from adv2.detection.adaptive import AdaptiveADV2
 from adv2.interpreters import Interpreter, build_interpreter
 from adv2.models import Classifier
-from adv2.records import Alone, Failed, Output, Store, chunks, run_units
-from adv2.report import RunWriter
+from adv2.records import Alone, Failed, Output, chunks, run_units
+from adv2.target_classes import per_image_targets, seed_of
+from adv2.output import RunWriter
 
 log = logging.getLogger(__name__)
 
@@ -179,50 +179,6 @@ ATTACK_DEFAULTS: dict[str, dict] = {
 ADAPTIVE_DEFAULTS: dict = {"steps": AdaptiveADV2.steps, "patience": 0}
 
 
-def seed_of(seed: int, key: str) -> int:
-    """A 32-bit seed from the user's seed and a sample key (stable across runs and folders)."""
-    return int(np.random.SeedSequence([seed, zlib.crc32(key.encode())]).generate_state(1)[0])
-
-
-def choose_targets(labels: torch.Tensor, n_classes: int, seed: int, fixed: int | None,
-                   allowed: torch.Tensor | None = None) -> torch.Tensor:
-    """Target classes: ``fixed`` for all, or uniform over classes ≠ label (over ``allowed``
-    classes when given) from ``numpy.random.default_rng(seed)``."""
-    if fixed is not None:
-        return torch.full_like(labels, fixed)
-    rng = np.random.default_rng(seed)
-    pool = np.arange(n_classes) if allowed is None else np.unique(allowed.cpu().numpy())
-    out = []
-    for y in labels.tolist():
-        choices = pool[pool != y]
-        if choices.size == 0:
-            raise ValueError("no target class different from the label is available")
-        out.append(int(rng.choice(choices)))
-    return torch.tensor(out, device=labels.device)
-
-
-def per_image_targets(keys: list[str], labels: torch.Tensor, n_classes: int, seed: int,
-                      fixed: int | None, allowed: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, dict[int, str]]:
-    """Each image's target class, drawn by :func:`choose_targets` from its own seed
-    (:func:`seed_of` of ``seed`` and its key), so that other images change nothing of it.
-
-    Returns the targets (−1 where none) and, per index of an image that cannot be attacked,
-    why (its label is the target, or no other class is allowed).
-    """
-    tgts, skipped = [], {}
-    for i, key in enumerate(keys):
-        try:
-            t = int(choose_targets(labels[i:i + 1], n_classes, seed_of(seed, key), fixed,
-                                   allowed)[0])
-        except ValueError as exc:
-            t, skipped[i] = -1, str(exc)
-        if t == int(labels[i]):
-            skipped[i] = f"label equals the target class {t}"
-        tgts.append(t)
-    return torch.tensor(tgts, device=labels.device), skipped
-
-
 @dataclass
 class Pool:
     """The image set an ``other`` target map is drawn from: float N×3×H×W, labels, preds."""
@@ -317,7 +273,8 @@ def attack_batch(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,
                               "interpreter is broken for this image; no metric is reported"))
             continue
         meta = {"label": int(labels[j]), "target": int(targets[j]), "pred": int(result.pred[j]),
-                "confidence": float(result.confidence[j].detach()), "success": bool(result.success[j]),
+                "confidence": float(result.confidence[j].detach()),
+                "success": bool(result.success[j]),
                 "l1": float(result.l1[j]), "iou": result.iou[j].tolist(),
                 "passes": int(result.passes[j]), "linf": int(result.linf[j])}
         arrays = {"adv": result.adv[j], "map": maps[j, 0].cpu().numpy(),
@@ -360,7 +317,7 @@ def run(
     ignored: list[tuple[str, str]] = (),
     warnings: list[tuple[str, str]] = (),
 ) -> dict:
-    """Attack ``samples`` into the output folder ``out`` (see :mod:`adv2.report`); returns the
+    """Attack ``samples`` into the output folder ``out`` (see :mod:`adv2.output`); returns the
     summary. Resumable: a rerun with the same settings skips the images already recorded for
     the same pictures; other settings are refused naming the changed keys (``overwrite``
     starts afresh).

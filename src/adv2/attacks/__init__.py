@@ -1,7 +1,8 @@
 """Attacks: one engine (:func:`descend`) with pluggable losses, schedules and optimisers."""
 
 from adv2.attacks.adv2 import ADV2
-from adv2.attacks.engine import Objective, Stop, descend, project, quantise
+from adv2.attacks.engine import Objective, Stop, descend
+from adv2.attacks.lattice import project, quantise
 from adv2.attacks.losses import (MAP_LOSSES, PREDICTION_LOSSES, CrossEntropy, CWMargin,
                                  LabelSmoothing, MapL1, MapLogitMSE, MapMSE)
 from adv2.attacks.optimizers import OPTIMIZERS, Adam, SignStep

@@ -14,22 +14,13 @@ from typing import Callable
 
 import torch
 
+from adv2.attacks.lattice import project, quantise
 from adv2.attacks.losses import MapLoss, PredictionLoss
 from adv2.attacks.optimizers import Optimizer
 from adv2.attacks.schedules import Schedule
 from adv2.attacks.step_search import MarginStepSearch
 from adv2.interpreters import Interpreter
 from adv2.metrics import margin
-
-
-def quantise(x: torch.Tensor) -> torch.Tensor:
-    """Round [0,1] images to the nearest uint8 level (values stay float in [0,1])."""
-    return (x.clamp(0, 1) * 255).round() / 255
-
-
-def project(x: torch.Tensor, x0: torch.Tensor, eps: float) -> torch.Tensor:
-    """Project onto {‖x − x0‖∞ ≤ eps} ∩ [0,1]^d."""
-    return torch.minimum(torch.maximum(x, x0 - eps), x0 + eps).clamp(0, 1)
 
 
 @dataclass

@@ -7,7 +7,8 @@ from dataclasses import KW_ONLY, dataclass, field
 import numpy as np
 import torch
 
-from adv2.attacks.engine import Objective, Stop, Trajectory, descend, project, quantise
+from adv2.attacks.engine import Objective, Stop, Trajectory, descend
+from adv2.attacks.lattice import project, quantise
 from adv2.attacks.losses import CrossEntropy, PredictionLoss
 from adv2.attacks.optimizers import SignStep
 from adv2.attacks.result import AttackResult, judge

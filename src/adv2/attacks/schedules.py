@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,19 @@ class Piecewise:
         return self.values[bisect.bisect_right(self.boundaries, progress)]
 
 
-Schedule = Constant | Linear | Piecewise
+@dataclass(frozen=True)
+class Scaled:
+    """A schedule (any ``progress -> value`` callable) multiplied by ``factor``."""
+
+    schedule: Callable[[float], float]
+    factor: float
+
+    def __call__(self, progress: float) -> float:
+        return self.factor * self.schedule(progress)
+
+
+
+Schedule = Constant | Linear | Piecewise | Scaled
 
 
 def parse_schedule(text: str) -> Schedule:

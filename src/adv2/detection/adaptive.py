@@ -19,13 +19,14 @@ targeted PGD on f(ψ(x)) with step 1/2^i gives x⁺ = ψ(x₁); then ADV² adds
 from __future__ import annotations
 
 from dataclasses import KW_ONLY, dataclass, replace
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from adv2.attacks import ADV2, PGD, AttackResult
+from adv2.attacks.schedules import Scaled
 from adv2.data import to_tensor
 from adv2.detection.detector import FeatureSqueezingDetector, softmax_l1
 from adv2.detection.squeezers import BitDepth, Squeezer
@@ -110,17 +111,6 @@ class ProbabilityMatch:
 
     def __call__(self, x: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return self.weight * (logits.softmax(dim=1) - self.reference[rows]).abs().sum(dim=1)
-
-
-@dataclass(frozen=True)
-class Scaled:
-    """A schedule (any ``progress -> value`` callable) multiplied by ``factor``."""
-
-    schedule: Callable[[float], float]
-    factor: float
-
-    def __call__(self, progress: float) -> float:
-        return self.factor * self.schedule(progress)
 
 
 #: default λ multipliers of the adaptive attack against all eleven squeezers, measured on 20

@@ -39,7 +39,7 @@ from adv2.experiment.config import ExperimentConfig
 from adv2.experiment.images import ImageSet
 from adv2.records import Record, Store, write_json
 from adv2.experiment.tables import Table
-from adv2.report import panel_grid
+from adv2.figures import panel_grid
 
 ATTACK_NAMES = {"pgd": "PGD", "adv2": "ADV²"}
 KS = metrics.DEFAULT_KS

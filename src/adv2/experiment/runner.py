@@ -24,7 +24,7 @@ from adv2.interpreters import Interpreter, build_interpreter
 from adv2.models import Classifier, ModelError, load_model
 from adv2.pipeline import attack_batch, build_attack, seed_of
 from adv2.records import Output, Store, changed_keys, chunks, run_units, write_json
-from adv2.report import versions
+from adv2.provenance import versions
 
 log = logging.getLogger(__name__)
 

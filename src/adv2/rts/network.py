@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adv2.models import Classifier, ModelError, _TimmFeatures
+from adv2.models import Classifier, ModelError, TimmFeatures
 
 #: strides of the encoder stages the decoder takes skips from, and of the mask
 SKIP_STRIDES = (16, 8, 4)
@@ -33,7 +33,7 @@ MASK_STRIDE = 4
 def _candidates(model: Classifier) -> list[nn.Module]:
     """Modules of the classifier's feature extractor whose outputs may serve as stage outputs."""
     body = model.body
-    inner = body.inner if isinstance(body, _TimmFeatures) else body
+    inner = body.inner if isinstance(body, TimmFeatures) else body
     info = getattr(inner, "feature_info", None)
     if info is not None:
         dicts = info.get_dicts() if hasattr(info, "get_dicts") else info

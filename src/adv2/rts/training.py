@@ -16,7 +16,6 @@ apply, which teaches the decoder to return an empty mask for a class absent from
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ from tqdm import tqdm
 from adv2.data import to_tensor
 from adv2.filters import blur
 from adv2.metrics import margin
-from adv2.models import Classifier, ModelError, load_weights
+from adv2.models import Classifier, ModelError, load_weights, model_digest
 from adv2.rts.network import SaliencyNet
 
 log = logging.getLogger(__name__)
@@ -199,17 +198,6 @@ def train(
             | {"seconds_this_run": round(time.time() - started, 1)})
     _atomic_save({"net": net.state_dict(), "meta": json.dumps(info)}, out / "rts.pt")
     return net
-
-
-def model_digest(model: Classifier) -> str:
-    """SHA-256 of the classifier's parameters and buffers (names, shapes, float32 values): an
-    RTS checkpoint explains only the exact weights it was trained on."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def load(model: Classifier, path: str | Path) -> SaliencyNet:

