@@ -22,10 +22,11 @@ import numpy as np
 import torch
 
 from adv2 import metrics, pipeline, target_maps
-from adv2.attacks import MapMSE
+from adv2.attacks import DISPLAY_NAMES, MapMSE
 from adv2.cli import parse_setting
 from adv2.data import load_dataset, to_tensor
-from adv2.interpreters import MASK_STRATEGIES, build_interpreter
+from adv2.interpreters import INTERPRETERS, MASK_STRATEGIES, build_interpreter
+from adv2.records import Failed
 from adv2.models import describe_device, load_model
 from adv2.target_classes import choose_targets
 
@@ -57,6 +58,32 @@ def noise_floor(interpreter, x: torch.Tensor, labels: torch.Tensor, benign: torc
     noise = torch.randint(-1, 2, x.shape, generator=gen).float() / 255
     noisy = target_maps.benign(interpreter, (x + noise).clamp(0, 1), labels)
     return metrics.l1(noisy, benign), metrics.iou(noisy, benign)
+
+
+def run_batches(cfg: pipeline.AttackConfig, model, interpreter, attack, samples,
+                tgts: torch.Tensor, batch_size: int) -> tuple[dict, float]:
+    """``pipeline.attack_batch`` (the batch body of ``adv2 attack`` and ``adv2 run``) over
+    batches of ``samples``: the stacked per-image outcome (``adv`` uint8 images; ``success``,
+    ``confidence``, ``l1``, ``iou`` (n×k), ``passes``, ``linf`` tensors) and seconds per image.
+    Benign target maps (``cfg.target_map``); a non-finite outcome stops the benchmark."""
+    outputs = []
+    start = time.time()
+    for lo in range(0, len(samples), batch_size):
+        batch = samples[lo:lo + batch_size]
+        outputs += pipeline.attack_batch(
+            cfg, model, interpreter, attack, np.stack([s.image for s in batch]),
+            torch.tensor([s.label for s in batch]), tgts[lo:lo + batch_size],
+            [s.key for s in batch], None)
+    seconds = (time.time() - start) / len(samples)
+    failed = [s.name for s, o in zip(samples, outputs) if isinstance(o, Failed)]
+    if failed:
+        raise RuntimeError(f"non-finite outcome for {failed}")
+    metas = [meta for _, meta in outputs]
+    out = {k: torch.tensor([float(m[k]) for m in metas])
+           for k in ("success", "confidence", "l1", "passes", "linf")}
+    out["iou"] = torch.tensor([m["iou"] for m in metas])
+    out["adv"] = np.stack([arrays["adv"] for arrays, _ in outputs])
+    return out, seconds
 
 
 def step_cost(model, interpreter, x: torch.Tensor, t: torch.Tensor, target_maps: torch.Tensor,
@@ -128,34 +155,26 @@ def main(argv: list[str] | None = None) -> int:
         benign = target_maps.benign(interpreter, x, labels)
         floor_l1, floor_iou = noise_floor(interpreter, x, labels, benign, args.seed)
         per_k = "/".join(f"{v:.2f}" for v in floor_iou.mean(0).tolist())
-        if name == "mask":
+        if INTERPRETERS[name].attack_strategies:  # the chaotic one: its floor per image
             per_image = " ".join(f"{v:.2f}" for v in floor_iou.mean(1).tolist())
             notes.append(f"{name} floor IoU per image: {per_image}")
         lines.append(f"| {name} | floor (±1/255 noise) | {n} | | | {floor_l1.mean():.4f} | "
                      f"{floor_iou.mean():.3f} | {per_k} | | |")
         print(lines[-1], flush=True)
+        strategies = INTERPRETERS[name].attack_strategies
         runs = [("pgd", None)] + [("adv2", strategy) for strategy in
-                                  (args.mask_strategies if name == "mask" else [None])]
+                                  ([s for s in args.mask_strategies if s in strategies]
+                                   if strategies else [None])]
         for attack_name, strategy in runs:
             cfg = pipeline.AttackConfig(interpreter=name, attack=attack_name, seed=args.seed)
             attacked = (build_interpreter(name, model, **settings, strategy=strategy)
                         if strategy else interpreter)
             attack = pipeline.build_attack(cfg, model, attacked)
-            results = []
-            start = time.time()
-            for lo in range(0, n, args.batch_size):
-                rows = slice(lo, lo + args.batch_size)
-                if attack_name == "pgd":
-                    results.append(attack(images[rows], tgts[rows], attacked, benign[rows]))
-                else:
-                    results.append(attack(images[rows], tgts[rows], benign[rows]))
-            seconds = (time.time() - start) / n
-            cat = {k: torch.cat([getattr(r, k) for r in results]).float()
-                   for k in ("success", "confidence", "l1", "iou", "passes", "linf")}
+            cat, seconds = run_batches(cfg, model, attacked, attack, samples, tgts,
+                                       args.batch_size)
             assert cat["linf"].max() <= round(255 * cfg.eps)
             per_k = "/".join(f"{v:.2f}" for v in cat["iou"].mean(0).tolist())
-            label = "PGD" if attack_name == "pgd" else "ADV²" + (f" ({strategy})" if strategy
-                                                                 else "")
+            label = DISPLAY_NAMES[attack_name] + (f" ({strategy})" if strategy else "")
             lines.append(
                 f"| {name} | {label} | {n} | "
                 f"{cat['success'].mean():.3f} | {cat['confidence'].mean():.3f} | "
@@ -174,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `python benchmarks/attack_benchmark.py --interpreters "
         f"{' '.join(args.interpreters)} --seed {args.seed} --batch-size {args.batch_size}"
         + (f" --mask-strategies {' '.join(args.mask_strategies)}"
-           if any(name == "mask" for name, _ in plan) else "")
+           if any(INTERPRETERS[name].attack_strategies for name, _ in plan) else "")
         + "".join(f" --interpreter-setting {text}" for text in args.settings)
         + (f" --device {args.device}" if args.device != "cpu" else "") + "`",
         "",

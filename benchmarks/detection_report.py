@@ -26,14 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adv2 import pipeline, target_maps
-from adv2.attacks import AttackResult
-from adv2.data import load_dataset, to_tensor
+from adv2 import pipeline
+from adv2.attacks import AdaptiveADV2
+from adv2.data import load_dataset
 from adv2.detection import SQUEEZER_NAMES, FeatureSqueezingDetector, cross_validated_flags
-from adv2.detection.adaptive import AdaptiveADV2
 from adv2.interpreters import INTERPRETERS, build_interpreter
 from adv2.models import describe_device, load_model
 from adv2.target_classes import choose_targets
+from attack_benchmark import run_batches
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "imagenet-sample"
@@ -52,23 +52,6 @@ def split(n_images: int, n_benign: int, seed: int) -> tuple[np.ndarray, np.ndarr
 
 def rate(flags: torch.Tensor) -> str:
     return f"{100 * flags.float().mean().item():.1f}%"
-
-
-def run_attack(attack, images: np.ndarray, tgts: torch.Tensor, maps: torch.Tensor,
-               interpreter, batch_size: int) -> tuple[AttackResult, float]:
-    """Attack in batches; returns the concatenated result and seconds per image."""
-    parts = []
-    start = time.time()
-    for lo in range(0, len(images), batch_size):
-        rows = slice(lo, lo + batch_size)
-        if isinstance(attack, pipeline.PGD):
-            parts.append(attack(images[rows], tgts[rows], interpreter, maps[rows]))
-        else:
-            parts.append(attack(images[rows], tgts[rows], maps[rows]))
-    seconds = (time.time() - start) / len(images)
-    cat = {k: torch.cat([getattr(p, k) for p in parts])
-           for k in ("success", "confidence", "pred", "linf", "passes", "l1", "iou")}
-    return AttackResult(adv=np.concatenate([p.adv for p in parts]), **cat), seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu",
                         help="torch device of the classifier (e.g. cuda; the rest: CPU)")
     parser.add_argument("--lam-scale", type=float,
-                        help="the adaptive attacks' λ multiplier (default: adaptive.LAM_SCALES)")
+                        help="the adaptive attacks' λ multiplier (default: the interpreter's "
+                             "adaptive_lam_scale)")
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
     args = parser.parse_args(argv)
     if not args.images.is_dir():
@@ -132,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     benign_flags = cross_validated_flags(columns, args.fpr, args.folds, args.seed)
 
     with torch.no_grad():
-        pool_pred = torch.cat([model(to_tensor(images_all[pool_idx[i:i + 25]])).argmax(1)
-                               for i in range(0, len(pool_idx), 25)])
+        pool_pred = pipeline.predict(model, images_all[pool_idx], 25).argmax(1)
     correct = pool_idx[(pool_pred == labels_all[pool_idx]).numpy()]
 
     table4: list[str] = []
@@ -141,10 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.interpreters:
         name, n = spec.split(":")[0], int(spec.split(":")[1])
         rows = correct[:n]
-        images, labels = images_all[rows], labels_all[rows]
+        chosen = [samples[i] for i in rows]
+        labels = labels_all[rows]
         tgts = choose_targets(labels, 1000, args.seed, None)
+        cfg = pipeline.AttackConfig(interpreter=name, seed=args.seed)  # benign target maps
         interpreter = build_interpreter(name, model)
-        maps = target_maps.benign(interpreter, to_tensor(images), labels)
         base = {a: pipeline.build_attack(pipeline.AttackConfig(interpreter=name, attack=a,
                                                                seed=args.seed), model, interpreter)
                 for a in ("pgd", "adv2")}
@@ -158,12 +142,13 @@ def main(argv: list[str] | None = None) -> int:
                                                lam_scale=args.lam_scale)
         results = {}
         for label, attack in attacks.items():
-            result, seconds = run_attack(attack, images, tgts, maps, interpreter, args.batch_size)
-            assert result.linf.max() <= round(255 * 8 / 255)
-            results[label] = (result, flags(result.adv))
+            result, seconds = run_batches(cfg, model, interpreter, attack, chosen, tgts,
+                                          args.batch_size)
+            assert result["linf"].max() <= round(255 * 8 / 255)
+            results[label] = (result, flags(result["adv"]))
             table5.append(
-                f"| {name} | {label} | {n} | {result.success.float().mean():.3f} | "
-                f"{result.l1.mean():.4f} | {result.iou.mean():.3f} | "
+                f"| {name} | {label} | {n} | {result['success'].mean():.3f} | "
+                f"{result['l1'].mean():.4f} | {result['iou'].mean():.3f} | "
                 f"{100 * results[label][1][:, -2].float().mean():.1f}% | {seconds:.1f} |")
             print(table5[-1], flush=True)
         for i, row in enumerate(row_names):

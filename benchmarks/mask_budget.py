@@ -15,6 +15,7 @@ same report.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import sys
 import time
@@ -24,9 +25,9 @@ import numpy as np
 import torch
 
 from adv2 import metrics, pipeline, target_maps
-from adv2.attacks.losses import MapLoss
+from adv2.attacks import Judgement
 from adv2.data import to_tensor
-from adv2.interpreters import MASK, build_interpreter
+from adv2.interpreters import build_interpreter
 from adv2.models import load_model
 from adv2.target_classes import choose_targets
 from attack_benchmark import DEFAULT_IMAGES, noise_floor, pick_images
@@ -36,42 +37,32 @@ AUTHORS_PASSES = 29_400
 
 
 class Recorder:
-    """Counts the passes the engine spends on each image through ``mask`` and keeps every
-    verification (:meth:`MASK.sync` follows each cold-start :meth:`MASK.explain`)."""
+    """Keeps every cold-start verification the engine makes: an observer of the joint stage
+    (:class:`~adv2.attacks.Judgement`), comparing each verified map with the benign map."""
 
-    def __init__(self, mask: MASK, n: int, benign: torch.Tensor, tgts: torch.Tensor,
-                 map_loss: MapLoss) -> None:
-        self.mask, self.benign, self.tgts, self.map_loss = mask, benign, tgts, map_loss
-        self.passes = torch.zeros(n, dtype=torch.long)
+    def __init__(self, n: int, benign: torch.Tensor) -> None:
+        self.n, self.benign = n, benign
         self.verifications: list[dict] = []
-        self._logits: torch.Tensor | None = None
-        self._explain, self._sync, self._loss = mask.explain, mask.sync, mask.attack_loss
-        mask.explain, mask.sync, mask.attack_loss = self.explain, self.sync, self.attack_loss
 
-    def explain(self, x, classes):
-        logits, maps = self._explain(x, classes)
-        self._logits = logits
-        return logits, maps
-
-    def sync(self, rows, maps):
-        self.passes[rows] += self.mask.explain_passes
-        ok = self._logits.argmax(dim=1) == self.tgts[rows]
+    def __call__(self, judged: Judgement) -> None:
+        if judged.maps is None:  # MASK's iterates are always verified; nothing else to keep
+            return
+        rows = judged.rows
         self.verifications.append({
-            "rows": rows.clone(), "passes": self.passes[rows].clone(), "success": ok,
-            "iou": metrics.iou(maps, self.benign[rows]).mean(dim=1),
-            "l1": metrics.l1(maps, self.benign[rows]),
-            "distance": self.map_loss(maps, self.benign[rows])})
-        self._sync(rows, maps)
+            "rows": rows, "passes": judged.passes, "success": judged.success,
+            "iou": metrics.iou(judged.maps, self.benign[rows]).mean(dim=1),
+            "l1": metrics.l1(judged.maps, self.benign[rows]), "distance": judged.distance})
 
-    def attack_loss(self, x, classes, target_maps, map_loss, progress, rows=None):
-        self.passes[rows] += self.mask.passes_per_step
-        return self._loss(x, classes, target_maps, map_loss, progress, rows)
+    def joint_passes(self) -> torch.Tensor:
+        """Passes per image of the joint stage, at its last full verification."""
+        full = [v for v in self.verifications if len(v["rows"]) == self.n]
+        return full[-1]["passes"]
 
     def curve(self, warm: torch.Tensor) -> list[tuple[float, float, float, float, float]]:
         """After each full verification: (mean passes incl. the warm start, mean IoU and L1
         of the verified iterates, mean IoU and L1 of the kept iterates; NaN while an image has
         no successful one)."""
-        n = len(self.passes)
+        n = self.n
         best = torch.full((n,), float("inf"))
         kept_iou, kept_l1 = torch.full((n,), float("nan")), torch.full((n,), float("nan"))
         rows_out = []
@@ -121,12 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     # no step search and no patience: every image runs all the steps
     cfg = pipeline.AttackConfig(interpreter="mask", attack="adv2", seed=args.seed,
                                 steps=args.steps, lam=args.lam, step_search=False, patience=0)
-    attack = pipeline.build_attack(cfg, model, mask)
-    recorder = Recorder(mask, args.n, benign, tgts, attack.map_loss)
+    recorder = Recorder(args.n, benign)
+    attack = dataclasses.replace(pipeline.build_attack(cfg, model, mask), observer=recorder)
     start = time.time()
     result = attack(images, tgts, benign)
     seconds = time.time() - start
-    warm = result.passes - recorder.passes
+    warm = result.passes - recorder.joint_passes()
 
     command = (f"python benchmarks/mask_budget.py --n {args.n}"
                + (f" --offset {args.offset}" if args.offset else "")

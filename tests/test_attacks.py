@@ -13,9 +13,9 @@ from adv2 import metrics
 from adv2 import target_maps
 from adv2.attacks import (ADV2, PGD, Adam, Constant, CrossEntropy, CWMargin, LabelSmoothing,
                           Linear, MapL1, MapLogitMSE, MapMSE, Objective, Piecewise, SignStep, Stop,
-                          descend, judge, parse_schedule, project, quantise)
+                          Descent, judge, parse_schedule, project, quantise)
 from adv2.data import to_tensor
-from adv2.interpreters import CAM, GRAD
+from adv2.interpreters import CAM, GRAD, Verification
 from adv2.target_classes import choose_targets
 from conftest import N_CLASSES, make_images, make_tiny_model
 
@@ -378,8 +378,8 @@ def _descend_from_clean(setup, spy: _SpyCAM, steps: int):
     x0 = to_tensor(imgs)
     with torch.no_grad():
         tmaps = CAM(model)(x0, targets)
-    traj = descend(x0, x0, targets, model, Objective(CrossEntropy(), MapMSE(), Constant(1.0)),
-                   SignStep(), steps, 16 / 255, Stop(tol=-1.0, patience=None), spy, tmaps)
+    traj = Descent(model, Objective(CrossEntropy(), MapMSE(), Constant(1.0)), SignStep(), steps,
+                   16 / 255, Stop(patience=None), spy).run(x0, x0, targets, tmaps)
     return x0, targets, tmaps, traj
 
 
@@ -413,8 +413,8 @@ class _RarelyVerifiedCAM(_SpyCAM):
     scheduled verifications only at the first and last step; the spy log holds only the
     engine's verifications, ``attack_log`` the attack evaluations (iterate, logits)."""
 
-    attack_values_exact = False
-    verify_every = 1000
+    def verification(self) -> Verification:
+        return Verification(every=1000)
 
     def __init__(self, model) -> None:
         super().__init__(model)
@@ -454,8 +454,8 @@ def test_descend_without_success_selects_nothing(setup) -> None:
     with torch.no_grad():
         hard = model(x0).argmin(dim=1)  # the least likely class, out of reach at 1/255
         tmaps = CAM(model)(x0, hard)
-    traj = descend(x0, x0, hard, model, Objective(CrossEntropy(), MapMSE(), Constant(1.0)),
-                   SignStep(), 5, 1 / 255, Stop(patience=2), CAM(model), tmaps)
+    traj = Descent(model, Objective(CrossEntropy(), MapMSE(), Constant(1.0)), SignStep(), 5,
+                   1 / 255, Stop(patience=2), CAM(model)).run(x0, x0, hard, tmaps)
     assert not traj.found.any()
     assert torch.isinf(traj.distance).all()
     assert torch.equal(traj.x, x0)  # the start is kept: no unsuccessful iterate is selected
@@ -488,7 +488,7 @@ def test_adv2_end_to_end_beats_pgd_on_map_distance(setup) -> None:
     x = to_tensor(imgs)
     benign = target_maps.benign(interp, x, labels)
     eps = 24 / 255
-    pgd = PGD(model, eps=eps, steps=40)(imgs, targets, interp, benign)
+    pgd = PGD(model, interp, eps=eps, steps=40)(imgs, targets, benign)
     adv = _adv2(model, interp, eps=eps)(imgs, targets, benign)
     assert pgd.success.mean() == 1.0
     assert adv.success.mean() == 1.0

@@ -71,6 +71,7 @@ def test_outputs_exist_and_are_consistent(runs, run) -> None:
     config = json.loads((out / "config.json").read_text())
     assert config["attack"] == run and config["interpreter"] == "cam"
     assert config["steps"] == 3 and config["seed"] == 0
+    assert config["attack_config"]["attack"] == run and config["attack_config"]["steps"] == 3
     assert config["model"] == "efficientnet_lite0"
     assert "versions" in config and "torch" in config["versions"]
 

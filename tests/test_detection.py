@@ -13,15 +13,14 @@ import torch
 
 from adv2 import pipeline
 from adv2 import target_maps
-from adv2.attacks import (ADV2, Constant, CrossEntropy, Linear, MapMSE, Objective, SignStep,
-                          Stop, descend)
+from adv2.attacks import (ADV2, AdaptiveADV2, Constant, CrossEntropy, Descent, Linear, MapMSE,
+                          Objective, Scaled, SignStep, Stop, TargetPredicted)
+from adv2.attacks.adaptive import ProbabilityMatch, SqueezeGuard, Undetected
 from adv2.attacks.step_search import MarginStepSearch
 from adv2.data import to_tensor
 from adv2.detection import (BitDepth, FeatureSqueezingDetector, MedianSmoothing, NonLocalMeans,
                             NotFittedError, build_squeezer, cross_validated_flags, nlm_uint8,
                             threshold_at_fpr)
-from adv2.detection.adaptive import (LAM_SCALES, AdaptiveADV2, ProbabilityMatch, Scaled,
-                                     SqueezeGuard)
 from adv2.interpreters import CAM
 from adv2.target_classes import choose_targets
 from conftest import N_CLASSES, make_images
@@ -276,19 +275,19 @@ def test_accept_hook_keeps_only_undetected_iterates(tiny_model) -> None:
 
     def run(**hooks):
         objective = Objective(CrossEntropy(), MapMSE(), Constant(5.0), **hooks)
-        return descend(x0, x0, targets, tiny_model, objective, SignStep(1 / 255), 40, 24 / 255,
-                       Stop(patience=10), cam, maps)
+        return Descent(tiny_model, objective, SignStep(1 / 255), 40, 24 / 255,
+                       Stop(patience=10), cam).run(x0, x0, targets, maps)
 
     def flagged(traj):
         return detector.detect(traj.x).flags.any(dim=1)
 
     plain = run()
     assert (plain.found & flagged(plain)).any()  # without the hook, detected iterates are kept
-    guarded = run(penalties=(guard.penalty,), accept=guard.accept)
+    guarded = run(penalties=(guard.penalty,), criterion=TargetPredicted() & Undetected(guard))
     assert guarded.found.any()
     assert not (guarded.found & flagged(guarded)).any()
     # an acceptance test that rejects everything leaves nothing found
-    never = run(accept=lambda x, logits, rows: torch.zeros(len(x), dtype=torch.bool))
+    never = run(criterion=lambda x, logits, t, rows: torch.zeros(len(x), dtype=torch.bool))
     assert not never.found.any()
 
 
@@ -302,15 +301,16 @@ def test_adaptive_adv2_end_to_end(tiny_model) -> None:
     assert result.adv.dtype == np.uint8 and result.adv.shape == images.shape
     assert (result.linf <= 24).all()
     assert result.iou is not None and result.success.shape == (4,)
-    assert attack.penalties == () and attack.accept is None  # the base attack is untouched
+    assert attack.penalties == () and attack.criterion == TargetPredicted()  # untouched
     # the λ multiplier defaults per interpreter; an explicit one is kept
-    assert AdaptiveADV2(attack, detector).lam_scale == LAM_SCALES["cam"]
+    assert AdaptiveADV2(attack, detector).lam_scale == CAM.adaptive_lam_scale == 16.0
     assert AdaptiveADV2(attack, detector, lam_scale=2.0).lam_scale == 2.0
     # the joint stage: the guard's hooks, λ × lam_scale, its own steps, no step search
     searching = dataclasses.replace(attack, step_search=MarginStepSearch())
     joint = AdaptiveADV2(searching, detector, lam_scale=2.0, steps=9).joint((len,))
     assert joint.step_search is None and joint.penalties == (len,) and joint.steps == 9
-    assert joint.accept is not None and joint.lam(0.5) == 2.0 * attack.lam(0.5)
+    assert isinstance(joint.criterion.second, Undetected)
+    assert joint.lam(0.5) == 2.0 * attack.lam(0.5)
 
 
 def test_adaptive_config_defaults_and_overrides(tiny_model, tmp_path) -> None:
@@ -320,14 +320,14 @@ def test_adaptive_config_defaults_and_overrides(tiny_model, tmp_path) -> None:
     _fitted(tiny_model).save(path)
     cam = CAM(tiny_model)
     cfg = pipeline.AttackConfig(attack="adv2", adaptive=str(path))
-    assert cfg.resolved().steps == AdaptiveADV2.steps and cfg.resolved().patience == 0
+    assert cfg.resolved().steps == 200 and cfg.resolved().patience == 0
     default = pipeline.build_attack(cfg, tiny_model, cam)
     assert isinstance(default, AdaptiveADV2)
-    assert (default.steps, default.patience) == (AdaptiveADV2.steps, None)
+    assert (default.steps, default.patience) == (200, None)
     chosen = pipeline.build_attack(dataclasses.replace(cfg, steps=7, patience=3), tiny_model, cam)
     assert (chosen.steps, chosen.patience) == (7, 3)
     plain = pipeline.AttackConfig(attack="adv2").resolved()
-    assert plain.steps == pipeline.ATTACK_DEFAULTS["cam"]["steps"]
+    assert plain.steps == CAM.attack_defaults["steps"]
 
 
 def test_bit_depth_two_stage_uses_squeezed_reference(tiny_model) -> None:

@@ -17,10 +17,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from adv2.data import load_dataset, to_tensor
-from adv2.interpreters import CAM, GRAD, MASK
+from adv2.interpreters import CAM, GRAD
 from adv2.models import (IMAGENET_NORMALIZE, Classifier, ModelError, _lite_weights_file,
                          load_model, load_state_dict, load_weights, mean_std, tf_normalize)
-from conftest import IMAGENET_SAMPLE, make_tiny_model, needs_shared
+from conftest import IMAGENET_SAMPLE, needs_shared
 
 
 class _Net(nn.Module):
@@ -433,48 +433,22 @@ def test_embedded_weights_are_checked_for_non_finite_values(monkeypatch, tmp_pat
         load_model("efficientnet_lite0")
 
 
-# ------------------------------------------------------------------------------ offload
+# ------------------------------------------------------------------------------ devices
 
 
-def test_offload_refuses_unknown_and_unavailable_devices() -> None:
+def test_load_model_refuses_unknown_and_unavailable_devices() -> None:
     with pytest.raises(ModelError, match="'nonsense'"):
-        make_tiny_model().offload("nonsense")
+        load_model("efficientnet_lite0", device="nonsense")
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match="no CUDA device"):
-            make_tiny_model().offload("cuda")
+            load_model("efficientnet_lite0", device="cuda")
 
 
-def _first_and_second_order(model: Classifier, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Logits, features, input gradient and a second-order gradient (as GRAD needs)."""
-    x = x.clone().requires_grad_(True)
-    logits, feats = model.forward_with_features(x)
-    (g,) = torch.autograd.grad(logits.logsumexp(1).sum(), x, create_graph=True)
-    (gg,) = torch.autograd.grad(g.pow(2).sum(), x)
-    return logits, feats, g, gg
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_offloaded_model_computes_on_the_device_and_answers_on_the_callers() -> None:
-    host, offloaded = make_tiny_model(0), make_tiny_model(0).offload("cuda")
-    assert next(offloaded.parameters()).is_cuda
-    x = torch.rand(3, 3, 32, 32)
-    expected, got = _first_and_second_order(host, x), _first_and_second_order(offloaded, x)
-    for a, b in zip(expected, got):
-        assert b.device.type == "cpu"
-        assert torch.allclose(a, b, atol=1e-4, rtol=1e-3)
-    assert expected[-1].abs().sum() > 0
-    assert torch.equal(offloaded(x).argmax(1), host(x).argmax(1))
-    classes = torch.tensor([0, 1, 2])
-    _, cam = CAM(offloaded).explain(x, classes)
-    assert cam.device.type == "cpu"
-    # MASK runs its inner optimisation on the device and answers on the CPU
-    mask_host, mask_offloaded = MASK(host, iterations=20), MASK(offloaded, iterations=20)
-    maps = mask_offloaded.explain(x, classes)[1]
-    assert maps.device.type == "cpu"
-    assert torch.allclose(maps, mask_host.explain(x, classes)[1], atol=1e-3)
-    xr = x.clone().requires_grad_(True)
-    mask_offloaded.start_attack(xr, classes)
-    mask_offloaded.sync(torch.arange(3), maps)
-    _, ahead = mask_offloaded.attack_forward(xr, classes, 0.0)
-    (g,) = torch.autograd.grad(ahead.sum(), xr)
-    assert ahead.device.type == g.device.type == "cpu" and g.abs().sum() > 0
+def test_normalisation_moves_with_the_model_and_stays_out_of_the_state_dict() -> None:
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.Flatten())
+    a = Classifier(net, normalize=IMAGENET_NORMALIZE)
+    b = Classifier(net, normalize=IMAGENET_NORMALIZE)
+    assert a.normalize is not b.normalize  # each classifier owns its constants
+    assert not any("mean" in k or "std" in k for k in a.state_dict())
+    a.to(torch.float64)
+    assert a.normalize.mean.dtype == torch.float64 and b.normalize.mean.dtype == torch.float32

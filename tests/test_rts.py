@@ -42,11 +42,6 @@ def with_random_head(net: SaliencyNet) -> SaliencyNet:
     return net
 
 
-def test_saliency_net_refuses_an_offloaded_classifier(deep_model) -> None:
-    with pytest.raises(ModelError, match="offloaded"):
-        SaliencyNet(deep_model.offload("cpu"))
-
-
 def test_mask_shape_range_and_skips(deep_model) -> None:
     net = SaliencyNet(deep_model).eval()
     assert net.skip_strides == [8, 4] and sorted(net.stages) == [4, 8]

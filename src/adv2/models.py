@@ -27,18 +27,25 @@ class ModelError(ValueError):
     """A model name, weights file or architecture that adv2 cannot use."""
 
 
-def mean_std(mean: tuple[float, ...], std: tuple[float, ...]) -> Normalize:
-    """Return ``x -> (x - mean) / std`` for N×3×H×W tensors in [0,1]."""
-    m = torch.tensor(mean).view(1, -1, 1, 1)
-    s = torch.tensor(std).view(1, -1, 1, 1)
+class MeanStd(nn.Module):
+    """``x -> (x - mean) / std`` for N×3×H×W tensors in [0,1]; the constants are buffers
+    (outside the state dict), so they move with the classifier."""
 
-    def normalize(x: torch.Tensor) -> torch.Tensor:
-        return (x - m.to(x)) / s.to(x)
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
-    return normalize
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
 
 
-IMAGENET_NORMALIZE = mean_std((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+def mean_std(mean: tuple[float, ...], std: tuple[float, ...]) -> MeanStd:
+    """The normalisation ``(x - mean) / std`` (a :class:`MeanStd` module)."""
+    return MeanStd(tuple(mean), tuple(std))
+
+
+IMAGENET_NORMALIZE = mean_std((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # copied per model
 
 
 def tf_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -71,39 +78,18 @@ class Classifier(nn.Module):
         self.body = features
         self.head = head
         self.linear = linear
-        self.normalize = normalize
+        # a module (with its constants) is the classifier's own, so it moves with it
+        self.normalize = copy.deepcopy(normalize) if isinstance(normalize, nn.Module) \
+            else normalize
         self.name = name
-        self.compute: torch.device | None = None  # the offload device, see offload()
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
 
-    def offload(self, device: str | torch.device) -> Classifier:
-        """Run the network on ``device`` (e.g. ``"cuda"``) while taking and returning tensors
-        on the caller's device: attacks and interpreters keep their tensors where they are and
-        only the network's passes (normalisation excluded) move. Returns self."""
-        try:
-            compute = torch.device(device)
-        except RuntimeError as exc:
-            raise ModelError(f"device {str(device)!r}: {exc}") from None
-        if compute.type == "cuda" and not torch.cuda.is_available():
-            raise ModelError(f"device {str(device)!r}: no CUDA device is available")
-        self.compute = compute
-        return self.to(compute)
-
-    def device_for(self, x: torch.Tensor) -> torch.device:
-        """Where work around the network on input x belongs: the offload device, else x's."""
-        return self.compute if self.compute is not None else x.device
-
-    def _run(self, net: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Any:
-        """``net(normalize(x))``, computed on the offload device and returned on x's device."""
-        z = self.normalize(x)
-        if self.compute is None or self.compute == z.device:
-            return net(z)
-        out = net(z.to(self.compute))
-        if isinstance(out, tuple):
-            return tuple(o.to(z.device) for o in out)
-        return out.to(z.device)
+    @property
+    def device(self) -> torch.device:
+        """Where the network is: attacks and interpreters compute there (``model.to(...)``)."""
+        return device_of(self)
 
     @property
     def has_cam_head(self) -> bool:
@@ -112,7 +98,7 @@ class Classifier(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Last feature map (N×K×h×w) of raw input x (N×3×H×W in [0,1])."""
         self._require_split()
-        return self._run(self.body, x)
+        return self.body(self.normalize(x))
 
     def _require_split(self) -> None:
         if self.head is None:
@@ -124,17 +110,13 @@ class Classifier(nn.Module):
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (logits N×C, last feature map N×K×h×w) from one forward pass."""
         self._require_split()
-
-        def both(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            feats = self.body(z)
-            return self.head(feats), feats
-
-        return self._run(both, x)
+        feats = self.body(self.normalize(x))
+        return self.head(feats), feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.head is None:
-            return self._run(self.body, x)
-        return self._run(lambda z: self.head(self.body(z)), x)
+            return self.body(self.normalize(x))
+        return self.head(self.body(self.normalize(x)))
 
     def cam_weights(self) -> torch.Tensor:
         """Linear classifier weights (C×K) used by CAM."""
@@ -465,29 +447,49 @@ def _timm(name: str, weights: str | Path | None) -> Classifier:
     return _timm_classifier(net, mean_std(tuple(cfg["mean"]), tuple(cfg["std"])), name)
 
 
+def device_of(module: nn.Module | None) -> torch.device:
+    """The device of a module's first parameter (or buffer); the CPU for an empty module or
+    none."""
+    for tensor in (*module.parameters(), *module.buffers()) if module is not None else ():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device; ModelError when it is malformed or absent here."""
+    try:
+        found = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelError(f"device {str(device)!r}: {exc}") from None
+    if found.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {str(device)!r}: no CUDA device is available")
+    return found
+
+
 def describe_device(device: str | torch.device) -> str:
-    """A device for reports: "CPU", or a CUDA device's name (the classifier offloaded there)."""
-    compute = torch.device(device)
-    if compute.type == "cuda":
-        return f"{torch.cuda.get_device_name(compute)} (classifier offloaded, the rest on the CPU)"
-    return compute.type.upper()
+    """A device for reports: "CPU", or a CUDA device's name."""
+    found = torch.device(device)
+    if found.type == "cuda":
+        return torch.cuda.get_device_name(found)
+    return found.type.upper()
 
 
 def load_model(name: str = "efficientnet_lite0", weights: str | Path | None = None,
                device: str | torch.device = "cpu") -> Classifier:
-    """Build a classifier by name, offloaded to ``device`` unless that is the CPU.
+    """Build a classifier by name on ``device`` (the network and everything computed with it).
 
     ``efficientnet_lite0`` (default, embedded weights), ``efficientnet_lite1``/``_lite2``
     (weights from the ``adv2[lite]`` extra), a torchvision ImageNet classifier (``resnet50``,
     ``densenet169``, ...) or ``timm:<name>``; the latter two need a local ``weights`` file.
     """
+    found = check_device(device)
     if name in _LITE:
         model = efficientnet_lite(name, weights)
     elif name.startswith("timm:"):
         model = _timm(name.removeprefix("timm:"), weights)
     else:
         model = _torchvision(name, weights)
-    return model if str(device) == "cpu" else model.offload(device)
+    return model.to(found)
 
 
 def smooth_copy(model: Classifier, activation: Callable[[nn.Module], nn.Module]) -> Classifier:

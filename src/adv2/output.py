@@ -31,8 +31,9 @@ from adv2.records import (Failed, Output, Record, Store, changed_keys, to_json, 
 FIELDS = ["file", "label", "clean_pred", "target", "pred", "confidence", "success", "l1", "iou"]
 
 
-#: the settings a rerun may change without being refused
-UNCOMPARED = ("versions",)
+#: what a rerun may change without being refused: library versions, and the built attack's
+#: description (derived from the compared settings)
+UNCOMPARED = ("versions", "attack_config")
 
 
 class RunWriter:

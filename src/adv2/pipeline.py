@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +17,11 @@ import numpy as np
 import torch
 
 from adv2 import metrics, target_maps as target_maps_mod
-from adv2.attacks import (ADV2, MAP_LOSSES, OPTIMIZERS, PGD, PREDICTION_LOSSES, Linear,
-                          MarginStepSearch, parse_schedule)
+from adv2.attacks import (ADV2, ATTACKS, DISPLAY_NAMES, MAP_LOSSES, OPTIMIZERS, PGD,
+                          PREDICTION_LOSSES, AdaptiveADV2, AttackSettings, parse_schedule)
 from adv2.data import Sample, to_tensor
 from adv2.detection import FeatureSqueezingDetector
-from adv2.detection.adaptive import AdaptiveADV2
-from adv2.interpreters import Interpreter, build_interpreter
+from adv2.interpreters import INTERPRETERS, Interpreter, build_interpreter
 from adv2.models import Classifier
 from adv2.records import Alone, Failed, Output, chunks, run_units
 from adv2.target_classes import per_image_targets, seed_of
@@ -31,45 +30,30 @@ from adv2.output import RunWriter
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class AttackConfig:
-    """Every setting of an attack run (saved as config.json). ``None`` means the attack's
-    default for the interpreter (:data:`ATTACK_DEFAULTS`); :meth:`resolved` fills them in."""
+@dataclass(frozen=True)
+class AttackConfig(AttackSettings):
+    """Every setting of an attack run (saved as config.json): the attack's
+    (:class:`~adv2.attacks.settings.AttackSettings`; ``None`` means the interpreter's default,
+    filled by :meth:`resolved`) and the run's."""
 
     model: str = "efficientnet_lite0"
     weights: str | None = None
-    device: str = "cpu"  # the classifier's torch device
+    device: str = "cpu"  # the classifier's torch device: everything runs there
     interpreter: str = "cam"
-    attack: str = "adv2"
-    eps: float = 8 / 255
-    steps: int | None = None
-    warm_steps: int | None = None
-    lam: str | None = None  # schedule text, see adv2.attacks.parse_schedule
-    optimizer: str | None = None
-    lr: float | None = None
-    lr_decay: float | None = None  # step size at the end relative to the start (linear)
-    pred_loss: str | None = None
-    map_loss: str | None = None
-    patience: int | None = None  # 0: never stop early
-    random_start: bool = False
     target_class: int | None = None
     target_map: str = "benign"
     batch_size: int = 8
-    seed: int = 0
     adaptive: str | None = None  # thresholds JSON from `adv2 detect fit`: ADV² evades them
     rts_checkpoint: str | None = None  # RTS: a checkpoint of `adv2 train-rts` (default: shipped)
     #: interpreter settings other than the defaults (keyword arguments of its class, e.g.
     #: MASK's attack ``strategy``)
     interpreter_settings: dict = field(default_factory=dict)
-    step_search: bool | None = None  # ADV²: per-example step-length search keeping the target
 
-    def resolved(self) -> "AttackConfig":
-        defaults = ATTACK_DEFAULTS["pgd"] if self.attack == "pgd" else ATTACK_DEFAULTS.get(
-            self.interpreter, ATTACK_DEFAULTS["cam"])
-        if self.attack == "adv2" and self.adaptive is not None:
-            defaults = {**defaults, **ADAPTIVE_DEFAULTS}
-        filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
-        return replace(self, **filled)
+    def resolved(self) -> AttackConfig:
+        """A copy with the attack's unset settings filled from the interpreter's defaults
+        (PGD's for ``pgd``; longer, without early stop, for adaptive ADV²)."""
+        return AttackSettings.resolved(self, INTERPRETERS.get(self.interpreter, Interpreter),
+                                       adaptive=self.adaptive is not None)
 
     def validate(self, n_classes: int | None = None) -> None:
         """Check every setting (:func:`check_setting`) and, once the model's ``n_classes`` is
@@ -153,32 +137,6 @@ def check_setting(key: str, value: Any) -> None:
             raise SettingError(key, f"must be {what}, got {value}")
 
 
-#: the attacks ``--attack`` / an experiment's ``attacks`` name
-ATTACKS = ("pgd", "adv2")
-
-#: per-attack / per-interpreter defaults, measured in docs/benchmark.md
-ATTACK_DEFAULTS: dict[str, dict] = {
-    "pgd": {"steps": 100, "optimizer": "sign", "lr": 1 / 255, "pred_loss": "ce"},
-    "cam": {"steps": 110, "warm_steps": 50, "optimizer": "adam", "lr": 2 / 255, "lr_decay": 1.0,
-            "lam": "5:10", "pred_loss": "ce", "map_loss": "mse", "patience": 20,
-            "step_search": False},
-    "grad": {"steps": 130, "warm_steps": 30, "optimizer": "adam", "lr": 0.004, "lr_decay": 0.05,
-             "lam": "50", "pred_loss": "cw", "map_loss": "mse", "patience": 0,
-             "step_search": False},
-    # RTS maps are sigmoids with most cells near 0 or 1: the logit MSE keeps their order (IoU)
-    "rts": {"steps": 160, "warm_steps": 50, "optimizer": "adam", "lr": 2 / 255, "lr_decay": 1.0,
-            "lam": "2:4", "pred_loss": "ce", "map_loss": "logit", "patience": 30,
-            "step_search": False},
-    "mask": {"steps": 100, "warm_steps": 50, "optimizer": "adam", "lr": 1 / 255, "lr_decay": 1.0,
-             "lam": "5:10", "pred_loss": "ce", "map_loss": "mse", "patience": 20,
-             "step_search": True},
-}
-
-#: the joint stage of adaptive ADV² (``adaptive`` set): longer, and no early stop (see
-#: :class:`~adv2.detection.adaptive.AdaptiveADV2`)
-ADAPTIVE_DEFAULTS: dict = {"steps": AdaptiveADV2.steps, "patience": 0}
-
-
 @dataclass
 class Pool:
     """The image set an ``other`` target map is drawn from: float N×3×H×W, labels, preds."""
@@ -189,7 +147,7 @@ class Pool:
 
 
 def target_maps_for(kind: str, interpreter: Interpreter, keys: list[str], seed: int,
-                    targets: torch.Tensor, benign: torch.Tensor, pool: Pool,
+                    targets: torch.Tensor, benign: torch.Tensor, pool: Pool | None,
                     size: int) -> torch.Tensor:
     """Each image's target map (N×1×h×w) of ``kind``, seeded per image (:func:`seed_of`)."""
     if kind == "benign":
@@ -208,45 +166,29 @@ def target_maps_for(kind: str, interpreter: Interpreter, keys: list[str], seed: 
     return torch.cat(maps)
 
 
-def build_attack(
-    cfg: AttackConfig, model: Classifier, interpreter: Interpreter
-) -> PGD | ADV2 | AdaptiveADV2:
+def build_attack(cfg: AttackConfig, model: Classifier,
+                 interpreter: Interpreter | None) -> PGD | ADV2 | AdaptiveADV2:
     """The attack ``cfg`` describes (its ``None`` settings filled with the defaults); with
     ``cfg.adaptive``, ADV² that also evades the feature-squeezing detector fitted in that file."""
     cfg = cfg.resolved()
-    if cfg.adaptive is not None:
-        if cfg.attack != "adv2":
-            raise ValueError("--adaptive applies to --attack adv2")
-        detector = FeatureSqueezingDetector.load(model, cfg.adaptive)
-        return AdaptiveADV2(build_attack(replace(cfg, adaptive=None), model, interpreter),
-                            detector, steps=cfg.steps, patience=cfg.patience or None)
-    if cfg.attack == "pgd":
-        if cfg.optimizer != "sign":
-            raise ValueError("PGD takes sign steps; --optimizer applies to ADV² only")
-        return PGD(model, eps=cfg.eps, steps=cfg.steps, step_size=cfg.lr,
-                   random_start=cfg.random_start, seed=cfg.seed,
-                   loss=PREDICTION_LOSSES[cfg.pred_loss]())
-    if cfg.attack == "adv2":
-        return ADV2(
-            model, interpreter, eps=cfg.eps, steps=cfg.steps, lam=parse_schedule(cfg.lam),
-            pred_loss=PREDICTION_LOSSES[cfg.pred_loss](),
-            map_loss=MAP_LOSSES[cfg.map_loss](),
-            optimizer=OPTIMIZERS[cfg.optimizer](lr=cfg.lr),
-            step_scale=None if cfg.lr_decay == 1.0 else Linear(1.0, cfg.lr_decay),
-            warm_steps=cfg.warm_steps, patience=cfg.patience or None,
-            step_search=MarginStepSearch() if cfg.step_search else None,
-        )
-    raise ValueError(f"unknown attack {cfg.attack!r}; choose pgd or adv2")
+    if cfg.adaptive is None:
+        return AttackSettings.build(cfg, model, interpreter)
+    if cfg.attack != "adv2":
+        raise ValueError("--adaptive applies to --attack adv2")
+    detector = FeatureSqueezingDetector.load(model, cfg.adaptive)
+    return AdaptiveADV2(AttackSettings.build(cfg, model, interpreter), detector,
+                        steps=cfg.steps, patience=cfg.patience or None)
 
 
 def attack_batch(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,
                  attack: PGD | ADV2 | AdaptiveADV2, images: np.ndarray, labels: torch.Tensor,
-                 targets: torch.Tensor, keys: list[str], pool: Pool) -> list[Output]:
+                 targets: torch.Tensor, keys: list[str], pool: Pool | None) -> list[Output]:
     """Attack one batch: benign maps, target maps, the attack, the judged outcome.
 
     Arguments:
-        cfg: the settings (``target_map``, ``seed``); images: uint8 N×H×W×3;
-        labels, targets: (N,) long; keys: the images' seed keys; pool: for ``other`` maps.
+        cfg: the settings (``target_map``, ``seed``); attack: any attack (one call shape);
+        images: uint8 N×H×W×3; labels, targets: (N,) long; keys: the images' seed keys;
+        pool: the images ``other`` target maps come from (only for those).
 
     Returns:
         Per image ``(arrays, meta)``: arrays ``adv`` (uint8), ``map``, ``benign``,
@@ -255,17 +197,17 @@ def attack_batch(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,
         maps are not finite is :class:`~adv2.records.Failed` instead: never a metric.
     """
     torch.manual_seed(seed_of(cfg.seed, keys[0]))
-    benign = target_maps_mod.benign(interpreter, to_tensor(images), labels)
+    device = model.device
+    x, labels, targets = to_tensor(images).to(device), labels.to(device), targets.to(device)
+    benign = target_maps_mod.benign(interpreter, x, labels)
     tmaps = target_maps_for(cfg.target_map, interpreter, keys, cfg.seed, targets, benign, pool,
                             images.shape[1])
-    if isinstance(attack, PGD):
-        result = attack(images, targets, interpreter, tmaps)
-    else:
-        result = attack(images, targets, tmaps)
-    maps = result.maps.detach()
+    result = attack(x, targets, tmaps)
     finite = (torch.isfinite(result.confidence) & torch.isfinite(result.l1)
-              & torch.isfinite(maps).flatten(1).all(1) & torch.isfinite(benign).flatten(1).all(1)
+              & torch.isfinite(result.maps).flatten(1).all(1)
+              & torch.isfinite(benign).flatten(1).all(1)
               & torch.isfinite(tmaps).flatten(1).all(1)).tolist()
+    maps, benign, tmaps = (m[:, 0].detach().cpu().numpy() for m in (result.maps, benign, tmaps))
     out: list[Output] = []
     for j in range(len(images)):
         if not finite[j]:
@@ -277,8 +219,8 @@ def attack_batch(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,
                 "success": bool(result.success[j]),
                 "l1": float(result.l1[j]), "iou": result.iou[j].tolist(),
                 "passes": int(result.passes[j]), "linf": int(result.linf[j])}
-        arrays = {"adv": result.adv[j], "map": maps[j, 0].cpu().numpy(),
-                  "benign": benign[j, 0].cpu().numpy(), "target_map": tmaps[j, 0].cpu().numpy()}
+        arrays = {"adv": result.adv[j], "map": maps[j], "benign": benign[j],
+                  "target_map": tmaps[j]}
         out.append((arrays, meta))
     return out
 
@@ -286,8 +228,8 @@ def attack_batch(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,
 def predict(model: Classifier, images: np.ndarray, batch_size: int) -> torch.Tensor:
     """Logits (N×C) of uint8 images, ``batch_size`` at a time."""
     with torch.no_grad():
-        return torch.cat([model(to_tensor(images[i:i + batch_size]))
-                          for i in range(0, len(images), batch_size)])
+        return torch.cat([model(to_tensor(images[i:i + batch_size]).to(model.device))
+                          for i in range(0, len(images), batch_size)]).cpu()
 
 
 def clean_accuracy(logits: torch.Tensor, labels: list[int | None], where: str) -> float | None:
@@ -335,7 +277,9 @@ def run(
         images = np.stack([s.image for s in samples])
         logits = predict(model, images, cfg.batch_size)
         cfg.validate(logits.shape[1])  # before anything is written
-    settings = asdict(cfg.resolved()) | {"interpreter_config": interpreter.config()}
+    attack = build_attack(cfg, model, interpreter)
+    settings = asdict(cfg.resolved()) | {"interpreter_config": interpreter.config(),
+                                         "attack_config": attack.config()}
     writer = RunWriter(out, settings, overwrite)
     for file, message in skipped:
         writer.error(file, message)
@@ -364,8 +308,8 @@ def run(
     attacked = [i for i in range(len(samples)) if i not in why]
     rows = {samples[i].name: i for i in attacked}
     writer.expect([samples[i].name for i in attacked])
-    attack = build_attack(cfg, model, interpreter)
-    pool = Pool(to_tensor(images), labels, preds)
+    pool = (Pool(to_tensor(images).to(model.device), labels.to(model.device),
+                 preds.to(model.device)) if cfg.target_map == "other" else None)
 
     def work(names: list[str]) -> list[Output]:
         index = [rows[n] for n in names]
@@ -374,8 +318,7 @@ def run(
         for i, output in zip(index, outputs):
             if not isinstance(output, Failed):
                 output[1]["clean_pred"] = int(preds[i])
-        writer.save_samples(names, images[index], outputs,
-                            "PGD" if cfg.attack == "pgd" else "ADV²")
+        writer.save_samples(names, images[index], outputs, DISPLAY_NAMES[cfg.attack])
         return outputs
 
     run_units(Alone(), writer.store, "", chunks(list(rows), cfg.batch_size), work, progress,

@@ -34,15 +34,16 @@ def other(
     if pool_pred is None:
         with torch.no_grad():
             pool_pred = interpreter.model(pool_x).argmax(dim=1)
-    correct = pool_pred == pool_labels
-    gen = torch.Generator().manual_seed(seed)
+    correct = (pool_pred == pool_labels).cpu()
+    pool_labels = pool_labels.cpu()
+    gen = torch.Generator().manual_seed(seed)  # the host's, so every device picks the same
     picks = []
     for t in targets.tolist():
         rows = torch.nonzero(correct & (pool_labels == t)).flatten()
         if rows.numel() == 0:
             raise ValueError(f"no correctly classified image of target class {t} in the pool")
-        picks.append(int(rows[torch.randint(rows.numel(), (1,), generator=gen)]))
-    index = torch.tensor(picks)
+        picks.append(int(rows[torch.randint(rows.numel(), (1,), generator=gen, device="cpu")]))
+    index = torch.tensor(picks, device=pool_x.device)
     with torch.no_grad():
         return interpreter(pool_x[index], targets).detach()
 

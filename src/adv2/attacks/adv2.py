@@ -3,35 +3,52 @@
 from __future__ import annotations
 
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
-import numpy as np
 import torch
 
-from adv2.attacks.engine import Objective, Stop, descend
+from adv2 import target_maps as target_maps_mod
+from adv2.attacks.criteria import Criterion, TargetPredicted
+from adv2.attacks.engine import Descent, Judgement, Objective, Penalty, Stop
 from adv2.attacks.losses import CrossEntropy, MapLoss, MapMSE, PredictionLoss
 from adv2.attacks.optimizers import Optimizer, SignStep
 from adv2.attacks.pgd import PGD
-from adv2.attacks.result import AttackResult, judge
+from adv2.attacks.result import AttackResult, Images, as_batch, home_of, judge
 from adv2.attacks.schedules import Linear, Schedule
+from adv2.attacks.settings import AttackSettings, describe
 from adv2.attacks.step_search import MarginStepSearch
-from adv2.data import to_tensor, to_uint8
 from adv2.interpreters import Interpreter
+from adv2.models import device_of
 
 
 @dataclass
 class ADV2:
     """min ℓ_prd(f(x), t) + λ·ℓ_int(g(x; t), m_t) in the ε-ball, warm-started by targeted PGD.
 
-    ``step_scale`` (a schedule over progress) decays the optimiser's step; ``penalties`` are
-    extra per-sample loss terms of the joint stage (see :class:`~adv2.attacks.engine.Objective`);
-    ``step_search`` shortens each image's joint-stage step so the target keeps winning.
     Stage 1 runs up to ``warm_steps`` PGD steps, stopping each image once p(t) ≥
-    ``warm_confidence``. Stage 2 runs up to ``steps`` joint steps with ``optimizer``; each image
-    keeps its successful iterate of lowest interpretation distance under the true interpreter on
-    the uint8 image, and stops once that distance is ≤ ``tol`` or stale for ``patience`` steps.
-    The call is pure: ``ADV2(...)(images, targets, target_maps)`` with uint8 images N×H×W×3,
-    targets (N,) and target maps N×1×h×w in [0,1] at the interpreter's resolution.
+    ``warm_confidence``. Stage 2 runs up to ``steps`` joint steps with ``optimizer`` (its step
+    scaled by the ``step_scale`` schedule, shortened per image by ``step_search`` so the target
+    keeps winning); each image keeps its successful iterate of lowest interpretation distance
+    under the true interpreter on the uint8 image, and stops once it has not improved for
+    ``patience`` judgements. ``penalties`` are extra per-sample loss terms of the joint stage
+    and ``criterion`` what counts as success (:mod:`adv2.attacks.criteria`); ``observer`` is
+    told every judgement of the joint stage.
+
+    :meth:`for_interpreter` builds the attack ``adv2 attack`` runs for an interpreter (its
+    measured defaults, ``Interpreter.attack_defaults``); the dataclass defaults here are the
+    paper's sign-step attack.
+
+    Shape:
+        x: float N×3×H×W in [0,1] on any device, or uint8 N×H×W×3; targets: (N,) long;
+        target_maps: N×1×h×w in [0,1] at the interpreter's resolution (None: the benign map,
+        the clean image's map for its predicted class).
+
+    Returns:
+        :class:`AttackResult` on the input's device.
+
+    Example:
+        >>> attack = ADV2.for_interpreter(model, CAM(model))  # doctest: +SKIP
+        >>> result = attack(images, targets)                  # doctest: +SKIP
     """
 
     model: torch.nn.Module
@@ -45,28 +62,49 @@ class ADV2:
     optimizer: Optimizer = field(default_factory=SignStep)
     step_scale: Schedule | None = None
     step_search: MarginStepSearch | None = None
-    penalties: tuple = ()
-    accept: Callable | None = None
+    penalties: tuple[Penalty, ...] = ()
+    criterion: Criterion = field(default_factory=TargetPredicted)
     warm_steps: int = 50
     warm_confidence: float = 0.5
-    tol: float = 0.0
     patience: int | None = 20
-    record_history: bool = False
+    observer: Callable[[Judgement], None] | None = None
 
-    def __call__(
-        self, images: np.ndarray, targets: torch.Tensor, target_maps: torch.Tensor
-    ) -> AttackResult:
-        x0 = to_tensor(images)
+    @classmethod
+    def for_interpreter(cls, model: torch.nn.Module, interpreter: Interpreter,
+                        **overrides: Any) -> ADV2:
+        """The ADV² attack ``adv2 attack`` runs on ``interpreter``: its measured defaults
+        (``Interpreter.attack_defaults``) with ``overrides`` (keys of
+        :class:`~adv2.attacks.settings.AttackSettings`, as text and numbers: ``steps=50``,
+        ``lam="5:10"``, ``optimizer="sign"``)."""
+        settings = AttackSettings(attack="adv2", **overrides).resolved(interpreter)
+        return settings.build(model, interpreter)
+
+    def __call__(self, x: Images, targets: torch.Tensor,
+                 target_maps: torch.Tensor | None = None) -> AttackResult:
+        x0 = as_batch(x, device_of(self.model))
+        targets = targets.to(x0.device)
+        if target_maps is None:
+            with torch.no_grad():
+                predicted = self.model(x0).argmax(dim=1)
+            target_maps = target_maps_mod.benign(self.interpreter, x0, predicted)
+        target_maps = target_maps.to(x0.device)
         warm = PGD(self.model, eps=self.eps, steps=self.warm_steps, stop_on_success=True,
                    min_confidence=self.warm_confidence, loss=self.pred_loss).run(x0, targets)
-        joint = descend(
-            x0, warm.x, targets, self.model,
-            Objective(self.pred_loss, self.map_loss, self.lam, self.penalties, self.accept),
-            self.optimizer,
-            self.steps, self.eps,
-            Stop(tol=self.tol, patience=self.patience),
-            self.interpreter, target_maps, self.record_history, self.step_scale,
-            self.step_search,
-        )
-        return judge(to_uint8(joint.x), images, targets, self.model, warm.passes + joint.passes,
-                     self.interpreter, target_maps, history=joint.history)
+        joint = Descent(
+            self.model,
+            Objective(self.pred_loss, self.map_loss, self.lam, self.penalties, self.criterion),
+            self.optimizer, self.steps, self.eps, Stop(patience=self.patience),
+            self.interpreter, self.step_scale, self.step_search, self.observer,
+        ).run(x0, warm.x, targets, target_maps)
+        return judge(joint.x, x0, targets, self.model, warm.passes + joint.passes,
+                     self.interpreter, target_maps, criterion=self.criterion).to(home_of(x))
+
+    def config(self) -> dict:
+        """The attack's settings, as recorded beside its results."""
+        return {"attack": "adv2", "eps": self.eps, "steps": self.steps,
+                "lam": describe(self.lam), "pred_loss": describe(self.pred_loss),
+                "map_loss": describe(self.map_loss), "optimizer": describe(self.optimizer),
+                "step_scale": describe(self.step_scale),
+                "step_search": describe(self.step_search), "warm_steps": self.warm_steps,
+                "warm_confidence": self.warm_confidence, "patience": self.patience,
+                "interpreter": self.interpreter.config()}

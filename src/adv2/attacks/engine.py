@@ -4,23 +4,31 @@ Each step evaluates the loss at the *quantised* iterate q(x) (straight-through: 
 q(x) updates the continuous x), so the logits and maps the step computes anyway are those of a
 valid uint8 image, and bookkeeping (success, interpretation distance, best iterate) costs no
 extra pass. With sign steps of 1/255 the iterate never leaves the lattice.
+
+The engine knows no interpreter: one whose attack values are not its true maps says how to
+judge its iterates through :meth:`~adv2.interpreters.Interpreter.verification`. Every tensor
+the loop makes takes its device from the images it attacks.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
+from adv2.attacks.criteria import Criterion, TargetPredicted
 from adv2.attacks.lattice import project, quantise
 from adv2.attacks.losses import MapLoss, PredictionLoss
 from adv2.attacks.optimizers import Optimizer
 from adv2.attacks.schedules import Schedule
 from adv2.attacks.step_search import MarginStepSearch
-from adv2.interpreters import Interpreter
+from adv2.interpreters import Interpreter, Verification
 from adv2.metrics import margin
+
+#: ``penalty(x, logits, rows) -> (n,)`` extra loss terms (see :class:`Objective`)
+Penalty = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -31,32 +39,85 @@ class Objective:
     A penalty is called as ``penalty(x, logits, rows)`` with the evaluated (quantised) iterates
     x (n×3×H×W, differentiable), their logits (n×C) and ``rows`` (n,), the indices of these
     iterates in the attacked batch (for per-sample references); it returns (n,) losses. Used
-    e.g. by attacks that must also evade a detector.
+    e.g. by attacks that must also evade a detector. ``criterion`` says which iterates count as
+    successful (:mod:`adv2.attacks.criteria`).
     """
 
     pred_loss: PredictionLoss
     map_loss: MapLoss | None = None
     lam: Schedule | None = None
-    penalties: tuple[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], ...] = ()
-    #: extra condition an iterate must meet to count as successful, same arguments, (n,) bool
-    accept: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    penalties: tuple[Penalty, ...] = ()
+    criterion: Criterion = field(default_factory=TargetPredicted)
 
 
 @dataclass
 class Stop:
-    """Per-sample stopping rule, checked after each evaluation.
+    """Per-sample stopping rule, checked after each judgement.
 
-    ``on_success``: stop as soon as the target is predicted with probability ≥ ``min_confidence``
-    (a warm start). Otherwise, with a map loss, stop a successful sample once its best
-    interpretation distance is ≤ ``tol`` or has not improved by a relative ``min_gain`` for
-    ``patience`` evaluations.
+    ``on_success``: stop as soon as the criterion holds (a warm start). Otherwise, with a map
+    loss, stop a successful sample once its best interpretation distance has not improved by a
+    relative ``min_gain`` for ``patience`` judgements.
     """
 
     on_success: bool = False
-    min_confidence: float = 0.0
-    tol: float = 0.0
     patience: int | None = None
     min_gain: float = 1e-3
+
+
+@dataclass
+class Judgement:
+    """One judgement of iterates, as an observer of :func:`descend` sees it.
+
+    ``rows``: the judged images' indices in the batch and ``x`` their (quantised) iterates;
+    ``success`` (bool), ``distance`` (the map loss; 0 without one) and ``passes`` (spent so far
+    in this descent) per judged image; ``maps``: the true maps when the interpreter verified
+    them, None when the step's own values were judged.
+    """
+
+    step: int
+    rows: torch.Tensor
+    x: torch.Tensor
+    success: torch.Tensor
+    distance: torch.Tensor
+    passes: torch.Tensor
+    maps: torch.Tensor | None
+
+
+@dataclass
+class Best:
+    """Per-image state of one descent: the kept iterate and its distance, whether one was
+    found, how long it has been stale, whether the last judged iterate failed, passes spent."""
+
+    chosen: torch.Tensor
+    found: torch.Tensor
+    distance: torch.Tensor
+    stale: torch.Tensor
+    failed: torch.Tensor
+    passes: torch.Tensor
+
+    @classmethod
+    def start(cls, x: torch.Tensor) -> Best:
+        n = x.shape[0]
+        flags = torch.zeros(n, dtype=torch.bool, device=x.device)
+        return cls(x.clone(), flags, torch.full((n,), math.inf, device=x.device),
+                   torch.zeros(n, dtype=torch.long, device=x.device), ~flags,
+                   torch.zeros(n, dtype=torch.long, device=x.device))
+
+    def keep_best(self, rows: torch.Tensor, xs: torch.Tensor, ok: torch.Tensor,
+                  distance: torch.Tensor, min_gain: float) -> None:
+        """Keep each successful iterate that beats its image's best distance."""
+        better = ok & (distance < self.distance[rows])
+        gain = better & (distance < self.distance[rows] * (1 - min_gain))
+        self.stale[rows] = torch.where(gain, 0, self.stale[rows] + 1)
+        self.distance[rows] = torch.where(better, distance, self.distance[rows])
+        self.found[rows] |= ok
+        self.failed[rows] = ~ok
+        self.chosen[rows[better]] = xs[better]
+
+    def keep_last(self, rows: torch.Tensor, xs: torch.Tensor, ok: torch.Tensor) -> None:
+        """Keep the last iterate (no map loss)."""
+        self.chosen[rows] = xs
+        self.found[rows] = ok
 
 
 @dataclass
@@ -67,160 +128,163 @@ class Trajectory:
     found: torch.Tensor  # bool (N,): a successful iterate was selected
     distance: torch.Tensor  # (N,) interpretation distance of the selected iterate (inf if none)
     passes: torch.Tensor  # (N,) passes spent
-    history: list[dict]
 
 
-def descend(
-    x0: torch.Tensor,
-    x_start: torch.Tensor,
-    targets: torch.Tensor,
-    model: torch.nn.Module,
-    objective: Objective,
-    optimizer: Optimizer,
-    steps: int,
-    eps: float,
-    stop: Stop,
-    interpreter: Interpreter | None = None,
-    target_maps: torch.Tensor | None = None,
-    record_history: bool = False,
-    step_scale: Schedule | None = None,
-    step_search: MarginStepSearch | None = None,
-) -> Trajectory:
-    """Minimise ``objective`` from ``x_start`` for up to ``steps`` updates per sample.
+@dataclass
+class Descent:
+    """Minimise ``objective`` for up to ``steps`` updates per sample (see :meth:`run`).
 
-    Selection: with a map loss, the successful evaluated iterate of lowest interpretation
-    distance (under the true interpreter); without one, the last evaluated iterate. x0,
-    x_start: N×3×H×W in [0,1] on the uint8 lattice; targets: (N,) long. When the
-    interpreter's attack values are not its true maps (``attack_values_exact`` False, MASK),
-    iterates are judged with :meth:`Interpreter.explain` every ``interpreter.verify_every``
-    steps, and also as soon as an image whose last judged iterate failed succeeds again (and
-    passes ``objective.accept``); patience counts these verifications. ``step_search`` shortens
-    each image's update so that the target keeps winning (its forward passes are counted).
+    ``optimizer`` turns gradients into steps, ``step_scale`` (a schedule over progress)
+    scales them, ``step_search`` shortens each image's step so that the target keeps winning
+    (its forward passes are counted); ``observer`` is told every :class:`Judgement`.
     """
-    use_maps = objective.map_loss is not None
-    if use_maps and (interpreter is None or target_maps is None):
-        raise ValueError("a map loss needs an interpreter and target maps")
-    eps = math.floor(eps * 255 + 1e-6) / 255  # the largest ball on the uint8 lattice inside ε
-    exact = not use_maps or interpreter.attack_values_exact
-    verify_every = 1 if exact else interpreter.verify_every
-    cost = interpreter.passes_per_step if use_maps else 1
-    n = x0.shape[0]
-    x = project(quantise(x_start), x0, eps)
-    chosen = x.clone()
-    found = torch.zeros(n, dtype=torch.bool)
-    best = torch.full((n,), float("inf"))
-    stale = torch.zeros(n, dtype=torch.long)
-    failed = torch.ones(n, dtype=torch.bool)  # the last judged iterate failed (or none yet)
-    passes = torch.zeros(n, dtype=torch.long)
-    active = torch.arange(n)
-    optimizer.reset(x)
-    if use_maps:
-        passes += interpreter.start_attack(x, targets)
-    history: list[dict] = []
 
-    def accepted(xs: torch.Tensor, logits: torch.Tensor, t: torch.Tensor,
-                 rows: torch.Tensor) -> torch.Tensor:
-        """(n,) bool: the target wins with enough confidence and ``objective.accept`` holds."""
-        probs = logits.softmax(dim=1)
-        ok = (probs.argmax(dim=1) == t) & (probs.gather(1, t.view(-1, 1)).squeeze(1)
-                                           >= stop.min_confidence)
-        if objective.accept is not None:
-            with torch.no_grad():
-                ok &= objective.accept(xs.detach(), logits, rows)
-        return ok
+    model: torch.nn.Module
+    objective: Objective
+    optimizer: Optimizer
+    steps: int
+    eps: float
+    stop: Stop = field(default_factory=Stop)
+    interpreter: Interpreter | None = None
+    step_scale: Schedule | None = None
+    step_search: MarginStepSearch | None = None
+    observer: Callable[[Judgement], None] | None = None
 
-    def verify(xs: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """True logits and interpretation distances of iterates xs of the batch rows ``rows``."""
-        with torch.no_grad():
-            if use_maps:
-                v_logits, maps = interpreter.explain(xs.detach(), targets[rows])
-                distance = objective.map_loss(maps, target_maps[rows])
-                if not exact:
-                    interpreter.sync(rows, maps)
-            else:
-                v_logits, distance = model(xs.detach()), torch.zeros(len(rows))
-        passes[rows] += interpreter.explain_passes if use_maps else 1
-        return v_logits, distance
+    def run(self, x0: torch.Tensor, x_start: torch.Tensor, targets: torch.Tensor,
+            target_maps: torch.Tensor | None = None) -> Trajectory:
+        """Descend from ``x_start`` around ``x0`` (N×3×H×W in [0,1] on the uint8 lattice)
+        toward ``targets`` (N,) and, with a map loss, ``target_maps`` (N×1×h×w).
 
-    for step in range(steps + 1):
-        if active.numel() == 0:
-            break
-        progress = step / max(steps, 1)
-        last = step == steps
-        xq = quantise(x[active]).requires_grad_(not last)
-        t = targets[active]
-        # judged: which of the active iterates the true model and interpreter judged this step,
-        # with their logits and interpretation distances
-        judged: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        if last or (not exact and step % verify_every == 0):
+        Selection: with a map loss, the successful judged iterate of lowest interpretation
+        distance (under the true interpreter); without one, the last judged iterate. An
+        interpreter whose :meth:`~Interpreter.verification` is not None has its iterates
+        judged with :meth:`~Interpreter.explain` on that schedule; patience counts judgements.
+        """
+        use_maps = self.objective.map_loss is not None
+        if use_maps and (self.interpreter is None or target_maps is None):
+            raise ValueError("a map loss needs an interpreter and target maps")
+        policy = self.interpreter.verification() if use_maps else None
+        eps = math.floor(self.eps * 255 + 1e-6) / 255  # the largest lattice ball inside ε
+        x = project(quantise(x_start), x0, eps)
+        best = Best.start(x)
+        active = torch.arange(x.shape[0], device=x.device)
+        self.optimizer.reset(x)
+        if use_maps:
+            best.passes += self.interpreter.start_attack(x, targets)
+        for step in range(self.steps + 1):
+            if active.numel() == 0:
+                break
+            last = step == self.steps
+            xq = quantise(x[active]).requires_grad_(not last)
+            scheduled = last or (policy is not None and step % policy.every == 0)
             # verify before stepping, so that a stateful interpreter restarts from the truth
-            everyone = torch.ones(len(active), dtype=torch.bool)
-            judged = (everyone, *verify(xq, active))
-        loss = None
-        if not last:  # the attack's loss and gradient at the quantised iterate
-            if use_maps:
-                logits, dist = interpreter.attack_loss(xq, t, target_maps[active],
-                                                       objective.map_loss, progress, active)
-                lam = objective.lam(progress) if objective.lam is not None else 1.0
-                loss = objective.pred_loss(logits, t) + lam * dist
-            else:
-                logits = model(xq)
-                dist = torch.zeros(len(active))
-                loss = objective.pred_loss(logits, t)
-            for penalty in objective.penalties:
-                loss = loss + penalty(xq, logits, active)
-            passes[active] += cost
-            if exact:
-                judged = torch.ones(len(active), dtype=torch.bool), logits, dist
-            elif judged is None:
+            judged = self._verify(step, xq, active, targets, target_maps, policy, best) \
+                if scheduled else None
+            if last:
+                self._keep(best, judged, xq, active, targets, use_maps)
+                break
+            logits, dist, loss = self._loss(xq, active, targets, target_maps, step)
+            best.passes[active] += self.interpreter.passes_per_step if use_maps else 1
+            if policy is None:  # the step's own values are the true ones: judged for free
+                judged = self._judgement(step, active, xq, logits, dist, targets, best, None)
+            elif judged is None and policy.on_success:
                 # an image whose last judged iterate failed is judged again as soon as its
-                # iterate succeeds (and passes ``accept``), not only at the next scheduled step
-                newly = accepted(xq, logits.detach(), t, active) & failed[active]
+                # iterate succeeds, not only at the next scheduled step (a host sync, MASK only)
+                t = targets[active]
+                newly = self.objective.criterion(xq, logits.detach(), t, active) \
+                    & best.failed[active]
                 if newly.any():
-                    judged = (newly, *verify(xq[newly], active[newly]))
+                    judged = self._verify(step, xq[newly], active[newly], targets,
+                                          target_maps, policy, best)
+            done = self._keep(best, judged, xq, active, targets, use_maps)
+            (grad,) = torch.autograd.grad(loss.sum(), xq)
+            keep = ~done
+            rows = active[keep]  # the active set shrinks as images finish (a host sync)
+            if rows.numel():
+                x[rows] = self._step(x, x0, rows, grad[keep], logits.detach()[keep],
+                                     targets, eps, step, best)
+            active = rows
+        if not use_maps:
+            best.distance = torch.where(best.found, 0.0, math.inf)
+        return Trajectory(best.chosen, best.found, best.distance, best.passes)
 
-        done = torch.zeros(len(active), dtype=torch.bool)
-        if judged is not None:  # bookkeeping on the evaluated (quantised) iterates
-            sel, j_logits, dist = (v.detach() for v in judged)
-            rows_j = active[sel]
-            ok = accepted(xq[sel], j_logits, t[sel], rows_j)
-            if use_maps:
-                better = ok & (dist < best[rows_j])
-                gain = better & (dist < best[rows_j] * (1 - stop.min_gain))
-                stale[rows_j] = torch.where(gain, 0, stale[rows_j] + 1)
-                best[rows_j] = torch.where(better, dist, best[rows_j])
-                found[rows_j] |= ok
-                failed[rows_j] = ~ok
-                chosen[rows_j[better]] = xq.detach()[sel][better]
-                done = found[active] & (best[active] <= stop.tol)
-                if stop.patience is not None:
-                    done |= found[active] & (stale[active] >= stop.patience)
+    # ------------------------------------------------------------------ one step's parts
+    def _progress(self, step: int) -> float:
+        return step / max(self.steps, 1)
+
+    def _loss(self, xq: torch.Tensor, active: torch.Tensor, targets: torch.Tensor,
+              target_maps: torch.Tensor | None, step: int
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits, interpretation distances and the loss at the quantised iterates."""
+        t, obj = targets[active], self.objective
+        if obj.map_loss is not None:
+            logits, dist = self.interpreter.attack_loss(xq, t, target_maps[active], obj.map_loss,
+                                                        self._progress(step), active)
+            lam = obj.lam(self._progress(step)) if obj.lam is not None else 1.0
+            loss = obj.pred_loss(logits, t) + lam * dist
+        else:
+            logits = self.model(xq)
+            dist = torch.zeros(len(active), device=xq.device)
+            loss = obj.pred_loss(logits, t)
+        for penalty in obj.penalties:
+            loss = loss + penalty(xq, logits, active)
+        return logits, dist, loss
+
+    def _verify(self, step: int, xs: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor,
+                target_maps: torch.Tensor | None, policy: Verification | None,
+                best: Best) -> Judgement:
+        """Judge iterates ``xs`` of the batch ``rows`` with the true model and interpreter."""
+        xs = xs.detach()
+        with torch.no_grad():
+            if self.objective.map_loss is not None:
+                logits, maps = self.interpreter.explain(xs, targets[rows])
+                distance = self.objective.map_loss(maps, target_maps[rows])
+                if policy is not None and policy.after is not None:
+                    policy.after(rows, maps)
+                best.passes[rows] += self.interpreter.explain_passes
             else:
-                chosen[active] = xq.detach()
-                found[active] = ok
-                done = ok if stop.on_success else done
-            if record_history:
-                history.append({
-                    "step": step, "active": int(active.numel()), "judged": int(sel.sum()),
-                    "loss": float(loss.detach().mean()) if loss is not None else None,
-                    "map_distance": float(dist.mean()), "success": float(ok.float().mean()),
-                })
-        if last:
-            break
-        (grad,) = torch.autograd.grad(loss.sum(), xq)
-        keep = ~done
-        rows = active[keep]
-        if rows.numel():
-            update = optimizer.step(grad[keep], rows)
-            if step_scale is not None:
-                update = update * step_scale(progress)
-            if step_search is not None:
-                update, spent = step_search(
-                    model, x[rows], update, lambda c, i: quantise(project(c, x0[rows[i]], eps)),
-                    targets[rows], margin(logits.detach()[keep], t[keep]))
-                passes[rows] += spent
-            x[rows] = project(x[rows] - update, x0[rows], eps)
-        active = rows
-    if not use_maps:
-        best = torch.where(found, 0.0, float("inf"))
-    return Trajectory(chosen, found, best, passes, history)
+                logits, maps = self.model(xs), None
+                distance = torch.zeros(len(rows), device=xs.device)
+                best.passes[rows] += 1
+        return self._judgement(step, rows, xs, logits, distance, targets, best, maps)
+
+    def _judgement(self, step: int, rows: torch.Tensor, xs: torch.Tensor, logits: torch.Tensor,
+                   distance: torch.Tensor, targets: torch.Tensor, best: Best,
+                   maps: torch.Tensor | None) -> Judgement:
+        xs = xs.detach()
+        ok = self.objective.criterion(xs, logits.detach(), targets[rows], rows)
+        return Judgement(step, rows, xs, ok, distance.detach(), best.passes[rows].clone(), maps)
+
+    def _keep(self, best: Best, judged: Judgement | None, xq: torch.Tensor,
+              active: torch.Tensor, targets: torch.Tensor, use_maps: bool) -> torch.Tensor:
+        """Bookkeeping of a judgement; returns which active images are done."""
+        done = torch.zeros(len(active), dtype=torch.bool, device=xq.device)
+        if judged is None:
+            return done
+        if self.observer is not None:
+            self.observer(judged)
+        rows, ok, xs = judged.rows, judged.success, judged.x
+        if use_maps:
+            best.keep_best(rows, xs, ok, judged.distance, self.stop.min_gain)
+            if self.stop.patience is not None:
+                done = best.found[active] & (best.stale[active] >= self.stop.patience)
+        else:
+            best.keep_last(rows, xs, ok)
+            if self.stop.on_success:
+                done = ok
+        return done
+
+    def _step(self, x: torch.Tensor, x0: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor,
+              logits: torch.Tensor, targets: torch.Tensor, eps: float, step: int,
+              best: Best) -> torch.Tensor:
+        """The next iterates of ``rows``: optimiser step, scale, step search, projection."""
+        update = self.optimizer.step(grad, rows)
+        if self.step_scale is not None:
+            update = update * self.step_scale(self._progress(step))
+        if self.step_search is not None:
+            update, spent = self.step_search(
+                self.model, x[rows], update,
+                lambda c, i: quantise(project(c, x0[rows[i]], eps)), targets[rows],
+                margin(logits, targets[rows]))
+            best.passes[rows] += spent
+        return project(x[rows] - update, x0[rows], eps)

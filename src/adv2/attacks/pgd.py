@@ -4,28 +4,46 @@ from __future__ import annotations
 
 from dataclasses import KW_ONLY, dataclass, field
 
-import numpy as np
 import torch
 
-from adv2.attacks.engine import Objective, Stop, Trajectory, descend
+from adv2.attacks.criteria import TargetPredicted
+from adv2.attacks.engine import Descent, Objective, Stop, Trajectory
 from adv2.attacks.lattice import project, quantise
 from adv2.attacks.losses import CrossEntropy, PredictionLoss
 from adv2.attacks.optimizers import SignStep
-from adv2.attacks.result import AttackResult, judge
-from adv2.data import to_tensor, to_uint8
+from adv2.attacks.result import AttackResult, Images, as_batch, home_of, judge
+from adv2.attacks.settings import describe
 from adv2.interpreters import Interpreter
+from adv2.models import device_of
 
 
 @dataclass
 class PGD:
     """Targeted L∞ PGD: ``steps`` sign steps of ``step_size`` on ``loss`` toward the target.
 
-    ``random_start`` draws the start uniformly in the ε-ball from ``torch.Generator(seed)``.
-    ``stop_on_success`` stops each image once p(target) ≥ ``min_confidence`` and argmax = target.
-    Calling it on uint8 images N×H×W×3 returns an :class:`AttackResult`.
+    Arguments:
+        model: the classifier (its device is where the attack runs).
+        interpreter: the interpreter the results are judged with (maps, L1, IoU); None
+            judges the prediction only.
+        eps: the L∞ budget; step_size: the sign step; steps: the number of steps.
+        random_start: start uniformly in the ε-ball, drawn from ``torch.Generator(seed)``.
+        stop_on_success: stop each image once the target wins with p(target) ≥
+            ``min_confidence`` (success itself is the target winning). loss: the prediction
+            loss (cross entropy by default).
+
+    Shape:
+        x: float N×3×H×W in [0,1] on any device, or uint8 N×H×W×3; targets: (N,) long;
+        target_maps: N×1×h×w in [0,1] at the interpreter's resolution (for judging).
+
+    Returns:
+        :class:`AttackResult` on the input's device.
+
+    Example:
+        >>> result = PGD(model, cam, eps=8 / 255)(images, targets, benign)  # doctest: +SKIP
     """
 
     model: torch.nn.Module
+    interpreter: Interpreter | None = None
     _: KW_ONLY
     eps: float = 8 / 255
     step_size: float = 1 / 255
@@ -37,26 +55,32 @@ class PGD:
     loss: PredictionLoss = field(default_factory=CrossEntropy)
 
     def run(self, x0: torch.Tensor, targets: torch.Tensor) -> Trajectory:
-        """Float N×3×H×W in [0,1] → the trajectory's selected iterates (on the uint8 lattice)."""
+        """Float N×3×H×W in [0,1] → the trajectory's selected iterates (on the uint8 lattice),
+        on x0's device."""
         start = x0
-        if self.random_start:
+        if self.random_start:  # drawn on the host from the seed, so every device agrees
             gen = torch.Generator().manual_seed(self.seed)
-            noise = torch.empty(x0.shape).uniform_(-self.eps, self.eps, generator=gen)
-            start = project(quantise(x0 + noise), x0, self.eps)
-        return descend(
-            x0, start, targets, self.model, Objective(self.loss), SignStep(self.step_size),
-            self.steps, self.eps,
-            Stop(on_success=self.stop_on_success, min_confidence=self.min_confidence),
-        )
+            noise = torch.empty(x0.shape, device="cpu").uniform_(-self.eps, self.eps,
+                                                                 generator=gen)
+            start = project(quantise(x0 + noise.to(x0)), x0, self.eps)
+        # with stop_on_success, an image stops once the target wins with min_confidence
+        stop_rule = TargetPredicted(self.min_confidence)
+        descent = Descent(self.model, Objective(self.loss, criterion=stop_rule),
+                          SignStep(self.step_size), self.steps, self.eps,
+                          Stop(on_success=self.stop_on_success))
+        return descent.run(x0, start, targets)
 
-    def __call__(
-        self,
-        images: np.ndarray,
-        targets: torch.Tensor,
-        interpreter: Interpreter | None = None,
-        target_maps: torch.Tensor | None = None,
-    ) -> AttackResult:
-        """Attack uint8 images; with an interpreter, judge the maps against ``target_maps``."""
-        traj = self.run(to_tensor(images), targets)
-        return judge(to_uint8(traj.x), images, targets, self.model, traj.passes, interpreter,
-                     target_maps)
+    def __call__(self, x: Images, targets: torch.Tensor,
+                 target_maps: torch.Tensor | None = None) -> AttackResult:
+        """Attack ``x``; with an interpreter and ``target_maps``, judge the maps too."""
+        x0 = as_batch(x, device_of(self.model))
+        traj = self.run(x0, targets.to(x0.device))
+        return judge(traj.x, x0, targets, self.model, traj.passes, self.interpreter,
+                     target_maps).to(home_of(x))
+
+    def config(self) -> dict:
+        """The attack's settings, as recorded beside its results."""
+        return {"attack": "pgd", "eps": self.eps, "step_size": self.step_size,
+                "steps": self.steps, "random_start": self.random_start, "seed": self.seed,
+                "loss": describe(self.loss)}
+

@@ -1,29 +1,49 @@
-"""What an attack returns, and how it is judged."""
+"""What an attack returns, how it is judged, and the inputs every attack takes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
 from adv2 import metrics
-from adv2.data import to_tensor
+from adv2.attacks.lattice import quantise
+from adv2.data import to_tensor, to_uint8
 from adv2.interpreters import Interpreter
+from adv2.models import device_of
+
+#: images as attacks take them: float N×3×H×W in [0,1] (any device) or uint8 N×H×W×3
+Images = torch.Tensor | np.ndarray
+
+
+def as_batch(images: Images, device: torch.device) -> torch.Tensor:
+    """Float N×3×H×W on ``device``, rounded to the uint8 lattice (the attacked image)."""
+    if isinstance(images, np.ndarray):
+        return to_tensor(images).to(device)
+    return quantise(images.detach().to(device))
+
+
+def home_of(images: Images) -> torch.device:
+    """Where an attack's results go: the input's device (the CPU for numpy images)."""
+    return images.device if isinstance(images, torch.Tensor) else torch.device("cpu")
 
 
 @dataclass
 class AttackResult:
     """Per-sample outcome of an attack on N images.
 
-    ``adv``: uint8 N×H×W×3 adversarial images. ``success``, ``confidence``: argmax = target and
-    p(target) on those uint8 images. ``linf``: ‖x* − x°‖∞ in uint8 units. ``passes``: forward +
-    backward passes spent per image. ``maps`` (N×1×h×w), ``l1`` (N,), ``iou`` (N×len(ks)): the
-    true interpreter's maps of the uint8 images for the target class and their distance to the
-    target maps, filled by :func:`judge`. ``history``: optional per-step records.
+    ``adv``: uint8 N×H×W×3 adversarial images (numpy, on the host); ``x``: the same as float
+    N×3×H×W in [0,1]. ``success``, ``confidence``: the success criterion (argmax = target, and
+    any extra criterion such as "undetected") and p(target) on those uint8 images. ``linf``:
+    ‖x* − x°‖∞ in uint8 units. ``passes``: forward + backward passes spent per image. ``maps``
+    (N×1×h×w), ``l1`` (N,), ``iou`` (N×len(ks)): the true interpreter's maps of the uint8
+    images for the target class and their distance to the target maps, filled by
+    :func:`judge`. Tensors are on the device of the attack's input.
     """
 
     adv: np.ndarray
+    x: torch.Tensor
     success: torch.Tensor
     confidence: torch.Tensor
     pred: torch.Tensor
@@ -32,43 +52,55 @@ class AttackResult:
     maps: torch.Tensor | None = None
     l1: torch.Tensor | None = None
     iou: torch.Tensor | None = None
-    history: list[dict] = field(default_factory=list)
+
+    def to(self, device: torch.device) -> AttackResult:
+        """The same result with every tensor on ``device``."""
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return AttackResult(**{k: v.to(device) if isinstance(v, torch.Tensor) else v
+                               for k, v in moved.items()})
 
 
 def judge(
-    adv: np.ndarray,
-    clean: np.ndarray,
+    adv: Images,
+    clean: Images,
     targets: torch.Tensor,
     model: torch.nn.Module,
     passes: torch.Tensor,
     interpreter: Interpreter | None = None,
     target_maps: torch.Tensor | None = None,
     ks: tuple[float, ...] = metrics.DEFAULT_KS,
-    history: list[dict] | None = None,
+    criterion=None,
 ) -> AttackResult:
-    """Judge uint8 adversarial images as a reviewer would: the true model (and the true
-    interpreter, for ``targets``) on the quantised images."""
-    x = to_tensor(adv)
-    linf = torch.from_numpy(
-        np.abs(adv.astype(np.int16) - clean.astype(np.int16)).reshape(len(adv), -1).max(axis=1)
-    )
+    """Judge adversarial images as a reviewer would: the true model (and the true interpreter,
+    for ``targets``) on the uint8 images; success is ``criterion`` (default: the target is
+    predicted, :class:`~adv2.attacks.criteria.TargetPredicted`). Results on ``adv``'s device
+    (the CPU for numpy images)."""
+    from adv2.attacks.criteria import TargetPredicted
+
+    device = device_of(model)
+    x, x0 = as_batch(adv, device), as_batch(clean, device)
+    targets = targets.to(device)
+    linf = ((x - x0).abs().flatten(1).amax(dim=1) * 255).round().long()
     with torch.no_grad():
         if interpreter is not None:
             logits, maps = interpreter.explain(x, targets)
             maps = maps.detach()
         else:
             logits, maps = model(x), None
+        rows = torch.arange(len(x), device=device)
+        success = (criterion or TargetPredicted())(x, logits, targets, rows)
     result = AttackResult(
-        adv=adv,
-        success=metrics.success(logits, targets),
+        adv=to_uint8(x),
+        x=x,
+        success=success.float(),
         confidence=metrics.confidence(logits, targets),
         pred=logits.argmax(dim=1),
         linf=linf,
-        passes=passes,
+        passes=passes.to(device),
         maps=maps,
-        history=history or [],
     )
     if maps is not None and target_maps is not None:
+        target_maps = target_maps.to(device)
         result.l1 = metrics.l1(maps, target_maps)
         result.iou = metrics.iou(maps, target_maps, ks)
-    return result
+    return result.to(home_of(adv))

@@ -49,14 +49,15 @@ class MarginStepSearch:
             with torch.no_grad():
                 return margin(model(candidate), targets[rows]) >= self.kappa
 
-        scale = torch.ones(n)
-        spent = torch.zeros(n, dtype=torch.long)
+        scale = torch.ones(n, device=x.device)
+        spent = torch.zeros(n, dtype=torch.long, device=x.device)
         rows = torch.nonzero(current_margin >= self.kappa).squeeze(1)
         if rows.numel():
-            full = passes(torch.ones(rows.numel()), rows)
+            full = passes(torch.ones(rows.numel(), device=x.device), rows)
             spent[rows] += 1
             rows = rows[~full]
-        lo, hi = torch.zeros(rows.numel()), torch.ones(rows.numel())
+        lo = torch.zeros(rows.numel(), device=x.device)
+        hi = torch.ones(rows.numel(), device=x.device)
         for _ in range(self.bisections if rows.numel() else 0):
             mid = (lo + hi) / 2
             ok = passes(mid, rows)

@@ -19,6 +19,7 @@ import torch
 
 from adv2.data import to_tensor
 from adv2.detection.squeezers import Squeezer, build_squeezer
+from adv2.models import device_of
 from adv2.records import write_json
 
 
@@ -47,12 +48,13 @@ def cross_validated_flags(scores: torch.Tensor, fpr: float, folds: int = 10,
     n = len(scores)
     if not 2 <= folds <= n:
         raise ValueError(f"need 2 ≤ folds ≤ {n} benign images, got {folds} folds")
-    fold = torch.from_numpy(np.random.default_rng(seed).permutation(n) % folds)
-    flags = torch.zeros(scores.shape, dtype=torch.bool)
+    fold = torch.from_numpy(np.random.default_rng(seed).permutation(n) % folds).to(scores.device)
+    flags = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
     for k in range(folds):
         held = fold == k
         fit = scores[~held]
-        thresholds = torch.tensor([threshold_at_fpr(fit[:, j], fpr) for j in range(fit.shape[1])])
+        thresholds = torch.tensor([threshold_at_fpr(fit[:, j], fpr) for j in range(fit.shape[1])],
+                                  device=scores.device)
         flags[held] = scores[held] > thresholds
     return flags
 
@@ -110,11 +112,12 @@ class FeatureSqueezingDetector:
 
     def scores(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """n×S scores of uint8 n×H×W×3 images (or float n×3×H×W tensors), without gradients."""
+        device = device_of(self.model)
         x = to_tensor(images) if isinstance(images, np.ndarray) else images
         with torch.no_grad():
-            parts = [self.score_logits(x[i:i + self.batch_size])
+            parts = [self.score_logits(x[i:i + self.batch_size].to(device))
                      for i in range(0, len(x), self.batch_size)]
-        return torch.cat(parts) if parts else torch.zeros(0, len(self.squeezers))
+        return torch.cat(parts) if parts else torch.zeros(0, len(self.squeezers), device=device)
 
     def fit(self, benign: np.ndarray | torch.Tensor, fpr: float = 0.05) -> FeatureSqueezingDetector:
         """Set each squeezer's threshold and the joint threshold so that at most a fraction
@@ -133,7 +136,8 @@ class FeatureSqueezingDetector:
         """Install thresholds (one per squeezer, in order) and the joint threshold."""
         if len(thresholds) != len(self.squeezers):
             raise ValueError(f"{len(thresholds)} thresholds for {len(self.squeezers)} squeezers")
-        self.thresholds = torch.tensor([float(t) for t in thresholds])
+        self.thresholds = torch.tensor([float(t) for t in thresholds],
+                                       device=device_of(self.model))
         self.joint_threshold = float(joint)
         self.fpr = float(fpr)
 
@@ -146,7 +150,7 @@ class FeatureSqueezingDetector:
 
     def decide(self, scores: torch.Tensor) -> Detection:
         """Flags for precomputed n×S ``scores``."""
-        thresholds = self.check_fitted()
+        thresholds = self.check_fitted().to(scores.device)
         joint = scores.amax(dim=1)
         return Detection(scores, joint, scores > thresholds, joint > self.joint_threshold)
 

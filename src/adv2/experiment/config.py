@@ -22,11 +22,9 @@ import yaml
 
 from adv2.detection import build_squeezer
 from adv2.interpreters import INTERPRETERS
-from adv2.pipeline import ATTACKS, AttackConfig, SettingError, build_attack, check_setting, \
-    parse_number
-#: AttackConfig fields an experiment may set per attack (and per interpreter inside an attack)
-ATTACK_KEYS = ("steps", "warm_steps", "lam", "optimizer", "lr", "lr_decay", "pred_loss",
-               "map_loss", "patience", "random_start", "step_search")
+from adv2.attacks import ATTACKS
+from adv2.attacks.settings import ATTACK_KEYS
+from adv2.pipeline import AttackConfig, SettingError, build_attack, check_setting, parse_number
 #: keys whose values are paths, resolved against the YAML file's directory
 PATH_KEYS = ("weights", "images", "labels", "benign_images")
 
@@ -60,7 +58,7 @@ class ExperimentConfig:
 
     ``attacks`` maps ``pgd``/``adv2`` to AttackConfig overrides (:data:`ATTACK_KEYS`), which may
     hold per-interpreter overrides under the interpreter's name; unset values take
-    :data:`adv2.pipeline.ATTACK_DEFAULTS`. ``interpreter_settings`` maps an interpreter's name
+    the interpreter's ``attack_defaults``. ``interpreter_settings`` maps an interpreter's name
     to keyword arguments of its class (e.g. ``mask: {strategy: alt, iterations: 500}``), used
     for benign maps, attacks and transfer alike. ``batch_size`` images form one unit of work (a
     fixed chunk of the image list, so results do not depend on the number of processes).

@@ -8,8 +8,7 @@ sharded runs choose the same targets as an uninterrupted single-process run, and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,15 +38,19 @@ class ImageSet:
     load_errors: list[tuple[str, str]]
     ignored: list[tuple[str, str]]
     clean_accuracy: float | None = None
+    _pools: dict[torch.device, Pool] = field(default_factory=dict, repr=False)
 
     def index(self, names: list[str]) -> list[int]:
         lookup = {n: i for i, n in enumerate(self.names)}
         return [lookup[n] for n in names]
 
-    @cached_property
-    def pool(self) -> Pool:
-        """All images, labels and predictions: the pool of ``other`` target maps."""
-        return Pool(to_tensor(self.images), self.labels, self.preds)
+    def pool(self, device: torch.device) -> Pool:
+        """All images, labels and predictions on ``device``: the pool of ``other`` target
+        maps (made once per device)."""
+        if device not in self._pools:
+            self._pools[device] = Pool(to_tensor(self.images).to(device),
+                                       self.labels.to(device), self.preds.to(device))
+        return self._pools[device]
 
     def keys(self, names: list[str]) -> list[str]:
         return [sample_key(n) for n in names]

@@ -38,7 +38,7 @@ def attack_unit(cfg: ExperimentConfig, model: Classifier, interpreter: Interpret
     attack = build_attack(settings, model, interpreter)
     return attack_batch(replace(settings, seed=cfg.seed), model, interpreter, attack,
                         data.images[rows], data.labels[rows], data.targets[rows], keys,
-                        data.pool)
+                        data.pool(model.device) if cfg.target_map == "other" else None)
 
 
 def claim(store: Store, cfg: ExperimentConfig) -> None:

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from adv2.interpreters.base import Interpreter, minmax
+from adv2.interpreters.base import Interpreter, Verification, minmax
 from adv2.interpreters.cam import CAM
 from adv2.interpreters.grad import GRAD, SmoothReLU
 from adv2.interpreters.mask import MASK
@@ -29,4 +29,4 @@ def build_interpreter(name: str, model: Classifier,
 
 
 __all__ = ["CAM", "GRAD", "INTERPRETERS", "MASK", "MASK_STRATEGIES", "RTS", "Interpreter",
-           "SmoothReLU", "build_interpreter", "minmax"]
+           "SmoothReLU", "Verification", "build_interpreter", "minmax"]

@@ -1,9 +1,10 @@
-"""The interpreter interface shared by GRAD, CAM and the interpreters that plug in later."""
+"""The interpreter interface shared by GRAD, CAM, MASK, RTS and the ones that plug in later."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
 import torch
 
@@ -18,6 +19,18 @@ def minmax(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return ((flat - lo) / (hi - lo + eps)).view_as(maps)
 
 
+@dataclass(frozen=True)
+class Verification:
+    """How the attack engine judges the iterates of an interpreter whose attack values are not
+    its true maps: with :meth:`Interpreter.explain` every ``every`` steps and, with
+    ``on_success``, as soon as an image whose last judged iterate failed succeeds again;
+    ``after(rows, maps)`` is told each verified map (e.g. to restart a tracked inner state)."""
+
+    every: int
+    on_success: bool = True
+    after: Callable[[torch.Tensor, torch.Tensor], None] | None = None
+
+
 class Interpreter(ABC):
     """Maps images and classes to attribution maps.
 
@@ -27,14 +40,21 @@ class Interpreter(ABC):
     """
 
     name: str = "interpreter"
+    #: ADV²'s settings for this interpreter (:class:`~adv2.attacks.settings.AttackSettings`
+    #: keys), measured in the benchmarks (these: on CAM, docs/benchmark.md);
+    #: ``ADV2.for_interpreter`` and the CLI both use them
+    attack_defaults: ClassVar[dict[str, Any]] = {
+        "steps": 110, "warm_steps": 50, "optimizer": "adam", "lr": 2 / 255, "lr_decay": 1.0,
+        "lam": "5:10", "pred_loss": "ce", "map_loss": "mse", "patience": 20,
+        "step_search": False}
+    #: λ multiplier of adaptive ADV² against all squeezers (docs/detection*.md)
+    adaptive_lam_scale: ClassVar[float] = 4.0
+    #: ways ADV² can differentiate this interpreter (its ``strategy`` setting), if several
+    attack_strategies: ClassVar[tuple[str, ...]] = ()
     #: forward+backward passes one :meth:`attack_forward` step costs (for cost reports)
     passes_per_step: int = 1
     #: passes one :meth:`explain` call costs
     explain_passes: int = 1
-    #: whether :meth:`attack_forward` returns the true maps' values (else the attack verifies
-    #: with :meth:`explain` every ``verify_every`` steps)
-    attack_values_exact: bool = True
-    verify_every: int = 1
 
     def __init__(self, model: Classifier) -> None:
         self.model = model
@@ -56,9 +76,9 @@ class Interpreter(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and maps for computing attack gradients.
 
-        When ``attack_values_exact``, the *values* are those of the true model and the true
-        interpreter, so the attack engine can do its bookkeeping from this one call; the
-        *gradients* may come from a smooth surrogate (GRAD). ``progress`` in [0,1] is the
+        Unless :meth:`verification` says otherwise, the *values* are those of the true model
+        and the true interpreter, so the attack engine can do its bookkeeping from this one
+        call; the *gradients* may come from a smooth surrogate (GRAD). ``progress`` in [0,1] is the
         fraction of the attack done, for surrogate schedules; ``rows`` are the indices of x's
         images in the attacked batch, for interpreters that keep per-image state (MASK). The
         default is :meth:`explain` itself.
@@ -83,8 +103,11 @@ class Interpreter(ABC):
         per image it spent (stateless by default: 0)."""
         return 0
 
-    def sync(self, rows: torch.Tensor, maps: torch.Tensor) -> None:
-        """Called after the engine verified ``rows`` with :meth:`explain`; no-op by default."""
+    def verification(self) -> Verification | None:
+        """How the engine must judge attack iterates: None (the default) when
+        :meth:`attack_forward`'s values are the true maps, so every step is judged for free;
+        else a :class:`Verification` schedule of :meth:`explain` calls."""
+        return None
 
     def config(self) -> dict:
         """Settings that define the maps, for reports."""

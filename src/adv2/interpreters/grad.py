@@ -66,6 +66,10 @@ class GRAD(Interpreter):
     """
 
     name = "grad"
+    attack_defaults = {"steps": 130, "warm_steps": 30, "optimizer": "adam", "lr": 0.004,
+                       "lr_decay": 0.05, "lam": "50", "pred_loss": "cw", "map_loss": "mse",
+                       "patience": 0, "step_search": False}
+    adaptive_lam_scale = 16.0  # docs/detection-grad.md
     passes_per_step = 2  # the true saliency and the surrogate's double backpropagation
 
     def __init__(

@@ -36,6 +36,12 @@ class RTS(Interpreter):
     """
 
     name = "rts"
+    # RTS maps are sigmoids with most cells near 0 or 1: the logit MSE keeps their order (IoU)
+    attack_defaults = {"steps": 160, "warm_steps": 50, "optimizer": "adam", "lr": 2 / 255,
+                       "lr_decay": 1.0, "lam": "2:4", "pred_loss": "ce", "map_loss": "logit",
+                       "patience": 30, "step_search": False}
+    # × 16 fell to IoU 0.779 with 20% detected (the report at commit 30ca4c8); × 4 keeps it
+    adaptive_lam_scale = 4.0
 
     def __init__(self, model: Classifier, checkpoint: str | Path | None = None,
                  temperature: float = 5.0) -> None:
@@ -48,8 +54,9 @@ class RTS(Interpreter):
 
     def resolution(self, height: int, width: int) -> tuple[int, int]:
         with torch.no_grad():
-            _, z = self.net.mask_logits(torch.zeros(1, 3, height, width),
-                                        torch.zeros(1, dtype=torch.long))
+            device = self.model.device
+            _, z = self.net.mask_logits(torch.zeros(1, 3, height, width, device=device),
+                                        torch.zeros(1, dtype=torch.long, device=device))
         return z.shape[-2], z.shape[-1]
 
     def explain(self, x: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

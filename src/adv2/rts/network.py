@@ -55,7 +55,7 @@ def find_stages(model: Classifier, size: int = 64
              for m in _candidates(model)]
     try:
         with torch.no_grad():
-            last = model.features(torch.zeros(1, 3, size, size))
+            last = model.features(torch.zeros(1, 3, size, size, device=model.device))
     finally:
         for h in hooks:
             h.remove()
@@ -115,9 +115,6 @@ class SaliencyNet(nn.Module):
     def __init__(self, model: Classifier, width: int = 64, scale: float = 0.5,
                  shift: float = -5.0) -> None:
         super().__init__()
-        if model.compute is not None:
-            raise ModelError(f"model {model.name!r} is offloaded to {model.compute}: RTS taps "
-                             "its stages on the caller's device, so run it unoffloaded")
         object.__setattr__(self, "model", model)  # not registered: never trained nor saved
         # C×K, raises without a pool + linear head; derived from the model, so never saved
         self.register_buffer("class_weights", model.cam_weights().detach(), persistent=False)
@@ -125,8 +122,8 @@ class SaliencyNet(nn.Module):
         self.stages = {stride: module for stride, (module, _) in stages.items()}
         #: provenance of a loaded checkpoint (see adv2.rts.training.load)
         self.meta: dict = {}
-        self.scale = nn.Parameter(torch.tensor(float(scale)))
-        self.shift = nn.Parameter(torch.tensor(float(shift)))
+        self.scale = nn.Parameter(torch.tensor(float(scale), device=model.device))
+        self.shift = nn.Parameter(torch.tensor(float(shift), device=model.device))
         self.bottom = nn.Sequential(nn.Conv2d(channels, width, 1), nn.ReLU())
         self.skip_strides: list[int] = []
         ups = []
@@ -139,6 +136,7 @@ class SaliencyNet(nn.Module):
         self.head = nn.Conv2d(width, 2, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        self.to(model.device)  # the decoder computes where the classifier does
 
     @contextmanager
     def _taps(self) -> Iterator[dict[int, torch.Tensor]]:

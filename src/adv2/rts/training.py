@@ -58,9 +58,10 @@ class SaliencyLoss:
         """Per image: x blurred, or a random colour plus noise (probability 1/2 each)."""
         n = x.shape[0]
         blurred = blur(x, self.blur_sigma)
-        colour = 0.5 + self.colour_range * (2 * torch.rand(n, 3, 1, 1, generator=gen) - 1)
-        noisy = colour + self.noise_std * torch.randn(x.shape, generator=gen)
-        use_blur = (torch.rand(n, 1, 1, 1, generator=gen) < 0.5).to(x)
+        draw = {"generator": gen, "device": gen.device}
+        colour = 0.5 + self.colour_range * (2 * torch.rand(n, 3, 1, 1, **draw) - 1)
+        noisy = colour + self.noise_std * torch.randn(x.shape, **draw)
+        use_blur = (torch.rand(n, 1, 1, 1, **draw) < 0.5).to(x)
         return (use_blur * blurred + (1 - use_blur) * noisy).clamp(0, 1)
 
     def smoothness(self, m: torch.Tensor) -> torch.Tensor:
@@ -79,7 +80,8 @@ class SaliencyLoss:
         up = F.interpolate(masks, size=x.shape[-2:], mode="bilinear", align_corners=False)
         other = self.replacement(x, gen)
         preserved = up * x + (1 - up) * other
-        preserved = (preserved + self.preserved_noise_std * torch.randn(x.shape, generator=gen))
+        preserved = preserved + self.preserved_noise_std * torch.randn(
+            x.shape, generator=gen, device=gen.device)
         destroyed = (1 - up) * x + up * other
         logits = model(torch.cat([preserved.clamp(0, 1), destroyed]))
         keep, remove = logits.chunk(2)
@@ -144,7 +146,8 @@ def train(
     torch.manual_seed(cfg.seed)
     net = SaliencyNet(model)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    device = model.device  # training runs where the classifier is, with a generator there
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
     # what a resumed run must share: it may train for more steps, unless the area warm-up
     # (a fraction of the steps) depends on their number
     resumable = {"checkpoint_every": None} | ({} if cfg.area_warmup else {"steps": None})
@@ -158,24 +161,25 @@ def train(
             raise ValueError(f"{last} was made with other settings; remove it or use another out")
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
+        gen.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"])
         step = int(state["step"])
         log.info("resuming %s at step %d", last, step)
     augment = T.Compose([T.RandomResizedCrop(images.shape[1:3], scale=(cfg.min_scale, 1.0),
                                              antialias=True),
                          T.RandomHorizontalFlip()])
-    x_all = to_tensor(images)
+    x_all, labels = to_tensor(images).to(device), labels.to(device)
     n_classes = net.class_weights.shape[0]
     bar = tqdm(total=cfg.steps, initial=step, desc="train-rts", unit="step", disable=not progress)
     net.train()
     started = time.time()
     while step < cfg.steps:
-        idx = torch.randint(len(x_all), (cfg.batch_size,), generator=gen)
+        idx = torch.randint(len(x_all), (cfg.batch_size,), generator=gen, device=device)
+        # per-image augmentation needs the indices on the host: one small sync per step
         x = torch.stack([augment(x_all[i]) for i in idx.tolist()])
         y = labels[idx]
-        fake = torch.rand(cfg.batch_size, generator=gen) < cfg.fake_prob
-        shift = torch.randint(1, n_classes, (cfg.batch_size,), generator=gen)
+        fake = torch.rand(cfg.batch_size, generator=gen, device=device) < cfg.fake_prob
+        shift = torch.randint(1, n_classes, (cfg.batch_size,), generator=gen, device=device)
         classes = torch.where(fake, (y + shift) % n_classes, y)
         _, masks = net(x, classes)
         warm = cfg.area_warmup * cfg.steps
@@ -187,7 +191,8 @@ def train(
         opt.step()
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{value.item():.3f}", area=f"{masks.mean().item():.2f}")
+        if step % 10 == 0:  # the progress line reads two numbers from the device
+            bar.set_postfix(loss=f"{value.item():.3f}", area=f"{masks.mean().item():.2f}")
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             _atomic_save({"net": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
                           "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),

@@ -8,8 +8,9 @@ All variants are the project's :class:`~adv2.attacks.ADV2` with two hooks of the
   (which keeps a gradient where the softmax saturates); rounding is straight-through, the
   median differentiable through the selected element, non-local means has an identity
   backward (BPDA);
-- an acceptance test: an iterate counts as successful only if no guarded squeezer flags it, so
-  the kept best iterate is undetected as well.
+- a success criterion (:class:`Undetected`): an iterate counts as successful only if no
+  guarded squeezer flags it, so the kept best iterate is undetected as well, and the reported
+  success means "target predicted and undetected".
 
 For a single bit-depth squeezer with i bits, :class:`AdaptiveADV2` runs the paper's two stages:
 targeted PGD on f(ψ(x)) with step 1/2^i gives x⁺ = ψ(x₁); then ADV² adds
@@ -21,15 +22,17 @@ from __future__ import annotations
 from dataclasses import KW_ONLY, dataclass, replace
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from adv2.attacks import ADV2, PGD, AttackResult
+from adv2.attacks.adv2 import ADV2
+from adv2.attacks.criteria import Composable, TargetPredicted
+from adv2.attacks.pgd import PGD
+from adv2.attacks.result import AttackResult, Images, as_batch
 from adv2.attacks.schedules import Scaled
-from adv2.data import to_tensor
 from adv2.detection.detector import FeatureSqueezingDetector, softmax_l1
 from adv2.detection.squeezers import BitDepth, Squeezer
+from adv2.models import device_of
 
 
 class Squeezed(nn.Module):
@@ -85,7 +88,7 @@ class SqueezeGuard:
         differentiable in x and ``logits``."""
         limits = self.margin * self.thresholds
         active = self.scores(x, logits, rows) > limits
-        total = torch.zeros(len(x), dtype=x.dtype)
+        total = torch.zeros(len(x), dtype=x.dtype, device=x.device)
         for j, col in enumerate(self.columns):
             idx = torch.nonzero(active[:, j]).flatten()
             if idx.numel() == 0:
@@ -98,7 +101,19 @@ class SqueezeGuard:
 
     def accept(self, x: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """(n,) bool: no guarded squeezer flags x."""
-        return (self.scores(x, logits, rows) <= self.accept_margin * self.thresholds).all(dim=1)
+        limits = self.accept_margin * self.thresholds
+        return (self.scores(x, logits, rows) <= limits).all(dim=1)
+
+
+@dataclass(frozen=True)
+class Undetected(Composable):
+    """The success criterion "no guarded squeezer flags x" (:meth:`SqueezeGuard.accept`)."""
+
+    guard: SqueezeGuard
+
+    def __call__(self, x: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+                 rows: torch.Tensor) -> torch.Tensor:
+        return self.guard.accept(x, logits, rows)
 
 
 @dataclass
@@ -113,27 +128,25 @@ class ProbabilityMatch:
         return self.weight * (logits.softmax(dim=1) - self.reference[rows]).abs().sum(dim=1)
 
 
-#: default λ multipliers of the adaptive attack against all eleven squeezers, measured on 20
-#: images (docs/detection*.md): CAM and GRAD × 16 keep the IoU to the benign map within 0.03
-#: of basic ADV²; on RTS (logit MSE) × 16 fell to IoU 0.779 with 20% detected (the report at
-#: commit 30ca4c8) where × 4 keeps it. MASK × 8: IoU 0.501 against ADV²'s 0.454, none of 20
-#: flagged (docs/detection-mask.md). Others: × 4 (not measured).
-LAM_SCALES: dict[str, float] = {"cam": 16.0, "grad": 16.0, "mask": 8.0, "rts": 4.0}
-
-
 @dataclass
 class AdaptiveADV2:
-    """ADV² (``attack``, e.g. from :func:`adv2.pipeline.build_attack`) that also evades the
-    fitted ``detector``'s squeezers at ``columns`` (all by default).
+    """ADV² (``attack``, e.g. :meth:`ADV2.for_interpreter`) that also evades the fitted
+    ``detector``'s squeezers at ``columns`` (all by default).
 
-    ``AdaptiveADV2(...)(images, targets, target_maps)`` takes what :class:`ADV2` takes (uint8
-    N×H×W×3, (N,), N×1×h×w) and returns its :class:`AttackResult`. With one bit-depth squeezer
+    Shape:
+        the same as :class:`ADV2`'s: ``attack(x, targets, target_maps=None)``.
+
+    Returns:
+        :class:`AttackResult`; its success means the target is predicted *and* no guarded
+        squeezer flags the image.
+
+    With one bit-depth squeezer
     and ``two_stage`` the paper's bit-depth algorithm runs (module docstring); ``stage1_steps``
     PGD steps stop once p(target) on the squeezed image reaches ``stage1_confidence``.
     ``steps`` (when not None) and ``patience`` replace the base attack's; patience None (the
     default) runs every image for all ``steps``: an image that has not improved its map for a
     while still does once the penalties are met. The base λ schedule is multiplied by
-    ``lam_scale`` (None: the interpreter's entry of :data:`LAM_SCALES`): evading the detector
+    ``lam_scale`` (None: the interpreter's ``adaptive_lam_scale``): evading the detector
     and matching the map at once needs a longer joint stage, and the map term must keep its
     weight against the penalties. The base attack's per-example step search is dropped.
     """
@@ -155,9 +168,19 @@ class AdaptiveADV2:
 
     def __post_init__(self) -> None:
         if self.lam_scale is None:
-            self.lam_scale = LAM_SCALES.get(self.attack.interpreter.name, 4.0)
+            self.lam_scale = self.attack.interpreter.adaptive_lam_scale
         self.guard = SqueezeGuard(self.detector, self.columns, self.margin, self.weight,
                                   self.ce_weight)
+
+    def config(self) -> dict:
+        """The attack's settings, as recorded beside its results."""
+        return {"attack": "adaptive-adv2", "base": self.attack.config(),
+                "squeezers": [self.detector.names[c] for c in self.guard.columns],
+                "margin": self.margin, "weight": self.weight, "ce_weight": self.ce_weight,
+                "steps": self.steps, "patience": self.patience, "lam_scale": self.lam_scale,
+                "two_stage": self.two_stage and self.bit_depth is not None,
+                "match_weight": self.match_weight, "stage1_steps": self.stage1_steps,
+                "stage1_confidence": self.stage1_confidence}
 
     @property
     def bit_depth(self) -> BitDepth | None:
@@ -167,14 +190,14 @@ class AdaptiveADV2:
             return squeezers[0]
         return None
 
-    def __call__(self, images: np.ndarray, targets: torch.Tensor,
-                 target_maps: torch.Tensor) -> AttackResult:
+    def __call__(self, x: Images, targets: torch.Tensor,
+                 target_maps: torch.Tensor | None = None) -> AttackResult:
         penalties: tuple = (*self.attack.penalties, self.guard.penalty)
         squeezer = self.bit_depth
         if self.two_stage and squeezer is not None:
-            reference = self.stage_one(images, targets, squeezer)
+            reference = self.stage_one(x, targets, squeezer)
             penalties = (*penalties, ProbabilityMatch(reference, self.match_weight))
-        return self.joint(penalties)(images, targets, target_maps)
+        return self.joint(penalties)(x, targets, target_maps)
 
     def joint(self, penalties: tuple) -> ADV2:
         """The base attack with ``penalties``, the guard's acceptance test, λ × ``lam_scale``,
@@ -184,11 +207,11 @@ class AdaptiveADV2:
         overrides: dict = {"patience": self.patience, "step_search": None}
         if self.steps is not None:
             overrides["steps"] = self.steps
-        return replace(self.attack, penalties=penalties, accept=self.guard.accept,
+        return replace(self.attack, penalties=penalties,
+                       criterion=TargetPredicted() & Undetected(self.guard),
                        lam=Scaled(self.attack.lam, self.lam_scale), **overrides)
 
-    def stage_one(self, images: np.ndarray, targets: torch.Tensor,
-                  squeezer: BitDepth) -> torch.Tensor:
+    def stage_one(self, x: Images, targets: torch.Tensor, squeezer: BitDepth) -> torch.Tensor:
         """softmax f(x⁺) (N×C) for x⁺ = ψ(x₁), x₁ from targeted PGD on f∘ψ in the ε-ball with
         step 1/2^bits."""
         model = self.attack.model
@@ -196,6 +219,7 @@ class AdaptiveADV2:
                   step_size=1 / 2**squeezer.bits, steps=self.stage1_steps,
                   stop_on_success=True, min_confidence=self.stage1_confidence,
                   loss=self.attack.pred_loss)
-        x1 = pgd.run(to_tensor(images), targets).x
+        x0 = as_batch(x, device_of(model))
+        x1 = pgd.run(x0, targets.to(x0.device)).x
         with torch.no_grad():
             return model(squeezer(x1)).softmax(dim=1)

@@ -1,0 +1,134 @@
+"""Tensors follow the model: no tensor made without a device, one configuration for the Python
+API and the CLI, and (with CUDA) every attack on the GPU."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_images, make_tiny_model
+from torch.overrides import TorchFunctionMode
+
+import adv2
+from adv2 import cli, pipeline, target_maps
+from adv2.attacks import ADV2, PGD, AdaptiveADV2
+from adv2.detection import FeatureSqueezingDetector
+from adv2.interpreters import CAM, GRAD, MASK, RTS, Interpreter
+from adv2.rts import TrainConfig, train
+from test_rts import make_deep_tiny_model
+
+SRC = str(Path(adv2.__file__).parent) + "/"
+TORCH = str(Path(torch.__file__).parent) + "/"
+FACTORIES = {torch.zeros, torch.ones, torch.full, torch.empty, torch.arange, torch.tensor,
+             torch.rand, torch.randn, torch.randint, torch.randperm, torch.linspace, torch.eye}
+
+
+class FactoryRecorder(TorchFunctionMode):
+    """Records the tensor factory calls made by adv2's own code without a ``device``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in FACTORIES and "device" not in kwargs:
+            frame = sys._getframe(1)
+            while frame is not None and frame.f_code.co_filename.startswith(TORCH):
+                frame = frame.f_back
+            if frame is not None and frame.f_code.co_filename.startswith(SRC):
+                where = f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno}"
+                self.calls.append(f"{where} torch.{func.__name__}")
+        return func(*args, **kwargs)
+
+
+def _interpreters(tmp_path: Path) -> list[tuple[torch.nn.Module, Interpreter]]:
+    tiny, deep = make_tiny_model(0), make_deep_tiny_model()
+    train(deep, make_images(6), torch.arange(6), tmp_path, TrainConfig(steps=2, batch_size=3),
+          progress=False)
+    return [(tiny, CAM(tiny)), (tiny, GRAD(tiny)),
+            (tiny, MASK(tiny, iterations=3, verify_every=2)),
+            (deep, RTS(deep, tmp_path / "rts.pt"))]
+
+
+def test_no_tensor_is_made_without_a_device(tmp_path) -> None:
+    """PGD, ADV² and adaptive ADV² on every interpreter, the RTS trainer and the detector,
+    under a mode that records factory calls lacking a device: adv2's code makes none."""
+    images = make_images(3, seed=4)
+    recorder = FactoryRecorder()
+    with recorder:
+        pairs = _interpreters(tmp_path)
+        for model, interpreter in pairs:
+            x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+            labels = model(x).argmax(dim=1)
+            targets = (labels + 1) % 10
+            benign = target_maps.benign(interpreter, x, labels)
+            PGD(model, interpreter, steps=2)(images, targets, benign)
+            attack = ADV2(model, interpreter, steps=2, warm_steps=2)
+            attack(x, targets, benign)
+            detector = FeatureSqueezingDetector(model, ["bit-4", "median-2x2"])
+            detector.fit(make_images(6, seed=5), 0.2)
+            AdaptiveADV2(attack, detector, steps=2)(images, targets)
+    assert recorder.calls == [], "\n".join(sorted(set(recorder.calls)))
+
+
+def test_the_recorder_sees_a_factory_call_without_a_device() -> None:
+    recorder = FactoryRecorder()
+    code = compile("torch.zeros(3)", str(Path(SRC) / "probe.py"), "exec")
+    with recorder:
+        exec(code, {"torch": torch})
+        exec(compile("torch.zeros(3, device='cpu')", str(Path(SRC) / "probe.py"), "exec"),
+             {"torch": torch})
+    assert recorder.calls == ["probe.py:1 torch.zeros"]
+
+
+@pytest.mark.parametrize("name", ["cam", "grad", "mask", "rts"])
+def test_python_api_and_cli_build_the_same_attack(name, tmp_path, monkeypatch) -> None:
+    model, interpreter = {p[1].name: p for p in _interpreters(tmp_path)}[name]
+    args = cli.build_parser().parse_args(["attack", "--interpreter", name, "--images", "x",
+                                          "--out", "y"])
+    from_cli = pipeline.build_attack(cli._config(args), model, interpreter)
+    from_python = ADV2.for_interpreter(model, interpreter)
+    assert from_cli.config() == from_python.config()
+    assert from_python.steps == type(interpreter).attack_defaults["steps"]
+    tuned = ADV2.for_interpreter(model, interpreter, steps=7, lam="3")
+    args = cli.build_parser().parse_args(["attack", "--interpreter", name, "--images", "x",
+                                          "--out", "y", "--steps", "7", "--lam", "3"])
+    assert pipeline.build_attack(cli._config(args), model, interpreter).config() \
+        == tuned.config()
+
+
+def test_results_come_back_on_the_inputs_device() -> None:
+    model = make_tiny_model(0)
+    images = make_images(2)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    targets = torch.tensor([1, 2])
+    for result in (ADV2(model, CAM(model), steps=2, warm_steps=2)(x, targets),
+                   ADV2(model, CAM(model), steps=2, warm_steps=2)(images, targets)):
+        assert result.x.device == result.success.device == result.maps.device == x.device
+        assert result.adv.dtype == np.uint8 and result.adv.shape == images.shape
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("name", ["cam", "grad", "mask", "rts"])
+def test_attacks_run_natively_on_the_gpu(name, tmp_path) -> None:
+    pairs = {p[1].name: p for p in _interpreters(tmp_path)}
+    model, interpreter = pairs[name]
+    images = make_images(3, seed=4)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    targets = (model(x).argmax(dim=1) + 1) % 10
+    host = ADV2(model, interpreter, steps=3, warm_steps=3)(images, targets)
+    model.to("cuda")
+    gpu_interpreter = type(interpreter)(model, tmp_path / "rts.pt") if name == "rts" \
+        else type(interpreter)(model, **({"iterations": 3, "verify_every": 2}
+                                         if name == "mask" else {}))
+    on_gpu = ADV2(model, gpu_interpreter, steps=3, warm_steps=3)(x.cuda(), targets.cuda())
+    assert on_gpu.x.is_cuda and on_gpu.maps.is_cuda and on_gpu.success.is_cuda
+    assert (np.abs(on_gpu.adv.astype(int) - images.astype(int)) <= 8).all()
+    assert on_gpu.maps.shape == host.maps.shape
