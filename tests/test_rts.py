@@ -177,7 +177,7 @@ def test_adv2_against_rts_stays_in_the_ball(deep_model, tmp_path) -> None:
 
     train(deep_model, make_images(6), torch.arange(6), tmp_path,
           TrainConfig(steps=2, batch_size=3), progress=False)
-    rts = build_interpreter("rts", deep_model, tmp_path / "rts.pt")
+    rts = build_interpreter("rts", deep_model, checkpoint=tmp_path / "rts.pt")
     images = make_images(3, seed=1)
     x = to_tensor(images)
     labels = deep_model(x).argmax(dim=1)

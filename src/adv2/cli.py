@@ -14,13 +14,25 @@ import numpy as np
 
 from adv2 import pipeline
 from adv2.attacks import MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES
-from adv2.data import demo_images, load_dataset, to_tensor
+from adv2.attacks.settings import PGD_DEFAULTS
+from adv2.data import demo_images, load_dataset
 from adv2.interpreters import INTERPRETERS, MASK_STRATEGIES
 from adv2.models import ModelError, load_model
 from adv2.figures import panel_grid
 from adv2.target_maps import KINDS
 
 log = logging.getLogger("adv2")
+
+
+def _defaults(key: str) -> str:
+    """The defaults of an attack setting, as help text: PGD's and each interpreter's ADV²."""
+    def text(value: object) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    pgd = f"PGD {text(PGD_DEFAULTS[key])}; " if key in PGD_DEFAULTS else ""
+    adv2 = ", ".join(f"{name} {text(cls.attack_defaults.get(key))}"
+                     for name, cls in sorted(INTERPRETERS.items()))
+    return f"default: {pgd}ADV² {adv2}"
 
 
 def _attack_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,22 +50,25 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--eps", type=number, default=d.eps,
                    help="L∞ budget in [0,1] units (a number or a fraction, default 8/255)")
-    p.add_argument("--steps", type=int, help="attack steps (PGD 100; ADV² per interpreter)")
-    p.add_argument("--warm-steps", type=int, help="ADV²: maximum PGD warm-start steps")
+    p.add_argument("--steps", type=int, help=f"attack steps ({_defaults('steps')})")
+    p.add_argument("--warm-steps", type=int,
+                   help=f"ADV²: maximum PGD warm-start steps ({_defaults('warm_steps')})")
     p.add_argument("--lam", help="ADV² λ schedule: '5' constant, '5:10' linear, "
-                                 "'1,2,4@0.3,0.6' piecewise over progress")
+                                 f"'1,2,4@0.3,0.6' piecewise over progress ({_defaults('lam')})")
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS),
-                   help="ADV² update rule (default adam; PGD always takes sign steps)")
-    p.add_argument("--lr", type=number, help="step size / learning rate (PGD 1/255; ADV² per "
-                                              "interpreter, see pipeline.ATTACK_DEFAULTS)")
+                   help=f"update rule; PGD takes sign steps ({_defaults('optimizer')})")
+    p.add_argument("--lr", type=number,
+                   help=f"step size / learning rate ({_defaults('lr')})")
     p.add_argument("--lr-decay", type=number,
-                   help="ADV²: final step size relative to the first (linear decay)")
+                   help="ADV²: final step size relative to the first, linear "
+                        f"({_defaults('lr_decay')})")
     p.add_argument("--pred-loss", choices=sorted(PREDICTION_LOSSES),
-                   help="prediction loss (default: ce; cw margin for ADV² on GRAD)")
+                   help=f"prediction loss ({_defaults('pred_loss')})")
     p.add_argument("--map-loss", choices=sorted(MAP_LOSSES),
-                   help="ADV² map loss (default: mse; logit MSE for RTS)")
+                   help=f"ADV² map loss ({_defaults('map_loss')})")
     p.add_argument("--patience", type=int,
-                   help="ADV²: stop an image after this many steps without improvement (0: never)")
+                   help="ADV²: stop an image after this many steps without improvement, 0: "
+                        f"never ({_defaults('patience')})")
     p.add_argument("--random-start", action="store_true", help="PGD: random start in the ball")
     p.add_argument("--adaptive", metavar="THRESHOLDS",
                    help="ADV² that also evades the feature-squeezing detector fitted by "
@@ -61,7 +76,7 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
                         "steps without early stop (--steps, --patience override)")
     p.add_argument("--rts-checkpoint",
                    help="RTS: checkpoint from 'adv2 train-rts' (default: the one shipped for the "
-                        "model)")
+                        "model); the same as --interpreter-setting checkpoint=...")
     p.add_argument("--mask-strategy", choices=MASK_STRATEGIES,
                    help="MASK: track (default: warm-started inner masks + unrolled lookahead) "
                         "or alt (the inner objective at the target mask, cheap); the same as "
@@ -72,12 +87,12 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
                         "iterations=500 for MASK (repeatable; keyword arguments of its class)")
     p.add_argument("--step-search", action=argparse.BooleanOptionalAction, default=None,
                    help="ADV²: per-example step-length search that keeps the target winning "
-                        "(default on for MASK)")
+                        f"({_defaults('step_search')})")
     p.add_argument("--target-class", type=int, help="one target class for every image")
     p.add_argument("--target-map", choices=KINDS, default=d.target_map)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--device", default="cpu",
-                   help="run the classifier on this torch device (e.g. cuda; not with RTS)")
+                   help="the torch device everything runs on (cpu, cuda, cuda:N)")
     p.add_argument("--out", required=True,
                    help="output directory; rerunning the same command resumes an interrupted run")
     p.add_argument("--overwrite", action="store_true",
@@ -114,10 +129,13 @@ def _config(args: argparse.Namespace) -> pipeline.AttackConfig:
     names = {f.name for f in fields(pipeline.AttackConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
     settings = dict(map(parse_setting, values.get("interpreter_settings", [])))
-    if getattr(args, "mask_strategy", None) is not None:
-        if args.interpreter != "mask":
-            raise ValueError("--mask-strategy applies to --interpreter mask")
-        settings["strategy"] = args.mask_strategy
+    aliases = {"mask_strategy": ("mask", "strategy"), "rts_checkpoint": ("rts", "checkpoint")}
+    for option, (interpreter, key) in aliases.items():  # old flags for interpreter settings
+        if getattr(args, option, None) is not None:
+            if args.interpreter != interpreter:
+                raise ValueError(f"--{option.replace('_', '-')} applies to --interpreter "
+                                 f"{interpreter}")
+            settings[key] = getattr(args, option)
     values["interpreter_settings"] = settings
     return pipeline.AttackConfig(**values)
 
@@ -199,6 +217,7 @@ def _detect_parser(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--limit", type=int, help="use at most N images")
         q.add_argument("--model", default=pipeline.AttackConfig().model)
         q.add_argument("--weights", help="local weights file (.pth/.pt/.safetensors)")
+        q.add_argument("--device", default="cpu", help="the torch device (cpu, cuda, cuda:N)")
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -210,7 +229,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     try:
         pipeline.check_setting("limit", args.limit)
-        model = load_model(args.model, args.weights)
+        model = load_model(args.model, args.weights, args.device)
         samples = load_dataset(args.images, limit=args.limit).samples
         if args.action == "fit":
             detector = FeatureSqueezingDetector(model, args.squeezers)
@@ -265,6 +284,8 @@ def _train_rts_parser(sub: argparse._SubParsersAction) -> None:
                         "evaluating the masks")
     p.add_argument("--model", default=pipeline.AttackConfig().model)
     p.add_argument("--weights", help="local weights file (.pth/.pt/.safetensors)")
+    p.add_argument("--device", default="cpu",
+                   help="the torch device the classifier and the saliency network train on")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -277,13 +298,12 @@ def _train_rts_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train_rts(args: argparse.Namespace) -> int:
-    import torch
 
     from adv2.rts import TrainConfig, train
 
     try:
         pipeline.check_setting("limit", args.limit)
-        model = load_model(args.model, args.weights)
+        model = load_model(args.model, args.weights, args.device)
         samples = load_dataset(args.images, args.labels, args.limit).samples  # logs bad files
     except (ModelError, FileNotFoundError, ValueError) as exc:
         return _usage_error(exc)
@@ -294,11 +314,7 @@ def cmd_train_rts(args: argparse.Namespace) -> int:
         log.error("no training images left in %s", args.images)
         return 1
     images = np.stack([s.image for s in used])
-    x = to_tensor(images)
-    with torch.no_grad():
-        preds = torch.cat([model(x[i:i + 32]).argmax(dim=1) for i in range(0, len(x), 32)])
-    labels = torch.tensor([s.label if s.label is not None else int(p)
-                           for s, p in zip(used, preds.tolist())])
+    labels = pipeline.labels_of(used, pipeline.predict(model, images, 32).argmax(dim=1))
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       checkpoint_every=args.checkpoint_every, area_warmup=args.area_warmup)
     options = {k: v for k, v in vars(args).items()

@@ -44,9 +44,8 @@ class AttackConfig(AttackSettings):
     target_map: str = "benign"
     batch_size: int = 8
     adaptive: str | None = None  # thresholds JSON from `adv2 detect fit`: ADV² evades them
-    rts_checkpoint: str | None = None  # RTS: a checkpoint of `adv2 train-rts` (default: shipped)
     #: interpreter settings other than the defaults (keyword arguments of its class, e.g.
-    #: MASK's attack ``strategy``)
+    #: MASK's attack ``strategy`` or RTS's ``checkpoint``)
     interpreter_settings: dict = field(default_factory=dict)
 
     def resolved(self) -> AttackConfig:
@@ -232,6 +231,12 @@ def predict(model: Classifier, images: np.ndarray, batch_size: int) -> torch.Ten
                           for i in range(0, len(images), batch_size)]).cpu()
 
 
+def labels_of(samples: list[Sample], preds: torch.Tensor) -> torch.Tensor:
+    """Each sample's label, or the model's prediction where it has none."""
+    return torch.tensor([s.label if s.label is not None else int(p)
+                         for s, p in zip(samples, preds.tolist())])
+
+
 def clean_accuracy(logits: torch.Tensor, labels: list[int | None], where: str) -> float | None:
     """Top-1 of the clean images whose label is known (None when none is); logged, with a loud
     warning below 50% (wrong weights or normalisation)."""
@@ -271,8 +276,7 @@ def run(
     ``warnings``: (file, message) pairs named in summary.json too.
     """
     start = time.time()
-    interpreter = build_interpreter(cfg.interpreter, model, cfg.rts_checkpoint,
-                                    **cfg.interpreter_settings)
+    interpreter = build_interpreter(cfg.interpreter, model, **cfg.interpreter_settings)
     if samples:
         images = np.stack([s.image for s in samples])
         logits = predict(model, images, cfg.batch_size)
@@ -294,8 +298,7 @@ def run(
     preds = logits.argmax(dim=1)
     accuracy = clean_accuracy(logits, [s.label for s in samples], str(out))
     finite = torch.isfinite(logits).all(dim=1).tolist()
-    labels = torch.tensor([s.label if s.label is not None else int(p)
-                           for s, p in zip(samples, preds)])
+    labels = labels_of(samples, preds)
     allowed = labels[preds == labels] if cfg.target_map == "other" else None
     tgts, why = per_image_targets([s.key for s in samples], labels, logits.shape[1], cfg.seed,
                                   cfg.target_class, allowed)

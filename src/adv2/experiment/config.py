@@ -26,7 +26,7 @@ from adv2.attacks import ATTACKS
 from adv2.attacks.settings import ATTACK_KEYS
 from adv2.pipeline import AttackConfig, SettingError, build_attack, check_setting, parse_number
 #: keys whose values are paths, resolved against the YAML file's directory
-PATH_KEYS = ("weights", "images", "labels", "benign_images")
+PATH_KEYS = ("weights", "images", "labels", "benign_images", "checkpoint")
 
 
 class ConfigError(ValueError):

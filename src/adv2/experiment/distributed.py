@@ -3,8 +3,8 @@
 Work is cut into fixed units (chunks of the image list) that do not depend on the number of
 processes; unit i goes to rank i mod N. Processes share the run directory (one machine, or a
 shared file system across machines) and only synchronise at barriers; rank 0 merges the
-per-image records into the report. The process group uses gloo: it only carries barriers, and
-the ranks may compute on CPUs or GPUs (see :meth:`Context.device`).
+per-image records into the report. The process group only carries barriers: NCCL when the
+ranks compute on CUDA devices (one per rank, :meth:`Context.device`), gloo otherwise.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
+import torch
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class Context:
     rank: int = 0
     world: int = 1
     owns_group: bool = False
+    backend: str = "gloo"
 
     @property
     def main(self) -> bool:
@@ -50,7 +52,9 @@ class Context:
         return device
 
     def barrier(self) -> None:
-        if self.world > 1:
+        if self.world > 1 and self.backend == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        elif self.world > 1:
             dist.barrier()
 
     def close(self) -> None:
@@ -58,16 +62,23 @@ class Context:
             dist.destroy_process_group()
 
 
-def init() -> Context:
-    """Join the process group torchrun describes (``WORLD_SIZE`` > 1), else run alone."""
+def init(cuda: bool = False) -> Context:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1), else run alone; NCCL
+    when the ranks compute on CUDA devices (``cuda``) and it is available, else gloo."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Context()
-    if not dist.is_available() or not dist.is_gloo_available():
-        raise RuntimeError("WORLD_SIZE > 1 but this torch build lacks torch.distributed/gloo")
+    if not dist.is_available():
+        raise RuntimeError("WORLD_SIZE > 1 but this torch build lacks torch.distributed")
+    backend = "nccl" if cuda and torch.cuda.is_available() and dist.is_nccl_available() \
+        else "gloo"
+    if backend == "gloo" and not dist.is_gloo_available():
+        raise RuntimeError("WORLD_SIZE > 1 but this torch build lacks gloo")
     if dist.is_initialized():
-        return Context(dist.get_rank(), dist.get_world_size())
-    dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
-    ctx = Context(dist.get_rank(), dist.get_world_size(), owns_group=True)
-    log.debug("rank %d of %d joined the gloo process group", ctx.rank, ctx.world)
+        return Context(dist.get_rank(), dist.get_world_size(), backend=dist.get_backend())
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend, timeout=BARRIER_TIMEOUT)
+    ctx = Context(dist.get_rank(), dist.get_world_size(), owns_group=True, backend=backend)
+    log.debug("rank %d of %d joined the %s process group", ctx.rank, ctx.world, backend)
     return ctx

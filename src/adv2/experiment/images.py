@@ -17,7 +17,7 @@ import torch
 from adv2.data import load_dataset, sample_key, to_tensor
 from adv2.experiment.config import ConfigError, ExperimentConfig
 from adv2.models import Classifier
-from adv2.pipeline import Pool, clean_accuracy, per_image_targets, predict
+from adv2.pipeline import Pool, clean_accuracy, labels_of, per_image_targets, predict
 
 
 @dataclass
@@ -93,8 +93,7 @@ def prepare(cfg: ExperimentConfig, model: Classifier, chunk: int = 16) -> ImageS
                           f"model, got {cfg.target_class}")
     accuracy = clean_accuracy(logits, [s.label for s in samples], str(cfg.images))
     preds = logits.argmax(dim=1)
-    labels = torch.tensor([s.label if s.label is not None else int(p)
-                           for s, p in zip(samples, preds.tolist())])
+    labels = labels_of(samples, preds)
     allowed = labels[preds == labels] if cfg.target_map == "other" else None
     tgts, why = per_image_targets([s.key for s in samples], labels, n_classes, cfg.seed,
                                   cfg.target_class, allowed)

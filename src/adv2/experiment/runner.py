@@ -61,7 +61,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
     """Run (or resume) the experiment into ``out``; returns the report's summary (rank 0) or
     an empty dict (other ranks)."""
     start = time.time()
-    ctx = distributed.init()
+    ctx = distributed.init(cuda=cfg.device.startswith("cuda"))
     store = Store(out)
     try:
         try:

@@ -1,7 +1,5 @@
 """Interpreters: one interface (:class:`Interpreter`), GRAD, CAM, MASK and RTS."""
 
-from pathlib import Path
-
 from adv2.interpreters.base import Interpreter, Verification, minmax
 from adv2.interpreters.cam import CAM
 from adv2.interpreters.grad import GRAD, SmoothReLU
@@ -13,16 +11,13 @@ from adv2.models import Classifier
 INTERPRETERS = {"cam": CAM, "grad": GRAD, "mask": MASK, "rts": RTS}
 
 
-def build_interpreter(name: str, model: Classifier,
-                      rts_checkpoint: str | Path | None = None, **options) -> Interpreter:
+def build_interpreter(name: str, model: Classifier, **options) -> Interpreter:
     """Instantiate an interpreter by name (``cam``, ``grad``, ``mask`` or ``rts``) with its
-    defaults overridden by ``options`` (keyword arguments of its class); RTS loads
-    ``rts_checkpoint``, or the checkpoint shipped for the model."""
+    defaults overridden by ``options`` (keyword arguments of its class, e.g. RTS's
+    ``checkpoint`` or MASK's ``strategy``)."""
     if name not in INTERPRETERS:
         raise ValueError(f"unknown interpreter {name!r}; choose from {sorted(INTERPRETERS)}")
     try:
-        if name == "rts":
-            return RTS(model, rts_checkpoint, **options)
         return INTERPRETERS[name](model, **options)
     except TypeError as exc:  # an unknown keyword
         raise ValueError(f"interpreter {name!r}: {exc}") from exc
