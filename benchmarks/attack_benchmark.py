@@ -73,7 +73,7 @@ def run_batches(cfg: pipeline.AttackConfig, model, interpreter, attack, samples,
         outputs += pipeline.attack_batch(
             cfg, model, interpreter, attack, np.stack([s.image for s in batch]),
             torch.tensor([s.label for s in batch]), tgts[lo:lo + batch_size],
-            [s.key for s in batch], None)
+            [s.name for s in batch], None)
     seconds = (time.time() - start) / len(samples)
     failed = [s.name for s, o in zip(samples, outputs) if isinstance(o, Failed)]
     if failed:

@@ -21,7 +21,7 @@ SAMPLE_FILES = ["clean.png", "adv.png", "benign_map.npy", "adv_map.npy", "target
                 "figure.png"]
 SUMMARY_KEYS = {"model", "interpreter", "attack", "n_images", "clean_accuracy", "success_rate",
                 "mean_confidence", "l1_mean", "iou_mean", "iou_per_k", "passes_per_image", "eps",
-                "seed", "seconds", "errors", "ignored", "warnings"}
+                "seed", "seconds", "errors", "ignored", "warnings", "changed_mean", "l2_mean"}
 
 
 def _make_images(folder: Path) -> Path:
@@ -76,7 +76,7 @@ def test_outputs_exist_and_are_consistent(runs, run) -> None:
     assert "versions" in config and "torch" in config["versions"]
 
     header = (out / "results.csv").read_text().splitlines()[0]
-    assert header == "file,label,clean_pred,target,pred,confidence,success,l1,iou"
+    assert header == "file,label,clean_pred,target,pred,confidence,success,l1,iou,changed,l2"
     assert header.split(",") == FIELDS
     rows = _rows(out)
     assert [r["file"] for r in rows] == NAMES

@@ -90,6 +90,11 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
                         f"({_defaults('step_search')})")
     p.add_argument("--target-class", type=int, help="one target class for every image")
     p.add_argument("--target-map", choices=KINDS, default=d.target_map)
+    p.add_argument("--support", default=d.support,
+                   help="where the perturbation may live, in every stage: full (default), "
+                        "edges[:τ] (AdvEdge: Sobel magnitude > τ = 0.1, dilated 1 px), "
+                        "target-map[:q] (the top q = 0.5 of the target map) or a mask image / "
+                        "folder of masks named as the inputs (white = free)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--device", default="cpu",
                    help="the torch device everything runs on (cpu, cuda, cuda:N)")

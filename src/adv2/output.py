@@ -2,9 +2,10 @@
 
     OUT/config.json       every setting, the seed and library versions
     OUT/results.csv       one row per image: file,label,clean_pred,target,pred,confidence,
-                          success,l1,iou
+                          success,l1,iou,changed,l2
     OUT/summary.json      aggregates, errors, ignored files, warnings (:meth:`RunWriter.finish`)
     OUT/samples/<name>/   clean.png adv.png benign_map.npy adv_map.npy target_map.npy figure.png
+                          (and support.npy with a support)
     OUT/records/<name>.npz  one finished image (:mod:`adv2.records`), bound to its picture
 
 Each unit's sample folders, then its records, are written as it finishes, and results.csv is
@@ -28,7 +29,8 @@ from adv2.provenance import versions
 from adv2.records import (Failed, Output, Record, Store, changed_keys, to_json, write_bytes,
                           write_json)
 
-FIELDS = ["file", "label", "clean_pred", "target", "pred", "confidence", "success", "l1", "iou"]
+FIELDS = ["file", "label", "clean_pred", "target", "pred", "confidence", "success", "l1", "iou",
+          "changed", "l2"]
 
 
 #: what a rerun may change without being refused: library versions, and the built attack's
@@ -104,6 +106,9 @@ class RunWriter:
             Image.fromarray(arrays["adv"]).save(folder / "adv.png")
             maps = {"benign map": arrays["benign"], f"{attack} map": arrays["map"],
                     "target map": arrays["target_map"]}
+            if "support" in arrays:
+                maps["support"] = arrays["support"]
+                np.save(folder / "support.npy", arrays["support"])
             np.save(folder / "benign_map.npy", arrays["benign"])
             np.save(folder / "adv_map.npy", arrays["map"])
             np.save(folder / "target_map.npy", arrays["target_map"])
@@ -118,7 +123,8 @@ class RunWriter:
         return {"file": name, "label": meta["label"], "clean_pred": meta["clean_pred"],
                 "target": meta["target"], "pred": meta["pred"],
                 "confidence": round(meta["confidence"], 6), "success": int(meta["success"]),
-                "l1": round(meta["l1"], 6), "iou": round(float(np.mean(meta["iou"])), 6)}
+                "l1": round(meta["l1"], 6), "iou": round(float(np.mean(meta["iou"])), 6),
+                "changed": round(meta["changed"], 6), "l2": round(meta["l2"], 6)}
 
     def _records(self) -> dict[str, Record]:
         return self.store.records("", self.names)
@@ -158,6 +164,8 @@ class RunWriter:
             "iou_per_k": ({f"{k:g}": float(v) for k, v in
                            zip(ks, np.mean([m["iou"] for m in done], axis=0))} if n else None),
             "passes_per_image": mean([m["passes"] for m in done]),
+            "changed_mean": mean([m["changed"] for m in done]),
+            "l2_mean": mean([m["l2"] for m in done]),
             "eps": self.config.get("eps"),
             "seed": self.config.get("seed"),
             "seconds": round(seconds, 2),

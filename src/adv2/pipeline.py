@@ -19,7 +19,8 @@ import torch
 from adv2 import metrics, target_maps as target_maps_mod
 from adv2.attacks import (ADV2, ATTACKS, DISPLAY_NAMES, MAP_LOSSES, OPTIMIZERS, PGD,
                           PREDICTION_LOSSES, AdaptiveADV2, AttackSettings, parse_schedule)
-from adv2.data import Sample, to_tensor
+from adv2.attacks import support as support_mod
+from adv2.data import Sample, sample_key, to_tensor
 from adv2.detection import FeatureSqueezingDetector
 from adv2.interpreters import INTERPRETERS, Interpreter, build_interpreter
 from adv2.models import Classifier
@@ -42,6 +43,7 @@ class AttackConfig(AttackSettings):
     interpreter: str = "cam"
     target_class: int | None = None
     target_map: str = "benign"
+    support: str = "full"  # where the perturbation may live, see adv2.attacks.support
     batch_size: int = 8
     adaptive: str | None = None  # thresholds JSON from `adv2 detect fit`: ADV² evades them
     #: interpreter settings other than the defaults (keyword arguments of its class, e.g.
@@ -118,6 +120,11 @@ def check_setting(key: str, value: Any) -> None:
                   "target_map": target_maps_mod.KINDS}
     if key in registries and value not in registries[key]:
         raise SettingError(key, f"unknown value {value!r}; choose from {sorted(registries[key])}")
+    if key == "support":
+        try:
+            support_mod.parse(str(value))
+        except ValueError as exc:
+            raise SettingError(key, str(exc)) from None
     if key == "lam":
         try:
             parse_schedule(str(value))
@@ -181,27 +188,35 @@ def build_attack(cfg: AttackConfig, model: Classifier,
 
 def attack_batch(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,
                  attack: PGD | ADV2 | AdaptiveADV2, images: np.ndarray, labels: torch.Tensor,
-                 targets: torch.Tensor, keys: list[str], pool: Pool | None) -> list[Output]:
-    """Attack one batch: benign maps, target maps, the attack, the judged outcome.
+                 targets: torch.Tensor, names: list[str], pool: Pool | None) -> list[Output]:
+    """Attack one batch: benign maps, target maps, the support, the attack, the judged
+    outcome.
 
     Arguments:
-        cfg: the settings (``target_map``, ``seed``); attack: any attack (one call shape);
-        images: uint8 N×H×W×3; labels, targets: (N,) long; keys: the images' seed keys;
+        cfg: the settings (``target_map``, ``support``, ``seed``); attack: any attack (one call
+        shape); images: uint8 N×H×W×3; labels, targets: (N,) long; names: the samples' names;
         pool: the images ``other`` target maps come from (only for those).
 
     Returns:
         Per image ``(arrays, meta)``: arrays ``adv`` (uint8), ``map``, ``benign``,
-        ``target_map`` (h×w float32); meta ``label``, ``target``, ``pred``, ``confidence``,
-        ``success``, ``l1``, ``iou`` (per k), ``passes``, ``linf``. An image whose logits or
-        maps are not finite is :class:`~adv2.records.Failed` instead: never a metric.
+        ``target_map`` (h×w float32), ``support`` (H×W, with a support); meta ``label``,
+        ``target``, ``pred``, ``confidence``, ``success``, ``l1``, ``iou`` (per k), ``passes``,
+        ``linf`` (uint8 units), ``changed`` (the fraction of pixels changed) and ``l2``
+        (‖δ‖₂ in [0,1] units). An image whose logits or maps are not finite is
+        :class:`~adv2.records.Failed` instead: never a metric.
     """
+    keys = [sample_key(n) for n in names]
     torch.manual_seed(seed_of(cfg.seed, keys[0]))
     device = model.device
     x, labels, targets = to_tensor(images).to(device), labels.to(device), targets.to(device)
     benign = target_maps_mod.benign(interpreter, x, labels)
     tmaps = target_maps_for(cfg.target_map, interpreter, keys, cfg.seed, targets, benign, pool,
                             images.shape[1])
-    result = attack(x, targets, tmaps)
+    support = support_mod.build(cfg.support, x, tmaps, names)
+    result = attack(x, targets, tmaps, support)
+    delta = result.x.to(device) - x
+    changed = (delta.abs().amax(dim=1) > 0).flatten(1).float().mean(dim=1).tolist()
+    l2 = delta.flatten(1).norm(dim=1).tolist()
     finite = (torch.isfinite(result.confidence) & torch.isfinite(result.l1)
               & torch.isfinite(result.maps).flatten(1).all(1)
               & torch.isfinite(benign).flatten(1).all(1)
@@ -217,9 +232,12 @@ def attack_batch(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,
                 "confidence": float(result.confidence[j].detach()),
                 "success": bool(result.success[j]),
                 "l1": float(result.l1[j]), "iou": result.iou[j].tolist(),
-                "passes": int(result.passes[j]), "linf": int(result.linf[j])}
+                "passes": int(result.passes[j]), "linf": int(result.linf[j]),
+                "changed": changed[j], "l2": l2[j]}
         arrays = {"adv": result.adv[j], "map": maps[j], "benign": benign[j],
                   "target_map": tmaps[j]}
+        if support is not None:
+            arrays["support"] = support[j, 0].cpu().numpy()
         out.append((arrays, meta))
     return out
 
@@ -317,7 +335,7 @@ def run(
     def work(names: list[str]) -> list[Output]:
         index = [rows[n] for n in names]
         outputs = attack_batch(cfg, model, interpreter, attack, images[index], labels[index],
-                               tgts[index], [samples[i].key for i in index], pool)
+                               tgts[index], names, pool)
         for i, output in zip(index, outputs):
             if not isinstance(output, Failed):
                 output[1]["clean_pred"] = int(preds[i])

@@ -191,13 +191,14 @@ class AdaptiveADV2:
         return None
 
     def __call__(self, x: Images, targets: torch.Tensor,
-                 target_maps: torch.Tensor | None = None) -> AttackResult:
+                 target_maps: torch.Tensor | None = None,
+                 support: torch.Tensor | None = None) -> AttackResult:
         penalties: tuple = (*self.attack.penalties, self.guard.penalty)
         squeezer = self.bit_depth
         if self.two_stage and squeezer is not None:
-            reference = self.stage_one(x, targets, squeezer)
+            reference = self.stage_one(x, targets, squeezer, support)
             penalties = (*penalties, ProbabilityMatch(reference, self.match_weight))
-        return self.joint(penalties)(x, targets, target_maps)
+        return self.joint(penalties)(x, targets, target_maps, support)
 
     def joint(self, penalties: tuple) -> ADV2:
         """The base attack with ``penalties``, the guard's acceptance test, λ × ``lam_scale``,
@@ -211,7 +212,8 @@ class AdaptiveADV2:
                        criterion=TargetPredicted() & Undetected(self.guard),
                        lam=Scaled(self.attack.lam, self.lam_scale), **overrides)
 
-    def stage_one(self, x: Images, targets: torch.Tensor, squeezer: BitDepth) -> torch.Tensor:
+    def stage_one(self, x: Images, targets: torch.Tensor, squeezer: BitDepth,
+                  support: torch.Tensor | None = None) -> torch.Tensor:
         """softmax f(x⁺) (N×C) for x⁺ = ψ(x₁), x₁ from targeted PGD on f∘ψ in the ε-ball with
         step 1/2^bits."""
         model = self.attack.model
@@ -220,6 +222,7 @@ class AdaptiveADV2:
                   stop_on_success=True, min_confidence=self.stage1_confidence,
                   loss=self.attack.pred_loss)
         x0 = as_batch(x, device_of(model))
-        x1 = pgd.run(x0, targets.to(x0.device)).x
+        x1 = pgd.run(x0, targets.to(x0.device),
+                     None if support is None else support.to(x0.device)).x
         with torch.no_grad():
             return model(squeezer(x1)).softmax(dim=1)

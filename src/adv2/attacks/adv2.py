@@ -38,10 +38,18 @@ class ADV2:
     measured defaults, ``Interpreter.attack_defaults``); the dataclass defaults here are the
     paper's sign-step attack.
 
+    Arguments:
+        model: the classifier (its device is where the attack runs); interpreter: the one to
+        fool. eps: the L∞ budget; steps, warm_steps: joint and warm-start steps; lam: the λ
+        schedule; pred_loss, map_loss: ℓ_prd and ℓ_int; optimizer, step_scale, step_search:
+        the update; penalties, criterion: extra loss terms and what counts as success;
+        warm_confidence, patience: stopping; observer: told every judgement.
+
     Shape:
         x: float N×3×H×W in [0,1] on any device, or uint8 N×H×W×3; targets: (N,) long;
         target_maps: N×1×h×w in [0,1] at the interpreter's resolution (None: the benign map,
-        the clean image's map for its predicted class).
+        the clean image's map for its predicted class); support: N×1×H×W in [0,1], where the
+        perturbation may live in every stage (None: everywhere; :mod:`adv2.attacks.support`).
 
     Returns:
         :class:`AttackResult` on the input's device.
@@ -80,8 +88,10 @@ class ADV2:
         return settings.build(model, interpreter)
 
     def __call__(self, x: Images, targets: torch.Tensor,
-                 target_maps: torch.Tensor | None = None) -> AttackResult:
+                 target_maps: torch.Tensor | None = None,
+                 support: torch.Tensor | None = None) -> AttackResult:
         x0 = as_batch(x, device_of(self.model))
+        support = None if support is None else support.to(x0.device)
         targets = targets.to(x0.device)
         if target_maps is None:
             with torch.no_grad():
@@ -89,13 +99,14 @@ class ADV2:
             target_maps = target_maps_mod.benign(self.interpreter, x0, predicted)
         target_maps = target_maps.to(x0.device)
         warm = PGD(self.model, eps=self.eps, steps=self.warm_steps, stop_on_success=True,
-                   min_confidence=self.warm_confidence, loss=self.pred_loss).run(x0, targets)
+                   min_confidence=self.warm_confidence, loss=self.pred_loss).run(x0, targets,
+                                                                                 support)
         joint = Descent(
             self.model,
             Objective(self.pred_loss, self.map_loss, self.lam, self.penalties, self.criterion),
             self.optimizer, self.steps, self.eps, Stop(patience=self.patience),
             self.interpreter, self.step_scale, self.step_search, self.observer,
-        ).run(x0, warm.x, targets, target_maps)
+        ).run(x0, warm.x, targets, target_maps, support)
         return judge(joint.x, x0, targets, self.model, warm.passes + joint.passes,
                      self.interpreter, target_maps, criterion=self.criterion).to(home_of(x))
 

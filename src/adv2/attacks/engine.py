@@ -24,6 +24,7 @@ from adv2.attacks.losses import MapLoss, PredictionLoss
 from adv2.attacks.optimizers import Optimizer
 from adv2.attacks.schedules import Schedule
 from adv2.attacks.step_search import MarginStepSearch
+from adv2.attacks.support import lattice_bound
 from adv2.interpreters import Interpreter, Verification
 from adv2.metrics import margin
 
@@ -151,9 +152,12 @@ class Descent:
     observer: Callable[[Judgement], None] | None = None
 
     def run(self, x0: torch.Tensor, x_start: torch.Tensor, targets: torch.Tensor,
-            target_maps: torch.Tensor | None = None) -> Trajectory:
+            target_maps: torch.Tensor | None = None,
+            support: torch.Tensor | None = None) -> Trajectory:
         """Descend from ``x_start`` around ``x0`` (N×3×H×W in [0,1] on the uint8 lattice)
-        toward ``targets`` (N,) and, with a map loss, ``target_maps`` (N×1×h×w).
+        toward ``targets`` (N,) and, with a map loss, ``target_maps`` (N×1×h×w). A
+        ``support`` (N×1×H×W in [0,1], :mod:`adv2.attacks.support`) multiplies every update
+        and bounds the perturbation: |δ| ≤ ε·S per pixel on the lattice.
 
         Selection: with a map loss, the successful judged iterate of lowest interpretation
         distance (under the true interpreter); without one, the last judged iterate. An
@@ -164,7 +168,7 @@ class Descent:
         if use_maps and (self.interpreter is None or target_maps is None):
             raise ValueError("a map loss needs an interpreter and target maps")
         policy = self.interpreter.verification() if use_maps else None
-        eps = math.floor(self.eps * 255 + 1e-6) / 255  # the largest lattice ball inside ε
+        eps = lattice_bound(self.eps, support)  # the largest lattice ball inside ε (·S)
         x = project(quantise(x_start), x0, eps)
         best = Best.start(x)
         active = torch.arange(x.shape[0], device=x.device)
@@ -202,7 +206,7 @@ class Descent:
             rows = active[keep]  # the active set shrinks as images finish (a host sync)
             if rows.numel():
                 x[rows] = self._step(x, x0, rows, grad[keep], logits.detach()[keep],
-                                     targets, eps, step, best)
+                                     targets, eps, support, step, best)
             active = rows
         if not use_maps:
             best.distance = torch.where(best.found, 0.0, math.inf)
@@ -275,16 +279,21 @@ class Descent:
         return done
 
     def _step(self, x: torch.Tensor, x0: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor,
-              logits: torch.Tensor, targets: torch.Tensor, eps: float, step: int,
-              best: Best) -> torch.Tensor:
-        """The next iterates of ``rows``: optimiser step, scale, step search, projection."""
+              logits: torch.Tensor, targets: torch.Tensor, eps: float | torch.Tensor,
+              support: torch.Tensor | None, step: int, best: Best) -> torch.Tensor:
+        """The next iterates of ``rows``: optimiser step, scale, support, step search,
+        projection."""
         update = self.optimizer.step(grad, rows)
         if self.step_scale is not None:
             update = update * self.step_scale(self._progress(step))
+        bound = eps[rows] if isinstance(eps, torch.Tensor) else eps
+        if support is not None:
+            update = update * support[rows]
         if self.step_search is not None:
             update, spent = self.step_search(
                 self.model, x[rows], update,
-                lambda c, i: quantise(project(c, x0[rows[i]], eps)), targets[rows],
-                margin(logits, targets[rows]))
+                lambda c, i: quantise(project(c, x0[rows[i]],
+                                              bound[i] if support is not None else bound)),
+                targets[rows], margin(logits, targets[rows]))
             best.passes[rows] += spent
-        return project(x[rows] - update, x0[rows], eps)
+        return project(x[rows] - update, x0[rows], bound)

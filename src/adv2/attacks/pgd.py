@@ -13,6 +13,7 @@ from adv2.attacks.losses import CrossEntropy, PredictionLoss
 from adv2.attacks.optimizers import SignStep
 from adv2.attacks.result import AttackResult, Images, as_batch, home_of, judge
 from adv2.attacks.settings import describe
+from adv2.attacks.support import lattice_bound
 from adv2.interpreters import Interpreter
 from adv2.models import device_of
 
@@ -33,7 +34,8 @@ class PGD:
 
     Shape:
         x: float N×3×H×W in [0,1] on any device, or uint8 N×H×W×3; targets: (N,) long;
-        target_maps: N×1×h×w in [0,1] at the interpreter's resolution (for judging).
+        target_maps: N×1×h×w in [0,1] at the interpreter's resolution (for judging);
+        support: N×1×H×W in [0,1], where the perturbation may live (None: everywhere).
 
     Returns:
         :class:`AttackResult` on the input's device.
@@ -54,27 +56,32 @@ class PGD:
     min_confidence: float = 0.0
     loss: PredictionLoss = field(default_factory=CrossEntropy)
 
-    def run(self, x0: torch.Tensor, targets: torch.Tensor) -> Trajectory:
+    def run(self, x0: torch.Tensor, targets: torch.Tensor,
+            support: torch.Tensor | None = None) -> Trajectory:
         """Float N×3×H×W in [0,1] → the trajectory's selected iterates (on the uint8 lattice),
-        on x0's device."""
+        on x0's device; ``support`` (N×1×H×W) confines the perturbation
+        (:mod:`adv2.attacks.support`)."""
         start = x0
         if self.random_start:  # drawn on the host from the seed, so every device agrees
             gen = torch.Generator().manual_seed(self.seed)
             noise = torch.empty(x0.shape, device="cpu").uniform_(-self.eps, self.eps,
-                                                                 generator=gen)
-            start = project(quantise(x0 + noise.to(x0)), x0, self.eps)
+                                                                 generator=gen).to(x0)
+            noise = noise if support is None else noise * support
+            start = project(quantise(x0 + noise), x0, lattice_bound(self.eps, support))
         # with stop_on_success, an image stops once the target wins with min_confidence
         stop_rule = TargetPredicted(self.min_confidence)
         descent = Descent(self.model, Objective(self.loss, criterion=stop_rule),
                           SignStep(self.step_size), self.steps, self.eps,
                           Stop(on_success=self.stop_on_success))
-        return descent.run(x0, start, targets)
+        return descent.run(x0, start, targets, support=support)
 
     def __call__(self, x: Images, targets: torch.Tensor,
-                 target_maps: torch.Tensor | None = None) -> AttackResult:
+                 target_maps: torch.Tensor | None = None,
+                 support: torch.Tensor | None = None) -> AttackResult:
         """Attack ``x``; with an interpreter and ``target_maps``, judge the maps too."""
         x0 = as_batch(x, device_of(self.model))
-        traj = self.run(x0, targets.to(x0.device))
+        traj = self.run(x0, targets.to(x0.device),
+                        None if support is None else support.to(x0.device))
         return judge(traj.x, x0, targets, self.model, traj.passes, self.interpreter,
                      target_maps).to(home_of(x))
 

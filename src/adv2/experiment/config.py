@@ -24,9 +24,10 @@ from adv2.detection import build_squeezer
 from adv2.interpreters import INTERPRETERS
 from adv2.attacks import ATTACKS
 from adv2.attacks.settings import ATTACK_KEYS
+from adv2.attacks.support import KINDS
 from adv2.pipeline import AttackConfig, SettingError, build_attack, check_setting, parse_number
 #: keys whose values are paths, resolved against the YAML file's directory
-PATH_KEYS = ("weights", "images", "labels", "benign_images", "checkpoint")
+PATH_KEYS = ("weights", "images", "labels", "benign_images", "checkpoint", "support")
 
 
 class ConfigError(ValueError):
@@ -81,6 +82,7 @@ class ExperimentConfig:
     eps: float = 8 / 255
     target_class: int | None = None
     target_map: str = "benign"
+    support: str = "full"
     batch_size: int = 1
     transfer: bool = True
     detection: DetectionSettings | None = None
@@ -92,7 +94,8 @@ class ExperimentConfig:
         settings |= self.attacks[attack].get(interpreter, {})
         return AttackConfig(model=self.model, weights=self.weights, interpreter=interpreter,
                             attack=attack, eps=self.eps, target_class=self.target_class,
-                            target_map=self.target_map, batch_size=self.batch_size, seed=seed,
+                            target_map=self.target_map, support=self.support,
+                            batch_size=self.batch_size, seed=seed,
                             **settings).resolved()
 
     def to_dict(self) -> dict:
@@ -223,7 +226,8 @@ def _check(cfg: ExperimentConfig) -> None:
         for option in settings:
             if option not in valid:
                 raise _unknown(str(option), key + ".", valid)
-    for key in ("target_map", "eps", "device", "batch_size", "target_class", "limit"):
+    for key in ("target_map", "eps", "device", "batch_size", "target_class", "limit",
+                "support"):
         try:
             check_setting(key, getattr(cfg, key))
         except SettingError as exc:
@@ -260,6 +264,8 @@ def _check(cfg: ExperimentConfig) -> None:
 def _resolve_paths(data: dict, base: Path) -> dict:
     out = dict(data)
     for key, value in data.items():
+        if key == "support" and isinstance(value, str) and value.partition(":")[0] in KINDS:
+            continue  # a built-in support, not a path
         if key in PATH_KEYS and isinstance(value, str):
             out[key] = str((base / value).resolve()) if not Path(value).is_absolute() else value
         elif isinstance(value, dict) and key != "attacks":

@@ -37,7 +37,7 @@ def attack_unit(cfg: ExperimentConfig, model: Classifier, interpreter: Interpret
     settings = cfg.attack_config(interpreter.name, attack_name, seed_of(cfg.seed, keys[0]))
     attack = build_attack(settings, model, interpreter)
     return attack_batch(replace(settings, seed=cfg.seed), model, interpreter, attack,
-                        data.images[rows], data.labels[rows], data.targets[rows], keys,
+                        data.images[rows], data.labels[rows], data.targets[rows], names,
                         data.pool(model.device) if cfg.target_map == "other" else None)
 
 

@@ -12,6 +12,19 @@ class CAM(Interpreter):
     """Class activation map at the feature map's resolution (7×7 for a 224² input at stride 32).
 
     No ReLU and no upsampling, as in the ADV² paper; normalised per image with an ε.
+
+    Arguments:
+        model: a :class:`~adv2.models.Classifier` with a feature map and a pool + linear head.
+        eps: the ε of the min-max normalisation.
+
+    Shape:
+        x: float N×3×H×W in [0,1] on the model's device; classes: (N,) long.
+
+    Returns:
+        ``cam(x, classes)``: N×1×h×w maps in [0,1]; ``cam.explain`` also the logits.
+
+    Example:
+        >>> maps = CAM(model)(x, labels)  # doctest: +SKIP
     """
 
     name = "cam"

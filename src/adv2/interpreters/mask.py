@@ -79,6 +79,21 @@ class MASK(Interpreter):
       the target map.
     - ``alt`` (the ADV² authors' cheap variant): the inner objective evaluated at the target
       mask; no inner optimisation.
+
+    Arguments:
+        model: the classifier. iterations, lr, l1, tv, tv_beta, scale, mask_sigma, null_sigma,
+            jitter, init, seed: the inner problem (module docstring). track_steps, lookahead,
+            verify_every, strategy: how ADV² differentiates it (above).
+
+    Shape:
+        x: float N×3×H×W in [0,1] on the model's device; classes: (N,) long.
+
+    Returns:
+        ``mask(x, classes)``: N×1×H/scale×W/scale maps 1 − m in [0,1] (a cold-start run,
+        not differentiable in x); ``mask.explain`` also the logits.
+
+    Example:
+        >>> maps = MASK(model, iterations=300)(x, labels)  # doctest: +SKIP
     """
 
     name = "mask"

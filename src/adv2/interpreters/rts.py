@@ -33,6 +33,21 @@ class RTS(Interpreter):
     about 40% of its cells are exactly 0 or 1, which makes top-k% sets (IoU) arbitrary and
     passes attacks no gradient. 5 keeps the cells distinct (docs/rts.md measures the mask
     quality with it).
+
+    Arguments:
+        model: the classifier (the saliency network's encoder).
+        checkpoint: a file from ``adv2 train-rts`` for this model and weights (default: the
+            checkpoint shipped for the model).
+        temperature: the map is sigmoid(z / temperature).
+
+    Shape:
+        x: float N×3×H×W in [0,1] on the model's device; classes: (N,) long.
+
+    Returns:
+        ``rts(x, classes)``: N×1×H/4×W/4 maps in [0,1]; ``rts.explain`` also the logits.
+
+    Example:
+        >>> maps = RTS(model)(x, labels)  # doctest: +SKIP
     """
 
     name = "rts"
