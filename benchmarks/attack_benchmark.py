@@ -80,7 +80,7 @@ def run_batches(cfg: pipeline.AttackConfig, model, interpreter, attack, samples,
         raise RuntimeError(f"non-finite outcome for {failed}")
     metas = [meta for _, meta in outputs]
     out = {k: torch.tensor([float(m[k]) for m in metas])
-           for k in ("success", "confidence", "l1", "passes", "linf")}
+           for k in ("success", "confidence", "l1", "passes", "linf", "changed", "l2")}
     out["iou"] = torch.tensor([m["iou"] for m in metas])
     out["adv"] = np.stack([arrays["adv"] for arrays, _ in outputs])
     return out, seconds
@@ -127,8 +127,10 @@ def main(argv: list[str] | None = None) -> int:
                         metavar="KEY=VALUE", dest="settings",
                         help="keyword of the interpreter's class, for benign maps, floor and "
                              "attacks alike (every interpreter of --interpreters takes it)")
+    parser.add_argument("--supports", nargs="+", default=["full"],
+                        help="ADV² rows, one per support (full, edges, target-map:q, ...)")
     parser.add_argument("--device", default="cpu",
-                        help="torch device of the classifier (e.g. cuda; the rest: CPU)")
+                        help="the torch device everything runs on (e.g. cuda)")
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
     args = parser.parse_args(argv)
     settings = dict(map(parse_setting, args.settings))
@@ -141,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     pool = pick_images(model, args.images, max(n for _, n in plan), args.seed)
 
     header = ("| interpreter | attack | n | success | confidence | L1 | IoU mean | "
-              "IoU@10/20/30/40/50% | s / image | passes / image |")
-    lines = [header, "|" + "---|" * 10]
+              "IoU@10/20/30/40/50% | s / image | passes / image | pixels changed | ‖δ‖₂ |")
+    lines = [header, "|" + "---|" * 12]
     ratios = []
     notes: list[str] = []
     for name, n in plan:
@@ -159,14 +161,16 @@ def main(argv: list[str] | None = None) -> int:
             per_image = " ".join(f"{v:.2f}" for v in floor_iou.mean(1).tolist())
             notes.append(f"{name} floor IoU per image: {per_image}")
         lines.append(f"| {name} | floor (±1/255 noise) | {n} | | | {floor_l1.mean():.4f} | "
-                     f"{floor_iou.mean():.3f} | {per_k} | | |")
+                     f"{floor_iou.mean():.3f} | {per_k} | | | | |")
         print(lines[-1], flush=True)
         strategies = INTERPRETERS[name].attack_strategies
-        runs = [("pgd", None)] + [("adv2", strategy) for strategy in
-                                  ([s for s in args.mask_strategies if s in strategies]
-                                   if strategies else [None])]
-        for attack_name, strategy in runs:
-            cfg = pipeline.AttackConfig(interpreter=name, attack=attack_name, seed=args.seed)
+        runs = [("pgd", None, "full")] + [
+            ("adv2", strategy, support) for support in args.supports
+            for strategy in ([s for s in args.mask_strategies if s in strategies]
+                             if strategies else [None])]
+        for attack_name, strategy, support in runs:
+            cfg = pipeline.AttackConfig(interpreter=name, attack=attack_name, seed=args.seed,
+                                        support=support)
             attacked = (build_interpreter(name, model, **settings, strategy=strategy)
                         if strategy else interpreter)
             attack = pipeline.build_attack(cfg, model, attacked)
@@ -174,18 +178,21 @@ def main(argv: list[str] | None = None) -> int:
                                        args.batch_size)
             assert cat["linf"].max() <= round(255 * cfg.eps)
             per_k = "/".join(f"{v:.2f}" for v in cat["iou"].mean(0).tolist())
-            label = DISPLAY_NAMES[attack_name] + (f" ({strategy})" if strategy else "")
+            tags = [t for t in (strategy, None if support == "full" else f"{support} support")
+                    if t]
+            label = DISPLAY_NAMES[attack_name] + (f" ({', '.join(tags)})" if tags else "")
             lines.append(
                 f"| {name} | {label} | {n} | "
                 f"{cat['success'].mean():.3f} | {cat['confidence'].mean():.3f} | "
                 f"{cat['l1'].mean():.4f} | {cat['iou'].mean():.3f} | {per_k} | {seconds:.2f} | "
-                f"{cat['passes'].mean():.1f} |")
+                f"{cat['passes'].mean():.1f} | {cat['changed'].mean():.3f} | "
+                f"{cat['l2'].mean():.2f} |")
             print(lines[-1], flush=True)
-            if attack_name == "adv2":
+            if attack_name == "adv2" and support == "full":
                 k = min(n, args.batch_size)
                 ratio = step_cost(model, attacked, x[:k], tgts[:k], benign[:k])
                 ratios.append(f"| {name}{f' ({strategy})' if strategy else ''} | {ratio:.2f} |")
-            if strategy:
+            if strategy and support == "full":
                 per_image = " ".join(f"{v:.2f}" for v in cat["iou"].mean(1).tolist())
                 notes.append(f"{name} ADV² ({strategy}) IoU per image: {per_image}")
 
@@ -195,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f" --mask-strategies {' '.join(args.mask_strategies)}"
            if any(INTERPRETERS[name].attack_strategies for name, _ in plan) else "")
         + "".join(f" --interpreter-setting {text}" for text in args.settings)
+        + (f" --supports {' '.join(args.supports)}" if args.supports != ["full"] else "")
         + (f" --device {args.device}" if args.device != "cpu" else "") + "`",
         "",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
@@ -205,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         + ". Metrics: the true "
         "interpreter on the final uint8 images; L1 and IoU (top-k%, mean over k) against the "
         "benign map. The floor row compares the benign map with the map of the clean image "
-        "plus seeded uniform noise in {−1, 0, +1}/255 (same class and settings).",
+        "plus seeded uniform noise in {−1, 0, +1}/255 (same class and settings). Pixels "
+        "changed: the fraction of pixels with any channel changed; ‖δ‖₂ in [0,1] units. A "
+        "support (`--support`, adv2.attacks.support) confines ADV² in every stage.",
         "",
         *lines,
         "",

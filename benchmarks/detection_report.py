@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--device", default="cpu",
-                        help="torch device of the classifier (e.g. cuda; the rest: CPU)")
+                        help="the torch device everything runs on (e.g. cuda)")
     parser.add_argument("--lam-scale", type=float,
                         help="the adaptive attacks' λ multiplier (default: the interpreter's "
                              "adaptive_lam_scale)")
