@@ -168,8 +168,8 @@ class Descent:
         if use_maps and (self.interpreter is None or target_maps is None):
             raise ValueError("a map loss needs an interpreter and target maps")
         policy = self.interpreter.verification() if use_maps else None
-        eps = lattice_bound(self.eps, support)  # the largest lattice ball inside ε (·S)
-        x = project(quantise(x_start), x0, eps)
+        bound = lattice_bound(self.eps, support)  # the largest lattice ball inside ε (·S)
+        x = project(quantise(x_start), x0, bound)
         best = Best.start(x)
         active = torch.arange(x.shape[0], device=x.device)
         self.optimizer.reset(x)
@@ -185,7 +185,7 @@ class Descent:
             judged = self._verify(step, xq, active, targets, target_maps, policy, best) \
                 if scheduled else None
             if last:
-                self._keep(best, judged, xq, active, targets, use_maps)
+                self._keep(best, judged, xq, active, use_maps)
                 break
             logits, dist, loss = self._loss(xq, active, targets, target_maps, step)
             best.passes[active] += self.interpreter.passes_per_step if use_maps else 1
@@ -200,13 +200,13 @@ class Descent:
                 if newly.any():
                     judged = self._verify(step, xq[newly], active[newly], targets,
                                           target_maps, policy, best)
-            done = self._keep(best, judged, xq, active, targets, use_maps)
+            done = self._keep(best, judged, xq, active, use_maps)
             (grad,) = torch.autograd.grad(loss.sum(), xq)
             keep = ~done
             rows = active[keep]  # the active set shrinks as images finish (a host sync)
             if rows.numel():
                 x[rows] = self._step(x, x0, rows, grad[keep], logits.detach()[keep],
-                                     targets, eps, support, step, best)
+                                     targets, bound, support, step, best)
             active = rows
         if not use_maps:
             best.distance = torch.where(best.found, 0.0, math.inf)
@@ -260,7 +260,7 @@ class Descent:
         return Judgement(step, rows, xs, ok, distance.detach(), best.passes[rows].clone(), maps)
 
     def _keep(self, best: Best, judged: Judgement | None, xq: torch.Tensor,
-              active: torch.Tensor, targets: torch.Tensor, use_maps: bool) -> torch.Tensor:
+              active: torch.Tensor, use_maps: bool) -> torch.Tensor:
         """Bookkeeping of a judgement; returns which active images are done."""
         done = torch.zeros(len(active), dtype=torch.bool, device=xq.device)
         if judged is None:
@@ -279,14 +279,14 @@ class Descent:
         return done
 
     def _step(self, x: torch.Tensor, x0: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor,
-              logits: torch.Tensor, targets: torch.Tensor, eps: float | torch.Tensor,
+              logits: torch.Tensor, targets: torch.Tensor, bound: float | torch.Tensor,
               support: torch.Tensor | None, step: int, best: Best) -> torch.Tensor:
         """The next iterates of ``rows``: optimiser step, scale, support, step search,
         projection."""
         update = self.optimizer.step(grad, rows)
         if self.step_scale is not None:
             update = update * self.step_scale(self._progress(step))
-        bound = eps[rows] if isinstance(eps, torch.Tensor) else eps
+        bound = bound[rows] if isinstance(bound, torch.Tensor) else bound
         if support is not None:
             update = update * support[rows]
         if self.step_search is not None:
