@@ -375,3 +375,36 @@ def test_run_recomputes_the_records_of_a_replaced_picture(tmp_path, monkeypatch)
     assert [n for n in before if before[n] != after[n]] == [f"{names[1]}.npz"]
     record = Store(tmp_path / "run").load("cam/pgd", names[1])
     assert record.meta["input"] == image_digest(load_image(images / names[1], 64))
+
+
+@pytest.mark.parametrize("case", ["nan", "text", "truncated", "pickle"])
+def test_bad_weights_files_exit_2_naming_the_file(tmp_path, caplog, case) -> None:
+    weights = _test_resnet(tmp_path)
+    state = torch.load(weights, weights_only=True)
+    bad = tmp_path / f"{case}.pth"
+    if case == "nan":
+        next(v for v in state.values() if v.is_floating_point())[0] = float("nan")
+        torch.save(state, bad)
+    elif case == "text":
+        bad.write_text("these are not weights\n")
+    elif case == "truncated":
+        bad.write_bytes(weights.read_bytes()[:1000])
+    else:
+        import pickle
+
+        class Payload:
+            def __reduce__(self):
+                return (os.system, ("echo owned",))
+
+        bad.write_bytes(pickle.dumps({"w": Payload()}))
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(make_images(1)[0]).save(images / "a.png")
+    code = cli.main(["attack", "--model", "timm:test_resnet", "--weights", str(bad),
+                     "--images", str(images), "--out", str(tmp_path / "out")])
+    assert code == 2 and bad.name in caplog.text
+    assert {"nan": "non-finite", "text": "not a PyTorch checkpoint",
+            "truncated": "not a readable PyTorch checkpoint",
+            "pickle": "refused"}[case] in caplog.text
+    assert "weights_only=False will likely succeed" not in caplog.text
+    assert not (tmp_path / "out").exists()

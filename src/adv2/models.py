@@ -171,15 +171,23 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def _read_torch(path: Path) -> Any:
     """``torch.load(path, weights_only=True)`` with torch's errors turned into ModelErrors."""
     try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ModelError(f"cannot read weights file {path}: {exc.strerror or exc}") from None
+    # torch.save writes a zip archive, or (legacy) a pickle that starts with its protocol byte
+    archive_or_pickle = magic == b"PK\x03\x04" or magic[:1] == b"\x80"
+    if not archive_or_pickle:
+        raise ModelError(f"weights file {path} is not a PyTorch checkpoint (neither a "
+                         "torch.save archive nor a pickle)")
+    try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as exc:
         raise ModelError(f"cannot read weights file {path}: {exc.strerror or exc}") from None
     except pickle.UnpicklingError as exc:
-        with path.open("rb") as f:
-            magic = f.read(4)
         # a zip archive (torch.save) or a pickle (legacy torch.save): the safe loader refused it
         refused = "Weights only load failed" in str(exc)
-        if refused and (magic == b"PK\x03\x04" or magic[:1] == b"\x80"):
+        if refused:
             found = re.search(r"GLOBAL ([\w.]+)", str(exc))
             what = f" (e.g. {found.group(1)})" if found else ""
             raise ModelError(
