@@ -157,3 +157,4 @@ def test_fast_true_map_is_bitwise_explain_on_lite0() -> None:
     logits, maps = interp.attack_forward(x.clone().requires_grad_(True), classes, 0.5)
     assert torch.equal(logits.detach(), true_logits)
     assert torch.equal(maps.detach(), true_maps)
+    assert not graph_nodes(maps) & {"ConvolutionBackward0", "NativeBatchNormBackward0"}
