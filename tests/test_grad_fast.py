@@ -16,13 +16,15 @@ from adv2.models import Classifier, _PoolLinear
 
 def make_bn_model(seed: int = 0, extra: nn.Module | None = None) -> Classifier:
     """Conv-BN-ReLU6, depthwise conv-BN-ReLU, pointwise conv-BN-SiLU, a grouped strided conv,
-    max pooling and a linear head; BN statistics away from the identity."""
+    max pooling, a BN after the pooling and a linear head; BN statistics away from the
+    identity."""
     torch.manual_seed(seed)
     layers = [
         nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
         nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
         nn.Conv2d(8, 16, 1), nn.BatchNorm2d(16), nn.SiLU(),
         nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=4), nn.MaxPool2d(2, ceil_mode=True),
+        nn.BatchNorm2d(16),
     ]
     if extra is not None:
         layers.append(extra)
@@ -83,8 +85,8 @@ def test_fast_path_is_taken_and_replaces_the_layers(bn_model, batch) -> None:
     _, _, smooth_grad = interp.fast(x.clone().requires_grad_(True), classes, beta=5.0)
     names = graph_nodes(smooth_grad)
     # the frozen Functions, not PyTorch's convolution / batch-norm nodes
-    assert {"_FrozenConvBackward", "_ConvAdjointBackward", "_FrozenBatchNormBackward",
-            "_SmoothStepBackward"} <= names
+    assert {"_FrozenConvBackward", "_ConvAdjointBackward", "_ConvBatchNormBackward",
+            "_FrozenBatchNormBackward", "_SmoothStepBackward", "_SiLUSlopeBackward"} <= names
     assert not names & {"ConvolutionBackward0", "NativeBatchNormBackward0",
                         "ConvolutionBackwardBackward0"}
 
@@ -135,7 +137,7 @@ def test_unsupported_layer_falls_back_to_the_generic_surrogate(batch, caplog) ->
     with caplog.at_level(logging.WARNING, logger="adv2.interpreters.grad_surrogate"):
         interp = GRAD(model)
     assert interp.fast is None and interp.surrogate is not None
-    assert "unsupported layers: body.11 (Tanh)" in caplog.text
+    assert "unsupported layers: body.12 (Tanh)" in caplog.text
     assert FastSurrogate.build(make_bn_model()) is not None
     x, classes = batch
     true_logits, true_maps = interp.explain(x, classes)

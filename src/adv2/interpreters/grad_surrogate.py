@@ -58,27 +58,29 @@ class BackwardMode:
 
 class _SmoothStep(torch.autograd.Function):
     """g·s(z) with s(z) = σ(βz) − σ(β(z − cap)) (cap None: σ(βz)); backward in closed form,
-    s'(z) = β·s·(1 − σ(βz) − σ(β(z − cap)))."""
+    s'(z) = β·s·(1 − σ(βz) − σ(β(z − cap))). In-place where it can: these are the largest
+    elementwise ops of a GRAD step."""
 
     @staticmethod
     def forward(ctx, g: torch.Tensor, z: torch.Tensor, beta: float,
                 cap: float | None) -> torch.Tensor:
-        low = torch.sigmoid(z * beta)
+        scaled = z * beta
+        low = torch.sigmoid(scaled)
         if cap is None:
-            slope, total = low, low
+            slope = low
+            curvature = (1.0 - low).mul_(slope).mul_(beta)
         else:
-            high = torch.sigmoid((z - cap) * beta)
-            slope, total = low - high, low + high
-        ctx.save_for_backward(g, slope, total)
-        ctx.beta = beta
+            high = scaled.sub_(beta * cap).sigmoid_()
+            slope = low - high
+            curvature = low.add_(high).mul_(-beta).add_(beta).mul_(slope)
+        ctx.save_for_backward(g, slope, curvature)
         return g * slope
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gg: torch.Tensor):
-        g, slope, total = ctx.saved_tensors
-        curvature = slope * (1.0 - total) * ctx.beta
-        return gg * slope, gg * g * curvature, None, None
+        g, slope, curvature = ctx.saved_tensors
+        return gg * slope, torch.mul(gg, g).mul_(curvature), None, None
 
 
 class _Clamp(torch.autograd.Function):
@@ -227,19 +229,54 @@ class _FrozenBatchNorm(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
                 weight: torch.Tensor | None, bias: torch.Tensor | None,
                 eps: float) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        inv = _inverse_std(var, eps).view(shape)
-        ctx.save_for_backward(inv, weight.view(shape) if weight is not None else None)
+        ctx.save_for_backward(*_bn_scale(x, var, weight, eps))
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         inv, weight = ctx.saved_tensors
         if torch.is_grad_enabled():  # one differentiable scale
-            scale = inv if weight is None else inv * weight
-            return g * scale, None, None, None, None, None
-        out = g * inv  # the CPU kernel's order: dy·invstd·w
-        return (out if weight is None else out * weight), None, None, None, None, None
+            return g * (inv if weight is None else inv * weight), None, None, None, None, None
+        return _bn_input_grad(g, inv, weight), None, None, None, None, None
+
+
+def _bn_scale(x: torch.Tensor, var: torch.Tensor, weight: torch.Tensor | None,
+              eps: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """1/√(var + ε) and the weight, shaped to broadcast over x's channels."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return _inverse_std(var, eps).view(shape), None if weight is None else weight.view(shape)
+
+
+def _bn_input_grad(g: torch.Tensor, inv: torch.Tensor, weight: torch.Tensor | None):
+    """The eval-mode batch-norm backward in the CPU kernel's order, dy·invstd·w."""
+    out = g * inv
+    return out if weight is None else out * weight
+
+
+class _ConvBatchNorm(torch.autograd.Function):
+    """Eval-mode batch norm of the output y of a frozen convolution of x, differentiated
+    straight to x: exact, the batch-norm scale then the convolution's input adjoint; with a
+    graph, the adjoint of the convolution whose weight the scale is folded into (one op, and
+    one convolution in the double backward)."""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, x: torch.Tensor, conv_weight: torch.Tensor,
+                params: _ConvParams, mean: torch.Tensor, var: torch.Tensor,
+                weight: torch.Tensor | None, bias: torch.Tensor | None,
+                eps: float) -> torch.Tensor:
+        ctx.save_for_backward(x, conv_weight, *_bn_scale(y, var, weight, eps))
+        ctx.params = params
+        return F.batch_norm(y, mean, var, weight, bias, False, 0.0, eps)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, conv_weight, inv, weight = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            scale = (inv if weight is None else inv * weight).view(-1, 1, 1, 1)
+            gx = _ConvAdjoint.apply(g, x, conv_weight * scale, ctx.params)
+        else:
+            gx = _conv_input_grad(_bn_input_grad(g, inv, weight), x, conv_weight, ctx.params)
+        return None, gx, None, None, None, None, None, None, None
 
 
 def _args(names: tuple[str, ...], defaults: tuple, args: tuple, kwargs: dict) -> list:
@@ -261,8 +298,14 @@ def _frozen(t: torch.Tensor | None) -> bool:
 
 class FrozenLayers(TorchFunctionMode):
     """While active, 2-d convolutions and eval-mode batch norms with frozen parameters run as
-    the Functions above; other calls (and string paddings, training-mode batch norm) run as
-    they are."""
+    the Functions above (a batch norm of a frozen convolution's output as one
+    :class:`_ConvBatchNorm`); other calls (and string paddings, training-mode batch norm) run
+    as they are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: the last frozen convolution: its output, input, weight and parameters
+        self._conv: tuple[torch.Tensor, torch.Tensor, torch.Tensor, _ConvParams] | None = None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -271,12 +314,19 @@ class FrozenLayers(TorchFunctionMode):
                 _CONV_ARGS, (None, None, None, 1, 0, 1, 1), args, kwargs)
             if w.dim() == 4 and not isinstance(padding, str) and _frozen(w) and _frozen(b):
                 params = (_pair(stride), _pair(padding), _pair(dilation), int(groups))
-                return _FrozenConv.apply(x, w, b, params)
+                out = _FrozenConv.apply(x, w, b, params)
+                self._conv = out, x, w, params
+                return out
         elif func is F.batch_norm:
             x, mean, var, w, b, training, _, eps = _args(
                 _BN_ARGS, (None, None, None, None, None, False, 0.1, 1e-5), args, kwargs)
             if not training and mean is not None and var is not None and _frozen(w) \
                     and _frozen(b):
+                if self._conv is not None and x is self._conv[0]:
+                    _, conv_x, conv_w, params = self._conv
+                    self._conv = None
+                    return _ConvBatchNorm.apply(x.detach(), conv_x, conv_w, params, mean, var,
+                                                w, b, float(eps))
                 return _FrozenBatchNorm.apply(x, mean, var, w, b, float(eps))
         return func(*args, **kwargs)
 
