@@ -131,7 +131,7 @@ def grad_unit_costs(model, x: torch.Tensor, t: torch.Tensor, target_maps: torch.
     lines += [f"| {name} | " + " | ".join(f"{c[name]:.2f}" for _, c, _ in columns) + " |"
               for name, _ in rows]
     lines.append("| (one forward + backward, ms per batch) | "
-                 + " | ".join(f"{1000 * u:.0f}" for _, _, u in columns) + " |")
+                 + " | ".join(f"{1000 * u:.1f}" for _, _, u in columns) + " |")
     return lines
 
 
