@@ -46,8 +46,9 @@ SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
 
 @dataclass
 class BackwardMode:
-    """Which derivative the activations' backward returns when it runs: the exact one
-    (``smooth`` False) or the softplus-``beta`` one."""
+    """What the surrogate's backward computes when it runs: the model's exact derivative with
+    the model's own kernels (``smooth`` False), or the surrogate's, softplus-``beta``
+    activations and whatever kernels are cheapest."""
 
     smooth: bool = False
     beta: float = 3.0
@@ -56,23 +57,26 @@ class BackwardMode:
 # ----------------------------------------------------------------------------- activations
 
 
-class _SmoothStep(torch.autograd.Function):
-    """g·s(z) with s(z) = σ(βz) − σ(β(z − cap)) (cap None: σ(βz)); backward in closed form,
-    s'(z) = β·s·(1 − σ(βz) − σ(β(z − cap))). In-place where it can: these are the largest
-    elementwise ops of a GRAD step."""
-
-    @staticmethod
-    def forward(ctx, g: torch.Tensor, z: torch.Tensor, beta: float,
-                cap: float | None) -> torch.Tensor:
+def _smooth_slope(z: torch.Tensor, beta: float,
+                  cap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """s(z) = σ(βz) − σ(β(z − cap)) (cap None: σ(βz)) and s'(z) = β·s·(1 − σ(βz) − σ(β(z −
+    cap))), without a graph; in place where it can (the largest elementwise ops of a step)."""
+    with torch.no_grad():
         scaled = z * beta
         low = torch.sigmoid(scaled)
         if cap is None:
-            slope = low
-            curvature = (1.0 - low).mul_(slope).mul_(beta)
-        else:
-            high = scaled.sub_(beta * cap).sigmoid_()
-            slope = low - high
-            curvature = low.add_(high).mul_(-beta).add_(beta).mul_(slope)
+            return low, (1.0 - low).mul_(low).mul_(beta)
+        high = scaled.sub_(beta * cap).sigmoid_()
+        slope = low - high
+        return slope, low.add_(high).mul_(-beta).add_(beta).mul_(slope)
+
+
+class _SmoothStep(torch.autograd.Function):
+    """g·s(z) given s(z) and s'(z): differentiable in g and z in closed form."""
+
+    @staticmethod
+    def forward(ctx, g: torch.Tensor, z: torch.Tensor, slope: torch.Tensor,
+                curvature: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(g, slope, curvature)
         return g * slope
 
@@ -84,19 +88,27 @@ class _SmoothStep(torch.autograd.Function):
 
 
 class _Clamp(torch.autograd.Function):
-    """ReLU (cap None) or ReLU6 with the backward :class:`BackwardMode` selects."""
+    """ReLU (cap None) or ReLU6 with the backward :class:`BackwardMode` selects. The smooth
+    slope is kept for a later backward at the same β (the attack's own backward through the
+    forward pass)."""
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, cap: float | None, mode: BackwardMode) -> torch.Tensor:
         ctx.save_for_backward(z)
-        ctx.cap, ctx.mode = cap, mode
+        ctx.cap, ctx.mode, ctx.smooth = cap, mode, None
         return F.relu(z) if cap is None else F.hardtanh(z, 0.0, cap)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         (z,) = ctx.saved_tensors
-        if ctx.mode.smooth:
-            return _SmoothStep.apply(g, z, ctx.mode.beta, ctx.cap), None, None
+        mode = ctx.mode
+        if mode.smooth:
+            if ctx.smooth is None or ctx.smooth[0] != mode.beta:
+                ctx.smooth = (mode.beta, *_smooth_slope(z, mode.beta, ctx.cap))
+            _, slope, curvature = ctx.smooth
+            if torch.is_grad_enabled():
+                return _SmoothStep.apply(g, z, slope, curvature), None, None
+            return g * slope, None, None
         if ctx.cap is None:  # relu's own backward: the input and the output are positive together
             return torch.ops.aten.threshold_backward(g, z, 0.0), None, None
         return torch.ops.aten.hardtanh_backward(g, z, 0.0, ctx.cap), None, None
@@ -225,19 +237,25 @@ def _inverse_std(var: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class _FrozenBatchNorm(torch.autograd.Function):
+    """Eval-mode batch norm; backward: the CPU kernel's dy·invstd·w in exact mode, else one
+    (differentiable) per-channel scale."""
+
     @staticmethod
     def forward(ctx, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
-                weight: torch.Tensor | None, bias: torch.Tensor | None,
-                eps: float) -> torch.Tensor:
+                weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
+                mode: BackwardMode) -> torch.Tensor:
         ctx.save_for_backward(*_bn_scale(x, var, weight, eps))
+        ctx.mode = mode
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         inv, weight = ctx.saved_tensors
-        if torch.is_grad_enabled():  # one differentiable scale
-            return g * (inv if weight is None else inv * weight), None, None, None, None, None
-        return _bn_input_grad(g, inv, weight), None, None, None, None, None
+        if ctx.mode.smooth or torch.is_grad_enabled():
+            gx = g * (inv if weight is None else inv * weight)
+        else:
+            gx = _bn_input_grad(g, inv, weight)
+        return gx, None, None, None, None, None, None
 
 
 def _bn_scale(x: torch.Tensor, var: torch.Tensor, weight: torch.Tensor | None,
@@ -255,28 +273,31 @@ def _bn_input_grad(g: torch.Tensor, inv: torch.Tensor, weight: torch.Tensor | No
 
 class _ConvBatchNorm(torch.autograd.Function):
     """Eval-mode batch norm of the output y of a frozen convolution of x, differentiated
-    straight to x: exact, the batch-norm scale then the convolution's input adjoint; with a
-    graph, the adjoint of the convolution whose weight the scale is folded into (one op, and
-    one convolution in the double backward)."""
+    straight to x: in exact mode, the batch-norm scale then the convolution's input adjoint
+    (the model's kernels); otherwise the adjoint of the convolution whose weight the scale is
+    folded into (one op, and one convolution in the double backward)."""
 
     @staticmethod
     def forward(ctx, y: torch.Tensor, x: torch.Tensor, conv_weight: torch.Tensor,
                 params: _ConvParams, mean: torch.Tensor, var: torch.Tensor,
                 weight: torch.Tensor | None, bias: torch.Tensor | None,
-                eps: float) -> torch.Tensor:
+                eps: float, mode: BackwardMode) -> torch.Tensor:
         ctx.save_for_backward(x, conv_weight, *_bn_scale(y, var, weight, eps))
-        ctx.params = params
+        ctx.params, ctx.mode = params, mode
         return F.batch_norm(y, mean, var, weight, bias, False, 0.0, eps)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         x, conv_weight, inv, weight = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            scale = (inv if weight is None else inv * weight).view(-1, 1, 1, 1)
-            gx = _ConvAdjoint.apply(g, x, conv_weight * scale, ctx.params)
-        else:
+        if not (ctx.mode.smooth or torch.is_grad_enabled()):
             gx = _conv_input_grad(_bn_input_grad(g, inv, weight), x, conv_weight, ctx.params)
-        return None, gx, None, None, None, None, None, None, None
+            return None, gx, None, None, None, None, None, None, None, None
+        folded = conv_weight * (inv if weight is None else inv * weight).view(-1, 1, 1, 1)
+        if torch.is_grad_enabled():
+            gx = _ConvAdjoint.apply(g, x, folded, ctx.params)
+        else:
+            gx = _conv_input_grad(g, x, folded, ctx.params)
+        return None, gx, None, None, None, None, None, None, None, None
 
 
 def _args(names: tuple[str, ...], defaults: tuple, args: tuple, kwargs: dict) -> list:
@@ -298,12 +319,13 @@ def _frozen(t: torch.Tensor | None) -> bool:
 
 class FrozenLayers(TorchFunctionMode):
     """While active, 2-d convolutions and eval-mode batch norms with frozen parameters run as
-    the Functions above (a batch norm of a frozen convolution's output as one
+    the Functions above, their backward as ``mode`` says (a batch norm of a frozen convolution's output as one
     :class:`_ConvBatchNorm`); other calls (and string paddings, training-mode batch norm) run
     as they are."""
 
-    def __init__(self) -> None:
+    def __init__(self, mode: BackwardMode) -> None:
         super().__init__()
+        self.mode = mode
         #: the last frozen convolution: its output, input, weight and parameters
         self._conv: tuple[torch.Tensor, torch.Tensor, torch.Tensor, _ConvParams] | None = None
 
@@ -326,8 +348,8 @@ class FrozenLayers(TorchFunctionMode):
                     _, conv_x, conv_w, params = self._conv
                     self._conv = None
                     return _ConvBatchNorm.apply(x.detach(), conv_x, conv_w, params, mean, var,
-                                                w, b, float(eps))
-                return _FrozenBatchNorm.apply(x, mean, var, w, b, float(eps))
+                                                w, b, float(eps), self.mode)
+                return _FrozenBatchNorm.apply(x, mean, var, w, b, float(eps), self.mode)
         return func(*args, **kwargs)
 
 
@@ -394,7 +416,7 @@ class FastSurrogate:
                  beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         with torch.enable_grad():
             xg = x if x.requires_grad else x.detach().requires_grad_(True)
-            with FrozenLayers():
+            with FrozenLayers(self.mode):
                 logits = self.net(xg)
             loss = F.cross_entropy(logits, classes, reduction="sum")
             self.mode.smooth = False
