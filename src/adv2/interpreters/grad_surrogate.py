@@ -133,6 +133,8 @@ class _SiLUSlope(torch.autograd.Function):
 
 
 class _SiLU(torch.autograd.Function):
+    """SiLU; the backward is the model's kernel without a graph, :class:`_SiLUSlope` with one."""
+
     @staticmethod
     def forward(ctx, z: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(z)
@@ -214,6 +216,9 @@ class _ConvAdjoint(torch.autograd.Function):
 
 
 class _FrozenConv(torch.autograd.Function):
+    """A 2-d convolution with a frozen weight: the backward is the input adjoint only (the
+    model's kernel without a graph, :class:`_ConvAdjoint` with one)."""
+
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 params: _ConvParams) -> torch.Tensor:
