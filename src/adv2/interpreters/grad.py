@@ -80,7 +80,7 @@ class GRAD(Interpreter):
     passes_per_step = 2  # the true saliency and the surrogate's double backpropagation
 
     def __init__(
-        self, model: Classifier, pool: int = 4, beta_start: float = 3.0, beta_end: float = 10.0,
+        self, model: Classifier, pool: int = 4, beta_start: float = 6.0, beta_end: float = 20.0,
         fast: bool = True,
     ) -> None:
         super().__init__(model)
