@@ -4,7 +4,10 @@ Seeded random targets, benign target maps, the embedded EfficientNet-Lite0, ε =
 CLI's default attack settings. Prints one Markdown table (and writes it with --out):
 success, confidence, L1, IoU mean, seconds and passes per image, the interpreter's noise floor
 (benign map vs the map of the image plus ±1/255 noise), and the cost of one attack
-step relative to one PGD step (forward + backward on the true model), timed in the same run.
+step relative to one PGD step (forward + backward on the true model), timed in the same run;
+with GRAD, a table of GRAD's unit costs (forward, forward + backward, explain, attack step on
+the fast and the generic surrogate, double-backprop HVPs) in forward + backward units at batch
+1 and the attack's batch.
 
     python benchmarks/attack_benchmark.py --interpreters cam:20 grad:8 --out docs/benchmark.md
 """
