@@ -126,7 +126,8 @@ def grad_unit_costs(model, x: torch.Tensor, t: torch.Tensor, target_maps: torch.
     columns = []
     for k in sorted({1, len(x)}):
         xb, tb, mb = x[:k], t[:k], target_maps[:k]
-        times = timed({name: (lambda fn=fn: fn(xb, tb, mb)) for name, fn in rows}, repeats)
+        times = timed({name: (lambda fn=fn, xb=xb, tb=tb, mb=mb: fn(xb, tb, mb))
+                       for name, fn in rows}, repeats)
         unit = times[rows[1][0]]
         columns.append((k, {name: v / unit for name, v in times.items()}, unit))
     lines = ["| what | " + " | ".join(f"batch {k}" for k, _, _ in columns) + " |",
@@ -264,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|",
         *ratios,
         "",
-        *(["GRAD unit costs in forward + backward units (CE w.r.t. the input), median process "
-           "CPU time, interleaved, same run:", "", *unit_costs, ""] if unit_costs else []),
+        *([("GRAD unit costs in forward + backward units (CE w.r.t. the input), median process "
+            "CPU time, interleaved, same run:"), "", *unit_costs, ""] if unit_costs else []),
         *(f"- {note}" for note in notes),
         "",
     ]

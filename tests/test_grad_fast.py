@@ -140,8 +140,8 @@ def test_unsupported_layer_falls_back_to_the_generic_surrogate(batch, caplog) ->
     assert "unsupported layers: body.12 (Tanh)" in caplog.text
     assert FastSurrogate.build(make_bn_model()) is not None
     x, classes = batch
-    true_logits, true_maps = interp.explain(x, classes)
-    logits, maps = interp.attack_forward(x.clone().requires_grad_(True), classes, 0.5)
+    _, true_maps = interp.explain(x, classes)
+    _, maps = interp.attack_forward(x.clone().requires_grad_(True), classes, 0.5)
     assert torch.equal(maps.detach(), true_maps)
     assert torch.isfinite(attack_gradient(interp, x, classes, 1 - true_maps, 0.5)).all()
 

@@ -431,5 +431,12 @@ class FastSurrogate:
         return logits, true_grad, smooth_grad
 
 
-__all__ = ["BackwardMode", "DualReLU", "FastSurrogate", "FrozenLayers", "FrozenSiLU",
-           "SUPPORTED_LAYERS", "unsupported_layers"]
+__all__ = [
+    "SUPPORTED_LAYERS",
+    "BackwardMode",
+    "DualReLU",
+    "FastSurrogate",
+    "FrozenLayers",
+    "FrozenSiLU",
+    "unsupported_layers",
+]
