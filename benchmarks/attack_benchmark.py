@@ -4,7 +4,10 @@ Seeded random targets, benign target maps, the embedded EfficientNet-Lite0, ε =
 CLI's default attack settings. Prints one Markdown table (and writes it with --out):
 success, confidence, L1, IoU mean, seconds and passes per image, the interpreter's noise floor
 (benign map vs the map of the image plus ±1/255 noise), and the cost of one attack
-step relative to one PGD step (forward + backward on the true model), timed in the same run.
+step relative to one PGD step (forward + backward on the true model), timed in the same run;
+with GRAD, a table of GRAD's unit costs (forward, forward + backward, explain, attack step on
+the fast and the generic surrogate, double-backprop HVPs) in forward + backward units at batch
+1 and the attack's batch.
 
     python benchmarks/attack_benchmark.py --interpreters cam:20 grad:8 --out docs/benchmark.md
 """
@@ -86,31 +89,93 @@ def run_batches(cfg: pipeline.AttackConfig, model, interpreter, attack, samples,
     return out, seconds
 
 
+def timed(fns: dict, repeats: int = 5) -> dict:
+    """Median process CPU time of each callable, the callables run interleaved (one warm-up
+    round first), so that a load on the machine shifts them alike."""
+    runs: dict = {name: [] for name in fns}
+    for round_ in range(repeats + 1):
+        for name, fn in fns.items():
+            start = time.process_time()
+            fn()
+            if round_:
+                runs[name].append(time.process_time() - start)
+    return {name: statistics.median(r) for name, r in runs.items()}
+
+
+def input_grad(model, x: torch.Tensor, t: torch.Tensor) -> None:
+    """One forward + backward of the CE loss w.r.t. the input (a PGD step's work)."""
+    xg = x.clone().requires_grad_(True)
+    torch.autograd.grad(torch.nn.functional.cross_entropy(model(xg), t), xg)
+
+
+def attack_step(interpreter, x: torch.Tensor, t: torch.Tensor, target_maps: torch.Tensor) -> None:
+    """One ADV² step's work: the attack loss at x and its gradient w.r.t. x."""
+    xg = x.clone().requires_grad_(True)
+    interpreter.start_attack(xg.detach(), t)
+    logits, dist = interpreter.attack_loss(xg, t, target_maps, MapMSE(), 0.5)
+    loss = torch.nn.functional.cross_entropy(logits, t) + dist.mean()
+    torch.autograd.grad(loss, xg)
+
+
 def step_cost(model, interpreter, x: torch.Tensor, t: torch.Tensor, target_maps: torch.Tensor,
               repeats: int = 5) -> float:
     """Median time of one ADV² step over one PGD step on the same batch."""
+    times = timed({"pgd": lambda: input_grad(model, x, t),
+                   "adv2": lambda: attack_step(interpreter, x, t, target_maps)}, repeats)
+    return times["adv2"] / times["pgd"]
 
-    def pgd_step():
-        xg = x.clone().requires_grad_(True)
-        torch.autograd.grad(torch.nn.functional.cross_entropy(model(xg), t), xg)
 
-    def adv2_step():
-        xg = x.clone().requires_grad_(True)
-        interpreter.start_attack(xg.detach(), t)
-        logits, dist = interpreter.attack_loss(xg, t, target_maps, MapMSE(), 0.5)
-        loss = torch.nn.functional.cross_entropy(logits, t) + dist.mean()
-        torch.autograd.grad(loss, xg)
+def hvp(net, x: torch.Tensor, t: torch.Tensor) -> None:
+    """A Hessian-vector product of the CE loss w.r.t. the input by double backpropagation,
+    ∇ₓ⟨∇ₓℓ, v⟩ with a fixed v (the shape of the second-order work of a GRAD step)."""
+    xg = x.clone().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(net(xg), t, reduction="sum")
+    (g,) = torch.autograd.grad(loss, xg, create_graph=True)
+    torch.autograd.grad((g * x).sum(), xg)
 
-    def timed(fn):
-        fn()  # warm up
-        runs = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            runs.append(time.perf_counter() - start)
-        return statistics.median(runs)
 
-    return timed(adv2_step) / timed(pgd_step)
+def grad_unit_costs(model, x: torch.Tensor, t: torch.Tensor, target_maps: torch.Tensor,
+                    settings: dict, repeats: int = 5) -> list[str]:
+    """Markdown rows: GRAD's unit costs in forward + backward units at batch 1 and len(x)."""
+    fast = build_interpreter("grad", model, **settings)
+    generic = build_interpreter("grad", model, **{**settings, "fast": False})
+    rows = [("forward, no grad", lambda xb, tb, mb: _no_grad(model, xb)),
+            ("forward + backward (CE w.r.t. the input; one PGD step)",
+             lambda xb, tb, mb: input_grad(model, xb, tb)),
+            ("GRAD explain (true saliency)", lambda xb, tb, mb: fast.explain(xb, tb)),
+            ("GRAD attack step, fast surrogate" + ("" if fast.fast else " (fell back: generic)"),
+             lambda xb, tb, mb: attack_step(fast, xb, tb, mb)),
+            ("GRAD attack step, generic SmoothReLU surrogate (before)",
+             lambda xb, tb, mb: attack_step(generic, xb, tb, mb)),
+            ("HVP (double backprop), true model", lambda xb, tb, mb: hvp(model, xb, tb))]
+    if fast.fast is not None:
+        rows.append(("HVP (double backprop), fast surrogate (smooth mode)",
+                     lambda xb, tb, mb: _fast_hvp(fast, xb, tb)))
+    columns = []
+    for k in sorted({1, len(x)}):
+        xb, tb, mb = x[:k], t[:k], target_maps[:k]
+        times = timed({name: (lambda fn=fn, xb=xb, tb=tb, mb=mb: fn(xb, tb, mb))
+                       for name, fn in rows}, repeats)
+        unit = times[rows[1][0]]
+        columns.append((k, {name: v / unit for name, v in times.items()}, unit))
+    lines = ["| what | " + " | ".join(f"batch {k}" for k, _, _ in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    lines += [f"| {name} | " + " | ".join(f"{c[name]:.2f}" for _, c, _ in columns) + " |"
+              for name, _ in rows]
+    lines.append("| (one forward + backward, ms per batch) | "
+                 + " | ".join(f"{1000 * u:.1f}" for _, _, u in columns) + " |")
+    return lines
+
+
+def _no_grad(model, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        model(x)
+
+
+def _fast_hvp(interpreter, x: torch.Tensor, t: torch.Tensor) -> None:
+    xg = x.clone().requires_grad_(True)
+    _, _, smooth = interpreter.fast(xg, t, interpreter.beta(0.5))
+    torch.autograd.grad((smooth * x).sum(), xg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
               "IoU@10/20/30/40/50% | s / image | passes / image | pixels changed | ‖δ‖₂ |")
     lines = [header, "|" + "---|" * 12]
     ratios = []
+    unit_costs: list[str] = []
     notes: list[str] = []
     for name, n in plan:
         samples = pool[:n]
@@ -195,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
             if strategy and support == "full":
                 per_image = " ".join(f"{v:.2f}" for v in cat["iou"].mean(1).tolist())
                 notes.append(f"{name} ADV² ({strategy}) IoU per image: {per_image}")
+        if name == "grad":  # issue 22's unit costs of GRAD's attack step
+            k = min(n, args.batch_size)
+            unit_costs = grad_unit_costs(model, x[:k], tgts[:k], benign[:k], settings)
+            print("\n".join(unit_costs), flush=True)
 
     report = [
         f"Command: `python benchmarks/attack_benchmark.py --interpreters "
@@ -225,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|",
         *ratios,
         "",
+        *([("GRAD unit costs in forward + backward units (CE w.r.t. the input), median process "
+            "CPU time, interleaved, same run:"), "", *unit_costs, ""] if unit_costs else []),
         *(f"- {note}" for note in notes),
         "",
     ]

@@ -500,15 +500,17 @@ def load_model(name: str = "efficientnet_lite0", weights: str | Path | None = No
     return model.to(found)
 
 
-def smooth_copy(model: Classifier, activation: Callable[[nn.Module], nn.Module]) -> Classifier:
-    """A deep copy of ``model`` with every ReLU/ReLU6 module ``m`` replaced by ``activation(m)``.
+def smooth_copy(model: Classifier, activation: Callable[[nn.Module], nn.Module],
+                kinds: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6)) -> Classifier:
+    """A deep copy of ``model`` with every module ``m`` of ``kinds`` (ReLU/ReLU6 by default)
+    replaced by ``activation(m)``.
 
-    Used to build GRAD's second-order surrogate; the original model is untouched.
+    Used to build GRAD's second-order surrogates; the original model is untouched.
     """
     twin = copy.deepcopy(model)
     for parent in twin.modules():
         for child_name, child in parent.named_children():
-            if isinstance(child, (nn.ReLU, nn.ReLU6)):
+            if isinstance(child, kinds):
                 setattr(parent, child_name, activation(child))
     return twin
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adv2.interpreters.base import Interpreter, minmax
+from adv2.interpreters.grad_surrogate import FastSurrogate
 from adv2.models import Classifier, smooth_copy
 
 
@@ -51,36 +52,53 @@ def saliency(
         logits = model(xg)
         loss = F.cross_entropy(logits, classes, reduction="sum")
         (grad,) = torch.autograd.grad(loss, xg, create_graph=create_graph)
-    sal = F.avg_pool2d(grad.abs().amax(dim=1, keepdim=True), pool)
-    return logits, minmax(sal)
+    return logits, gradient_map(grad, pool)
+
+
+def gradient_map(grad: torch.Tensor, pool: int) -> torch.Tensor:
+    """GRAD maps of input gradients N×3×H×W: |grad|, max over channels, pool×pool average
+    pooling, min-max normalised (N×1×(H/pool)×(W/pool) in [0,1])."""
+    return minmax(F.avg_pool2d(grad.abs().amax(dim=1, keepdim=True), pool))
 
 
 class GRAD(Interpreter):
     """Gradient saliency at 1/``pool`` resolution (56×56 for 224² with pool 4).
 
-    Attack gradients come from a surrogate copy of the model whose ReLU/ReLU6 units are
-    :class:`SmoothReLU` with β growing geometrically from ``beta_start`` to ``beta_end`` over
-    the attack. :meth:`attack_forward` returns the *true* map's value with the surrogate map's
-    Jacobian (``true + (sur − sur.detach())``), so a map loss is evaluated on the true map and
+    Attack gradients come from a surrogate whose ReLU/ReLU6 units have the softplus-β
+    derivative, β growing geometrically from ``beta_start`` to ``beta_end`` over the attack.
+    :meth:`attack_forward` returns the *true* map's value with the surrogate map's Jacobian
+    (``true + (sur − sur.detach())``), so a map loss is evaluated on the true map and
     differentiated through the surrogate.
+
+    With ``fast`` (default) and a model of :data:`~adv2.interpreters.grad_surrogate.
+    SUPPORTED_LAYERS`, both maps come from one forward pass of a
+    :class:`~adv2.interpreters.grad_surrogate.FastSurrogate`; otherwise (logged) from the true
+    model plus a copy whose activations are :class:`SmoothReLU` (the generic surrogate).
     """
 
     name = "grad"
-    attack_defaults = {"steps": 130, "warm_steps": 30, "optimizer": "adam", "lr": 0.004,
+    # tuned with the fast surrogate (docs/benchmark.md): 400 steps in less time than 130 took
+    attack_defaults = {"steps": 400, "warm_steps": 30, "optimizer": "adam", "lr": 0.004,
                        "lr_decay": 0.05, "lam": "50", "pred_loss": "cw", "map_loss": "mse",
                        "patience": 0, "step_search": False}
     adaptive_lam_scale = 16.0  # docs/detection-grad.md
     passes_per_step = 2  # the true saliency and the surrogate's double backpropagation
 
     def __init__(
-        self, model: Classifier, pool: int = 4, beta_start: float = 3.0, beta_end: float = 10.0
+        self, model: Classifier, pool: int = 4, beta_start: float = 6.0, beta_end: float = 20.0,
+        fast: bool = True,
     ) -> None:
         super().__init__(model)
         self.pool = pool
         self.beta_start = beta_start
         self.beta_end = beta_end
-        self.surrogate = smooth_copy(model, lambda m: _smooth_of(m, beta_start))
-        self._smooth_units = [m for m in self.surrogate.modules() if isinstance(m, SmoothReLU)]
+        self.fast = FastSurrogate.build(model) if fast else None
+        self.surrogate: Classifier | None = None
+        self._smooth_units: list[SmoothReLU] = []
+        if self.fast is None:
+            self.surrogate = smooth_copy(model, lambda m: _smooth_of(m, beta_start))
+            self._smooth_units = [m for m in self.surrogate.modules()
+                                  if isinstance(m, SmoothReLU)]
 
     def resolution(self, height: int, width: int) -> tuple[int, int]:
         return height // self.pool, width // self.pool
@@ -98,10 +116,16 @@ class GRAD(Interpreter):
         rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         beta = self.beta(progress)
-        for unit in self._smooth_units:
-            unit.beta = beta
-        _, true_maps = saliency(self.model, x.detach(), classes, self.pool, create_graph=False)
-        logits, sur_maps = saliency(self.surrogate, x, classes, self.pool, create_graph=True)
+        if self.fast is not None:
+            logits, true_grad, smooth_grad = self.fast(x, classes, beta)
+            true_maps = gradient_map(true_grad, self.pool)
+            sur_maps = gradient_map(smooth_grad, self.pool)
+        else:
+            for unit in self._smooth_units:
+                unit.beta = beta
+            _, true_maps = saliency(self.model, x.detach(), classes, self.pool,
+                                    create_graph=False)
+            logits, sur_maps = saliency(self.surrogate, x, classes, self.pool, create_graph=True)
         return logits, true_maps + (sur_maps - sur_maps.detach())
 
     def config(self) -> dict:
