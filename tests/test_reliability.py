@@ -294,12 +294,13 @@ def test_attack_killed_with_sigkill_resumes_to_the_uninterrupted_results(tmp_pat
         assert time.time() < deadline, "no result appeared"
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, proc.stdout.read()
+    out, _ = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, out
     done = list((killed / "records").glob("*.npz"))
     assert 1 <= len(done) < 6
     if (killed / "results.csv").exists():  # rewritten after each unit's records
-        rows = list(csv.DictReader(open(killed / "results.csv", newline="")))
-        assert len(rows) >= len(done) - 1
+        with open(killed / "results.csv", newline="") as fh:
+            assert len(list(csv.DictReader(fh))) >= len(done) - 1
     proc = _attack_process(images, killed, weights)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
