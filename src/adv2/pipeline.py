@@ -252,7 +252,7 @@ def predict(model: Classifier, images: np.ndarray, batch_size: int) -> torch.Ten
 def labels_of(samples: list[Sample], preds: torch.Tensor) -> torch.Tensor:
     """Each sample's label, or the model's prediction where it has none."""
     return torch.tensor([s.label if s.label is not None else int(p)
-                         for s, p in zip(samples, preds.tolist())])
+                         for s, p in zip(samples, preds.tolist())], device=preds.device)
 
 
 def clean_accuracy(logits: torch.Tensor, labels: list[int | None], where: str) -> float | None:
