@@ -1,6 +1,6 @@
 """How well the RTS masks explain the classifier, against a centred box of the same area.
 
-For each held-out image (the checkpoint lists the images its training left out) that the model
+For each image the checkpoint was not trained on (it lists its training images) that the model
 classifies correctly, with m the RTS map of the true class y, bilinearly upsampled to the image:
 
 - keep:   p(y | m·x + (1−m)·blur(x))   — only the mask region kept, the rest blurred (σ = 11);
@@ -10,7 +10,7 @@ classifies correctly, with m the RTS map of the true class y, bilinearly upsampl
 The baseline is a centred square of the same area (hard 0/1). A good mask keeps more of the class
 probability and removes more of it than the box. Prints Markdown (and writes it with --out):
 
-    python benchmarks/rts_quality.py --out docs/rts.md
+    python benchmarks/rts_quality.py --out docs/rts-quality.md
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from adv2.data import load_dataset, to_tensor
 from adv2.interpreters import RTS
+from adv2.interpreters.rts import SHIPPED_FILES
 from adv2.filters import blur
 from adv2.models import load_model
 from adv2.rts import SaliencyNet
@@ -76,11 +77,66 @@ def probabilities(model: torch.nn.Module, x: torch.Tensor, masks: torch.Tensor, 
     return p_keep, p_remove
 
 
+def evaluate(model, rts: RTS, samples: list, batch_size: int, sigma: float
+             ) -> tuple[dict[str, list[list[float]]], list[float]]:
+    """Per-image [area, keep, remove, box keep, box remove] rows of each mask kind, and p(y) of
+    the correctly classified clean images (only those are scored)."""
+    untrained = SaliencyNet(model, None if rts.net.shared else rts.net.encoder).eval()
+    if not rts.net.shared:  # the trained selector, the untrained (zero) decoder head
+        untrained.load_state_dict(rts.net.state_dict())
+        torch.nn.init.zeros_(untrained.head.weight)
+        torch.nn.init.zeros_(untrained.head.bias)
+    kinds = ("RTS mask sigmoid(z) (what the saliency loss trains)",
+             f"RTS map sigmoid(z / {rts.temperature:g}) (what adv2 attacks)",
+             "RTS mask binarised (top cells, same area)",
+             "the selector's gate alone (decoder head zeroed)")
+    rows: dict[str, list[list[float]]] = {k: [] for k in kinds}
+    clean: list[float] = []
+    for lo in range(0, len(samples), batch_size):
+        part = samples[lo:lo + batch_size]
+        x = to_tensor(np.stack([s.image for s in part]))
+        y = torch.tensor([s.label for s in part])
+        with torch.no_grad():
+            logits, z = rts.net.mask_logits(x, y)
+            gate = torch.sigmoid(untrained.mask_logits(x, y)[1])
+        mask = torch.sigmoid(z)
+        ok = (logits.argmax(dim=1) == y).tolist()
+        clean += [p for p, good in zip(logits.softmax(dim=1).gather(1, y.view(-1, 1)).tolist(),
+                                       ok) if good]
+        for kind, small, mode in ((kinds[0], mask, "bilinear"),
+                                  (kinds[1], torch.sigmoid(z / rts.temperature), "bilinear"),
+                                  (kinds[2], binarise(mask), "nearest"),
+                                  (kinds[3], gate, "bilinear")):
+            masks = F.interpolate(small, size=x.shape[-2:], mode=mode,
+                                  **({"align_corners": False} if mode == "bilinear" else {}))
+            areas = masks.mean(dim=(1, 2, 3))
+            rk, rr = probabilities(model, x, masks, y, sigma)
+            bk, br = probabilities(model, x, centred_boxes(areas, x.shape[-1]), y, sigma)
+            rows[kind] += [r for r, good in zip(torch.stack([areas, rk, rr, bk, br], 1).tolist(),
+                                                ok) if good]
+    return rows, clean
+
+
+def describe(rts: RTS) -> str:
+    """How the checkpoint was made, from its metadata."""
+    meta = rts.net.meta
+    train = meta.get("train", {})
+    design = ("the shared design: the classifier is the encoder and its head the selector"
+              if rts.net.shared else
+              f"encoder {meta.get('encoder')} (frozen), selector trained "
+              f"{train.get('selector_steps')} steps of {train.get('selector_batch_size')}")
+    return (f"`{rts.checkpoint.name}`: {design}; decoder trained {train.get('steps')} steps of "
+            f"{train.get('batch_size')} on {meta.get('n_train')} images, seed "
+            f"{meta.get('seed')}, {meta.get('seconds_this_run', 0) / 60:.0f} min, with "
+            f"`{meta.get('command')}`")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
-    parser.add_argument("--checkpoint", help="RTS checkpoint (default: the shipped one)")
+    parser.add_argument("--checkpoints", nargs="+", default=list(SHIPPED_FILES),
+                        help="RTS checkpoints, paths or shipped names (default: the shipped ones)")
     parser.add_argument("--sigma", type=float, default=11.0, help="blur of removed regions")
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
@@ -92,77 +148,49 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.time()
     model = load_model()
-    rts = RTS(model, args.checkpoint)
-    held = set(rts.net.meta.get("holdout", []))
-    samples = load_dataset(args.images).samples
-    samples = [s for s in samples if s.key in held]  # the checkpoint lists sample keys
-    if not samples:
-        print("the checkpoint lists no held-out images of this folder", file=sys.stderr)
-        return 1
-    untrained = SaliencyNet(model).eval()  # zero head: the selector's gate alone
-    kinds = ("RTS map", "RTS map binarised (top cells, same area)",
-             "untrained network (the selector's gate alone)")
-    rows: dict[str, list[list[float]]] = {k: [] for k in kinds}
-    clean = []
-    for lo in range(0, len(samples), args.batch_size):
-        part = samples[lo:lo + args.batch_size]
-        x = to_tensor(np.stack([s.image for s in part]))
-        y = torch.tensor([s.label for s in part])
-        with torch.no_grad():
-            logits, maps = rts.explain(x, y)
-            gate = torch.sigmoid(untrained.mask_logits(x, y)[1] / rts.temperature)
-        ok = (logits.argmax(dim=1) == y).tolist()
-        clean += [p for p, good in zip(logits.softmax(dim=1).gather(1, y.view(-1, 1)).tolist(),
-                                       ok) if good]
-        for kind, small, mode in ((kinds[0], maps, "bilinear"),
-                                  (kinds[1], binarise(maps), "nearest"),
-                                  (kinds[2], gate, "bilinear")):
-            masks = F.interpolate(small, size=x.shape[-2:], mode=mode,
-                                  **({"align_corners": False} if mode == "bilinear" else {}))
-            areas = masks.mean(dim=(1, 2, 3))
-            rk, rr = probabilities(model, x, masks, y, args.sigma)
-            bk, br = probabilities(model, x, centred_boxes(areas, x.shape[-1]), y, args.sigma)
-            rows[kind] += [r for r, good in zip(torch.stack([areas, rk, rr, bk, br], 1).tolist(),
-                                                ok) if good]
-    meta = rts.net.meta
-    train = meta.get("train", {})
+    everything = load_dataset(args.images).samples
+    table = []
+    made = []
+    for checkpoint in args.checkpoints:
+        rts = RTS(model, checkpoint)
+        samples = [s for s in everything if s.key not in rts.fitted_on]
+        if not rts.fitted_on or not samples:
+            print(f"{checkpoint}: lists no training images, or was trained on all of "
+                  f"{args.images}", file=sys.stderr)
+            return 1
+        rows, clean = evaluate(model, rts, samples, args.batch_size, args.sigma)
+        made.append(f"- {describe(rts)}. Unseen images: {len(samples)}, of which the model "
+                    f"classifies {len(clean)} correctly (scored); their clean p(y) "
+                    f"{np.mean(clean):.3f}.")
+        table += [table_row(f"{rts.checkpoint.name}: {kind}", np.array(r))
+                  for kind, r in rows.items()]
     lines = [
-        "# RTS mask quality: the shipped checkpoint against a centred box",
+        "# RTS mask quality on images the checkpoints never saw, against a centred box",
         "",
         "Command: `python benchmarks/rts_quality.py"
-        + (f" --checkpoint {args.checkpoint}" if args.checkpoint else "") + "`",
+        + (f" --checkpoints {' '.join(args.checkpoints)}"
+           if args.checkpoints != list(SHIPPED_FILES) else "") + "`",
         "",
-        f"Checkpoint: `{rts.checkpoint.name}`, trained with `{meta.get('command')}` "
-        f"(seed {meta.get('seed')}, {meta.get('n_train')} training images, "
-        f"{train.get('steps')} steps of {train.get('batch_size')}). "
-        f"Evaluated on the {len(samples)} images its training left out, of which the model "
-        f"classifies {len(clean)} correctly (those are used). Masks are the RTS maps of the true "
-        f"class (sigmoid(z / {rts.temperature:g}), see `adv2.interpreters.RTS`), bilinearly "
-        f"upsampled; removed or outside regions are blurred (σ = "
-        f"{args.sigma:g}); the box is a centred square of the same area.",
+        "Each checkpoint is scored on the images of the folder it was not trained on (it lists "
+        "its training images), those the model classifies correctly. Masks are of the true "
+        "class, bilinearly upsampled; removed or outside regions are blurred (σ = "
+        f"{args.sigma:g}); the box is a centred square of the same area. A good mask keeps more "
+        "of p(y) than the box when only it is kept, and leaves less when it is removed; the "
+        "last column counts the images where it does.",
+        "",
+        *made,
         "",
         f"Machine: {platform.machine()}, {args.threads} torch thread(s), CPU; "
         f"{time.time() - started:.0f} s.",
         "",
-        f"p(y) of the clean images: {np.mean(clean):.3f}.",
-        "",
-        "| mask | area | p(y), only the mask kept ↑ | p(y), mask removed ↓ | centred box of the "
-        "same area: kept ↑ | box removed ↓ | mask beats box per image: kept / removed |",
+        "| checkpoint: mask | area | p(y), only the mask kept ↑ | p(y), mask removed ↓ | "
+        "centred box of the same area: kept ↑ | box removed ↓ | mask beats box per image: "
+        "kept / removed |",
         "|---|---|---|---|---|---|---|",
-        *(table_row(kind, np.array(r)) for kind, r in rows.items()),
+        *table,
         "",
-        "What this RTS is (and how it departs from the paper's, `../shared/reference`): its "
-        "encoder is the classifier itself and its selector the classifier's own class weights, so "
-        "the untrained network already returns a thresholded class activation map (the last "
-        "row), and the trained decoder corrects it; there is no separate ResNet-50 encoder and no "
-        "phase-1 selector training. It was trained on one CPU thread in "
-        f"{meta.get('seconds_this_run', 0) / 60:.0f} minutes, a small part of the original's "
-        "schedule (the steps above against 3000 steps of 64 ImageNet images). The map is "
-        f"sigmoid(z / {rts.temperature:g}) of the trained mask sigmoid(z) (the same order and "
-        "region above 1/2). Because the selector is the classifier's head, fooling the classifier "
-        "moves the selector too; the paper's RTS had an encoder of its own.",
     ]
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines)
     print(text)
     if args.out:
         args.out.write_text(text)

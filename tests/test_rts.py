@@ -72,6 +72,92 @@ def test_selector_depends_on_the_class(deep_model) -> None:
     assert not torch.allclose(masks[0], masks[1])
 
 
+@pytest.fixture
+def encoder() -> Classifier:
+    """A second network, the saliency network's own encoder (the paper's design)."""
+    net = make_deep_tiny_model(seed=7)
+    net.name = "deep-tiny-encoder"
+    return net
+
+
+def test_own_encoder_feeds_the_decoder_and_the_selector_starts_from_its_head(
+        deep_model, encoder) -> None:
+    net = with_random_head(SaliencyNet(deep_model, encoder)).eval()
+    assert not net.shared
+    torch.testing.assert_close(net.selector.detach(), encoder.cam_weights())
+    x = to_tensor(make_images(2)).requires_grad_(True)
+    logits, masks = net(x, torch.tensor([3, 4]))
+    torch.testing.assert_close(logits, deep_model(x))  # the logits are the explained model's
+    (grad,) = torch.autograd.grad(masks.square().sum(), x)
+    assert grad.abs().sum(dim=(1, 2, 3)).min() > 0  # through the encoder, every image
+    # the masks come from the encoder: another encoder gives other masks
+    other = with_random_head(SaliencyNet(deep_model, make_deep_tiny_model(seed=8))).eval()
+    other.load_state_dict(net.state_dict())
+    assert not torch.allclose(other(x, torch.tensor([3, 4]))[1], masks)
+    # neither network is saved; the embeddings are
+    keys = net.state_dict().keys()
+    assert "selector" in keys and not any(k.startswith(("model", "encoder")) for k in keys)
+
+
+def test_phase_one_trains_only_the_selector_and_phase_two_only_the_decoder(
+        deep_model, encoder, tmp_path) -> None:
+    images, labels = make_images(6), torch.arange(6)
+    fresh = SaliencyNet(deep_model, encoder).state_dict()
+    only1 = train(deep_model, images, labels, tmp_path / "a",
+                  TrainConfig(steps=0, selector_steps=3, batch_size=3, selector_batch_size=4),
+                  progress=False, encoder=encoder).state_dict()
+    both = train(deep_model, images, labels, tmp_path / "b",
+                 TrainConfig(steps=3, selector_steps=3, batch_size=3, selector_batch_size=4),
+                 progress=False, encoder=encoder).state_dict()
+    selector = ("selector", "scale", "shift")
+    for key, value in fresh.items():
+        if key.startswith(selector):
+            assert not torch.equal(only1[key], value), key  # phase 1 moved it ...
+            assert torch.equal(both[key], only1[key]), key  # ... and phase 2 left it
+        elif key.startswith("head"):
+            assert torch.equal(only1[key], value), key  # phase 1 left the decoder ...
+            assert not torch.equal(both[key], value), key  # ... and phase 2 trained it
+
+
+def test_phase_one_learns_which_classes_are_in_the_image(deep_model, encoder) -> None:
+    """The "exists" objective: after a few steps the true classes score above fake ones."""
+    net = SaliencyNet(deep_model, encoder, scale=0.0, shift=0.0)
+    x = to_tensor(make_images(8))
+    y = deep_model(x).argmax(dim=1)
+    fake = (y + 3) % 10
+    opt = torch.optim.Adam(net.selector_parameters(), lr=0.05)
+    with torch.no_grad():
+        feats, _ = net.encode(x)
+
+    def gap() -> float:
+        with torch.no_grad():
+            return float((net.exists_logit(feats, y) - net.exists_logit(feats, fake)).mean())
+
+    before = gap()
+    for _ in range(20):
+        logit = torch.cat([net.exists_logit(feats, y), net.exists_logit(feats, fake)])
+        value = torch.nn.functional.binary_cross_entropy_with_logits(
+            logit, torch.cat([torch.ones(8), torch.zeros(8)]))
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+    assert gap() > before + 1.0
+
+
+def test_checkpoint_is_bound_to_the_encoder(deep_model, encoder, tmp_path) -> None:
+    train(deep_model, make_images(3), torch.arange(3), tmp_path,
+          TrainConfig(steps=1, selector_steps=1, batch_size=3, selector_batch_size=3),
+          progress=False, encoder=encoder)
+    net = load(deep_model, tmp_path / "rts.pt", encoder)
+    assert net.meta["encoder"] == "deep-tiny-encoder" and not net.shared
+    retrained = make_deep_tiny_model(seed=9)
+    retrained.name = "deep-tiny-encoder"
+    with pytest.raises(ModelError, match="encoder 'deep-tiny-encoder' with other weights"):
+        load(deep_model, tmp_path / "rts.pt", retrained)
+    rts = build_interpreter("rts", deep_model, checkpoint=tmp_path / "rts.pt", encoder=encoder)
+    assert rts.passes_per_step == 2  # the classifier's pass and the encoder's
+
+
 def test_smoothness_on_hand_made_masks() -> None:
     loss = SaliencyLoss(border_penalty=0.0)
     flat = torch.full((1, 1, 4, 4), 0.5)
@@ -124,18 +210,26 @@ def test_one_training_step_lowers_the_loss(deep_model) -> None:
     assert value().item() < before.item()
 
 
-def test_training_resumes_to_the_same_network(deep_model, tmp_path) -> None:
+@pytest.mark.parametrize("design", ["shared", "own encoder"])
+def test_training_resumes_to_the_same_network(deep_model, encoder, design, tmp_path) -> None:
     images = make_images(6)
     labels = torch.arange(6)
-    cfg = TrainConfig(steps=4, batch_size=3, checkpoint_every=2, seed=3)
-    straight = train(deep_model, images, labels, tmp_path / "a", cfg, progress=False)
+    enc = encoder if design == "own encoder" else None
+    # interrupted in phase 1 (own encoder) or phase 2, resumed
+    cfg = TrainConfig(steps=4, batch_size=3, checkpoint_every=2, seed=3, selector_steps=4,
+                      selector_batch_size=3)
+    straight = train(deep_model, images, labels, tmp_path / "a", cfg, progress=False,
+                     encoder=enc)
     train(deep_model, images, labels, tmp_path / "b", TrainConfig(**{**cfg.__dict__, "steps": 2}),
-          progress=False)
-    resumed = train(deep_model, images, labels, tmp_path / "b", cfg, progress=False)
+          progress=False, encoder=enc)
+    if enc is not None:  # phase 1 of 4 steps, then 2 of phase 2: continue to 4 (resumable)
+        train(deep_model, images, labels, tmp_path / "b",
+              TrainConfig(**{**cfg.__dict__, "steps": 3}), progress=False, encoder=enc)
+    resumed = train(deep_model, images, labels, tmp_path / "b", cfg, progress=False, encoder=enc)
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
     # the exported checkpoint loads with weights_only and gives the same masks
-    again = load(deep_model, tmp_path / "a" / "rts.pt")
+    again = load(deep_model, tmp_path / "a" / "rts.pt", enc)
     x = to_tensor(images[:2])
     torch.testing.assert_close(again(x, labels[:2])[1], straight(x, labels[:2])[1])
 
@@ -201,11 +295,15 @@ def test_train_rts_command_records_holdout_and_skips_bad_files(tmp_path, capsys)
     (folder / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "rts"
     code = cli.main(["train-rts", "--images", str(folder), "--holdout", "1", "--steps", "1",
-                     "--batch-size", "2", "--out", str(out)])
+                     "--batch-size", "2", "--selector-steps", "1", "--selector-batch-size", "2",
+                     "--out", str(out)])
     assert code == 0
     net = load(load_model(), out / "rts.pt")
     assert net.meta["n_train"] == 3 and len(net.meta["holdout"]) == 1
-    assert "train-rts" in net.meta["command"]
+    assert "train-rts" in net.meta["command"] and net.meta["encoder"] == "efficientnet_lite1"
+    rts = build_interpreter("rts", load_model(), checkpoint=out / "rts.pt")
+    keys = {f"img{i}" for i in range(4)}
+    assert rts.fitted_on | set(net.meta["holdout"]) == keys and len(rts.fitted_on) == 3
 
 
 @pytest.mark.slow

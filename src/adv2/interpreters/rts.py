@@ -11,8 +11,15 @@ from adv2.interpreters.base import Interpreter
 from adv2.models import Classifier, ModelError
 from adv2.rts import SaliencyNet, load
 
-#: checkpoints shipped with adv2, by model name (see docs/rts.md for how they were made)
+#: the default checkpoint shipped with adv2, by model name (docs/rts.md says how each was made)
 SHIPPED = {"efficientnet_lite0": "rts_efficientnet_lite0.pt"}
+#: every shipped checkpoint, which ``checkpoint`` may name without a folder: the default, and the
+#: shared design (the classifier as the encoder, its head the selector) kept for comparison
+SHIPPED_FILES = ("rts_efficientnet_lite0.pt", "rts_efficientnet_lite0_shared.pt")
+
+
+def _resource(name: str) -> Path:
+    return Path(str(resources.files("adv2.resources") / name))
 
 
 def shipped_checkpoint(model_name: str) -> Path:
@@ -20,13 +27,26 @@ def shipped_checkpoint(model_name: str) -> Path:
     if model_name not in SHIPPED:
         raise ModelError(f"no RTS checkpoint ships for model {model_name!r}; train one with "
                          "'adv2 train-rts' and pass it as --rts-checkpoint")
-    return Path(str(resources.files("adv2.resources") / SHIPPED[model_name]))
+    return _resource(SHIPPED[model_name])
+
+
+def checkpoint_path(checkpoint: str | Path | None, model_name: str) -> Path:
+    """The file ``checkpoint`` names: a path, the name of a shipped checkpoint, or (None) the
+    default for the model."""
+    if checkpoint is None or str(checkpoint) == "":
+        return shipped_checkpoint(model_name)
+    path = Path(checkpoint)
+    if not path.exists() and str(checkpoint) in SHIPPED_FILES:
+        return _resource(str(checkpoint))
+    return path
 
 
 class RTS(Interpreter):
     """The saliency network's mask for class c at 1/4 resolution (56×56 for 224²), in [0,1],
-    high = the region that keeps the class. One forward pass of the classifier (the encoder)
-    plus the small decoder gives both the logits and the map, differentiably in x.
+    high = the region that keeps the class. A forward pass of the classifier gives the logits;
+    one of the saliency network's own encoder (EfficientNet-Lite1 for the shipped Lite0
+    checkpoint) and its small decoder give the map, differentiably in x (in the shared design
+    one pass of the classifier gives both).
 
     The map is sigmoid(z / ``temperature``) for the trained mask sigmoid(z): the same order of
     cells and the same region above 1/2, but the trained mask's logits reach ±100, so in float32
@@ -35,10 +55,12 @@ class RTS(Interpreter):
     quality with it).
 
     Arguments:
-        model: the classifier (the saliency network's encoder).
-        checkpoint: a file from ``adv2 train-rts`` for this model and weights (default: the
-            checkpoint shipped for the model).
+        model: the explained classifier.
+        checkpoint: a file from ``adv2 train-rts`` for this model and weights, or the name of a
+            shipped checkpoint (default: the one shipped for the model).
         temperature: the map is sigmoid(z / temperature).
+        encoder: the saliency network's encoder, when it is not the built-in model the
+            checkpoint names (Python only; checked against the checkpoint's digest).
 
     Shape:
         x: float N×3×H×W in [0,1] on the model's device; classes: (N,) long.
@@ -59,13 +81,16 @@ class RTS(Interpreter):
     adaptive_lam_scale = 4.0
 
     def __init__(self, model: Classifier, checkpoint: str | Path | None = None,
-                 temperature: float = 5.0) -> None:
+                 temperature: float = 5.0, encoder: Classifier | None = None) -> None:
         super().__init__(model)
         self.temperature = temperature
-        self.checkpoint = Path(checkpoint) if checkpoint else shipped_checkpoint(model.name)
-        self.net: SaliencyNet = load(model, self.checkpoint)
+        self.checkpoint = checkpoint_path(checkpoint, model.name)
+        self.net: SaliencyNet = load(model, self.checkpoint, encoder)
         for p in self.net.parameters():
             p.requires_grad_(False)
+        # one pass through the classifier and, with an encoder of its own, one through it
+        self.passes_per_step = self.explain_passes = 1 if self.net.shared else 2
+        self.fitted_on = frozenset(self.net.meta.get("trained_on", ()))
 
     def resolution(self, height: int, width: int) -> tuple[int, int]:
         with torch.no_grad():
@@ -81,4 +106,5 @@ class RTS(Interpreter):
     def config(self) -> dict:
         return {"name": self.name, "checkpoint": self.checkpoint.name,
                 "temperature": self.temperature,
+                "encoder": self.net.meta.get("encoder"),
                 "trained": {k: self.net.meta.get(k) for k in ("command", "data", "seed")}}

@@ -1,11 +1,15 @@
-"""The real-time saliency network (Dabkowski & Gal 2017) built on a classifier's own stages.
+"""The real-time saliency network (Dabkowski & Gal 2017).
 
-Encoder: the classifier itself; forward hooks collect its stride-4/8/16 stage outputs and its
-last feature map in the same pass that computes the logits, and nothing is detached, so the mask
-is differentiable with respect to the input (the original detached the encoder).
-Selector: the classifier's own class weights. ``act = ⟨w_y, s⟩`` at each cell of the last feature
-map s (the class activation map of class y) gates s by ``sigmoid(scale·act + shift)``; so the
-selector needs no training of its own, only the two scalars.
+Encoder: a pretrained ImageNet network of its own (the paper's design; adv2's default is
+EfficientNet-Lite1 for the Lite0 classifier), or the explained classifier itself (the
+*shared* design, ``encoder=None``). Forward hooks collect its stride-4/8/16 stage outputs and its
+last feature map s; nothing is detached, so the mask is differentiable with respect to the input
+(the original detached the encoder).
+Selector: class embeddings e_y. ``act = ⟨e_y, s⟩`` at each cell of s gates s by
+``sigmoid(scale·act + shift)``. With an encoder of its own the embeddings are a trained
+parameter, initialised from the encoder's own ImageNet class weights (its class activation map)
+and trained in a first phase on whether the class is in the image (``exists_logit``); in the
+shared design they are the classifier's class weights, frozen, and only the two scalars train.
 Decoder: U-Net style upsamplers (pixel shuffle ×2, a skip from the encoder stage at that stride,
 a residual bottleneck block) down to stride 4; head: a 1×1 conv to two channels (a, b), mask
 ``sigmoid(a − b + g)`` (the two-channel softmax) at 1/4 of the input resolution (56×56 for
@@ -25,6 +29,8 @@ from torch import nn
 
 from adv2.models import Classifier, ModelError, TimmFeatures
 
+#: the encoder ``adv2 train-rts`` uses unless told otherwise (a built-in model name)
+DEFAULT_ENCODER = "efficientnet_lite1"
 #: strides of the encoder stages the decoder takes skips from, and of the mask
 SKIP_STRIDES = (16, 8, 4)
 MASK_STRIDE = 4
@@ -105,20 +111,40 @@ class Upsampler(nn.Module):
 
 
 class SaliencyNet(nn.Module):
-    """Selector, decoder and mask head on top of ``model`` (which is not a submodule: only the
-    decoder's parameters and the selector's two scalars are saved and trained).
+    """Selector, decoder and mask head explaining ``model`` on the stages of ``encoder``.
 
-    ``forward(x, classes)``: x N×3×H×W in [0,1], classes (N,) → (logits N×C of the classifier,
-    masks N×1×H/4×W/4 in [0,1], high = the region that explains the class).
+    Arguments:
+        model: the explained classifier (the black box of the training loss).
+        encoder: a pretrained classifier whose stages feed the decoder (the paper's design), or
+            None for the shared design (the encoder is ``model`` and the selector its head).
+            Neither network is a submodule: they are never trained nor saved.
+        width: channels of the decoder.
+        scale, shift: the selector's gate ``sigmoid(scale·act + shift)``, initial values.
+
+    Shape:
+        x: N×3×H×W in [0,1] on the model's device; classes: (N,) long.
+
+    Returns:
+        ``net(x, classes)``: (logits N×C of ``model``, masks N×1×H/4×W/4 in [0,1], high = the
+        region that explains the class).
+
+    Example:
+        >>> net = SaliencyNet(model, load_model("efficientnet_lite1"))  # doctest: +SKIP
     """
 
-    def __init__(self, model: Classifier, width: int = 64, scale: float = 0.5,
-                 shift: float = -5.0) -> None:
+    def __init__(self, model: Classifier, encoder: Classifier | None = None, width: int = 64,
+                 scale: float = 0.5, shift: float = -5.0) -> None:
         super().__init__()
         object.__setattr__(self, "model", model)  # not registered: never trained nor saved
-        # C×K, raises without a pool + linear head; derived from the model, so never saved
-        self.register_buffer("class_weights", model.cam_weights().detach(), persistent=False)
-        stages, final_stride, channels = find_stages(model)
+        object.__setattr__(self, "encoder", encoder or model)
+        self.shared = encoder is None
+        # C×K; raises without a pool + linear head
+        weights = self.encoder.cam_weights().detach()
+        if self.shared:  # the classifier's own head: derived from it, so never saved
+            self.register_buffer("selector", weights, persistent=False)
+        else:
+            self.selector = nn.Parameter(weights.clone())
+        stages, final_stride, channels = find_stages(self.encoder)
         self.stages = {stride: module for stride, (module, _) in stages.items()}
         #: provenance of a loaded checkpoint (see adv2.rts.training.load)
         self.meta: dict = {}
@@ -152,10 +178,31 @@ class SaliencyNet(nn.Module):
             for h in hooks:
                 h.remove()
 
+    def selector_parameters(self) -> list[nn.Parameter]:
+        """What the first training phase trains: the gate's scalars (and the embeddings)."""
+        return [self.scale, self.shift] + ([] if self.shared else [self.selector])
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        """What the second phase trains: the decoder and head (and, in the shared design, whose
+        selector has no phase of its own, the gate's scalars)."""
+        own = [p for m in (self.bottom, self.ups, self.head) for p in m.parameters()]
+        return own + (self.selector_parameters() if self.shared else [])
+
     def gate_logit(self, feats: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """Selector: N×1×h×w logit of the gate, from the class activation map of ``classes``."""
-        act = torch.einsum("nk,nkhw->nhw", self.class_weights[classes].to(feats), feats)
+        """Selector: N×1×h×w logit of the gate, from the class embeddings of ``classes``."""
+        act = torch.einsum("nk,nkhw->nhw", self.selector[classes].to(feats), feats)
         return (self.scale * act + self.shift).unsqueeze(1)
+
+    def exists_logit(self, feats: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """(N,) logit that the class is in the image: the gate logit's mean over the cells (the
+        original's "exists" output, trained in the first phase)."""
+        return self.gate_logit(feats, classes).mean(dim=(1, 2, 3))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """The encoder's last feature map and its stage outputs by stride."""
+        with self._taps() as taps:
+            feats = self.encoder.features(x)
+        return feats, taps
 
     def forward(self, x: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, z = self.mask_logits(x, classes)
@@ -164,12 +211,21 @@ class SaliencyNet(nn.Module):
     def mask_logits(self, x: torch.Tensor, classes: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The classifier's logits N×C and the mask's logits N×1×H/4×W/4 (mask = sigmoid)."""
-        with self._taps() as taps:
-            logits, feats = self.model.forward_with_features(x)
+        if self.shared:  # one pass gives the logits and the encoder's features
+            with self._taps() as taps:
+                logits, feats = self.model.forward_with_features(x)
+        else:
+            logits = self.model(x)
+            feats, taps = self.encode(x)
+        return logits, self.decode(feats, taps, classes)
+
+    def decode(self, feats: torch.Tensor, taps: dict[int, torch.Tensor],
+               classes: torch.Tensor) -> torch.Tensor:
+        """Mask logits N×1×H/4×W/4 from the encoder's outputs (:meth:`encode`)."""
         gate = self.gate_logit(feats, classes)
         h = self.bottom(feats * torch.sigmoid(gate))
         for up, stride in zip(self.ups, self.skip_strides):
             h = up(h, taps.get(stride))
         ab = self.head(h)
         prior = F.interpolate(gate, size=ab.shape[-2:], mode="bilinear", align_corners=False)
-        return logits, ab[:, :1] - ab[:, 1:] + prior
+        return ab[:, :1] - ab[:, 1:] + prior

@@ -12,6 +12,11 @@ colour plus Gaussian noise. The loss, with the original weights, is
 
 For "fake" labels (a random other class, probability 0.3) only the area and smoothness terms
 apply, which teaches the decoder to return an empty mask for a class absent from the image.
+
+Training has the original's two phases: phase 1 trains the selector alone on whether the class is
+in the image (binary cross entropy of :meth:`SaliencyNet.exists_logit`, fake labels with
+probability 1/2); phase 2 trains the decoder on the saliency loss against the explained
+classifier as a black box. The encoder is frozen throughout (as the original's).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from tqdm import tqdm
 from adv2.data import to_tensor
 from adv2.filters import blur
 from adv2.metrics import margin
-from adv2.models import Classifier, ModelError, load_weights, model_digest
+from adv2.models import Classifier, ModelError, load_model, load_weights, model_digest
 from adv2.rts.network import SaliencyNet
 
 log = logging.getLogger(__name__)
@@ -103,12 +108,21 @@ class SaliencyLoss:
 class TrainConfig:
     """Settings of :func:`train` (saved in the checkpoint)."""
 
-    steps: int = 400
+    steps: int = 400  # phase 2 (the decoder)
     batch_size: int = 12
     lr: float = 1e-3
     weight_decay: float = 1e-4
     fake_prob: float = 0.3
+    #: phase 1 (the selector; skipped in the shared design, whose selector is the classifier's)
+    selector_steps: int = 200
+    selector_batch_size: int = 16
+    selector_fake_prob: float = 0.5
+    #: phase 1's learning rate of the embeddings (those of one class move only when it is drawn;
+    #: without weight decay, which would shrink every row); the gate's scalars use ``lr`` × 10
+    selector_lr: float = 1e-4
     min_scale: float = 0.3  # RandomResizedCrop's smallest area fraction
+    #: colour jitter strength (brightness, contrast, saturation; hue a tenth of it); 0: none
+    jitter: float = 0.3
     #: the area weight grows linearly from 0 over this fraction of the steps; 0 (the original
     #: constant weight, used for the shipped checkpoint) unless masks collapse early
     area_warmup: float = 0.0
@@ -122,6 +136,14 @@ def _atomic_save(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _augmentation(cfg: TrainConfig, size: tuple[int, int]) -> T.Compose:
+    parts = [T.RandomResizedCrop(size, scale=(cfg.min_scale, 1.0), antialias=True),
+             T.RandomHorizontalFlip()]
+    if cfg.jitter:
+        parts.append(T.ColorJitter(cfg.jitter, cfg.jitter, cfg.jitter, cfg.jitter / 10))
+    return T.Compose(parts)
+
+
 def train(
     model: Classifier,
     images: np.ndarray,
@@ -131,28 +153,37 @@ def train(
     loss: SaliencyLoss | None = None,
     meta: dict | None = None,
     progress: bool = True,
+    encoder: Classifier | None = None,
 ) -> SaliencyNet:
-    """Train a :class:`SaliencyNet` for ``model`` on uint8 images (N×H×W×3) with labels (N,).
+    """Train a :class:`SaliencyNet` explaining ``model`` on uint8 images (N×H×W×3) with labels
+    (N,), on the stages of ``encoder`` (None: the shared design, see :mod:`adv2.rts.network`).
 
-    Writes ``out/last.pt`` (resumable: network, optimiser, step, random state) every
-    ``cfg.checkpoint_every`` steps and ``out/rts.pt`` (the network and ``meta``) at the end; a
-    ``last.pt`` made with the same settings is resumed. Only the decoder and the selector's two
-    scalars are trained; the classifier is frozen. Returns the network in eval mode.
+    Phase 1 (``cfg.selector_steps``, with an encoder of its own) trains the selector, phase 2
+    (``cfg.steps``) the decoder; both networks stay frozen. Writes ``out/last.pt`` (resumable:
+    network, optimisers, step, random state) every ``cfg.checkpoint_every`` steps and
+    ``out/rts.pt`` (the network and ``meta``, bound to both networks' weights) at the end; a
+    ``last.pt`` made with the same settings is resumed. Returns the network in eval mode.
     """
     cfg = cfg or TrainConfig()
     loss = loss or SaliencyLoss()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    net = SaliencyNet(model)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    net = SaliencyNet(model, encoder)
+    phase1 = 0 if net.shared else cfg.selector_steps
+    selector = net.selector_parameters()  # the two scalars, then the embeddings if trained
+    opts = [torch.optim.Adam([{"params": selector[:2], "lr": 10 * cfg.lr},
+                              {"params": selector[2:], "lr": cfg.selector_lr}]),
+            torch.optim.Adam(net.decoder_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)]
     device = model.device  # training runs where the classifier is, with a generator there
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     # what a resumed run must share: it may train for more steps, unless the area warm-up
     # (a fraction of the steps) depends on their number
     resumable = {"checkpoint_every": None} | ({} if cfg.area_warmup else {"steps": None})
     settings = {"train": asdict(cfg) | resumable, "loss": asdict(loss), "model": model.name,
-                "model_digest": model_digest(model)}
+                "model_digest": model_digest(model),
+                "encoder": None if net.shared else net.encoder.name,
+                "encoder_digest": None if net.shared else model_digest(net.encoder)}
     step = 0
     last = out / "last.pt"
     if last.is_file():
@@ -160,31 +191,44 @@ def train(
         if json.loads(state["settings"]) != settings:
             raise ValueError(f"{last} was made with other settings; remove it or use another out")
         net.load_state_dict(state["net"])
-        opt.load_state_dict(state["optimizer"])
+        for opt, saved in zip(opts, state["optimizers"]):
+            opt.load_state_dict(saved)
         gen.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"])
         step = int(state["step"])
         log.info("resuming %s at step %d", last, step)
-    augment = T.Compose([T.RandomResizedCrop(images.shape[1:3], scale=(cfg.min_scale, 1.0),
-                                             antialias=True),
-                         T.RandomHorizontalFlip()])
+    augment = _augmentation(cfg, images.shape[1:3])
     x_all, labels = to_tensor(images).to(device), labels.to(device)
-    n_classes = net.class_weights.shape[0]
-    bar = tqdm(total=cfg.steps, initial=step, desc="train-rts", unit="step", disable=not progress)
+    n_classes = net.selector.shape[0]
+    total = phase1 + cfg.steps
+    bar = tqdm(total=total, initial=step, desc="train-rts", unit="step", disable=not progress)
     net.train()
     started = time.time()
-    while step < cfg.steps:
-        idx = torch.randint(len(x_all), (cfg.batch_size,), generator=gen, device=device)
+    while step < total:
+        first = step < phase1
+        batch = cfg.selector_batch_size if first else cfg.batch_size
+        idx = torch.randint(len(x_all), (batch,), generator=gen, device=device)
         # per-image augmentation needs the indices on the host: one small sync per step
         x = torch.stack([augment(x_all[i]) for i in idx.tolist()])
         y = labels[idx]
-        fake = torch.rand(cfg.batch_size, generator=gen, device=device) < cfg.fake_prob
-        shift = torch.randint(1, n_classes, (cfg.batch_size,), generator=gen, device=device)
+        fake = torch.rand(batch, generator=gen, device=device) < (
+            cfg.selector_fake_prob if first else cfg.fake_prob)
+        shift = torch.randint(1, n_classes, (batch,), generator=gen, device=device)
         classes = torch.where(fake, (y + shift) % n_classes, y)
-        _, masks = net(x, classes)
-        warm = cfg.area_warmup * cfg.steps
-        value, _ = loss(model, x, masks, classes, ~fake, gen,
-                        min(1.0, step / warm) if warm > 0 else 1.0)
+        with torch.no_grad():  # the encoder is frozen
+            feats, taps = net.encode(x)
+        if first:
+            exists = net.exists_logit(feats, classes)
+            value = F.binary_cross_entropy_with_logits(exists, (~fake).to(feats))
+            shown = {"exists_acc": (exists > 0) == ~fake}
+        else:
+            masks = torch.sigmoid(net.decode(feats, taps, classes))
+            done = step - phase1
+            warm = cfg.area_warmup * cfg.steps
+            value, _ = loss(model, x, masks, classes, ~fake, gen,
+                            min(1.0, done / warm) if warm > 0 else 1.0)
+            shown = {"area": masks}
+        opt = opts[0 if first else 1]
         opt.zero_grad()
         value.backward()
         value = value.detach()
@@ -192,11 +236,13 @@ def train(
         step += 1
         bar.update(1)
         if step % 10 == 0:  # the progress line reads two numbers from the device
-            bar.set_postfix(loss=f"{value.item():.3f}", area=f"{masks.mean().item():.2f}")
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _atomic_save({"net": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                          "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                          "settings": json.dumps(settings)}, last)
+            bar.set_postfix(phase=1 if first else 2, loss=f"{value.item():.3f}",
+                            **{k: f"{v.float().mean().item():.2f}" for k, v in shown.items()})
+        if step % cfg.checkpoint_every == 0 or step == total:
+            _atomic_save({"net": net.state_dict(), "optimizers": [o.state_dict() for o in opts],
+                          "step": step, "generator": gen.get_state(),
+                          "torch_rng": torch.get_rng_state(), "settings": json.dumps(settings)},
+                         last)
     bar.close()
     net.eval()
     info = (dict(meta or {}) | settings | {"train": asdict(cfg)}
@@ -205,10 +251,13 @@ def train(
     return net
 
 
-def load(model: Classifier, path: str | Path) -> SaliencyNet:
-    """A trained :class:`SaliencyNet` for ``model`` from ``rts.pt`` (``weights_only`` load);
-    ModelError when it was trained for another model or other weights."""
+def load(model: Classifier, path: str | Path, encoder: Classifier | None = None) -> SaliencyNet:
+    """A trained :class:`SaliencyNet` for ``model`` from ``rts.pt`` (``weights_only`` load).
 
+    Its encoder is ``encoder`` when given, else the built-in model the checkpoint names, built on
+    the model's device. ModelError when the checkpoint was trained for another model or other
+    weights of the model or of the encoder.
+    """
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -221,8 +270,15 @@ def load(model: Classifier, path: str | Path) -> SaliencyNet:
     if meta.get("model_digest") != model_digest(model):
         raise ModelError(f"RTS checkpoint {path} was trained for other {model.name} weights; "
                          "train one for these weights with 'adv2 train-rts'")
-    net = SaliencyNet(model)
+    name = meta.get("encoder")
+    if name is None:
+        encoder = None  # the shared design
+    else:
+        encoder = encoder or load_model(name, device=model.device)
+        if encoder.name != name or meta.get("encoder_digest") != model_digest(encoder):
+            raise ModelError(f"RTS checkpoint {path} was trained on the encoder {name!r} with "
+                             f"other weights than those of {encoder.name!r} given")
+    net = SaliencyNet(model, encoder)
     load_weights(net, state["net"], str(path))
     net.meta = meta
     return net.eval()
-
