@@ -10,7 +10,7 @@ classifies correctly, with m the RTS map of the true class y, bilinearly upsampl
 The baseline is a centred square of the same area (hard 0/1). A good mask keeps more of the class
 probability and removes more of it than the box. Prints Markdown (and writes it with --out):
 
-    python benchmarks/rts_quality.py --out docs/rts-quality.md
+    python benchmarks/rts_quality.py --out docs/rts.md
 """
 
 from __future__ import annotations
@@ -179,6 +179,16 @@ def main(argv: list[str] | None = None) -> int:
         "last column counts the images where it does.",
         "",
         *made,
+        "",
+        "The two designs (`adv2.rts.network`): the default is the paper's, an encoder of its own "
+        "whose class embeddings gate its last feature map, trained in two phases (the selector, "
+        "then the decoder against the classifier as a black box); the shared design uses the "
+        "classifier as the encoder and its head as the selector, so its untrained network "
+        "already returns a thresholded class activation map (its last row) and fooling the "
+        "classifier moves its selector too. Both decoders add the gate's logit to the mask's "
+        "(the head starts at zero), which short CPU trainings need to avoid empty or full masks; "
+        "the original's schedule was 8500 selector steps of 128 and 3000 decoder steps of 64 "
+        "ImageNet images.",
         "",
         f"Machine: {platform.machine()}, {args.threads} torch thread(s), CPU; "
         f"{time.time() - started:.0f} s.",
