@@ -1,9 +1,10 @@
 """Feature-squeezing detection of PGD, ADV² and adaptive ADV² (the paper's Tables 4 and 5).
 
 A seeded permutation of ../shared/data/imagenet-sample is split into two disjoint parts: the
-first ``--benign`` images set the thresholds (5% false positives) and, by ``--folds``-fold
-cross-validation, measure the held-out false-positive rate of that fitting; the first correctly
-classified images of the rest are attacked (seeded random targets, benign target maps, the
+attack pool (the permutation's last images, among those no interpreter was trained on: RTS's
+checkpoint lists its training images) and ``--benign`` images that set the thresholds (5% false
+positives) and, by ``--folds``-fold cross-validation, measure the held-out false-positive rate
+of that fitting; the first correctly classified images of the pool are attacked (seeded random targets, benign target maps, the
 embedded EfficientNet-Lite0, ε = 8/255, the CLI's attack defaults of
 ``adv2.pipeline.build_attack``).
 
@@ -42,12 +43,21 @@ XU_JOINT = ("bit-5", "median-2x2", "nlm-11-3-4")
 PAPER_ROWS = ("bit-2", "bit-3", "median-3x3", "nlm-11-3-4")
 
 
-def split(n_images: int, n_benign: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint index arrays (benign, attack pool) of a seeded permutation."""
+def split(n_images: int, n_benign: int, seed: int, fitted: np.ndarray | None = None
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint index arrays (benign, attack pool) of a seeded permutation: the pool is the last
+    ``n_images − n_benign`` images of the permutation among those no interpreter was fitted on
+    (``fitted``: a boolean mask; none: the permutation's tail), the benign images the rest."""
     order = np.random.default_rng(seed).permutation(n_images)
-    if n_benign >= n_images:
+    n_pool = n_images - n_benign
+    if n_pool <= 0:
         raise ValueError(f"{n_benign} benign images leave none of {n_images} to attack")
-    return order[:n_benign], order[n_benign:]
+    free = order if fitted is None else order[~fitted[order]]
+    if len(free) < n_pool:
+        raise ValueError(f"only {len(free)} images are unseen by the interpreters' training; "
+                         f"lower --benign to at most {n_images - len(free)}")
+    pool = free[-n_pool:]
+    return order[~np.isin(order, pool)], pool
 
 
 def rate(flags: torch.Tensor) -> str:
@@ -90,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     samples = load_dataset(args.images).samples
     images_all = np.stack([s.image for s in samples])
     labels_all = torch.tensor([s.label for s in samples])
-    benign_idx, pool_idx = split(len(samples), args.benign, args.seed)
+    interpreters = {spec: build_interpreter(spec.split(":")[0], model)
+                    for spec in args.interpreters}
+    fitted = np.array([any(s.key in i.fitted_on for i in interpreters.values())
+                       for s in samples])
+    benign_idx, pool_idx = split(len(samples), args.benign, args.seed, fitted)
 
     detector = FeatureSqueezingDetector(model, args.squeezers)
     benign_scores = detector.scores(images_all[benign_idx])
@@ -128,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         labels = labels_all[rows]
         tgts = choose_targets(labels, 1000, args.seed, None)
         cfg = pipeline.AttackConfig(interpreter=name, seed=args.seed)  # benign target maps
-        interpreter = build_interpreter(name, model)
+        interpreter = interpreters[spec]
         base = {a: pipeline.build_attack(pipeline.AttackConfig(interpreter=name, attack=a,
                                                                seed=args.seed), model, interpreter)
                 for a in ("pgd", "adv2")}
@@ -182,9 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.__version__}; total {(time.time() - started) / 60:.0f} min. Model: "
         "efficientnet_lite0 (embedded), ε = 8/255, seeded random targets, benign target maps, "
         "the CLI's attack defaults. Images: a seeded permutation of "
-        f"`../shared/data/imagenet-sample`: the first {args.benign} are benign images that fit "
-        f"the thresholds at {100 * args.fpr:g}% false positives, and the first correctly "
-        f"classified images of the remaining {len(pool_idx)} are attacked.",
+        f"`../shared/data/imagenet-sample`: its last {len(pool_idx)} images "
+        + ("that no interpreter was trained on " if fitted.any() else "")
+        + f"form the attack pool, whose first correctly classified images are attacked; the "
+        f"other {args.benign} are benign images that fit the thresholds at "
+        f"{100 * args.fpr:g}% false positives.",
         "",
         "Score: ‖softmax f(x) − softmax f(ψ(x))‖₁ on the uint8 image (ψ re-quantised to uint8); "
         "a detector flags a score above its threshold; the joint detectors take the maximum over "

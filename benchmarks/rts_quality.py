@@ -125,9 +125,10 @@ def describe(rts: RTS) -> str:
               if rts.net.shared else
               f"encoder {meta.get('encoder')} (frozen), selector trained "
               f"{train.get('selector_steps')} steps of {train.get('selector_batch_size')}")
+    minutes = meta.get("seconds", meta.get("seconds_this_run", 0)) / 60
     return (f"`{rts.checkpoint.name}`: {design}; decoder trained {train.get('steps')} steps of "
             f"{train.get('batch_size')} on {meta.get('n_train')} images, seed "
-            f"{meta.get('seed')}, {meta.get('seconds_this_run', 0) / 60:.0f} min, with "
+            f"{meta.get('seed')}, {minutes:.0f} min, with "
             f"`{meta.get('command')}`")
 
 

@@ -46,12 +46,14 @@ class FactoryRecorder(TorchFunctionMode):
 
 
 def _interpreters(tmp_path: Path) -> list[tuple[torch.nn.Module, Interpreter]]:
-    tiny, deep = make_tiny_model(0), make_deep_tiny_model()
-    train(deep, make_images(6), torch.arange(6), tmp_path, TrainConfig(steps=2, batch_size=3),
-          progress=False)
+    tiny, deep, encoder = make_tiny_model(0), make_deep_tiny_model(), make_deep_tiny_model(7)
+    encoder.name = "deep-tiny-encoder"  # RTS with an encoder of its own, as shipped
+    train(deep, make_images(6), torch.arange(6), tmp_path,
+          TrainConfig(steps=2, batch_size=3, selector_steps=2, selector_batch_size=3),
+          progress=False, encoder=encoder)
     return [(tiny, CAM(tiny)), (tiny, GRAD(tiny)),
             (tiny, MASK(tiny, iterations=3, verify_every=2)),
-            (deep, RTS(deep, tmp_path / "rts.pt"))]
+            (deep, RTS(deep, tmp_path / "rts.pt", encoder=encoder))]
 
 
 def test_no_tensor_is_made_without_a_device(tmp_path) -> None:
@@ -125,9 +127,10 @@ def test_attacks_run_natively_on_the_gpu(name, tmp_path) -> None:
     targets = (model(x).argmax(dim=1) + 1) % 10
     host = ADV2(model, interpreter, steps=3, warm_steps=3)(images, targets)
     model.to("cuda")
-    gpu_interpreter = type(interpreter)(model, tmp_path / "rts.pt") if name == "rts" \
-        else type(interpreter)(model, **({"iterations": 3, "verify_every": 2}
-                                         if name == "mask" else {}))
+    gpu_interpreter = (
+        RTS(model, tmp_path / "rts.pt", encoder=interpreter.net.encoder.to("cuda"))
+        if name == "rts" else type(interpreter)(model, **({"iterations": 3, "verify_every": 2}
+                                                          if name == "mask" else {})))
     on_gpu = ADV2(model, gpu_interpreter, steps=3, warm_steps=3)(x.cuda(), targets.cuda())
     assert on_gpu.x.is_cuda and on_gpu.maps.is_cuda and on_gpu.success.is_cuda
     assert (np.abs(on_gpu.adv.astype(int) - images.astype(int)) <= 8).all()

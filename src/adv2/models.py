@@ -489,8 +489,9 @@ def load_model(name: str = "efficientnet_lite0", weights: str | Path | None = No
     """Build a classifier by name on ``device`` (the network and everything computed with it).
 
     ``efficientnet_lite0`` (default) and ``efficientnet_lite1`` (embedded weights),
-    ``efficientnet_lite2`` (weights from the ``adv2[lite]`` extra), a torchvision ImageNet classifier (``resnet50``,
-    ``densenet169``, ...) or ``timm:<name>``; the latter two need a local ``weights`` file.
+    ``efficientnet_lite2`` (weights from the ``adv2[lite]`` extra), a torchvision ImageNet
+    classifier (``resnet50``, ``densenet169``, ...) or ``timm:<name>``; the latter two need a
+    local ``weights`` file.
     """
     found = check_device(device)
     if name in _LITE:

@@ -184,7 +184,7 @@ def train(
                 "model_digest": model_digest(model),
                 "encoder": None if net.shared else net.encoder.name,
                 "encoder_digest": None if net.shared else model_digest(net.encoder)}
-    step = 0
+    step, before = 0, 0.0  # steps and training seconds of earlier runs
     last = out / "last.pt"
     if last.is_file():
         state = torch.load(last, map_location="cpu", weights_only=True)
@@ -195,7 +195,7 @@ def train(
             opt.load_state_dict(saved)
         gen.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"])
-        step = int(state["step"])
+        step, before = int(state["step"]), float(state.get("seconds", 0.0))
         log.info("resuming %s at step %d", last, step)
     augment = _augmentation(cfg, images.shape[1:3])
     x_all, labels = to_tensor(images).to(device), labels.to(device)
@@ -241,12 +241,12 @@ def train(
         if step % cfg.checkpoint_every == 0 or step == total:
             _atomic_save({"net": net.state_dict(), "optimizers": [o.state_dict() for o in opts],
                           "step": step, "generator": gen.get_state(),
-                          "torch_rng": torch.get_rng_state(), "settings": json.dumps(settings)},
-                         last)
+                          "torch_rng": torch.get_rng_state(), "settings": json.dumps(settings),
+                          "seconds": before + time.time() - started}, last)
     bar.close()
     net.eval()
     info = (dict(meta or {}) | settings | {"train": asdict(cfg)}
-            | {"seconds_this_run": round(time.time() - started, 1)})
+            | {"seconds": round(before + time.time() - started, 1)})
     _atomic_save({"net": net.state_dict(), "meta": json.dumps(info)}, out / "rts.pt")
     return net
 
