@@ -2,11 +2,11 @@
 
 A seeded permutation of ../shared/data/imagenet-sample is split into two disjoint parts: the
 attack pool (the permutation's last images, among those no interpreter was trained on: RTS's
-checkpoint lists its training images) and ``--benign`` images that set the thresholds (5% false
-positives) and, by ``--folds``-fold cross-validation, measure the held-out false-positive rate
-of that fitting; the first correctly classified images of the pool are attacked (seeded random targets, benign target maps, the
-embedded EfficientNet-Lite0, ε = 8/255, the CLI's attack defaults of
-``adv2.pipeline.build_attack``).
+checkpoint lists its training images) and ``--benign`` images that set the thresholds (5%
+false positives) and, by ``--folds``-fold cross-validation, measure the held-out
+false-positive rate of that fitting. The first correctly classified images of the pool are
+attacked (seeded random targets, benign target maps, the embedded EfficientNet-Lite0,
+ε = 8/255, the CLI's attack defaults of ``adv2.pipeline.build_attack``).
 
 Attacks: PGD, ADV², A*(s) — adaptive ADV² against one squeezer s (``--specific``; the two-stage
 algorithm for bit depth, the hinge + cross entropy for smoothing) — and A*(all), one adaptive
