@@ -103,6 +103,30 @@ def test_python_api_and_cli_build_the_same_attack(name, tmp_path, monkeypatch) -
         == tuned.config()
 
 
+@pytest.mark.parametrize("name", ["cam", "grad", "mask", "rts"])
+def test_python_api_and_cli_apply_the_same_support_defaults(name, tmp_path) -> None:
+    model, interpreter = {p[1].name: p for p in _interpreters(tmp_path)}[name]
+    cls = type(interpreter)
+    for support in ("edges", "target-map:0.3"):
+        args = cli.build_parser().parse_args(["attack", "--interpreter", name, "--images", "x",
+                                              "--out", "y", "--support", support])
+        from_cli = pipeline.build_attack(cli._config(args), model, interpreter)
+        from_python = ADV2.for_interpreter(model, interpreter, support=support)
+        assert from_cli.config() == from_python.config()
+        confined = {**cls.attack_defaults, **cls.support_attack_defaults}
+        assert (from_python.steps, from_python.warm_steps) \
+            == (confined["steps"], confined["warm_steps"])
+    full = ADV2.for_interpreter(model, interpreter, support="full")
+    assert full.config() == ADV2.for_interpreter(model, interpreter).config()
+    assert (full.config() == from_python.config()) == (not cls.support_attack_defaults)
+    tuned = ADV2.for_interpreter(model, interpreter, support="edges", steps=7)
+    args = cli.build_parser().parse_args(["attack", "--interpreter", name, "--images", "x",
+                                          "--out", "y", "--support", "edges", "--steps", "7"])
+    assert pipeline.build_attack(cli._config(args), model, interpreter).config() \
+        == tuned.config()
+    assert tuned.steps == 7
+
+
 def test_results_come_back_on_the_inputs_device() -> None:
     model = make_tiny_model(0)
     images = make_images(2)

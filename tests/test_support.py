@@ -15,6 +15,7 @@ from skimage import filters
 from adv2 import cli
 from adv2.attacks import ADV2, PGD, AdaptiveADV2
 from adv2.attacks import support as supports
+from adv2.attacks.settings import ADAPTIVE_DEFAULTS, PGD_DEFAULTS, AttackSettings
 from adv2.data import to_tensor
 from adv2.detection import FeatureSqueezingDetector
 from adv2.interpreters import CAM
@@ -122,3 +123,18 @@ def test_cli_support_is_recorded_drawn_and_bad_ones_refused(tmp_path, monkeypatc
             assert (np.abs(adv - clean).max(axis=2)[drawn == 0] == 0).all()
     assert cli.main([*common, "--support", "edgy", "--out", str(tmp_path / "bad")]) == 2
     assert "--support" in caplog.text and not (tmp_path / "bad").exists()
+
+
+def test_a_support_takes_the_interpreters_support_defaults(monkeypatch) -> None:
+    monkeypatch.setattr(CAM, "support_attack_defaults", {"steps": 123, "lam": "7"})
+    full = AttackSettings().resolved(CAM)
+    assert (full.steps, full.lam) == (CAM.attack_defaults["steps"], CAM.attack_defaults["lam"])
+    for text in ("edges", "edges:0.2", "target-map:0.3"):
+        confined = AttackSettings(support=text).resolved(CAM)
+        assert (confined.steps, confined.lam) == (123, "7")
+        assert confined.lr == CAM.attack_defaults["lr"]  # the rest as with full support
+    assert AttackSettings(support="edges", steps=5).resolved(CAM).steps == 5  # users win
+    adaptive = AttackSettings(support="edges").resolved(CAM, adaptive=True)
+    assert (adaptive.steps, adaptive.lam) == (ADAPTIVE_DEFAULTS["steps"], "7")
+    pgd = AttackSettings(attack="pgd", support="edges").resolved(CAM)
+    assert pgd.steps == PGD_DEFAULTS["steps"]

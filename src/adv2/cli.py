@@ -16,7 +16,7 @@ from adv2 import pipeline
 from adv2.attacks import MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES
 from adv2.attacks.settings import PGD_DEFAULTS
 from adv2.data import demo_images, load_dataset
-from adv2.interpreters import INTERPRETERS, MASK_STRATEGIES
+from adv2.interpreters import INTERPRETERS, MASK_STRATEGIES, Interpreter
 from adv2.models import ModelError, load_model
 from adv2.figures import panel_grid
 from adv2.target_maps import KINDS
@@ -29,9 +29,14 @@ def _defaults(key: str) -> str:
     def text(value: object) -> str:
         return f"{value:g}" if isinstance(value, float) else str(value)
 
+    def adv2_default(cls: type[Interpreter]) -> str:
+        value = text(cls.attack_defaults.get(key))
+        if key in cls.support_attack_defaults:
+            value += f" (with a support: {text(cls.support_attack_defaults[key])})"
+        return value
+
     pgd = f"PGD {text(PGD_DEFAULTS[key])}; " if key in PGD_DEFAULTS else ""
-    adv2 = ", ".join(f"{name} {text(cls.attack_defaults.get(key))}"
-                     for name, cls in sorted(INTERPRETERS.items()))
+    adv2 = ", ".join(f"{name} {adv2_default(cls)}" for name, cls in sorted(INTERPRETERS.items()))
     return f"default: {pgd}ADV² {adv2}"
 
 
@@ -95,7 +100,9 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
                    help="where the perturbation may live, in every stage: full (default), "
                         "edges[:τ] (AdvEdge: Sobel magnitude > τ = 0.1, dilated 1 px), "
                         "target-map[:q] (the top q = 0.5 of the target map) or a mask image / "
-                        "folder of masks named as the inputs (white = free)")
+                        "folder of masks named as the inputs (white = free); ADV² with a "
+                        "support other than full takes the defaults marked 'with a support' "
+                        "in the options' help")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--device", default="cpu",
                    help="the torch device everything runs on (cpu, cuda, cuda:N)")

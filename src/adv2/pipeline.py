@@ -43,7 +43,6 @@ class AttackConfig(AttackSettings):
     interpreter: str = "cam"
     target_class: int | None = None
     target_map: str = "benign"
-    support: str = "full"  # where the perturbation may live, see adv2.attacks.support
     batch_size: int = 8
     adaptive: str | None = None  # thresholds JSON from `adv2 detect fit`: ADV² evades them
     #: interpreter settings other than the defaults (keyword arguments of its class, e.g.
@@ -52,7 +51,8 @@ class AttackConfig(AttackSettings):
 
     def resolved(self) -> AttackConfig:
         """A copy with the attack's unset settings filled from the interpreter's defaults
-        (PGD's for ``pgd``; longer, without early stop, for adaptive ADV²)."""
+        (PGD's for ``pgd``; its support defaults with a ``support`` other than ``full``;
+        longer, without early stop, for adaptive ADV²)."""
         return AttackSettings.resolved(self, INTERPRETERS.get(self.interpreter, Interpreter),
                                        adaptive=self.adaptive is not None)
 

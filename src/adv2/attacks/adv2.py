@@ -83,7 +83,9 @@ class ADV2:
         """The ADV² attack ``adv2 attack`` runs on ``interpreter``: its measured defaults
         (``Interpreter.attack_defaults``) with ``overrides`` (keys of
         :class:`~adv2.attacks.settings.AttackSettings`, as text and numbers: ``steps=50``,
-        ``lam="5:10"``, ``optimizer="sign"``)."""
+        ``lam="5:10"``, ``optimizer="sign"``). ``support="edges"`` (any support but
+        ``full``; the same as ``adv2 attack --support``) takes the interpreter's
+        ``support_attack_defaults``; the support tensor itself is passed to each call."""
         settings = AttackSettings(attack="adv2", **overrides).resolved(interpreter)
         return settings.build(model, interpreter)
 

@@ -1,9 +1,10 @@
 """An attack's settings as a user writes them (CLI options, experiment keys) and the attack
 they build, with the per-interpreter defaults filled in.
 
-The defaults live with the interpreters (``Interpreter.attack_defaults``, PGD's here), so
-``ADV2.for_interpreter(model, interpreter)`` in Python and ``adv2 attack`` on the command line
-run the same attack.
+The defaults live with the interpreters (``Interpreter.attack_defaults``, with
+``Interpreter.support_attack_defaults`` over them when the perturbation is confined to a
+support; PGD's here), so ``ADV2.for_interpreter(model, interpreter)`` in Python and ``adv2
+attack`` on the command line run the same attack.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class AttackSettings:
         map_loss: ``mse``, ``l1``, ``logit``. patience: stop an image after this many steps
         without improvement (0: never). random_start: PGD starts uniformly in the ball.
         step_search: ADV²'s per-example step-length search. seed: PGD's random start.
+        support: where the perturbation may live (:func:`adv2.attacks.support.parse`; the
+        support itself is built per batch and passed to the attack's call): any but ``full``
+        takes the interpreter's ``support_attack_defaults`` over its ``attack_defaults``.
 
     Example:
         >>> AttackSettings(steps=50).resolved(cam).build(model, cam)  # doctest: +SKIP
@@ -64,13 +68,18 @@ class AttackSettings:
     random_start: bool = False
     step_search: bool | None = None
     seed: int = 0
+    support: str = "full"
 
     def defaults(self, interpreter: type[Interpreter] | Interpreter,
                  adaptive: bool = False) -> dict[str, Any]:
-        """The values this attack's unset settings take for ``interpreter``."""
+        """The values this attack's unset settings take for ``interpreter``: ADV²'s are its
+        ``attack_defaults``, then its ``support_attack_defaults`` with a support other than
+        ``full``, then, for adaptive ADV², :data:`ADAPTIVE_DEFAULTS`."""
         if self.attack == "pgd":
             return PGD_DEFAULTS
-        return {**interpreter.attack_defaults, **(ADAPTIVE_DEFAULTS if adaptive else {})}
+        confined = interpreter.support_attack_defaults if self.support != "full" else {}
+        return {**interpreter.attack_defaults, **confined,
+                **(ADAPTIVE_DEFAULTS if adaptive else {})}
 
     def resolved(self, interpreter: type[Interpreter] | Interpreter, adaptive: bool = False):
         """A copy with every ``None`` setting filled from :meth:`defaults`."""

@@ -47,6 +47,10 @@ class Interpreter(ABC):
         "steps": 110, "warm_steps": 50, "optimizer": "adam", "lr": 2 / 255, "lr_decay": 1.0,
         "lam": "5:10", "pred_loss": "ce", "map_loss": "mse", "patience": 20,
         "step_search": False}
+    #: ADV²'s settings over :attr:`attack_defaults` when the perturbation is confined to a
+    #: support (any ``support`` but ``full``, :mod:`adv2.attacks.support`), measured with
+    #: AdvEdge's edge support in the benchmarks; none: the full-support defaults apply
+    support_attack_defaults: ClassVar[dict[str, Any]] = {}
     #: λ multiplier of adaptive ADV² against all squeezers (docs/detection*.md)
     adaptive_lam_scale: ClassVar[float] = 4.0
     #: ways ADV² can differentiate this interpreter (its ``strategy`` setting), if several

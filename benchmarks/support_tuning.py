@@ -1,0 +1,80 @@
+"""ADV² with a support on images the attack benchmark does not report, for tuning settings.
+
+The images are ``pool[offset:offset + n]`` of ``attack_benchmark.py``'s seeded pool of correctly
+classified images (the benchmark reports ``pool[:n]``), with the targets the benchmark would
+draw for them; attack settings are ``AttackConfig`` keys as KEY=VALUE (JSON values; ``lam`` is
+text). Prints one line: success, L1, IoU, passes, pixels changed, ‖δ‖₂, seconds per image, the
+IoU per image (``!`` marks a failure) and, with ``edges``, each image's support fraction.
+
+    python benchmarks/support_tuning.py cam --offset 20 --n 8 --support edges steps=400 lam=20:40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+import torch
+from attack_benchmark import DEFAULT_IMAGES, pick_images, run_batches
+
+from adv2 import pipeline
+from adv2.attacks import support as support_mod
+from adv2.data import to_tensor
+from adv2.interpreters import build_interpreter
+from adv2.models import load_model
+from adv2.target_classes import choose_targets
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``KEY=VALUE``: VALUE as JSON, except ``lam`` (a schedule text)."""
+    key, _, value = text.partition("=")
+    if key == "lam":
+        return key, value
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("interpreter")
+    parser.add_argument("settings", nargs="*", metavar="KEY=VALUE")
+    parser.add_argument("--offset", type=int, default=20)
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--support", default="edges")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args(argv)
+    overrides = dict(map(parse_override, args.settings))
+    model = load_model()
+    pool = pick_images(model, DEFAULT_IMAGES, args.offset + args.n, args.seed)
+    targets = choose_targets(torch.tensor([s.label for s in pool]), 1000, args.seed, None)
+    samples = pool[args.offset:]
+    cfg = pipeline.AttackConfig(interpreter=args.interpreter, attack="adv2", seed=args.seed,
+                                support=args.support, **overrides)
+    interpreter = build_interpreter(args.interpreter, model)
+    attack = pipeline.build_attack(cfg, model, interpreter)
+    out, seconds = run_batches(cfg, model, interpreter, attack, samples,
+                               targets[args.offset:], args.batch_size)
+    per_image = " ".join(f"{iou:.2f}{'' if ok else '!'}" for iou, ok in
+                         zip(out["iou"].mean(1).tolist(), out["success"].tolist()))
+    line = (f"{args.interpreter} {args.support} {overrides}: success {out['success'].mean():.3f}"
+            f" L1 {out['l1'].mean():.4f} IoU {out['iou'].mean():.3f} passes "
+            f"{out['passes'].mean():.1f} changed {out['changed'].mean():.3f} ‖δ‖₂ "
+            f"{out['l2'].mean():.2f} s/image {seconds:.1f}; IoU per image {per_image}")
+    kind, threshold = support_mod.parse(args.support)
+    if kind == "edges":
+        x = to_tensor(np.stack([s.image for s in samples]))
+        edges = support_mod.edges(x) if threshold is None else support_mod.edges(x, threshold)
+        fractions = edges.flatten(1).mean(1)
+        line += "; support " + " ".join(f"{f:.2f}" for f in fractions.tolist())
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
