@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from tqdm import tqdm
 from adv2.data import to_tensor
 from adv2.filters import blur
 from adv2.metrics import margin
+from adv2.records import atomic_write
 from adv2.models import Classifier, ModelError, load_model, load_weights, model_digest
 from adv2.rts.network import SaliencyNet
 
@@ -131,9 +131,7 @@ class TrainConfig:
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _augmentation(cfg: TrainConfig, size: tuple[int, int]) -> T.Compose:
