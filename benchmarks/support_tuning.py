@@ -51,12 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = dict(map(parse_override, args.settings))
     model = load_model()
-    pool = pick_images(model, DEFAULT_IMAGES, args.offset + args.n, args.seed)
+    interpreter = build_interpreter(args.interpreter, model)
+    # the benchmark's pool for this interpreter: never the images it was trained on
+    pool = pick_images(model, DEFAULT_IMAGES, args.offset + args.n, args.seed,
+                       interpreter.fitted_on)
     targets = choose_targets(torch.tensor([s.label for s in pool]), 1000, args.seed, None)
     samples = pool[args.offset:]
     cfg = pipeline.AttackConfig(interpreter=args.interpreter, attack="adv2", seed=args.seed,
                                 support=args.support, **overrides)
-    interpreter = build_interpreter(args.interpreter, model)
     attack = pipeline.build_attack(cfg, model, interpreter)
     out, seconds = run_batches(cfg, model, interpreter, attack, samples,
                                targets[args.offset:], args.batch_size)
