@@ -77,6 +77,7 @@ class RTS(Interpreter):
     # A joint step costs two passes (classifier and encoder): 20 + 2 × 90 ≤ 200 passes per image.
     # On 8 unseen images (docs/benchmark-rts.md's first 8), the step decaying to 0.2 of lr over
     # the joint stage raised IoU from 0.918 to 0.933 and lowered L1 from 0.0169 to 0.0132
+    # (benchmarks/support_tuning.py rts lr_decay=0.2 --offset 0 --n 8 --support full)
     attack_defaults = {"steps": 90, "warm_steps": 20, "optimizer": "adam", "lr": 2 / 255,
                        "lr_decay": 0.2, "lam": "2:4", "pred_loss": "ce", "map_loss": "logit",
                        "patience": 30, "step_search": False}
