@@ -82,16 +82,22 @@ def test_target_map_support_is_its_top_cells_upsampled() -> None:
     support = supports.target_map(maps, (8, 8), q=0.25)
     assert support.shape == (1, 1, 8, 8) and support.mean() == 0.25
     assert support[0, 0, 6:, 4:].all() and not support[0, 0, :6].any()
+    soft = supports.target_map(maps, (32, 32), q=0.25, sigma=2.0)[0, 0]
+    assert 0 <= soft.min() and soft.max() <= 1
+    assert soft[31, 31] > 0.99 and soft[0, 0] == 0  # inside stays free, far outside stays fixed
+    assert 0 < soft[23, 20] < 1  # the border fades
 
 
 def test_support_names_are_parsed_and_bad_ones_named(tmp_path) -> None:
-    assert supports.parse("full") == ("full", None)
-    assert supports.parse("edges:0.2") == ("edges", 0.2)
-    assert supports.parse("target-map") == ("target-map", None)
+    assert supports.parse("full") == ("full", ())
+    assert supports.parse("edges:0.2") == ("edges", (0.2,))
+    assert supports.parse("target-map") == ("target-map", ())
+    assert supports.parse("target-map:0.4:3") == ("target-map", (0.4, 3.0))
     mask = tmp_path / "mask.png"
     Image.new("L", (8, 8), 255).save(mask)
-    assert supports.parse(str(mask)) == ("file", None)
-    for bad in ("edge", "edges:x", "target-map:0", "full:1", "edges:2"):
+    assert supports.parse(str(mask)) == ("file", ())
+    for bad in ("edge", "edges:x", "target-map:0", "full:1", "edges:2", "edges:0.1:2",
+                "target-map:0.5:-1", "target-map:0.5:nan", "target-map:0.5:1:1"):
         with pytest.raises(ValueError):
             supports.parse(bad)
 

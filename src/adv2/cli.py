@@ -99,8 +99,9 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--support", default=d.support,
                    help="where the perturbation may live, in every stage: full (default), "
                         "edges[:τ] (AdvEdge: Sobel magnitude > τ = 0.1, dilated 1 px), "
-                        "target-map[:q] (the top q = 0.5 of the target map) or a mask image / "
-                        "folder of masks named as the inputs (white = free); ADV² with a "
+                        "target-map[:q[:σ]] (the top q = 0.5 of the target map, blurred by "
+                        "σ = 0 px) or a mask image / folder of masks named as the inputs "
+                        "(white = free); ADV² with a "
                         "support other than full takes the defaults marked 'with a support' "
                         "in the options' help")
     p.add_argument("--batch-size", type=int, default=d.batch_size)

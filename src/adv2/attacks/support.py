@@ -9,8 +9,9 @@ bounds the projection: |δ| ≤ ε·S per pixel on the uint8 lattice, so δ = 0 
   clean image's mean over RGB (scikit-image's ``filters.sobel``: 3×3 kernels over 4, magnitude
   √((g_h² + g_v²)/2), reflected borders), above τ (default 0.1, the AdvEdge+ notebooks'),
   dilated by ``dilation`` pixels (default 1);
-- ``target-map[:q]``: the top-q fraction (default 0.5) of the target map's cells, upsampled
-  (nearest) to the image;
+- ``target-map[:q[:σ]]``: the top-q fraction (default 0.5) of the target map's cells, upsampled
+  (nearest) to the image and, with σ > 0, blurred (Gaussian, σ pixels: a soft support that
+  fades out across the region's border);
 - a file or folder: a mask image (white = free), one for every input, or per input the mask at
   the input's relative name in that folder; resized and cropped as the inputs are.
 """
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from adv2.filters import blur
 from adv2.metrics import top_mask
 
 #: the names of the built-in supports
@@ -51,10 +53,12 @@ def edges(x: torch.Tensor, threshold: float = 0.1, dilation: int = 1) -> torch.T
     return mask
 
 
-def target_map(maps: torch.Tensor, size: tuple[int, int], q: float = 0.5) -> torch.Tensor:
-    """The top-``q`` cells of each target map (N×1×h×w), upsampled (nearest) to ``size``."""
+def target_map(maps: torch.Tensor, size: tuple[int, int], q: float = 0.5,
+               sigma: float = 0.0) -> torch.Tensor:
+    """The top-``q`` cells of each target map (N×1×h×w), upsampled (nearest) to ``size`` and
+    blurred with a Gaussian of ``sigma`` pixels (0: a hard support)."""
     top = top_mask(maps, q).view_as(maps).to(maps.dtype)
-    return F.interpolate(top, size=size, mode="nearest")
+    return blur(F.interpolate(top, size=size, mode="nearest"), sigma).clamp(0, 1)
 
 
 def from_file(path: Path, names: list[str], size: tuple[int, int],
@@ -81,40 +85,42 @@ def from_file(path: Path, names: list[str], size: tuple[int, int],
     return torch.from_numpy(masks).to(device)
 
 
-def parse(text: str) -> tuple[str, float | None]:
-    """``full``, ``edges[:τ]``, ``target-map[:q]`` or a path → (kind or ``file``, parameter
-    or None); ValueError with the problem."""
-    kind, _, param = text.partition(":")
+def parse(text: str) -> tuple[str, tuple[float, ...]]:
+    """``full``, ``edges[:τ]``, ``target-map[:q[:σ]]`` or a path → (kind or ``file``, the
+    numbers after the colons); ValueError with the problem."""
+    kind, _, rest = text.partition(":")
     if kind in KINDS:
-        if kind == "full" and param:
-            raise ValueError("'full' takes no parameter")
-        if not param:
-            return kind, None
+        params = rest.split(":") if rest else []
+        if len(params) > {"full": 0, "edges": 1, "target-map": 2}[kind]:
+            raise ValueError(f"{text!r}: too many parameters for '{kind}'")
         try:
-            value = float(param)
+            values = tuple(float(p) for p in params)
         except ValueError:
-            raise ValueError(f"{text!r}: the parameter after ':' must be a number") from None
-        if not math.isfinite(value) or not 0 <= value <= 1 or (kind == "target-map" and
-                                                                value == 0):
+            raise ValueError(f"{text!r}: the parameters after ':' must be numbers") from None
+        if not all(map(math.isfinite, values)):
+            raise ValueError(f"{text!r}: the parameters must be finite")
+        if values and not (0 <= values[0] <= 1 and (kind != "target-map" or values[0] > 0)):
             raise ValueError(f"{text!r}: the parameter must be in (0, 1]")
-        return kind, value
+        if len(values) == 2 and values[1] < 0:
+            raise ValueError(f"{text!r}: the blur σ must be ≥ 0")
+        return kind, values
     if not Path(text).exists():
         raise ValueError(f"{text!r} is neither {', '.join(KINDS)} nor an existing mask file or "
                          "folder")
-    return "file", None
+    return "file", ()
 
 
 def build(text: str, x: torch.Tensor, target_maps: torch.Tensor,
           names: list[str]) -> torch.Tensor | None:
     """The support ``text`` (see :func:`parse`) for clean images x (N×3×H×W), their target
     maps and their names; None for ``full``."""
-    kind, param = parse(text)
+    kind, params = parse(text)
     if kind == "full":
         return None
     if kind == "edges":
-        return edges(x) if param is None else edges(x, param)
+        return edges(x, *params)
     if kind == "target-map":
-        return target_map(target_maps, x.shape[-2:], 0.5 if param is None else param)
+        return target_map(target_maps, x.shape[-2:], *params)
     return from_file(Path(text), names, x.shape[-2:], x.device)
 
 
