@@ -65,6 +65,16 @@ def table_row(kind: str, r: np.ndarray) -> str:
             f"{100 * (rr < br).mean():.0f}% |")
 
 
+def removal_losses(r: np.ndarray, small: float = 0.05) -> str:
+    """How many images the mask does not remove more of p(y) than the box on, and of those how
+    many leave less than ``small`` of p(y) either way (both removals destroy the class)."""
+    _, _, rr, _, br = r.T
+    lost = rr >= br
+    both = lost & (np.maximum(rr, br) < small)
+    return (f"the mask does not remove more than the box on {lost.sum()} of {len(r)} images; on "
+            f"{both.sum()} of them both leave p(y) < {small:g}")
+
+
 def probabilities(model: torch.nn.Module, x: torch.Tensor, masks: torch.Tensor, y: torch.Tensor,
                   sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
     """p(y) with only the mask kept and with the mask removed (the rest/region blurred)."""
@@ -165,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{np.mean(clean):.3f}.")
         table += [table_row(f"{rts.checkpoint.name}: {kind}", np.array(r))
                   for kind, r in rows.items()]
+        trained = next(iter(rows))
+        made.append(f"  - {trained.split(' (')[0]}: {removal_losses(np.array(rows[trained]))}.")
     lines = [
         "# RTS mask quality on images the checkpoints never saw, against a centred box",
         "",
