@@ -68,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
             f" L1 {out['l1'].mean():.4f} IoU {out['iou'].mean():.3f} passes "
             f"{out['passes'].mean():.1f} changed {out['changed'].mean():.3f} ‖δ‖₂ "
             f"{out['l2'].mean():.2f} s/image {seconds:.1f}; IoU per image {per_image}")
-    kind, threshold = support_mod.parse(args.support)
+    kind, params = support_mod.parse(args.support)
     if kind == "edges":
         x = to_tensor(np.stack([s.image for s in samples]))
-        edges = support_mod.edges(x) if threshold is None else support_mod.edges(x, threshold)
+        edges = support_mod.edges(x, *params)
         fractions = edges.flatten(1).mean(1)
         line += "; support " + " ".join(f"{f:.2f}" for f in fractions.tolist())
     print(line)
