@@ -100,7 +100,7 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
                    help="where the perturbation may live, in every stage: full (default), "
                         "edges[:τ] (AdvEdge: Sobel magnitude > τ = 0.1, dilated 1 px), "
                         "target-map[:q[:σ]] (the top q = 0.5 of the target map, blurred by "
-                        "σ = 0 px) or a mask image / folder of masks named as the inputs "
+                        "σ px, default 0) or a mask image / folder of masks named as the inputs "
                         "(white = free); ADV² with a "
                         "support other than full takes the defaults marked 'with a support' "
                         "in the options' help")
