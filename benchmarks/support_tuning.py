@@ -2,9 +2,10 @@
 
 The images are ``pool[offset:offset + n]`` of ``attack_benchmark.py``'s seeded pool of correctly
 classified images (the benchmark reports ``pool[:n]``), with the targets the benchmark would
-draw for them; attack settings are ``AttackConfig`` keys as KEY=VALUE (JSON values; ``lam`` is
-text). Prints one line: success, L1, IoU, passes, pixels changed, ‖δ‖₂, seconds per image, the
-IoU per image (``!`` marks a failure) and, with ``edges``, each image's support fraction.
+draw for them; attack settings are ``AttackConfig`` keys as KEY=VALUE (read as
+``--interpreter-setting`` reads them; ``lam`` is text). Prints one line: success, L1, IoU,
+passes, pixels changed, ‖δ‖₂, seconds per image, the IoU per image (``!`` marks a failure)
+and, with ``edges``, each image's support fraction.
 
     python benchmarks/support_tuning.py cam --offset 20 --n 8 --support edges steps=400 lam=20:40
 """
@@ -12,7 +13,6 @@ IoU per image (``!`` marks a failure) and, with ``edges``, each image's support 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
@@ -21,21 +21,11 @@ from attack_benchmark import DEFAULT_IMAGES, pick_images, run_batches
 
 from adv2 import pipeline
 from adv2.attacks import support as support_mod
+from adv2.cli import parse_setting
 from adv2.data import to_tensor
 from adv2.interpreters import build_interpreter
 from adv2.models import load_model
 from adv2.target_classes import choose_targets
-
-
-def parse_override(text: str) -> tuple[str, object]:
-    """``KEY=VALUE``: VALUE as JSON, except ``lam`` (a schedule text)."""
-    key, _, value = text.partition("=")
-    if key == "lam":
-        return key, value
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
-    overrides = dict(map(parse_override, args.settings))
+    overrides = dict(map(parse_setting, args.settings))
+    if "lam" in overrides:  # a schedule text, even when it reads as a number
+        overrides["lam"] = str(overrides["lam"])
     model = load_model()
     interpreter = build_interpreter(args.interpreter, model)
     # the benchmark's pool for this interpreter: never the images it was trained on
