@@ -283,7 +283,7 @@ def test_adv2_against_rts_stays_in_the_ball(deep_model, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_train_rts_command_records_holdout_and_skips_bad_files(tmp_path, capsys) -> None:
+def test_train_rts_command_records_holdout_and_skips_bad_files(tmp_path, caplog) -> None:
     from PIL import Image
 
     from adv2 import cli
@@ -304,6 +304,10 @@ def test_train_rts_command_records_holdout_and_skips_bad_files(tmp_path, capsys)
     rts = build_interpreter("rts", load_model(), checkpoint=out / "rts.pt")
     keys = {f"img{i}" for i in range(4)}
     assert rts.fitted_on | set(net.meta["holdout"]) == keys and len(rts.fitted_on) == 3
+    code = cli.main(["train-rts", "--images", str(folder), "--init", str(tmp_path / "no.pt"),
+                     "--out", str(tmp_path / "tuned")])
+    assert code == 2 and not (tmp_path / "tuned").exists()
+    assert "--init: " in caplog.text and "no.pt not found" in caplog.text
 
 
 @pytest.mark.slow
@@ -323,3 +327,43 @@ def test_attack_command_with_rts_records_the_checkpoint(tmp_path) -> None:
     assert config["interpreter_config"]["checkpoint"] == "rts_efficientnet_lite0.pt"
     assert config["map_loss"] == "logit"
     assert np.load(out / "samples" / "cat.png" / "adv_map.npy").shape[-2:] == (56, 56)
+
+
+def test_destroyer_pulls_down_to_its_confidence() -> None:
+    """The destroyer margin is clipped at −confidence: a larger confidence keeps pulling where
+    the removed image's class is already gone (here: the least likely class)."""
+    model = make_deep_tiny_model()
+    x = to_tensor(make_images(4))
+    classes = model(x).argmin(dim=1)
+    masks, real = torch.ones(4, 1, 8, 8), torch.ones(4, dtype=torch.bool)
+
+    def destroyer(confidence: float) -> float:
+        loss = SaliencyLoss(destroyer_confidence=confidence)
+        return loss(model, x, masks, classes, real, torch.Generator().manual_seed(0))[1][
+            "destroyer"]
+
+    assert destroyer(0.0) == 0.0
+    assert destroyer(1e6) < destroyer(1.0) < 0.0
+
+
+def test_fine_tuning_starts_from_the_init_and_records_it(deep_model, encoder, tmp_path) -> None:
+    images, labels = make_images(6), torch.arange(6)
+    cfg = TrainConfig(steps=2, selector_steps=2, batch_size=3, selector_batch_size=3)
+    first = train(deep_model, images, labels, tmp_path / "a", cfg, progress=False,
+                  encoder=encoder, meta={"trained_on": ["a.jpg"], "holdout": ["b.jpg"]})
+    same = train(deep_model, images, labels, tmp_path / "b",
+                 TrainConfig(steps=0, selector_steps=0), progress=False, encoder=encoder,
+                 meta={"trained_on": ["b.jpg"], "holdout": ["a.jpg", "c.jpg"]},
+                 init=tmp_path / "a" / "rts.pt")
+    for (k, a), b in zip(first.state_dict().items(), same.state_dict().values()):
+        assert torch.equal(a, b), k
+    tuned = load(deep_model, tmp_path / "b" / "rts.pt", encoder)
+    # the images the init was trained on are never held out
+    assert tuned.meta["trained_on"] == ["a.jpg", "b.jpg"] and tuned.meta["holdout"] == ["c.jpg"]
+    assert len(tuned.meta["init"]["sha256"]) == 64
+    assert tuned.meta["init_meta"]["train"]["steps"] == 2
+    train(deep_model, images, labels, tmp_path / "s", TrainConfig(steps=1, batch_size=3),
+          progress=False)
+    with pytest.raises(ValueError, match="other design"):
+        train(deep_model, images, labels, tmp_path / "c", TrainConfig(steps=0, selector_steps=0),
+              progress=False, encoder=encoder, init=tmp_path / "s" / "rts.pt")

@@ -286,7 +286,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def _train_rts_parser(sub: argparse._SubParsersAction) -> None:
-    from adv2.rts import DEFAULT_ENCODER, TrainConfig
+    from adv2.rts import DEFAULT_ENCODER, SaliencyLoss, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train-rts", help="train the RTS saliency network for a model")
@@ -314,6 +314,13 @@ def _train_rts_parser(sub: argparse._SubParsersAction) -> None:
                    help="colour jitter of the augmentation (0: none)")
     p.add_argument("--area-warmup", type=float, default=d.area_warmup,
                    help="fraction of the steps over which the area weight grows from 0")
+    p.add_argument("--destroyer-confidence", type=float,
+                   default=SaliencyLoss().destroyer_confidence,
+                   help="the saliency loss's destroyer term stops pulling once the removed "
+                        "image's class logit is this far below the best other")
+    p.add_argument("--init", help="an rts.pt to start from (fine-tuning; --selector-steps 0 "
+                                  "keeps its selector); the images it was trained on count as "
+                                  "trained on, never as held out")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--out", required=True,
@@ -322,10 +329,14 @@ def _train_rts_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train_rts(args: argparse.Namespace) -> int:
 
-    from adv2.rts import TrainConfig, train
+    from adv2.interpreters.rts import checkpoint_path
+    from adv2.rts import SaliencyLoss, TrainConfig, train
 
     try:
         pipeline.check_setting("limit", args.limit)
+        init = checkpoint_path(args.init, args.model) if args.init else None
+        if init is not None and not init.is_file():
+            raise FileNotFoundError(f"--init: {init} not found")
         model = load_model(args.model, args.weights, args.device)
         encoder = None if args.encoder == "shared" else load_model(args.encoder,
                                                                    device=args.device)
@@ -344,6 +355,7 @@ def cmd_train_rts(args: argparse.Namespace) -> int:
                       checkpoint_every=args.checkpoint_every, area_warmup=args.area_warmup,
                       selector_steps=args.selector_steps,
                       selector_batch_size=args.selector_batch_size, jitter=args.jitter)
+    loss = SaliencyLoss(destroyer_confidence=args.destroyer_confidence)
     options = {k: v for k, v in vars(args).items()
                if v is not None and k not in ("command", "verbose")}
     command = "adv2 train-rts " + " ".join(f"--{k.replace('_', '-')} {v}"
@@ -352,7 +364,8 @@ def cmd_train_rts(args: argparse.Namespace) -> int:
             "n_train": len(used), "holdout": held, "trained_on": sorted(s.key for s in used),
             "seed": args.seed}
     try:
-        train(model, images, labels, args.out, cfg, meta=meta, encoder=encoder)
+        train(model, images, labels, args.out, cfg, loss, meta=meta, encoder=encoder,
+              init=init)
     except (ModelError, ValueError) as exc:
         log.error("%s", exc)
         return 2

@@ -21,6 +21,7 @@ classifier as a black box. The encoder is frozen throughout (as the original's).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -134,6 +135,10 @@ def _atomic_save(obj: dict, path: Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _augmentation(cfg: TrainConfig, size: tuple[int, int]) -> T.Compose:
     parts = [T.RandomResizedCrop(size, scale=(cfg.min_scale, 1.0), antialias=True),
              T.RandomHorizontalFlip()]
@@ -152,6 +157,7 @@ def train(
     meta: dict | None = None,
     progress: bool = True,
     encoder: Classifier | None = None,
+    init: str | Path | None = None,
 ) -> SaliencyNet:
     """Train a :class:`SaliencyNet` explaining ``model`` on uint8 images (N×H×W×3) with labels
     (N,), on the stages of ``encoder`` (None: the shared design, see :mod:`adv2.rts.network`).
@@ -160,7 +166,9 @@ def train(
     (``cfg.steps``) the decoder; both networks stay frozen. Writes ``out/last.pt`` (resumable:
     network, optimisers, step, random state) every ``cfg.checkpoint_every`` steps and
     ``out/rts.pt`` (the network and ``meta``, bound to both networks' weights) at the end; a
-    ``last.pt`` made with the same settings is resumed. Returns the network in eval mode.
+    ``last.pt`` made with the same settings is resumed. ``init``: an ``rts.pt`` of the same
+    design, model and encoder to start from (fine-tuning; its file digest and metadata are
+    recorded, ``selector_steps=0`` keeps its selector). Returns the network in eval mode.
     """
     cfg = cfg or TrainConfig()
     loss = loss or SaliencyLoss()
@@ -168,6 +176,12 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     net = SaliencyNet(model, encoder)
+    start = None
+    if init is not None:
+        start = load(model, init, None if net.shared else net.encoder)
+        if start.shared != net.shared:
+            raise ValueError(f"{init} is an RTS of the other design; cannot start from it")
+        net.load_state_dict(start.state_dict())
     phase1 = 0 if net.shared else cfg.selector_steps
     selector = net.selector_parameters()  # the two scalars, then the embeddings if trained
     opts = [torch.optim.Adam([{"params": selector[:2], "lr": 10 * cfg.lr},
@@ -182,6 +196,8 @@ def train(
                 "model_digest": model_digest(model),
                 "encoder": None if net.shared else net.encoder.name,
                 "encoder_digest": None if net.shared else model_digest(net.encoder)}
+    if start is not None:
+        settings["init"] = {"file": Path(init).name, "sha256": _file_digest(Path(init))}
     step, before = 0, 0.0  # steps and training seconds of earlier runs
     last = out / "last.pt"
     if last.is_file():
@@ -243,8 +259,14 @@ def train(
                           "seconds": before + time.time() - started}, last)
     bar.close()
     net.eval()
-    info = (dict(meta or {}) | settings | {"train": asdict(cfg)}
-            | {"seconds": round(before + time.time() - started, 1)})
+    meta = dict(meta or {})
+    if start is not None and "trained_on" in meta:  # what the start saw is seen, not held out
+        seen = set(start.meta.get("trained_on", ()))
+        meta["trained_on"] = sorted(set(meta["trained_on"]) | seen)
+        meta["holdout"] = [k for k in meta.get("holdout", ()) if k not in seen]
+    info = (meta | settings | {"train": asdict(cfg)}
+            | {"seconds": round(before + time.time() - started, 1)}
+            | ({"init_meta": start.meta} if start is not None else {}))
     _atomic_save({"net": net.state_dict(), "meta": json.dumps(info)}, out / "rts.pt")
     return net
 
