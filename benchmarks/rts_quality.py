@@ -60,9 +60,10 @@ def binarise(maps: torch.Tensor) -> torch.Tensor:
 def table_row(kind: str, r: np.ndarray) -> str:
     """One Markdown row from per-image [area, keep, remove, box keep, box remove] rows."""
     area, rk, rr, bk, br = r.T
+    kept, removed = (rk > bk).sum(), (rr < br).sum()
     return (f"| {kind} | {area.mean():.3f} | {rk.mean():.3f} | {rr.mean():.3f} | "
-            f"{bk.mean():.3f} | {br.mean():.3f} | {100 * (rk > bk).mean():.0f}% / "
-            f"{100 * (rr < br).mean():.0f}% |")
+            f"{bk.mean():.3f} | {br.mean():.3f} | {100 * kept / len(r):.1f}% ({kept}) / "
+            f"{100 * removed / len(r):.1f}% ({removed}) |")
 
 
 def removal_losses(r: np.ndarray, small: float = 0.05) -> str:
@@ -99,6 +100,7 @@ def evaluate(model, rts: RTS, samples: list, batch_size: int, sigma: float
     kinds = ("RTS mask sigmoid(z) (what the saliency loss trains)",
              f"RTS map sigmoid(z / {rts.temperature:g}) (what adv2 attacks)",
              "RTS mask binarised (top cells, same area)",
+             "RTS mask region m > 1/2 (hard)",
              "the selector's gate alone (decoder head zeroed)")
     rows: dict[str, list[list[float]]] = {k: [] for k in kinds}
     clean: list[float] = []
@@ -116,7 +118,8 @@ def evaluate(model, rts: RTS, samples: list, batch_size: int, sigma: float
         for kind, small, mode in ((kinds[0], mask, "bilinear"),
                                   (kinds[1], torch.sigmoid(z / rts.temperature), "bilinear"),
                                   (kinds[2], binarise(mask), "nearest"),
-                                  (kinds[3], gate, "bilinear")):
+                                  (kinds[3], (mask > 0.5).to(mask), "nearest"),
+                                  (kinds[4], gate, "bilinear")):
             masks = F.interpolate(small, size=x.shape[-2:], mode=mode,
                                   **({"align_corners": False} if mode == "bilinear" else {}))
             areas = masks.mean(dim=(1, 2, 3))
@@ -136,10 +139,17 @@ def describe(rts: RTS) -> str:
               f"encoder {meta.get('encoder')} (frozen), selector trained "
               f"{train.get('selector_steps')} steps of {train.get('selector_batch_size')}")
     minutes = meta.get("seconds", meta.get("seconds_this_run", 0)) / 60
-    return (f"`{rts.checkpoint.name}`: {design}; decoder trained {train.get('steps')} steps of "
+    text = (f"`{rts.checkpoint.name}`: {design}; decoder trained {train.get('steps')} steps of "
             f"{train.get('batch_size')} on {meta.get('n_train')} images, seed "
-            f"{meta.get('seed')}, {minutes:.0f} min, with "
-            f"`{meta.get('command')}`")
+            f"{meta.get('seed')}, {minutes:.0f} min, with `{meta.get('command')}`")
+    start = meta.get("init_meta")
+    if start:  # a fine-tuning: say what it started from
+        first = start.get("train", {})
+        text += (f", starting from `{meta['init']['file']}` (selector "
+                 f"{first.get('selector_steps')} steps of {first.get('selector_batch_size')}, "
+                 f"decoder {first.get('steps')} steps of {first.get('batch_size')}, "
+                 f"{start.get('seconds', 0) / 60:.0f} min, with `{start.get('command')}`)")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         "class, bilinearly upsampled; removed or outside regions are blurred (σ = "
         f"{args.sigma:g}); the box is a centred square of the same area. A good mask keeps more "
         "of p(y) than the box when only it is kept, and leaves less when it is removed; the "
-        "last column counts the images where it does.",
+        "last column counts the images where it does (percent, and the number of images).",
         "",
         *made,
         "",

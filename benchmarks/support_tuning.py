@@ -8,6 +8,8 @@ passes, pixels changed, ‖δ‖₂, seconds per image, the IoU per image (``!``
 and, with ``edges``, each image's support fraction.
 
     python benchmarks/support_tuning.py cam --offset 20 --n 8 --support edges steps=400 lam=20:40
+    python benchmarks/support_tuning.py mask --offset 0 --n 8 --support target-map:0.5 \
+        --interpreter-setting strategy=alt
 """
 
 from __future__ import annotations
@@ -38,12 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--support", default="edges")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--interpreter-setting", action="append", default=[],
+                        metavar="KEY=VALUE", dest="interpreter_settings",
+                        help="keyword of the interpreter's class (e.g. MASK's strategy=alt)")
     args = parser.parse_args(argv)
     overrides = dict(map(parse_setting, args.settings))
     if "lam" in overrides:  # a schedule text, even when it reads as a number
         overrides["lam"] = str(overrides["lam"])
     model = load_model()
-    interpreter = build_interpreter(args.interpreter, model)
+    own = dict(map(parse_setting, args.interpreter_settings))
+    interpreter = build_interpreter(args.interpreter, model, **own)
     # the benchmark's pool for this interpreter: never the images it was trained on
     pool = pick_images(model, DEFAULT_IMAGES, args.offset + args.n, args.seed,
                        interpreter.fitted_on)
@@ -56,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
                                targets[args.offset:], args.batch_size)
     per_image = " ".join(f"{iou:.2f}{'' if ok else '!'}" for iou, ok in
                          zip(out["iou"].mean(1).tolist(), out["success"].tolist()))
-    line = (f"{args.interpreter} {args.support} {overrides}: success {out['success'].mean():.3f}"
-            f" L1 {out['l1'].mean():.4f} IoU {out['iou'].mean():.3f} passes "
+    line = (f"{args.interpreter} {own or ''} {args.support} {overrides}: success "
+            f"{out['success'].mean():.3f} L1 {out['l1'].mean():.4f} IoU "
+            f"{out['iou'].mean():.3f} passes "
             f"{out['passes'].mean():.1f} changed {out['changed'].mean():.3f} ‖δ‖₂ "
             f"{out['l2'].mean():.2f} s/image {seconds:.1f}; IoU per image {per_image}")
     kind, params = support_mod.parse(args.support)
