@@ -296,11 +296,12 @@ def test_train_rts_command_records_holdout_and_skips_bad_files(tmp_path, caplog)
     out = tmp_path / "rts"
     code = cli.main(["train-rts", "--images", str(folder), "--holdout", "1", "--steps", "1",
                      "--batch-size", "2", "--selector-steps", "1", "--selector-batch-size", "2",
-                     "--out", str(out)])
+                     "--destroyer-confidence", "7", "--out", str(out)])
     assert code == 0
     net = load(load_model(), out / "rts.pt")
     assert net.meta["n_train"] == 3 and len(net.meta["holdout"]) == 1
     assert "train-rts" in net.meta["command"] and net.meta["encoder"] == "efficientnet_lite1"
+    assert net.meta["loss"]["destroyer_confidence"] == 7.0
     rts = build_interpreter("rts", load_model(), checkpoint=out / "rts.pt")
     keys = {f"img{i}" for i in range(4)}
     assert rts.fitted_on | set(net.meta["holdout"]) == keys and len(rts.fitted_on) == 3
@@ -362,8 +363,10 @@ def test_fine_tuning_starts_from_the_init_and_records_it(deep_model, encoder, tm
     assert tuned.meta["trained_on"] == ["a.jpg", "b.jpg"] and tuned.meta["holdout"] == ["c.jpg"]
     assert len(tuned.meta["init"]["sha256"]) == 64
     assert tuned.meta["init_meta"]["train"]["steps"] == 2
+    assert "trained_on" not in tuned.meta["init_meta"]  # merged above, not kept twice
     train(deep_model, images, labels, tmp_path / "s", TrainConfig(steps=1, batch_size=3),
           progress=False)
     with pytest.raises(ValueError, match="other design"):
         train(deep_model, images, labels, tmp_path / "c", TrainConfig(steps=0, selector_steps=0),
               progress=False, encoder=encoder, init=tmp_path / "s" / "rts.pt")
+    assert not (tmp_path / "c").exists()  # nothing written for a refused start

@@ -173,15 +173,15 @@ def train(
     cfg = cfg or TrainConfig()
     loss = loss or SaliencyLoss()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     net = SaliencyNet(model, encoder)
     start = None
-    if init is not None:
+    if init is not None:  # checked before anything is written
         start = load(model, init, None if net.shared else net.encoder)
         if start.shared != net.shared:
             raise ValueError(f"{init} is an RTS of the other design; cannot start from it")
         net.load_state_dict(start.state_dict())
+    out.mkdir(parents=True, exist_ok=True)
     phase1 = 0 if net.shared else cfg.selector_steps
     selector = net.selector_parameters()  # the two scalars, then the embeddings if trained
     opts = [torch.optim.Adam([{"params": selector[:2], "lr": 10 * cfg.lr},
@@ -260,13 +260,20 @@ def train(
     bar.close()
     net.eval()
     meta = dict(meta or {})
-    if start is not None and "trained_on" in meta:  # what the start saw is seen, not held out
+    if start is not None:  # what the start saw is seen, never held out
         seen = set(start.meta.get("trained_on", ()))
-        meta["trained_on"] = sorted(set(meta["trained_on"]) | seen)
-        meta["holdout"] = [k for k in meta.get("holdout", ()) if k not in seen]
+        meta["trained_on"] = sorted(set(meta.get("trained_on", ())) | seen)
+        if "holdout" in meta:
+            held = [k for k in meta["holdout"] if k not in seen]
+            if len(held) < len(meta["holdout"]):
+                log.warning("%d of the %d held-out images were trained on by %s: %d stay held "
+                            "out", len(meta["holdout"]) - len(held), len(meta["holdout"]),
+                            init, len(held))
+            meta["holdout"] = held
     info = (meta | settings | {"train": asdict(cfg)}
             | {"seconds": round(before + time.time() - started, 1)}
-            | ({"init_meta": start.meta} if start is not None else {}))
+            | ({"init_meta": {k: v for k, v in start.meta.items()
+                              if k not in ("trained_on", "holdout")}} if start else {}))
     _atomic_save({"net": net.state_dict(), "meta": json.dumps(info)}, out / "rts.pt")
     return net
 
