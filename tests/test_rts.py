@@ -309,6 +309,11 @@ def test_train_rts_command_records_holdout_and_skips_bad_files(tmp_path, caplog)
                      "--out", str(tmp_path / "tuned")])
     assert code == 2 and not (tmp_path / "tuned").exists()
     assert "--init: " in caplog.text and "no.pt not found" in caplog.text
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    code = cli.main(["train-rts", "--images", str(folder), "--init", str(tmp_path / "junk.pt"),
+                     "--out", str(tmp_path / "tuned")])
+    assert code == 2 and not (tmp_path / "tuned").exists()
+    assert "cannot read RTS checkpoint" in caplog.text and "junk.pt" in caplog.text
 
 
 @pytest.mark.slow

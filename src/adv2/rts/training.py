@@ -290,7 +290,8 @@ def load(model: Classifier, path: str | Path, encoder: Classifier | None = None)
         state = torch.load(path, map_location="cpu", weights_only=True)
         meta = json.loads(state["meta"])
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise ModelError(f"cannot read RTS checkpoint {path}: {exc}") from exc
+        raise ModelError(f"cannot read RTS checkpoint {path}: {type(exc).__name__}: {exc}"
+                         ) from exc
     if meta.get("model") != model.name:
         raise ModelError(f"RTS checkpoint {path} was trained for model {meta.get('model')!r}, "
                          f"not {model.name!r}; train one with 'adv2 train-rts'")
