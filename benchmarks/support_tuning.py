@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
                                targets[args.offset:], args.batch_size)
     per_image = " ".join(f"{iou:.2f}{'' if ok else '!'}" for iou, ok in
                          zip(out["iou"].mean(1).tolist(), out["success"].tolist()))
-    line = (f"{' '.join([args.interpreter] + ([str(own)] if own else []))} {args.support} "
-            f"{overrides}: success "
+    name = f"{args.interpreter} {own}" if own else args.interpreter
+    line = (f"{name} {args.support} {overrides}: success "
             f"{out['success'].mean():.3f} L1 {out['l1'].mean():.4f} IoU "
             f"{out['iou'].mean():.3f} passes "
             f"{out['passes'].mean():.1f} changed {out['changed'].mean():.3f} ‖δ‖₂ "
