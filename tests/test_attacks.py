@@ -611,3 +611,78 @@ def test_adv2_with_step_search_keeps_success(setup) -> None:
     won = plain.success.bool()  # only images that lead search (one forward per candidate)
     assert (searched.passes[won] > plain.passes[won]).all()
     assert torch.equal(searched.passes[~won], plain.passes[~won])
+
+
+# -------------------------------------------------------------------------------- λ search
+
+
+class _ScriptedDescent:
+    """A stand-in for :class:`Descent` whose runs return scripted outcomes per image and log
+    the λ scales they were given."""
+
+    def __init__(self, outcomes: list[tuple[list[bool], list[float]]]) -> None:
+        self.outcomes, self.scales = iter(outcomes), []
+
+    def run(self, x0, x_start, targets, target_maps, support=None, lam_scale=None):
+        from adv2.attacks.engine import Trajectory
+
+        found, distance = next(self.outcomes)
+        self.scales.append(None if lam_scale is None else lam_scale.tolist())
+        n = len(found)
+        marked = x0.clone() + len(self.scales)  # which run an iterate came from
+        return Trajectory(marked, torch.tensor(found), torch.tensor(distance),
+                          torch.full((n,), 10, dtype=torch.long))
+
+
+def test_lam_search_moves_each_lambda_and_keeps_the_best() -> None:
+    from adv2.attacks.lam_search import LamSearch
+
+    inf = math.inf
+    # image 0 succeeds every time; 1 fails at 1, succeeds at 1/4; 2 succeeds at 1, fails at 4
+    descent = _ScriptedDescent([([True, False, True], [0.5, inf, 0.3]),
+                                ([True, True, False], [0.2, 0.4, inf]),
+                                ([True, True, True], [0.3, 0.1, 0.1])])
+    x0 = torch.zeros(3, 3, 4, 4)
+    out = LamSearch(runs=2, factor=4.0)(descent, x0, x0, torch.zeros(3),
+                                        torch.zeros(3, 1, 2, 2))
+    assert descent.scales[0] is None
+    assert descent.scales[1] == [4.0, 0.25, 4.0]
+    # between a success and a failure: the geometric mean (√(1/4·1), √(1·4))
+    assert descent.scales[2] == pytest.approx([16.0, 0.5, 2.0])
+    assert out.found.tolist() == [True, True, True]
+    assert out.distance.tolist() == pytest.approx([0.2, 0.1, 0.1])
+    assert [out.x[i].max().item() for i in range(3)] == [2.0, 3.0, 3.0]  # the run it came from
+    assert out.passes.tolist() == [30, 30, 30]
+
+
+def test_lam_search_never_loses_a_success_and_never_worsens_the_map(setup) -> None:
+    from adv2.attacks.lam_search import LamSearch
+
+    model, imgs, labels, targets = setup
+    interp = CAM(model)
+    tmaps = target_maps.benign(interp, to_tensor(imgs), labels)
+    one = _adv2(model, interp, eps=8 / 255, steps=15)(imgs, targets, tmaps)
+    searched = _adv2(model, interp, eps=8 / 255, steps=15,
+                     lam_search=LamSearch(runs=2))(imgs, targets, tmaps)
+    assert (searched.success >= one.success).all()
+    # the selection's distance (the map loss) of the true maps on the uint8 images
+    ok = one.success > 0
+    assert ok.any()
+    assert (MapMSE()(searched.maps, tmaps)[ok] <= MapMSE()(one.maps, tmaps)[ok] + 1e-6).all()
+    assert (searched.passes > one.passes).all()
+    assert (_linf_uint8(searched.adv, imgs) <= 8).all()
+    again = _adv2(model, interp, eps=8 / 255, steps=15,
+                  lam_search=LamSearch(runs=2))(imgs, targets, tmaps)
+    assert np.array_equal(searched.adv, again.adv)
+
+
+def test_lam_search_is_a_setting(tiny_model) -> None:
+    from adv2.attacks import AttackSettings
+    from adv2.attacks.lam_search import LamSearch
+
+    attack = AttackSettings(lam_search=2).resolved(CAM).build(tiny_model, CAM(tiny_model))
+    assert attack.lam_search == LamSearch(runs=2)
+    assert attack.config()["lam_search"]["runs"] == 2
+    assert AttackSettings().resolved(CAM).build(tiny_model, CAM(tiny_model)).lam_search is None
+    with pytest.raises(ValueError):
+        LamSearch(runs=1, factor=1.0)

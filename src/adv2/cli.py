@@ -75,6 +75,10 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patience", type=int,
                    help="ADV²: stop an image after this many steps without improvement, 0: "
                         f"never ({_defaults('patience')})")
+    p.add_argument("--lam-search", type=int,
+                   help="ADV²: rerun the joint stage this many times with each image's λ "
+                        "raised after a success and lowered after a failure, keeping each "
+                        f"image's best ({_defaults('lam_search')})")
     p.add_argument("--random-start", action="store_true", help="PGD: random start in the ball")
     p.add_argument("--adaptive", metavar="THRESHOLDS",
                    help="ADV² that also evades the feature-squeezing detector fitted by "

@@ -100,6 +100,7 @@ _RANGES: dict[str, tuple[str, Any]] = {
     "steps": ("≥ 0", lambda v: v >= 0),
     "warm_steps": ("≥ 0", lambda v: v >= 0),
     "patience": ("≥ 0", lambda v: v >= 0),
+    "lam_search": ("≥ 0", lambda v: v >= 0),
     "lr": ("> 0", lambda v: v > 0),
     "lr_decay": ("> 0", lambda v: v > 0),
     "batch_size": ("≥ 1", lambda v: v >= 1),

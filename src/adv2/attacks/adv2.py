@@ -10,6 +10,7 @@ import torch
 from adv2 import target_maps as target_maps_mod
 from adv2.attacks.criteria import Criterion, TargetPredicted
 from adv2.attacks.engine import Descent, Judgement, Objective, Penalty, Stop
+from adv2.attacks.lam_search import LamSearch
 from adv2.attacks.losses import CrossEntropy, MapLoss, MapMSE, PredictionLoss
 from adv2.attacks.optimizers import Optimizer, SignStep
 from adv2.attacks.pgd import PGD
@@ -30,9 +31,11 @@ class ADV2:
     scaled by the ``step_scale`` schedule, shortened per image by ``step_search`` so the target
     keeps winning); each image keeps its successful iterate of lowest interpretation distance
     under the true interpreter on the uint8 image, and stops once it has not improved for
-    ``patience`` judgements. ``penalties`` are extra per-sample loss terms of the joint stage
-    and ``criterion`` what counts as success (:mod:`adv2.attacks.criteria`); ``observer`` is
-    told every judgement of the joint stage.
+    ``patience`` judgements. With ``lam_search``, the joint stage is rerun from the same warm
+    start with per-image λ scales and each image keeps its best successful iterate over the
+    runs (:mod:`adv2.attacks.lam_search`). ``penalties`` are extra per-sample loss terms of
+    the joint stage and ``criterion`` what counts as success (:mod:`adv2.attacks.criteria`);
+    ``observer`` is told every judgement of the joint stage.
 
     :meth:`for_interpreter` builds the attack ``adv2 attack`` runs for an interpreter (its
     measured defaults, ``Interpreter.attack_defaults``); the dataclass defaults here are the
@@ -43,7 +46,8 @@ class ADV2:
         fool. eps: the L∞ budget; steps, warm_steps: joint and warm-start steps; lam: the λ
         schedule; pred_loss, map_loss: ℓ_prd and ℓ_int; optimizer, step_scale, step_search:
         the update; penalties, criterion: extra loss terms and what counts as success;
-        warm_confidence, patience: stopping; observer: told every judgement.
+        warm_confidence, patience: stopping; lam_search: reruns with per-image λ (None: one
+        run); observer: told every judgement.
 
     Shape:
         x: float N×3×H×W in [0,1] on any device, or uint8 N×H×W×3; targets: (N,) long;
@@ -75,6 +79,7 @@ class ADV2:
     warm_steps: int = 50
     warm_confidence: float = 0.5
     patience: int | None = 20
+    lam_search: LamSearch | None = None
     observer: Callable[[Judgement], None] | None = None
 
     @classmethod
@@ -103,12 +108,14 @@ class ADV2:
         warm = PGD(self.model, eps=self.eps, steps=self.warm_steps, stop_on_success=True,
                    min_confidence=self.warm_confidence, loss=self.pred_loss).run(x0, targets,
                                                                                  support)
-        joint = Descent(
+        descent = Descent(
             self.model,
             Objective(self.pred_loss, self.map_loss, self.lam, self.penalties, self.criterion),
             self.optimizer, self.steps, self.eps, Stop(patience=self.patience),
             self.interpreter, self.step_scale, self.step_search, self.observer,
-        ).run(x0, warm.x, targets, target_maps, support)
+        )
+        search = self.lam_search or LamSearch(runs=0)
+        joint = search(descent, x0, warm.x, targets, target_maps, support)
         return judge(joint.x, x0, targets, self.model, warm.passes + joint.passes,
                      self.interpreter, target_maps, criterion=self.criterion).to(home_of(x))
 
@@ -120,4 +127,5 @@ class ADV2:
                 "step_scale": describe(self.step_scale),
                 "step_search": describe(self.step_search), "warm_steps": self.warm_steps,
                 "warm_confidence": self.warm_confidence, "patience": self.patience,
+                "lam_search": describe(self.lam_search),
                 "interpreter": self.interpreter.config()}

@@ -153,11 +153,13 @@ class Descent:
 
     def run(self, x0: torch.Tensor, x_start: torch.Tensor, targets: torch.Tensor,
             target_maps: torch.Tensor | None = None,
-            support: torch.Tensor | None = None) -> Trajectory:
+            support: torch.Tensor | None = None,
+            lam_scale: torch.Tensor | None = None) -> Trajectory:
         """Descend from ``x_start`` around ``x0`` (N×3×H×W in [0,1] on the uint8 lattice)
         toward ``targets`` (N,) and, with a map loss, ``target_maps`` (N×1×h×w). A
         ``support`` (N×1×H×W in [0,1], :mod:`adv2.attacks.support`) multiplies every update
-        and bounds the perturbation: |δ| ≤ ε·S per pixel on the lattice.
+        and bounds the perturbation: |δ| ≤ ε·S per pixel on the lattice. ``lam_scale`` (N,)
+        multiplies each image's λ (:mod:`adv2.attacks.lam_search`).
 
         Selection: with a map loss, the successful judged iterate of lowest interpretation
         distance (under the true interpreter); without one, the last judged iterate. An
@@ -187,7 +189,7 @@ class Descent:
             if last:
                 self._keep(best, judged, xq, active, use_maps)
                 break
-            logits, dist, loss = self._loss(xq, active, targets, target_maps, step)
+            logits, dist, loss = self._loss(xq, active, targets, target_maps, step, lam_scale)
             best.passes[active] += self.interpreter.passes_per_step if use_maps else 1
             if policy is None:  # the step's own values are the true ones: judged for free
                 judged = self._judgement(step, active, xq, logits, dist, targets, best, None)
@@ -217,7 +219,7 @@ class Descent:
         return step / max(self.steps, 1)
 
     def _loss(self, xq: torch.Tensor, active: torch.Tensor, targets: torch.Tensor,
-              target_maps: torch.Tensor | None, step: int
+              target_maps: torch.Tensor | None, step: int, lam_scale: torch.Tensor | None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits, interpretation distances and the loss at the quantised iterates."""
         t, obj = targets[active], self.objective
@@ -225,6 +227,8 @@ class Descent:
             logits, dist = self.interpreter.attack_loss(xq, t, target_maps[active], obj.map_loss,
                                                         self._progress(step), active)
             lam = obj.lam(self._progress(step)) if obj.lam is not None else 1.0
+            if lam_scale is not None:
+                lam = lam * lam_scale[active]
             loss = obj.pred_loss(logits, t) + lam * dist
         else:
             logits = self.model(xq)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from adv2.attacks.lam_search import LamSearch
 from adv2.attacks.losses import MAP_LOSSES, PREDICTION_LOSSES
 from adv2.attacks.optimizers import OPTIMIZERS
 from adv2.attacks.schedules import Linear, parse_schedule
@@ -31,7 +32,7 @@ PGD_DEFAULTS: dict[str, Any] = {"steps": 100, "optimizer": "sign", "lr": 1 / 255
 ADAPTIVE_DEFAULTS: dict[str, Any] = {"steps": 200, "patience": 0}
 #: the attack settings an experiment may set per attack (and per interpreter inside one)
 ATTACK_KEYS = ("steps", "warm_steps", "lam", "optimizer", "lr", "lr_decay", "pred_loss",
-               "map_loss", "patience", "random_start", "step_search")
+               "map_loss", "patience", "random_start", "step_search", "lam_search")
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,9 @@ class AttackSettings:
         the final step relative to the first (linear). pred_loss: ``ce``, ``cw``, ``smooth``;
         map_loss: ``mse``, ``l1``, ``logit``. patience: stop an image after this many steps
         without improvement (0: never). random_start: PGD starts uniformly in the ball.
-        step_search: ADV²'s per-example step-length search. seed: PGD's random start.
+        step_search: ADV²'s per-example step-length search. lam_search: ADV²'s reruns of
+        the joint stage with per-image λ (0: none; :mod:`adv2.attacks.lam_search`). seed:
+        PGD's random start.
         support: where the perturbation may live (:func:`adv2.attacks.support.parse`; the
         support itself is built per batch and passed to the attack's call): any but ``full``
         takes the interpreter's ``support_attack_defaults`` over its ``attack_defaults``.
@@ -67,6 +70,7 @@ class AttackSettings:
     patience: int | None = None
     random_start: bool = False
     step_search: bool | None = None
+    lam_search: int | None = None
     seed: int = 0
     support: str = "full"
 
@@ -108,6 +112,7 @@ class AttackSettings:
                 step_scale=None if self.lr_decay == 1.0 else Linear(1.0, self.lr_decay),
                 warm_steps=self.warm_steps, patience=self.patience or None,
                 step_search=MarginStepSearch() if self.step_search else None,
+                lam_search=LamSearch(self.lam_search) if self.lam_search else None,
             )
         raise ValueError(f"unknown attack {self.attack!r}; choose pgd or adv2")
 
