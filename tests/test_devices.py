@@ -96,9 +96,10 @@ def test_python_api_and_cli_build_the_same_attack(name, tmp_path, monkeypatch) -
     from_python = ADV2.for_interpreter(model, interpreter)
     assert from_cli.config() == from_python.config()
     assert from_python.steps == type(interpreter).attack_defaults["steps"]
-    tuned = ADV2.for_interpreter(model, interpreter, steps=7, lam="3")
+    tuned = ADV2.for_interpreter(model, interpreter, steps=7, lam="3", lam_search=2)
     args = cli.build_parser().parse_args(["attack", "--interpreter", name, "--images", "x",
-                                          "--out", "y", "--steps", "7", "--lam", "3"])
+                                          "--out", "y", "--steps", "7", "--lam", "3",
+                                          "--lam-search", "2"])
     assert pipeline.build_attack(cli._config(args), model, interpreter).config() \
         == tuned.config()
 

@@ -148,6 +148,7 @@ def test_run_names_every_bad_file_and_keeps_every_good_image_once(corpus, tmp_pa
     (["--limit", "0"], "--limit"), (["--lam", "abc", "--attack", "adv2"], "--lam"),
     (["--lr", "0"], "--lr"), (["--warm-steps", "-1"], "--warm-steps"),
     (["--patience", "-2", "--attack", "adv2"], "--patience"),
+    (["--lam-search", "-1", "--attack", "adv2"], "--lam-search"),
 ])
 def test_bad_arguments_exit_2_naming_the_option(tmp_path, caplog, tiny1000, args,
                                                 named) -> None:
