@@ -26,6 +26,7 @@ import torch
 
 from adv2 import metrics, pipeline, target_maps
 from adv2.attacks import DISPLAY_NAMES, MapMSE
+from adv2.attacks import support as support_mod
 from adv2.cli import parse_setting
 from adv2.data import load_dataset, to_tensor
 from adv2.interpreters import INTERPRETERS, MASK_STRATEGIES, build_interpreter
@@ -265,10 +266,15 @@ def main(argv: list[str] | None = None) -> int:
                 k = min(n, args.batch_size)
                 ratio = step_cost(model, attacked, x[:k], tgts[:k], benign[:k])
                 ratios.append(f"| {name}{f' ({strategy})' if strategy else ''} | {ratio:.2f} |")
-            if attack_name == "adv2" and (strategy or fitted):
+            if attack_name == "adv2" and (strategy or fitted or support != "full"):
                 per_image = " ".join(f"{v:.2f}" for v in cat["iou"].mean(1).tolist())
                 notes.append(f"{name} {label} IoU per image (min "
                              f"{cat['iou'].mean(1).min():.3f}): {per_image}")
+            if attack_name == "adv2" and support != "full":
+                area = support_mod.build(support, x, benign, [s.name for s in samples])
+                fractions = " ".join(f"{v:.2f}" for v in area.flatten(1).mean(1).tolist())
+                notes.append(f"{name} {support} support, fraction of the pixels per image: "
+                             f"{fractions}")
         if name == "grad":  # issue 22's unit costs of GRAD's attack step
             k = min(n, args.batch_size)
             unit_costs = grad_unit_costs(model, x[:k], tgts[:k], benign[:k], settings)
