@@ -138,6 +138,7 @@ BASE = {"images": "imgs"}
     ({"attacks": {"pgd": {"optimizer": "adam"}}, "transfer": False},
      r"attacks.pgd \(cam\): PGD takes sign steps"),
     ({"attacks": {"pgd": {"steps": -1}}}, r"attacks.pgd.steps: must be ≥ 0"),
+    ({"attacks": {"adv2": {"lam_search": -1}}}, r"attacks.adv2.lam_search: must be ≥ 0"),
     ({"attacks": {"pgd": {}}}, r"transfer: the transfer study needs the adv2 attack"),
     ({"detection": {"squeezers": ["bit-4"]}}, r"missing required key detection.benign_images"),
     ({"detection": {"benign_images": "b", "squeezers": ["blur-3"]}},

@@ -136,6 +136,11 @@ def to_tensor(images: np.ndarray | list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float() / 255.0
 
 
+def quantise(x: torch.Tensor) -> torch.Tensor:
+    """Round [0,1] images to the nearest uint8 level (values stay float in [0,1])."""
+    return (x.clamp(0, 1) * 255).round() / 255
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """float N×3×H×W in [0,1] → uint8 N×H×W×3 (rounded)."""
     return (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from adv2.data import quantise
 
-def quantise(x: torch.Tensor) -> torch.Tensor:
-    """Round [0,1] images to the nearest uint8 level (values stay float in [0,1])."""
-    return (x.clamp(0, 1) * 255).round() / 255
+__all__ = ["project", "quantise"]
 
 
 def project(x: torch.Tensor, x0: torch.Tensor, eps: float) -> torch.Tensor:

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adv2.attacks.lattice import quantise
-from adv2.data import to_tensor, to_uint8
+from adv2.data import quantise, to_tensor, to_uint8
 
 
 def straight_through(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
