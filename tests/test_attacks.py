@@ -617,31 +617,33 @@ def test_adv2_with_step_search_keeps_success(setup) -> None:
 
 
 class _ScriptedDescent:
-    """A stand-in for :class:`Descent` whose runs return scripted outcomes per image and log
-    the λ scales they were given."""
+    """A stand-in for :class:`Descent` whose runs return scripted outcomes per image (whether
+    a successful iterate was kept, whether it bettered the start, its distance) and log the λ
+    scales they were given."""
 
-    def __init__(self, outcomes: list[tuple[list[bool], list[float]]]) -> None:
+    def __init__(self, outcomes: list[tuple[list[bool], list[bool], list[float]]]) -> None:
         self.outcomes, self.scales = iter(outcomes), []
 
     def run(self, x0, x_start, targets, target_maps, support=None, lam_scale=None):
         from adv2.attacks.engine import Trajectory
 
-        found, distance = next(self.outcomes)
+        found, improved, distance = next(self.outcomes)
         self.scales.append(None if lam_scale is None else lam_scale.tolist())
         n = len(found)
         marked = x0.clone() + len(self.scales)  # which run an iterate came from
         return Trajectory(marked, torch.tensor(found), torch.tensor(distance),
-                          torch.full((n,), 10, dtype=torch.long))
+                          torch.full((n,), 10, dtype=torch.long), torch.tensor(improved))
 
 
 def test_lam_search_moves_each_lambda_and_keeps_the_best() -> None:
     from adv2.attacks.lam_search import LamSearch
 
     inf = math.inf
-    # image 0 succeeds every time; 1 fails at 1, succeeds at 1/4; 2 succeeds at 1, fails at 4
-    descent = _ScriptedDescent([([True, False, True], [0.5, inf, 0.3]),
-                                ([True, True, False], [0.2, 0.4, inf]),
-                                ([True, True, True], [0.3, 0.1, 0.1])])
+    # image 0 improves every time; 1 fails at 1, improves at 1/4; 2 improves at 1, at 4 keeps
+    # only its (successful) start: not an improvement, so its λ goes back down
+    descent = _ScriptedDescent([([True, False, True], [True, False, True], [0.5, inf, 0.3]),
+                                ([True, True, True], [True, True, False], [0.2, 0.4, 0.35]),
+                                ([True, True, True], [True, True, True], [0.3, 0.1, 0.1])])
     x0 = torch.zeros(3, 3, 4, 4)
     out = LamSearch(runs=2, factor=4.0)(descent, x0, x0, torch.zeros(3),
                                         torch.zeros(3, 1, 2, 2))
@@ -686,3 +688,32 @@ def test_lam_search_is_a_setting(tiny_model) -> None:
     assert AttackSettings().resolved(CAM).build(tiny_model, CAM(tiny_model)).lam_search is None
     with pytest.raises(ValueError):
         LamSearch(runs=1, factor=1.0)
+    with pytest.raises(ValueError):
+        LamSearch(runs=0)  # no search is None, one spelling
+
+
+def test_descent_lam_scale_is_a_per_image_lambda(setup) -> None:
+    from adv2.attacks import Scaled
+
+    model, imgs, labels, targets = setup
+    interp = CAM(model)
+    x0 = to_tensor(imgs)
+    tmaps = target_maps.benign(interp, x0, labels)
+
+    warm = PGD(model, eps=24 / 255, steps=40, stop_on_success=True).run(x0, targets).x
+
+    def descend(lam, scale=None):
+        return Descent(model, Objective(CrossEntropy(), MapMSE(), lam), Adam(2 / 255), 8,
+                       24 / 255, Stop(), interp).run(x0, warm, targets, tmaps, lam_scale=scale)
+
+    n = len(x0)
+    scaled = descend(Linear(2.0, 4.0), torch.full((n,), 8.0))
+    assert torch.equal(scaled.x, descend(Scaled(Linear(2.0, 4.0), 8.0)).x)
+    plain = descend(Linear(2.0, 4.0))
+    one = torch.ones(n)
+    one[0] = 8.0
+    mixed = descend(Linear(2.0, 4.0), one)
+    assert torch.equal(mixed.x[1:], plain.x[1:]) and torch.equal(mixed.x[0], scaled.x[0])
+    assert plain.found[0] and not torch.equal(plain.x[0], scaled.x[0])
+    # the start is judged first: it was not bettered only where the distance stayed the start's
+    assert plain.improved.dtype == torch.bool and plain.improved.any()

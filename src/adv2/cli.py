@@ -40,6 +40,14 @@ def _defaults(key: str) -> str:
     return f"default: {pgd}ADV² {adv2}"
 
 
+def _searched() -> str:
+    """Which interpreters' support defaults run a λ search, as help text."""
+    runs = [f"{name} {cls.support_attack_defaults['lam_search']}"
+            for name, cls in sorted(INTERPRETERS.items())
+            if "lam_search" in cls.support_attack_defaults]
+    return f"with a support: {', '.join(runs)}" if runs else "none with a support either"
+
+
 def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("attack", help="attack a folder of images (or one image)")
     d = pipeline.AttackConfig()
@@ -77,8 +85,9 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
                         f"never ({_defaults('patience')})")
     p.add_argument("--lam-search", type=int,
                    help="ADV²: rerun the joint stage this many times with each image's λ "
-                        "raised after a success and lowered after a failure, keeping each "
-                        f"image's best ({_defaults('lam_search')})")
+                        "raised after a run that bettered the warm start's map and lowered "
+                        "after one that did not, keeping each image's best "
+                        f"(default: none; {_searched()})")
     p.add_argument("--random-start", action="store_true", help="PGD: random start in the ball")
     p.add_argument("--adaptive", metavar="THRESHOLDS",
                    help="ADV² that also evades the feature-squeezing detector fitted by "

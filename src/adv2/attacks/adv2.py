@@ -35,7 +35,7 @@ class ADV2:
     start with per-image λ scales and each image keeps its best successful iterate over the
     runs (:mod:`adv2.attacks.lam_search`). ``penalties`` are extra per-sample loss terms of
     the joint stage and ``criterion`` what counts as success (:mod:`adv2.attacks.criteria`);
-    ``observer`` is told every judgement of the joint stage.
+    ``observer`` is told every judgement of the joint stage (of each of its runs).
 
     :meth:`for_interpreter` builds the attack ``adv2 attack`` runs for an interpreter (its
     measured defaults, ``Interpreter.attack_defaults``); the dataclass defaults here are the
@@ -114,8 +114,10 @@ class ADV2:
             self.optimizer, self.steps, self.eps, Stop(patience=self.patience),
             self.interpreter, self.step_scale, self.step_search, self.observer,
         )
-        search = self.lam_search or LamSearch(runs=0)
-        joint = search(descent, x0, warm.x, targets, target_maps, support)
+        if self.lam_search is None:
+            joint = descent.run(x0, warm.x, targets, target_maps, support)
+        else:
+            joint = self.lam_search(descent, x0, warm.x, targets, target_maps, support)
         return judge(joint.x, x0, targets, self.model, warm.passes + joint.passes,
                      self.interpreter, target_maps, criterion=self.criterion).to(home_of(x))
 

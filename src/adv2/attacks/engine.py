@@ -87,7 +87,8 @@ class Judgement:
 @dataclass
 class Best:
     """Per-image state of one descent: the kept iterate and its distance, whether one was
-    found, how long it has been stale, whether the last judged iterate failed, passes spent."""
+    found, how long it has been stale, whether the last judged iterate failed, passes spent,
+    and the distance of the first judged iterate (the start; inf if it failed, nan before)."""
 
     chosen: torch.Tensor
     found: torch.Tensor
@@ -95,6 +96,7 @@ class Best:
     stale: torch.Tensor
     failed: torch.Tensor
     passes: torch.Tensor
+    first: torch.Tensor
 
     @classmethod
     def start(cls, x: torch.Tensor) -> Best:
@@ -102,11 +104,15 @@ class Best:
         flags = torch.zeros(n, dtype=torch.bool, device=x.device)
         return cls(x.clone(), flags, torch.full((n,), math.inf, device=x.device),
                    torch.zeros(n, dtype=torch.long, device=x.device), ~flags,
-                   torch.zeros(n, dtype=torch.long, device=x.device))
+                   torch.zeros(n, dtype=torch.long, device=x.device),
+                   torch.full((n,), math.nan, device=x.device))
 
     def keep_best(self, rows: torch.Tensor, xs: torch.Tensor, ok: torch.Tensor,
                   distance: torch.Tensor, min_gain: float) -> None:
         """Keep each successful iterate that beats its image's best distance."""
+        first = self.first[rows]
+        self.first[rows] = torch.where(first.isnan(), torch.where(ok, distance, math.inf),
+                                       first)
         better = ok & (distance < self.distance[rows])
         gain = better & (distance < self.distance[rows] * (1 - min_gain))
         self.stale[rows] = torch.where(gain, 0, self.stale[rows] + 1)
@@ -129,6 +135,8 @@ class Trajectory:
     found: torch.Tensor  # bool (N,): a successful iterate was selected
     distance: torch.Tensor  # (N,) interpretation distance of the selected iterate (inf if none)
     passes: torch.Tensor  # (N,) passes spent
+    #: bool (N,): with a map loss, a successful iterate beat the start (the first judged one)
+    improved: torch.Tensor | None = None
 
 
 @dataclass
@@ -212,7 +220,9 @@ class Descent:
             active = rows
         if not use_maps:
             best.distance = torch.where(best.found, 0.0, math.inf)
-        return Trajectory(best.chosen, best.found, best.distance, best.passes)
+            return Trajectory(best.chosen, best.found, best.distance, best.passes)
+        return Trajectory(best.chosen, best.found, best.distance, best.passes,
+                          best.distance < best.first)
 
     # ------------------------------------------------------------------ one step's parts
     def _progress(self, step: int) -> float:

@@ -27,9 +27,9 @@ if TYPE_CHECKING:
 #: targeted PGD: 100 sign steps of 1/255 on the cross entropy
 PGD_DEFAULTS: dict[str, Any] = {"steps": 100, "optimizer": "sign", "lr": 1 / 255,
                                 "pred_loss": "ce"}
-#: the joint stage of adaptive ADV²: longer, and no early stop (see
-#: :class:`~adv2.attacks.adaptive.AdaptiveADV2`)
-ADAPTIVE_DEFAULTS: dict[str, Any] = {"steps": 200, "patience": 0}
+#: the joint stage of adaptive ADV²: longer, no early stop, and no λ search unless asked for
+#: (see :class:`~adv2.attacks.adaptive.AdaptiveADV2`)
+ADAPTIVE_DEFAULTS: dict[str, Any] = {"steps": 200, "patience": 0, "lam_search": None}
 #: the attack settings an experiment may set per attack (and per interpreter inside one)
 ATTACK_KEYS = ("steps", "warm_steps", "lam", "optimizer", "lr", "lr_decay", "pred_loss",
                "map_loss", "patience", "random_start", "step_search", "lam_search")
@@ -47,7 +47,7 @@ class AttackSettings:
         map_loss: ``mse``, ``l1``, ``logit``. patience: stop an image after this many steps
         without improvement (0: never). random_start: PGD starts uniformly in the ball.
         step_search: ADV²'s per-example step-length search. lam_search: ADV²'s reruns of
-        the joint stage with per-image λ (0: none; :mod:`adv2.attacks.lam_search`). seed:
+        the joint stage with per-image λ (None or 0: none; :mod:`adv2.attacks.lam_search`). seed:
         PGD's random start.
         support: where the perturbation may live (:func:`adv2.attacks.support.parse`; the
         support itself is built per batch and passed to the attack's call): any but ``full``

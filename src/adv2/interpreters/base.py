@@ -46,7 +46,7 @@ class Interpreter(ABC):
     attack_defaults: ClassVar[dict[str, Any]] = {
         "steps": 110, "warm_steps": 50, "optimizer": "adam", "lr": 2 / 255, "lr_decay": 1.0,
         "lam": "5:10", "pred_loss": "ce", "map_loss": "mse", "patience": 20,
-        "step_search": False, "lam_search": 0}
+        "step_search": False}
     #: ADV²'s settings over :attr:`attack_defaults` when the perturbation is confined to a
     #: support (any ``support`` but ``full``, :mod:`adv2.attacks.support`), measured with
     #: AdvEdge's edge support in the benchmarks; none: the full-support defaults apply

@@ -80,8 +80,7 @@ class GRAD(Interpreter):
     # tuned with the fast surrogate (docs/benchmark.md): 400 steps in less time than 130 took
     attack_defaults = {"steps": 400, "warm_steps": 30, "optimizer": "adam", "lr": 0.004,
                        "lr_decay": 0.05, "lam": "50", "pred_loss": "cw", "map_loss": "mse",
-                       "patience": 0, "step_search": False,
-                       "lam_search": 0}
+                       "patience": 0, "step_search": False}
     # AdvEdge's edge support (about a third of the pixels) left the defaults at IoU 0.74
     # (full support 0.90); twice the steps, twice the step size and λ × 10 reach 0.81, at
     # twice the cost (docs/benchmark.md); a λ-search rerun (lam_search=1) adds 0.005 IoU on

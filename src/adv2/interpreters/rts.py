@@ -82,8 +82,7 @@ class RTS(Interpreter):
     # from 0.938 to 0.952 (L1 0.0105 → 0.0085), success 8/8 (docs/benchmark-rts.md)
     attack_defaults = {"steps": 90, "warm_steps": 20, "optimizer": "adam", "lr": 2 / 255,
                        "lr_decay": 0.2, "lam": "1:32", "pred_loss": "ce", "map_loss": "logit",
-                       "patience": 30, "step_search": False,
-                       "lam_search": 0}
+                       "patience": 30, "step_search": False}
     # with a support (AdvEdge's edges) on the 8 pool images after the benchmark's 20: success
     # 6/8 → 7/8, IoU 0.873 → 0.903 (support_tuning.py rts warm_steps=150 steps=150 --offset 20
     # --n 8 --support edges); a warm start of up to 400 steps (it stops at p ≥ 0.5) makes it
