@@ -180,6 +180,14 @@ def _fast_hvp(interpreter, x: torch.Tensor, t: torch.Tensor) -> None:
     torch.autograd.grad((smooth * x).sum(), xg)
 
 
+def support_fractions(support: str, x: torch.Tensor, maps: torch.Tensor | None,
+                      samples: list) -> str:
+    """The fraction of the pixels each image's ``support`` frees, as text (x: N×3×H×W;
+    ``maps``: the target maps, needed by ``target-map`` only)."""
+    area = support_mod.build(support, x, maps, [s.name for s in samples])
+    return " ".join(f"{v:.2f}" for v in area.flatten(1).mean(1).tolist())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -271,10 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"{name} {label} IoU per image (min "
                              f"{cat['iou'].mean(1).min():.3f}): {per_image}")
             if attack_name == "adv2" and support != "full":
-                area = support_mod.build(support, x, benign, [s.name for s in samples])
-                fractions = " ".join(f"{v:.2f}" for v in area.flatten(1).mean(1).tolist())
                 notes.append(f"{name} {support} support, fraction of the pixels per image: "
-                             f"{fractions}")
+                             f"{support_fractions(support, x, benign, samples)}")
         if name == "grad":  # issue 22's unit costs of GRAD's attack step
             k = min(n, args.batch_size)
             unit_costs = grad_unit_costs(model, x[:k], tgts[:k], benign[:k], settings)

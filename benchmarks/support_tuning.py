@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 import torch
-from attack_benchmark import DEFAULT_IMAGES, pick_images, run_batches
+from attack_benchmark import DEFAULT_IMAGES, pick_images, run_batches, support_fractions
 
 from adv2 import pipeline
 from adv2.attacks import support as support_mod
@@ -68,12 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{out['iou'].mean():.3f} passes "
             f"{out['passes'].mean():.1f} changed {out['changed'].mean():.3f} ‖δ‖₂ "
             f"{out['l2'].mean():.2f} s/image {seconds:.1f}; IoU per image {per_image}")
-    kind, params = support_mod.parse(args.support)
-    if kind == "edges":
+    if support_mod.parse(args.support)[0] == "edges":  # needs no target maps
         x = to_tensor(np.stack([s.image for s in samples]))
-        edges = support_mod.edges(x, *params)
-        fractions = edges.flatten(1).mean(1)
-        line += "; support " + " ".join(f"{f:.2f}" for f in fractions.tolist())
+        line += "; support " + support_fractions(args.support, x, None, samples)
     print(line)
     return 0
 

@@ -27,6 +27,8 @@ log = logging.getLogger("adv2")
 def _defaults(key: str) -> str:
     """The defaults of an attack setting, as help text: PGD's and each interpreter's ADV²."""
     def text(value: object) -> str:
+        if value is None:  # a setting an interpreter leaves off
+            return "none"
         return f"{value:g}" if isinstance(value, float) else str(value)
 
     def adv2_default(cls: type[Interpreter]) -> str:
@@ -38,14 +40,6 @@ def _defaults(key: str) -> str:
     pgd = f"PGD {text(PGD_DEFAULTS[key])}; " if key in PGD_DEFAULTS else ""
     adv2 = ", ".join(f"{name} {adv2_default(cls)}" for name, cls in sorted(INTERPRETERS.items()))
     return f"default: {pgd}ADV² {adv2}"
-
-
-def _searched() -> str:
-    """Which interpreters' support defaults run a λ search, as help text."""
-    runs = [f"{name} {cls.support_attack_defaults['lam_search']}"
-            for name, cls in sorted(INTERPRETERS.items())
-            if "lam_search" in cls.support_attack_defaults]
-    return f"with a support: {', '.join(runs)}" if runs else "none with a support either"
 
 
 def _attack_parser(sub: argparse._SubParsersAction) -> None:
@@ -87,7 +81,7 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
                    help="ADV²: rerun the joint stage this many times with each image's λ "
                         "raised after a run that bettered the warm start's map and lowered "
                         "after one that did not, keeping each image's best "
-                        f"(default: none; {_searched()})")
+                        f"({_defaults('lam_search')})")
     p.add_argument("--random-start", action="store_true", help="PGD: random start in the ball")
     p.add_argument("--adaptive", metavar="THRESHOLDS",
                    help="ADV² that also evades the feature-squeezing detector fitted by "
