@@ -402,6 +402,33 @@ def test_a_different_config_is_refused_in_the_same_run_directory(tiny) -> None:
         run_experiment(load_config(config, ["seed=1"]), reference, progress=False)
 
 
+def test_a_default_that_resolves_differently_is_refused_in_the_same_run_directory(
+        tiny, monkeypatch) -> None:
+    """The same experiment file under changed defaults (a newer adv2) would mix images attacked
+    under two settings: the resolved settings recorded in experiment.json must match."""
+    from adv2.interpreters.cam import CAM
+
+    config, reference = tiny
+    cfg = load_config(config)
+    recorded = json.loads((reference / "experiment.json").read_text())
+    assert recorded["resolved"]["cam"]["adv2"]["lam"] == CAM.attack_defaults["lam"]
+    assert recorded["resolved"]["cam"]["adv2"]["steps"] == 4  # the file's key wins
+    monkeypatch.setattr(CAM, "attack_defaults", CAM.attack_defaults | {"lam": "7"})
+    with pytest.raises(ConfigError, match=r"resolve differently now \(changed: cam\.adv2\.lam\)"):
+        run_experiment(cfg, reference, progress=False)
+
+
+def test_a_run_directory_without_resolved_settings_is_refused(tiny, tmp_path) -> None:
+    config, reference = tiny
+    old = tmp_path / "old"
+    shutil.copytree(reference, old)
+    recorded = json.loads((old / "experiment.json").read_text())
+    del recorded["resolved"]
+    (old / "experiment.json").write_text(json.dumps(recorded))
+    with pytest.raises(ConfigError, match="did not record its resolved defaults"):
+        run_experiment(load_config(config), old, progress=False)
+
+
 @pytest.mark.parametrize("override, message", [
     ("images=absent", r"images: image path .*absent does not exist"),
     ("weights=absent.pth", r"model: weights file .*absent.pth does not exist"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,7 +23,8 @@ from adv2.experiment.images import ImageSet, prepare
 from adv2.interpreters import Interpreter, build_interpreter
 from adv2.models import Classifier, ModelError, load_model
 from adv2.pipeline import attack_batch, build_attack, seed_of
-from adv2.records import Output, Store, changed_keys, chunks, run_units, write_json
+from adv2.records import (Output, Store, changed_keys, chunks, run_units, to_json,
+                          write_json)
 from adv2.provenance import versions
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,24 @@ def attack_unit(cfg: ExperimentConfig, model: Classifier, interpreter: Interpret
                         data.pool(model.device) if cfg.target_map == "other" else None)
 
 
-def claim(store: Store, cfg: ExperimentConfig) -> None:
-    """Record the config in a new run directory, or check that an existing one was made with
-    the same config (else :class:`ConfigError` naming the changed keys)."""
+def resolved_settings(cfg: ExperimentConfig, interpreters: dict[str, Interpreter]) -> dict:
+    """What the experiment's settings resolve to with this adv2's defaults, per interpreter: its
+    map settings (``Interpreter.config``) and every attack's settings, defaults filled in (JSON
+    values, as recorded in ``experiment.json``)."""
+    out = {name: {"interpreter": interpreter.config(),
+                  **{attack: asdict(cfg.attack_config(name, attack, cfg.seed))
+                     for attack in cfg.attacks}}
+           for name, interpreter in interpreters.items()}
+    return json.loads(to_json(out))
+
+
+def claim(store: Store, cfg: ExperimentConfig, interpreters: dict[str, Interpreter]) -> None:
+    """Record the config, and what its defaults resolve to, in a new run directory; or check
+    that an existing one was made with the same config and the same resolved settings (else
+    :class:`ConfigError` naming the changed keys: a default that changed between adv2 versions
+    would otherwise mix images attacked under two settings in one report)."""
     path = store.root / "experiment.json"
+    resolved = resolved_settings(cfg, interpreters)
     if path.is_file():
         old = json.loads(path.read_text())
         if old.get("digest") != cfg.digest():
@@ -53,8 +68,17 @@ def claim(store: Store, cfg: ExperimentConfig) -> None:
                 f"{store.root} holds results of a different experiment (changed: "
                 f"{', '.join(changed) or 'the version of the config format'}); choose another "
                 "output directory (--out) or delete this one")
+        if old.get("resolved") != resolved:
+            changed = changed_keys(old.get("resolved") or {}, resolved)
+            what = (f"defaults that resolve differently now (changed: {', '.join(changed)})"
+                    if "resolved" in old else "an adv2 that did not record its resolved defaults")
+            raise ConfigError(
+                f"{store.root} holds results of the same experiment file made with {what}; "
+                "resume it with the adv2 that made it ('versions' in its experiment.json), "
+                "choose another output directory (--out) or delete this one")
         return
-    write_json(path, {"config": cfg.to_dict(), "digest": cfg.digest(), "versions": versions()})
+    write_json(path, {"config": cfg.to_dict(), "digest": cfg.digest(), "resolved": resolved,
+                      "versions": versions()})
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True) -> dict:
@@ -77,14 +101,14 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
         except (ModelError, ValueError) as exc:
             raise ConfigError(f"interpreters: {exc}") from exc
         if ctx.main:
-            claim(store, cfg)
+            claim(store, cfg, interpreters)
             removed = store.remove_temporaries()
             if removed:
                 log.info("removed %d temporary files left by an interrupted run", removed)
             write_json(store.root / "images.json", data.manifest())
         ctx.barrier()
         if not ctx.main:
-            claim(store, cfg)  # rank 0 wrote or checked it: this only reads
+            claim(store, cfg, interpreters)  # rank 0 wrote or checked it: this only reads
         units = chunks(data.attacked, cfg.batch_size)
         stage_seconds: dict[str, float] = {}
         for name, interpreter in interpreters.items():
