@@ -87,9 +87,10 @@ class RTS(Interpreter):
     # 6/8 → 7/8, IoU 0.873 → 0.903 (support_tuning.py rts warm_steps=150 steps=150 --offset 20
     # --n 8 --support edges); a warm start of up to 400 steps (it stops at p ≥ 0.5) makes it
     # 8/8 at 342.8 passes (warm_steps=400); a λ search does not move IoU (0.903 → 0.903 with
-    # lam_search=1, 555.5 passes; docs/benchmark-rts.md); the 200-pass budget is full
-    # support's
-    support_attack_defaults = {"warm_steps": 400, "steps": 150}
+    # lam_search=1, 555.5 passes; docs/benchmark-rts.md); a joint stage without early stop of
+    # 300 steps gives 0.913 (672.8 passes), of 600 steps 0.919 (1272.8 passes; steps=600
+    # patience=0); the 200-pass budget is full support's
+    support_attack_defaults = {"warm_steps": 400, "steps": 600, "patience": 0}
     # adaptive ADV² ends at λ 16, where × 4 on λ 2→4 was measured (× 16, λ 32→64, fell to IoU
     # 0.779 with 20% detected: the report at commit 30ca4c8)
     adaptive_lam_scale = 0.5
