@@ -56,6 +56,11 @@ class AttackConfig(AttackSettings):
         return AttackSettings.resolved(self, INTERPRETERS.get(self.interpreter, Interpreter),
                                        adaptive=self.adaptive is not None)
 
+    def recorded(self, interpreter: Interpreter) -> dict[str, Any]:
+        """What a run records and a resume compares: these settings with the defaults filled
+        in, and the map settings of ``interpreter`` (``interpreter_config``)."""
+        return asdict(self.resolved()) | {"interpreter_config": interpreter.config()}
+
     def validate(self, n_classes: int | None = None) -> None:
         """Check every setting (:func:`check_setting`) and, once the model's ``n_classes`` is
         known, the target class; raises :class:`SettingError` naming the first bad one."""
@@ -301,8 +306,7 @@ def run(
         logits = predict(model, images, cfg.batch_size)
         cfg.validate(logits.shape[1])  # before anything is written
     attack = build_attack(cfg, model, interpreter)
-    settings = asdict(cfg.resolved()) | {"interpreter_config": interpreter.config(),
-                                         "attack_config": attack.config()}
+    settings = cfg.recorded(interpreter) | {"attack_config": attack.config()}
     writer = RunWriter(out, settings, overwrite)
     for file, message in skipped:
         writer.error(file, message)

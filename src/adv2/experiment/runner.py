@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -43,12 +43,11 @@ def attack_unit(cfg: ExperimentConfig, model: Classifier, interpreter: Interpret
 
 
 def resolved_settings(cfg: ExperimentConfig, interpreters: dict[str, Interpreter]) -> dict:
-    """What the experiment's settings resolve to with this adv2's defaults, per interpreter: its
-    map settings (``Interpreter.config``) and every attack's settings, defaults filled in (JSON
-    values, as recorded in ``experiment.json``)."""
-    out = {name: {"interpreter": interpreter.config(),
-                  **{attack: asdict(cfg.attack_config(name, attack, cfg.seed))
-                     for attack in cfg.attacks}}
+    """What the experiment's settings resolve to with this adv2's defaults, per interpreter and
+    attack (:meth:`adv2.pipeline.AttackConfig.recorded`, as ``adv2 attack`` records them), as
+    the JSON values ``experiment.json`` holds."""
+    out = {name: {attack: cfg.attack_config(name, attack, cfg.seed).recorded(interpreter)
+                  for attack in cfg.attacks}
            for name, interpreter in interpreters.items()}
     return json.loads(to_json(out))
 
