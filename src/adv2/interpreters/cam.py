@@ -33,10 +33,11 @@ class CAM(Interpreter):
     adaptive_lam_scale = 16.0
     # AdvEdge's edge support (about a third of the pixels) left 110 steps at λ 5→10 at IoU
     # 0.80 (full support 0.995); a longer warm start (small supports need it to reach the
-    # target), 400 steps without early stop and λ 20→40 reach 0.90, and two reruns of a
-    # per-image λ search more (tuning images 0.937 → 0.964, docs/benchmark.md)
+    # target), 400 steps without early stop and λ 20→40 reach 0.90, and four reruns of a
+    # per-image λ search more (tuning images 0.937 → 0.964 with two, 0.978 with four;
+    # docs/benchmark.md)
     support_attack_defaults = {"steps": 400, "warm_steps": 150, "patience": 0, "lam": "20:40",
-                               "lam_search": 2}
+                               "lam_search": 4}
 
     def __init__(self, model: Classifier, eps: float = 1e-8) -> None:
         super().__init__(model)
