@@ -9,7 +9,10 @@ with GRAD, a table of GRAD's unit costs (forward, forward + backward, explain, a
 the fast and the generic surrogate, double-backprop HVPs) in forward + backward units at batch
 1 and the attack's batch.
 
-    python benchmarks/attack_benchmark.py --interpreters cam:20 grad:8 --out docs/benchmark.md
+    python benchmarks/attack_benchmark.py --interpreters cam:20 --supports full edges \
+        --out docs/benchmark.md
+    python benchmarks/attack_benchmark.py --interpreters grad:8 --supports full edges \
+        --out docs/benchmark-grad.md
 """
 
 from __future__ import annotations

@@ -65,7 +65,10 @@ class GRAD(Interpreter):
     """Gradient saliency at 1/``pool`` resolution (56×56 for 224² with pool 4).
 
     Attack gradients come from a surrogate whose ReLU/ReLU6 units have the softplus-β
-    derivative, β growing geometrically from ``beta_start`` to ``beta_end`` over the attack.
+    derivative, β growing geometrically from ``beta_start`` to ``beta_end`` over the attack
+    (10 → 60 by default: on the tuning images of docs/benchmark-grad.md, IoU 0.882 → 0.911
+    with full support and 0.771 → 0.819 with the edge support against 6 → 20; 20 → 100 and
+    50 → 300 were worse with full support and with the edge support respectively).
     :meth:`attack_forward` returns the *true* map's value with the surrogate map's Jacobian
     (``true + (sur − sur.detach())``), so a map loss is evaluated on the true map and
     differentiated through the surrogate.
@@ -77,21 +80,22 @@ class GRAD(Interpreter):
     """
 
     name = "grad"
-    # tuned with the fast surrogate (docs/benchmark.md): 400 steps in less time than 130 took
+    # tuned with the fast surrogate (docs/benchmark-grad.md): 400 steps in less time than
+    # 130 took
     attack_defaults = {"steps": 400, "warm_steps": 30, "optimizer": "adam", "lr": 0.004,
                        "lr_decay": 0.05, "lam": "50", "pred_loss": "cw", "map_loss": "mse",
                        "patience": 0, "step_search": False}
     # AdvEdge's edge support (about a third of the pixels) left the defaults at IoU 0.74
     # (full support 0.90); twice the steps, twice the step size and λ × 10 reach 0.81, at
-    # twice the cost (docs/benchmark.md); a λ-search rerun (lam_search=1, the search's first
-    # version: λ × 4 for every image) adds 0.005 IoU on the 4 tuning images (0.791 -> 0.796)
-    # for twice the passes again, so it is not a default
+    # twice the cost (docs/benchmark-grad.md, with β 6 → 20); a λ-search rerun (lam_search=1,
+    # the search's first version: λ × 4 for every image) adds 0.005 IoU on the 4 tuning images
+    # (0.791 -> 0.796) for twice the passes again, so it is not a default
     support_attack_defaults = {"steps": 800, "lr": 0.008, "lam": "500"}
     adaptive_lam_scale = 16.0  # docs/detection-grad.md
     passes_per_step = 2  # the true saliency and the surrogate's double backpropagation
 
     def __init__(
-        self, model: Classifier, pool: int = 4, beta_start: float = 6.0, beta_end: float = 20.0,
+        self, model: Classifier, pool: int = 4, beta_start: float = 10.0, beta_end: float = 60.0,
         fast: bool = True,
     ) -> None:
         super().__init__(model)
