@@ -90,7 +90,8 @@ def test_outputs_exist_and_are_consistent(runs, run) -> None:
     assert set(summary) == SUMMARY_KEYS
     assert summary["n_images"] == 3
     assert summary["model"] == "efficientnet_lite0" and summary["attack"] == run
-    assert summary["l1_mean"] == pytest.approx(np.mean([float(r["l1"]) for r in rows]))
+    # results.csv holds 6 decimals: its mean is within half a unit of the last one
+    assert summary["l1_mean"] == pytest.approx(np.mean([float(r["l1"]) for r in rows]), abs=5e-7)
     assert summary["success_rate"] == pytest.approx(np.mean([int(r["success"]) for r in rows]))
     assert set(summary["iou_per_k"]) == {"0.1", "0.2", "0.3", "0.4", "0.5"}
     assert summary["passes_per_image"] > 0
