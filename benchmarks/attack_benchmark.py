@@ -90,8 +90,25 @@ def run_batches(cfg: pipeline.AttackConfig, model, interpreter, attack, samples,
     out = {k: torch.tensor([float(m[k]) for m in metas])
            for k in ("success", "confidence", "l1", "passes", "linf", "changed", "l2")}
     out["iou"] = torch.tensor([m["iou"] for m in metas])
-    out["adv"] = np.stack([arrays["adv"] for arrays, _ in outputs])
+    for key in ("adv", "map", "target_map", "support"):
+        if key in outputs[0][0]:
+            out[key] = np.stack([arrays[key] for arrays, _ in outputs])
     return out, seconds
+
+
+def error_by_support(out: dict) -> str:
+    """Where a supported attack's map misses its target, as text: per image, the mean
+    |map − target map| over the map cells the support reaches (any of its pixels non-zero)
+    and over the cells it does not (``–`` where every cell is reached), for ``out`` of
+    :func:`run_batches` with a support."""
+    support = torch.from_numpy(out["support"])[:, None]
+    error = torch.from_numpy(np.abs(out["map"] - out["target_map"]))
+    reached = torch.nn.functional.adaptive_max_pool2d(support, error.shape[-2:])[:, 0] > 0
+    parts = []
+    for e, r in zip(error, reached):
+        outside = f"{e[~r].mean():.3f}" if (~r).any() else "–"
+        parts.append(f"{e[r].mean():.3f}/{outside}")
+    return " ".join(parts)
 
 
 def timed(fns: dict, repeats: int = 5) -> dict:
@@ -284,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
             if attack_name == "adv2" and support != "full":
                 notes.append(f"{name} {support} support, fraction of the pixels per image: "
                              f"{support_fractions(support, x, benign, samples)}")
+                notes.append(f"{name} {support} support, mean |map − target map| per image "
+                             "in the map cells the support reaches / the cells it does not: "
+                             f"{error_by_support(cat)}")
         if name == "grad":  # issue 22's unit costs of GRAD's attack step
             k = min(n, args.batch_size)
             unit_costs = grad_unit_costs(model, x[:k], tgts[:k], benign[:k], settings)

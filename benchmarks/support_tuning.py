@@ -5,7 +5,8 @@ classified images (the benchmark reports ``pool[:n]``), with the targets the ben
 draw for them; attack settings are ``AttackConfig`` keys as KEY=VALUE (read as
 ``--interpreter-setting`` reads them; ``lam`` is text). Prints one line: success, L1, IoU,
 passes, pixels changed, ‖δ‖₂, seconds per image, the IoU per image (``!`` marks a failure)
-and, with ``edges``, each image's support fraction.
+and, with ``edges``, each image's support fraction; with a support, where each image's map
+misses its target (``error_by_support``).
 
     python benchmarks/support_tuning.py cam --offset 20 --n 8 --support edges steps=400 lam=20:40
     python benchmarks/support_tuning.py mask --offset 0 --n 8 --support target-map:0.5 \
@@ -19,7 +20,8 @@ import sys
 
 import numpy as np
 import torch
-from attack_benchmark import DEFAULT_IMAGES, pick_images, run_batches, support_fractions
+from attack_benchmark import (DEFAULT_IMAGES, error_by_support, pick_images, run_batches,
+                              support_fractions)
 
 from adv2 import pipeline
 from adv2.attacks import support as support_mod
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     if support_mod.parse(args.support)[0] == "edges":  # needs no target maps
         x = to_tensor(np.stack([s.image for s in samples]))
         line += "; support " + support_fractions(args.support, x, None, samples)
+    if "support" in out:
+        line += "; |map − target| in reached / unreached cells " + error_by_support(out)
     print(line)
     return 0
 
