@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interpreter-setting", action="append", default=[],
                         metavar="KEY=VALUE", dest="interpreter_settings",
                         help="keyword of the interpreter's class (e.g. MASK's strategy=alt)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # KEY=VALUE before or after the options
     overrides = dict(map(parse_setting, args.settings))
     if "lam" in overrides:  # a schedule text, even when it reads as a number
         overrides["lam"] = str(overrides["lam"])
