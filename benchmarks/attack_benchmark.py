@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from adv2 import metrics, pipeline, target_maps
 from adv2.attacks import DISPLAY_NAMES, MapMSE
-from adv2.attacks import support as support_mod
 from adv2.cli import parse_setting
 from adv2.data import load_dataset, to_tensor
 from adv2.interpreters import INTERPRETERS, MASK_STRATEGIES, build_interpreter
@@ -96,19 +96,25 @@ def run_batches(cfg: pipeline.AttackConfig, model, interpreter, attack, samples,
     return out, seconds
 
 
+def support_fractions(out: dict) -> str:
+    """The fraction of the pixels each image's support frees, as text, for ``out`` of
+    :func:`run_batches` with a support."""
+    return " ".join(f"{v:.2f}" for v in out["support"].reshape(len(out["support"]), -1)
+                    .mean(1).tolist())
+
+
 def error_by_support(out: dict) -> str:
     """Where a supported attack's map misses its target, as text: per image, the mean
     |map − target map| over the map cells the support reaches (any of its pixels non-zero)
     and over the cells it does not (``–`` where every cell is reached), for ``out`` of
     :func:`run_batches` with a support."""
+    error = torch.from_numpy(np.abs(out["map"] - out["target_map"])).flatten(1)
     support = torch.from_numpy(out["support"])[:, None]
-    error = torch.from_numpy(np.abs(out["map"] - out["target_map"]))
-    reached = torch.nn.functional.adaptive_max_pool2d(support, error.shape[-2:])[:, 0] > 0
-    parts = []
-    for e, r in zip(error, reached):
-        outside = f"{e[~r].mean():.3f}" if (~r).any() else "–"
-        parts.append(f"{e[r].mean():.3f}/{outside}")
-    return " ".join(parts)
+    reached = (F.adaptive_max_pool2d(support, out["map"].shape[-2:]) > 0).flatten(1)
+    inside = (error * reached).sum(1) / reached.sum(1)
+    outside = (error * ~reached).sum(1) / (~reached).sum(1)  # nan: every cell reached
+    return " ".join(f"{i:.3f}/{'–' if o != o else f'{o:.3f}'}"
+                    for i, o in zip(inside.tolist(), outside.tolist()))
 
 
 def timed(fns: dict, repeats: int = 5) -> dict:
@@ -198,14 +204,6 @@ def _fast_hvp(interpreter, x: torch.Tensor, t: torch.Tensor) -> None:
     xg = x.clone().requires_grad_(True)
     _, _, smooth = interpreter.fast(xg, t, interpreter.beta(0.5))
     torch.autograd.grad((smooth * x).sum(), xg)
-
-
-def support_fractions(support: str, x: torch.Tensor, maps: torch.Tensor | None,
-                      samples: list) -> str:
-    """The fraction of the pixels each image's ``support`` frees, as text (x: N×3×H×W;
-    ``maps``: the target maps, needed by ``target-map`` only)."""
-    area = support_mod.build(support, x, maps, [s.name for s in samples])
-    return " ".join(f"{v:.2f}" for v in area.flatten(1).mean(1).tolist())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"{cat['iou'].mean(1).min():.3f}): {per_image}")
             if attack_name == "adv2" and support != "full":
                 notes.append(f"{name} {support} support, fraction of the pixels per image: "
-                             f"{support_fractions(support, x, benign, samples)}")
+                             f"{support_fractions(cat)}")
                 notes.append(f"{name} {support} support, mean |map − target map| per image "
                              "in the map cells the support reaches / the cells it does not: "
                              f"{error_by_support(cat)}")

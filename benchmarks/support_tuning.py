@@ -5,8 +5,8 @@ classified images (the benchmark reports ``pool[:n]``), with the targets the ben
 draw for them; attack settings are ``AttackConfig`` keys as KEY=VALUE (read as
 ``--interpreter-setting`` reads them; ``lam`` is text). Prints one line: success, L1, IoU,
 passes, pixels changed, ‖δ‖₂, seconds per image, the IoU per image (``!`` marks a failure)
-and, with ``edges``, each image's support fraction; with a support, where each image's map
-misses its target (``error_by_support``).
+and, with a support, each image's support fraction and where its map misses its target
+(``error_by_support``).
 
     python benchmarks/support_tuning.py cam --offset 20 --n 8 --support edges steps=400 lam=20:40
     python benchmarks/support_tuning.py mask --offset 0 --n 8 --support target-map:0.5 \
@@ -18,15 +18,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
 import torch
 from attack_benchmark import (DEFAULT_IMAGES, error_by_support, pick_images, run_batches,
                               support_fractions)
 
 from adv2 import pipeline
-from adv2.attacks import support as support_mod
 from adv2.cli import parse_setting
-from adv2.data import to_tensor
 from adv2.interpreters import build_interpreter
 from adv2.models import load_model
 from adv2.target_classes import choose_targets
@@ -70,11 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{out['iou'].mean():.3f} passes "
             f"{out['passes'].mean():.1f} changed {out['changed'].mean():.3f} ‖δ‖₂ "
             f"{out['l2'].mean():.2f} s/image {seconds:.1f}; IoU per image {per_image}")
-    if support_mod.parse(args.support)[0] == "edges":  # needs no target maps
-        x = to_tensor(np.stack([s.image for s in samples]))
-        line += "; support " + support_fractions(args.support, x, None, samples)
     if "support" in out:
-        line += "; |map − target| in reached / unreached cells " + error_by_support(out)
+        line += ("; support " + support_fractions(out)
+                 + "; |map − target| in reached / unreached cells " + error_by_support(out))
     print(line)
     return 0
 
