@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,13 @@ from adv2 import metrics, target_maps as target_maps_mod
 from adv2.attacks import (ADV2, ATTACKS, DISPLAY_NAMES, MAP_LOSSES, OPTIMIZERS, PGD,
                           PREDICTION_LOSSES, AdaptiveADV2, AttackSettings, parse_schedule)
 from adv2.attacks import support as support_mod
+from adv2.attacks.result import AttackResult
 from adv2.data import Sample, sample_key, to_tensor
 from adv2.detection import FeatureSqueezingDetector
 from adv2.interpreters import INTERPRETERS, Interpreter, build_interpreter
 from adv2.models import Classifier
 from adv2.records import Alone, Failed, Output, chunks, run_units
-from adv2.target_classes import per_image_targets, seed_of
+from adv2.target_classes import interpreter_seeds, per_image_targets, seed_of
 from adv2.output import RunWriter
 
 log = logging.getLogger(__name__)
@@ -208,18 +209,28 @@ def attack_batch(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,
         ``target_map`` (h×w float32), ``support`` (H×W, with a support); meta ``label``,
         ``target``, ``pred``, ``confidence``, ``success``, ``l1``, ``iou`` (per k), ``passes``,
         ``linf`` (uint8 units), ``changed`` (the fraction of pixels changed) and ``l2``
-        (‖δ‖₂ in [0,1] units). An image whose logits or maps are not finite is
+        (‖δ‖₂ in [0,1] units). A stochastic interpreter attacks with each image's seed and
+        is judged with another (:func:`~adv2.target_classes.interpreter_seeds`): ``map``,
+        ``benign``, ``l1`` and ``iou`` are those of the judge's draws (against the target
+        map the attack had unless it is the benign map, which is redrawn too); meta
+        ``interpreter_seed`` and ``judge_seed`` record both. An image whose logits or maps are not finite is
         :class:`~adv2.records.Failed` instead: never a metric.
     """
     keys = [sample_key(n) for n in names]
     torch.manual_seed(seed_of(cfg.seed, keys[0]))
     device = model.device
     x, labels, targets = to_tensor(images).to(device), labels.to(device), targets.to(device)
+    interpreter.use_seeds(interpreter_seeds(cfg.seed, keys))
     benign = target_maps_mod.benign(interpreter, x, labels)
     tmaps = target_maps_for(cfg.target_map, interpreter, keys, cfg.seed, targets, benign, pool,
                             images.shape[1])
     support = support_mod.build(cfg.support, x, tmaps, names)
     result = attack(x, targets, tmaps, support)
+    if interpreter.stochastic:  # judged as a defender would: with draws the attack never saw
+        interpreter.use_seeds(interpreter_seeds(cfg.seed, keys, judge=True))
+        benign = target_maps_mod.benign(interpreter, x, labels)
+        result = rejudged(interpreter, result, targets,
+                          benign if cfg.target_map == "benign" else tmaps)
     delta = result.x.to(device) - x
     changed = (delta.abs().amax(dim=1) > 0).flatten(1).float().mean(dim=1).tolist()
     l2 = delta.flatten(1).norm(dim=1).tolist()
@@ -240,12 +251,26 @@ def attack_batch(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,
                 "l1": float(result.l1[j]), "iou": result.iou[j].tolist(),
                 "passes": int(result.passes[j]), "linf": int(result.linf[j]),
                 "changed": changed[j], "l2": l2[j]}
+        if interpreter.stochastic:
+            meta["interpreter_seed"] = interpreter_seeds(cfg.seed, keys[j:j + 1])[0]
+            meta["judge_seed"] = interpreter_seeds(cfg.seed, keys[j:j + 1], judge=True)[0]
         arrays = {"adv": result.adv[j], "map": maps[j], "benign": benign[j],
                   "target_map": tmaps[j]}
         if support is not None:
             arrays["support"] = support[j, 0].cpu().numpy()
         out.append((arrays, meta))
     return out
+
+
+def rejudged(interpreter: Interpreter, result: AttackResult, targets: torch.Tensor,
+             reference: torch.Tensor) -> AttackResult:
+    """``result`` with the maps of ``interpreter`` (as seeded now) on its images and their L1
+    and IoU to ``reference`` (N×1×h×w)."""
+    with torch.no_grad():
+        maps = target_maps_mod.benign(interpreter, result.x.to(reference.device),
+                                      targets.to(reference.device))
+    return replace(result, maps=maps, l1=metrics.l1(maps, reference),
+                   iou=metrics.iou(maps, reference))
 
 
 def predict(model: Classifier, images: np.ndarray, batch_size: int) -> torch.Tensor:

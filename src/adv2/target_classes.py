@@ -18,6 +18,13 @@ def seed_of(seed: int, key: str) -> int:
     return int(np.random.SeedSequence([seed, zlib.crc32(key.encode())]).generate_state(1)[0])
 
 
+def interpreter_seeds(seed: int, keys: list[str], judge: bool = False) -> list[int]:
+    """Each image's seed for a stochastic interpreter's draws (SmoothGrad's noise): the
+    attack's, or with ``judge`` the reviewer's, an independent seed the attack never sees
+    (the seeds of a defender who redraws)."""
+    return [seed_of(seed, f"{key}#{'judge' if judge else 'attack'}") for key in keys]
+
+
 def choose_targets(labels: torch.Tensor, n_classes: int, seed: int, fixed: int | None,
                    allowed: torch.Tensor | None = None) -> torch.Tensor:
     """Target classes: ``fixed`` for all, or uniform over classes ≠ label (over ``allowed``

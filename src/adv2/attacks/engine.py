@@ -255,7 +255,7 @@ class Descent:
         xs = xs.detach()
         with torch.no_grad():
             if self.objective.map_loss is not None:
-                logits, maps = self.interpreter.explain(xs, targets[rows])
+                logits, maps = self.interpreter.explain_rows(xs, targets[rows], rows)
                 distance = self.objective.map_loss(maps, target_maps[rows])
                 if policy is not None and policy.after is not None:
                     policy.after(rows, maps)

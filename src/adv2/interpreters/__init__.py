@@ -1,14 +1,19 @@
-"""Interpreters: one interface (:class:`Interpreter`), GRAD, CAM, MASK and RTS."""
+"""Interpreters: one interface (:class:`Interpreter`); GRAD, CAM, MASK and RTS (the paper's),
+Integrated Gradients, SmoothGrad and Grad-CAM."""
 
 from adv2.interpreters.base import Interpreter, Verification, minmax
 from adv2.interpreters.cam import CAM
 from adv2.interpreters.grad import GRAD, SmoothReLU
+from adv2.interpreters.gradcam import GradCAM
+from adv2.interpreters.ig import IG
 from adv2.interpreters.mask import MASK
 from adv2.interpreters.mask import STRATEGIES as MASK_STRATEGIES
 from adv2.interpreters.rts import RTS
+from adv2.interpreters.smoothgrad import SmoothGrad
 from adv2.models import Classifier
 
-INTERPRETERS = {"cam": CAM, "grad": GRAD, "mask": MASK, "rts": RTS}
+INTERPRETERS = {"cam": CAM, "grad": GRAD, "mask": MASK, "rts": RTS, "ig": IG,
+                "smoothgrad": SmoothGrad, "gradcam": GradCAM}
 
 
 def build_interpreter(name: str, model: Classifier, **options) -> Interpreter:
@@ -23,5 +28,5 @@ def build_interpreter(name: str, model: Classifier, **options) -> Interpreter:
         raise ValueError(f"interpreter {name!r}: {exc}") from exc
 
 
-__all__ = ["CAM", "GRAD", "INTERPRETERS", "MASK", "MASK_STRATEGIES", "RTS", "Interpreter",
-           "SmoothReLU", "Verification", "build_interpreter", "minmax"]
+__all__ = ["CAM", "GRAD", "IG", "INTERPRETERS", "MASK", "MASK_STRATEGIES", "RTS", "GradCAM",
+           "Interpreter", "SmoothGrad", "SmoothReLU", "Verification", "build_interpreter", "minmax"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
@@ -55,6 +55,8 @@ class Interpreter(ABC):
     adaptive_lam_scale: ClassVar[float] = 4.0
     #: ways ADV² can differentiate this interpreter (its ``strategy`` setting), if several
     attack_strategies: ClassVar[tuple[str, ...]] = ()
+    #: whether the maps are differentiable in x; ADV² refuses an interpreter that is not
+    differentiable: ClassVar[bool] = True
     #: forward+backward passes one :meth:`attack_forward` step costs (for cost reports)
     passes_per_step: int = 1
     #: sample keys (:attr:`adv2.data.Sample.key`) of the images a trained interpreter was
@@ -62,9 +64,37 @@ class Interpreter(ABC):
     fitted_on: frozenset[str] = frozenset()
     #: passes one :meth:`explain` call costs
     explain_passes: int = 1
+    #: whether the maps depend on random draws (SmoothGrad's noise, MASK's jitter): such an
+    #: interpreter draws them from one seed per image (:meth:`use_seeds`), so that a map is a
+    #: function of the image, the class and that seed, identical on every rerun and resume
+    stochastic: ClassVar[bool] = False
 
     def __init__(self, model: Classifier) -> None:
         self.model = model
+        #: the per-image seeds of the batch being explained (:meth:`use_seeds`)
+        self.seeds: torch.Tensor | None = None
+
+    def use_seeds(self, seeds: Sequence[int] | None) -> None:
+        """Seed the random draws of the next calls: one seed per image of the batch they
+        explain or attack, in its row order (None: the interpreter's own ``seed`` for every
+        image). Deterministic interpreters keep them unused.
+
+        Example:
+            >>> smoothgrad.use_seeds([11, 12])   # doctest: +SKIP
+            >>> maps = smoothgrad(x[:2], classes[:2])
+        """
+        self.seeds = None if seeds is None else torch.tensor(list(seeds), dtype=torch.int64)
+
+    def image_seeds(self, n: int, rows: torch.Tensor | None = None) -> list[int]:
+        """The seeds of ``n`` images: the seeded batch's (its ``rows`` when given), else the
+        interpreter's ``seed`` setting (0 without one) for each."""
+        if self.seeds is None:
+            return [int(getattr(self, "seed", 0))] * n
+        chosen = self.seeds if rows is None else self.seeds[rows.cpu()]
+        if len(chosen) != n:
+            raise ValueError(f"{self.name}: {len(chosen)} seeds set for {n} images; call "
+                             "use_seeds with one seed per image of the batch")
+        return chosen.tolist()
 
     @abstractmethod
     def resolution(self, height: int, width: int) -> tuple[int, int]:
@@ -76,6 +106,13 @@ class Interpreter(ABC):
 
     def __call__(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         return self.explain(x, classes)[1]
+
+    def explain_rows(self, x: torch.Tensor, classes: torch.Tensor,
+                     rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`explain` of the images ``rows`` (indices) of the seeded batch: what the
+        attack engine calls to judge a subset of its batch. Stochastic interpreters draw with
+        those images' seeds; the default is :meth:`explain`."""
+        return self.explain(x, classes)
 
     def attack_forward(
         self, x: torch.Tensor, classes: torch.Tensor, progress: float,

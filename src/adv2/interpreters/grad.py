@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from adv2.interpreters.base import Interpreter, minmax
-from adv2.interpreters.grad_surrogate import FastSurrogate
+from adv2.interpreters.grad_surrogate import FastSurrogate, beta_at
 from adv2.models import Classifier, smooth_copy
 
 
@@ -118,8 +116,7 @@ class GRAD(Interpreter):
 
     def beta(self, progress: float) -> float:
         """Surrogate β at ``progress`` ∈ [0,1]: geometric from beta_start to beta_end."""
-        lo, hi = math.log(self.beta_start), math.log(self.beta_end)
-        return math.exp(lo + (hi - lo) * min(max(progress, 0.0), 1.0))
+        return beta_at(progress, self.beta_start, self.beta_end)
 
     def attack_forward(
         self, x: torch.Tensor, classes: torch.Tensor, progress: float,

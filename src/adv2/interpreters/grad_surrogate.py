@@ -23,7 +23,9 @@ autograd calls for the model, so the true gradient is the model's (bit for bit o
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -417,18 +419,59 @@ class FastSurrogate:
             return None
         return cls(model)
 
-    def __call__(self, x: torch.Tensor, classes: torch.Tensor,
-                 beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, classes: torch.Tensor, beta: float,
+                 score: Score | None = None,
+                 exact: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Logits, the true gradient (None without ``exact``) and the surrogate's differentiable
+        gradient of ``score(logits, classes)`` (default: the summed cross-entropy) w.r.t. x.
+        x may be computed from another tensor (its rows e.g. interpolations of one image):
+        the surrogate's gradient is differentiable through that computation."""
         with torch.enable_grad():
             xg = x if x.requires_grad else x.detach().requires_grad_(True)
-            with FrozenLayers(self.mode):
-                logits = self.net(xg)
-            loss = F.cross_entropy(logits, classes, reduction="sum")
-            self.mode.smooth = False
-            (true_grad,) = torch.autograd.grad(loss, xg, retain_graph=True)
-            self.mode.smooth, self.mode.beta = True, beta
-            (smooth_grad,) = torch.autograd.grad(loss, xg, create_graph=True)
+            logits = self.forward(xg)
+            true_grad, smooth_grad = self.gradients((score or cross_entropy_sum)(logits, classes),
+                                                    xg, beta, exact)
         return logits, true_grad, smooth_grad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The surrogate's logits of x (the model's values), its graph ready for
+        :meth:`gradients`; forward hooks on ``self.net``'s modules see its activations."""
+        with torch.enable_grad(), FrozenLayers(self.mode):
+            return self.net(x)
+
+    def gradients(self, loss: torch.Tensor, wrt: torch.Tensor, beta: float,
+                  exact: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The true gradient of ``loss`` (a scalar of :meth:`forward`'s graph) w.r.t. ``wrt``
+        (None without ``exact``) and the surrogate's at β, differentiable w.r.t. the input."""
+        with torch.enable_grad():
+            true_grad = None
+            if exact:
+                self.mode.smooth = False
+                (true_grad,) = torch.autograd.grad(loss, wrt, retain_graph=True)
+            self.mode.smooth, self.mode.beta = True, beta
+            (smooth_grad,) = torch.autograd.grad(loss, wrt, create_graph=True)
+        return true_grad, smooth_grad
+
+
+#: ``score(logits, classes) -> scalar`` whose input gradient an interpreter explains
+Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy_sum(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Σ_n CE(f(x_n), c_n): GRAD's score (each image's gradient is its own)."""
+    return F.cross_entropy(logits, classes, reduction="sum")
+
+
+def logit_sum(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Σ_n f(x_n)[c_n]: the class logit, as Captum attributes with ``target=`` (rows beyond
+    ``len(classes)`` are left out, e.g. extra rows evaluated for their logits only)."""
+    return logits[:len(classes)].gather(1, classes[:, None]).sum()
+
+
+def beta_at(progress: float, start: float, end: float) -> float:
+    """Surrogate β at ``progress`` ∈ [0,1]: geometric from ``start`` to ``end``."""
+    lo, hi = math.log(start), math.log(end)
+    return math.exp(lo + (hi - lo) * min(max(progress, 0.0), 1.0))
 
 
 __all__ = [
@@ -438,5 +481,9 @@ __all__ = [
     "FastSurrogate",
     "FrozenLayers",
     "FrozenSiLU",
+    "Score",
+    "beta_at",
+    "cross_entropy_sum",
+    "logit_sum",
     "unsupported_layers",
 ]
