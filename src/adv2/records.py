@@ -4,7 +4,8 @@
     ROOT/<folder>/<stage>/<image>.error.json    one failed image: its error message
 
 ``adv2 run`` keeps them under ``RUN/results/<stage>/`` (a stage is a path such as ``cam/adv2``,
-``transfer/cam-to-grad`` or ``detection/benign``), ``adv2 attack`` under ``OUT/records/``. Every
+``transfer/cam-to-grad`` or ``detection/benign``; a ``:`` of an interpreter's spec such as
+``captum:Saliency`` is ``-`` in the folder's name), ``adv2 attack`` under ``OUT/records/``. Every
 file is written to a hidden temporary name, flushed to disk and renamed over its final name
 (``os.replace``), so a reader sees either nothing or the whole file. A record carries the digest
 of the image it was computed from (``meta["input"]``); a record that cannot be read back (a
@@ -93,11 +94,15 @@ class Store:
         self.root = Path(root)
         self.results = self.root / folder
 
+    def _folder(self, stage: str) -> Path:
+        """A stage's folder; ``:`` (not file-name safe everywhere) becomes ``-``."""
+        return self.results / stage.replace(":", "-")
+
     def _npz(self, stage: str, name: str) -> Path:
-        return self.results / stage / f"{name}.npz"
+        return self._folder(stage) / f"{name}.npz"
 
     def _err(self, stage: str, name: str) -> Path:
-        return self.results / stage / f"{name}.error.json"
+        return self._folder(stage) / f"{name}.error.json"
 
     def save(self, stage: str, name: str, arrays: dict[str, np.ndarray], meta: dict) -> None:
         """Record a finished image (replacing an error record of it)."""

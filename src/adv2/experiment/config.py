@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
-import inspect
 import json
 import types
 import typing
@@ -22,6 +21,7 @@ import yaml
 
 from adv2.detection import build_squeezer
 from adv2.interpreters import INTERPRETERS
+from adv2.interpreters.plugins import is_name, resolve, setting_names
 from adv2.attacks import ATTACKS
 from adv2.attacks.settings import ATTACK_KEYS
 from adv2.attacks.support import KINDS
@@ -179,7 +179,7 @@ def _attack_settings(data: Any, key: str, nested: bool) -> dict[str, Any]:
     hints = typing.get_type_hints(AttackConfig)
     out: dict[str, Any] = {}
     for name, value in data.items():
-        if nested and name in INTERPRETERS:
+        if nested and is_name(str(name)):
             out[name] = _attack_settings(value, f"{key}.{name}", nested=False)
             continue
         if name not in ATTACK_KEYS:
@@ -208,9 +208,10 @@ def _attacks(data: Any, key: str) -> dict[str, dict[str, Any]]:
 def _check(cfg: ExperimentConfig) -> None:
     """Cross-field checks, each naming its key."""
     for i, name in enumerate(cfg.interpreters):
-        if name not in INTERPRETERS:
-            raise ConfigError(f"interpreters[{i}]: unknown interpreter {name!r}; choose from "
-                              f"{sorted(INTERPRETERS)}")
+        try:
+            resolve(name)
+        except ValueError as exc:
+            raise ConfigError(f"interpreters[{i}]: {exc}") from None
     if not cfg.interpreters or len(set(cfg.interpreters)) != len(cfg.interpreters):
         raise ConfigError(f"interpreters: expected distinct names, got {list(cfg.interpreters)}")
     if not isinstance(cfg.interpreter_settings, dict):
@@ -222,9 +223,9 @@ def _check(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"{key}: {name!r} is not in interpreters {list(cfg.interpreters)}")
         if not isinstance(settings, dict):
             raise ConfigError(f"{key}: expected a mapping of keyword arguments, got {settings!r}")
-        valid = [p for p in inspect.signature(INTERPRETERS[name]).parameters if p != "model"]
+        valid = setting_names(resolve(name))
         for option in settings:
-            if option not in valid:
+            if valid is not None and option not in valid:
                 raise _unknown(str(option), key + ".", valid)
     for key in ("target_map", "eps", "device", "batch_size", "target_class", "limit",
                 "support"):

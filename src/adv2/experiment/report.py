@@ -40,6 +40,7 @@ from adv2.experiment.images import ImageSet
 from adv2.records import Record, Store, write_json
 from adv2.experiment.tables import Table
 from adv2.figures import panel_grid
+from adv2.interpreters.plugins import label
 
 ATTACK_NAMES = {"pgd": "PGD", "adv2": "ADV²"}
 KS = metrics.DEFAULT_KS
@@ -282,7 +283,7 @@ def iou_figure(path: Path, cfg: ExperimentConfig, summary: dict) -> None:
             if per_k:
                 ax.plot([100 * k for k in KS], list(per_k.values()), marker="o",
                         label=ATTACK_NAMES[attack])
-        ax.set(title=interpreter.upper(), xlabel="k (%)", ylabel="IoU", ylim=(0, 1.02))
+        ax.set(title=label(interpreter), xlabel="k (%)", ylabel="IoU", ylim=(0, 1.02))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -299,7 +300,7 @@ def l1_figure(path: Path, cfg: ExperimentConfig, summary: dict) -> None:
         ax.bar(np.arange(len(cfg.interpreters)) + j * width, values, width,
                label=ATTACK_NAMES[attack])
     ax.set_xticks(np.arange(len(cfg.interpreters)) + width * (len(cfg.attacks) - 1) / 2,
-                  [i.upper() for i in cfg.interpreters])
+                  [label(i) for i in cfg.interpreters])
     ax.set(ylabel="L1 to the target map")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -327,10 +328,10 @@ def examples_figure(path: Path, cfg: ExperimentConfig, store: Store, data: Image
         row = [(name[:24], data.images[data.index([name])[0]])]
         for interpreter in cfg.interpreters:
             first = store.load(f"{interpreter}/{next(iter(cfg.attacks))}", name)
-            row.append((f"{interpreter.upper()} benign", first.arrays["benign"]))
+            row.append((f"{label(interpreter)} benign", first.arrays["benign"]))
             for attack in cfg.attacks:
                 rec = store.load(f"{interpreter}/{attack}", name)
-                row.append((f"{interpreter.upper()} {ATTACK_NAMES[attack]}", rec.arrays["map"]))
+                row.append((f"{label(interpreter)} {ATTACK_NAMES[attack]}", rec.arrays["map"]))
         rows.append(row)
     panel_grid(path, rows, dpi=60)
 

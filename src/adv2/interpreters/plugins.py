@@ -1,0 +1,110 @@
+"""Interpreters by name: a built-in (:data:`adv2.interpreters.INTERPRETERS`), any class of a
+user's (``package.module:ClassName``, a subclass of :class:`~adv2.interpreters.Interpreter`)
+or a Captum attribution (``captum:<Name>``, :mod:`adv2.interpreters.captum_adapter`).
+
+Every place that takes an interpreter's name (``adv2 attack --interpreter``, an experiment
+file's ``interpreters``, :func:`adv2.interpreters.build_interpreter`) resolves it here; a name
+that does not resolve raises a ValueError naming it and the problem (docs/interpreters-custom.md).
+
+Example:
+    >>> resolve("cam").__name__
+    'CAM'
+    >>> resolve("adv2.interpreters.grad:GRAD").name
+    'grad'
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+from adv2.interpreters.base import Interpreter
+
+
+def builtins() -> dict[str, type[Interpreter]]:
+    """The built-in interpreters by name (:data:`adv2.interpreters.INTERPRETERS`)."""
+    from adv2.interpreters import INTERPRETERS
+
+    return INTERPRETERS
+
+
+def forms() -> str:
+    """The names an interpreter may be given by, as help and error text."""
+    return (f"a built-in ({', '.join(sorted(builtins()))}), package.module:ClassName (a "
+            "subclass of adv2.interpreters.Interpreter) or captum:<AttributionName>")
+
+
+def is_name(name: str) -> bool:
+    """Whether ``name`` reads as an interpreter's name (a built-in or a ``module:Class`` spec),
+    without importing anything: how an experiment file tells per-interpreter settings from
+    attack settings."""
+    return name in builtins() or ":" in name
+
+
+def resolve(name: str) -> type[Interpreter]:
+    """The interpreter class ``name`` stands for.
+
+    Arguments:
+        name: a built-in's name (``cam``), ``package.module:ClassName`` (the module is
+            imported) or ``captum:<Name>`` (an adapter of ``captum.attr.<Name>``).
+
+    Returns:
+        The class; raises ValueError naming ``name`` when the module cannot be imported, has
+        no such attribute, or the attribute is not an Interpreter subclass.
+    """
+    known = builtins()
+    if name in known:
+        return known[name]
+    module_name, colon, attribute = name.partition(":")
+    if not colon:
+        raise ValueError(f"unknown interpreter {name!r}; give {forms()}")
+    if not module_name or not attribute.isidentifier():
+        raise ValueError(f"interpreter {name!r}: expected package.module:ClassName")
+    if module_name == "captum":
+        from adv2.interpreters.captum_adapter import attribution
+
+        return attribution(attribute)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # not found, or the module itself fails: one line, no traceback
+        raise ValueError(f"interpreter {name!r}: cannot import {module_name} "
+                         f"({type(exc).__name__}: {exc})") from None
+    if not hasattr(module, attribute):
+        raise ValueError(f"interpreter {name!r}: module {module_name} has no attribute "
+                         f"{attribute!r}")
+    cls = getattr(module, attribute)
+    if not (isinstance(cls, type) and issubclass(cls, Interpreter)):
+        raise ValueError(f"interpreter {name!r}: {module_name}.{attribute} is not a subclass of "
+                         "adv2.interpreters.Interpreter")
+    return cls
+
+
+def setting_names(cls: type[Interpreter]) -> list[str] | None:
+    """The settings (keyword arguments besides ``model``) the class ``cls`` takes; None when
+    it takes any keyword (``**settings``)."""
+    parameters = inspect.signature(cls).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return [p.name for p in parameters if p.name != "model"]
+
+
+def label(name: str) -> str:
+    """A short title for an interpreter in figures: a built-in's name in capitals (``CAM``),
+    a spec's class name (``IntegratedGradients`` for ``captum:IntegratedGradients``)."""
+    return name.upper() if name in builtins() else name.rpartition(":")[2]
+
+
+def require_differentiable(name: str) -> None:
+    """Refuse (ValueError) an interpreter whose maps are not differentiable: ADV² needs the
+    gradient of the map. The message names the built-in to attack instead where there is
+    one (:data:`~adv2.interpreters.captum_adapter.EQUIVALENTS`)."""
+    if resolve(name).differentiable:
+        return
+    from adv2.interpreters.captum_adapter import EQUIVALENTS
+
+    module_name, _, attribute = name.partition(":")
+    equivalent = EQUIVALENTS.get(attribute) if module_name == "captum" else None
+    hint = (f"the built-in equivalent is `{equivalent}`" if equivalent else
+            f"the built-ins are {', '.join(sorted(builtins()))}")
+    raise ValueError(f"{name} is not differentiable: ADV² needs a differentiable interpreter; "
+                     f"{hint}")

@@ -1,0 +1,233 @@
+"""Interpreters by spec: a user's class (``module:ClassName``: the example of
+docs/interpreters-custom.md, written to a temporary module) and Captum's attributions
+(``captum:<Name>``) through ``adv2 attack`` and ``adv2 run`` on the tiny model; bad specs, bad
+settings and ADV² on a non-differentiable interpreter are one-line errors naming the spec."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import captum.attr
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import REPO, make_images, make_tiny_model
+from PIL import Image
+from test_cli import _attack, _make_images, _rows
+from test_experiment import _csv
+
+from adv2 import cli
+from adv2.data import load_dataset, to_tensor
+from adv2.experiment import ConfigError, parse_config, runner
+from adv2.interpreters import build_interpreter
+from adv2.interpreters.grad import gradient_map
+
+SPEC = "mymod:InputXGradient"
+
+
+@pytest.fixture
+def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The docs' example interpreter in a module ``mymod`` on sys.path; returns its spec."""
+    text = (REPO / "docs" / "interpreters-custom.md").read_text()
+    code = re.search(r'```python\n("""An input × gradient.*?)```', text, re.S).group(1)
+    (tmp_path / "plugin").mkdir()
+    (tmp_path / "plugin" / "mymod.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path / "plugin"))
+    monkeypatch.delitem(sys.modules, "mymod", raising=False)
+    return SPEC
+
+
+@pytest.fixture
+def tiny(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``adv2 attack`` and ``adv2 run`` on the tiny model (and ``adv2 attack`` on 32×32
+    crops)."""
+    monkeypatch.setattr(cli, "load_model", lambda *args: make_tiny_model(0))
+    monkeypatch.setattr(runner, "load_model", lambda *args: make_tiny_model(0))
+    monkeypatch.setattr(cli, "load_dataset", functools.partial(load_dataset, size=32))
+
+
+def _experiment(root: Path, **settings: object) -> Path:
+    """An experiment file over three 32×32 images with ``settings``."""
+    (root / "images").mkdir()
+    for i, image in enumerate(make_images(3, size=32)):
+        Image.fromarray(image).save(root / "images" / f"img_{i}.png")
+    path = root / "plugin.yaml"
+    path.write_text(yaml.safe_dump({"images": "images", "image_size": 32,
+                                    "report": {"examples": 1}, **settings}))
+    return path
+
+
+def _map_of(method: str, folder: Path, image: str, target: int, **settings: object
+            ) -> np.ndarray:
+    """GRAD's post-processing of Captum's own attribution of a saved image."""
+    x = to_tensor(np.array(Image.open(folder / image))[None]).requires_grad_()
+    attribution = getattr(captum.attr, method)(make_tiny_model(0))
+    a = attribution.attribute(x, target=torch.tensor([target]), **settings)
+    return gradient_map(a, 4)[0, 0].detach().numpy()
+
+
+@pytest.mark.parametrize("attack", ["pgd", "adv2"])
+def test_a_users_interpreter_runs_through_adv2_attack(plugin, tiny, tmp_path, attack) -> None:
+    images = _make_images(tmp_path / "images")
+    out = tmp_path / attack
+    assert _attack(images, out, "--interpreter", plugin, "--attack", attack, "--steps", "3",
+                   *(["--warm-steps", "2"] if attack == "adv2" else []),
+                   "--interpreter-setting", "pool=2") == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["interpreter"] == plugin
+    assert config["interpreter_config"] == {"name": plugin, "pool": 2}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interpreter"] == plugin and summary["n_images"] == 3
+    rows = _rows(out)
+    assert len(rows) == 3 and all(0 <= float(r["l1"]) <= 1 for r in rows)
+    assert np.load(out / "samples" / rows[0]["file"] / "adv_map.npy").shape == (16, 16)
+
+
+def test_a_users_interpreter_runs_through_adv2_run(plugin, tiny, tmp_path) -> None:
+    path = _experiment(tmp_path, interpreters=["cam", plugin],
+                       interpreter_settings={plugin: {"pool": 2}},
+                       attacks={"pgd": {"steps": 2}, "adv2": {"steps": 2, "warm_steps": 2,
+                                                              plugin: {"lam": "20"}}})
+    out = tmp_path / "run"
+    assert cli.main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert summary["attacks"][plugin]["adv2"]["images"] == 3
+    assert summary["transfer"][plugin]["cam"]["images"] == 3
+    rows = _csv(out / "report" / "results.csv")
+    assert sorted((r["attack"], r["image"]) for r in rows if r["interpreter"] == plugin) == \
+        sorted((a, f"img_{i}.png") for a in ("pgd", "adv2") for i in range(3))
+    settings = {(r["interpreter"], r["attack"]): r["lam"]
+                for r in _csv(out / "report" / "tables" / "settings.csv")}
+    assert settings[(plugin, "ADV²")] == "20"
+    assert (out / "results" / "mymod-InputXGradient" / "adv2" / "img_0.png.npz").is_file()
+    assert not [p for p in (out / "results").rglob("*") if ":" in p.name]
+
+
+@pytest.mark.parametrize("method, settings", [("Saliency", {}),
+                                              ("IntegratedGradients", {"n_steps": 8})])
+def test_captum_attributions_run_pgd_with_captums_own_maps(tiny, tmp_path, method,
+                                                           settings) -> None:
+    images = _make_images(tmp_path / "images")
+    out = tmp_path / method
+    options = [f"--interpreter-setting={k}={v}" for k, v in settings.items()]
+    assert _attack(images, out, "--interpreter", f"captum:{method}", "--attack", "pgd",
+                   "--steps", "2", *options) == 0
+    rows = _rows(out)
+    assert len(rows) == 3
+    for row in rows:
+        folder = out / "samples" / row["file"]
+        np.testing.assert_allclose(np.load(folder / "benign_map.npy"),
+                                   _map_of(method, folder, "clean.png", int(row["label"]),
+                                           **settings), atol=1e-5)
+        np.testing.assert_allclose(np.load(folder / "adv_map.npy"),
+                                   _map_of(method, folder, "adv.png", int(row["target"]),
+                                           **settings), atol=1e-5)
+
+
+def test_captum_runs_pgd_through_adv2_run_in_file_name_safe_folders(tiny, tmp_path) -> None:
+    path = _experiment(tmp_path, interpreters=["captum:Saliency"], transfer=False,
+                       attacks={"pgd": {"steps": 2}})
+    out = tmp_path / "run"
+    assert cli.main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert summary["attacks"]["captum:Saliency"]["pgd"]["images"] == 3
+    assert len(list((out / "results" / "captum-Saliency" / "pgd").glob("*.npz"))) == 3
+
+
+@pytest.mark.parametrize("method, builtin, extra", [
+    ("IntegratedGradients", "ig", []), ("Saliency", "grad", []),
+    ("LayerGradCam", "gradcam", ["--interpreter-setting", "layer=body"]),
+    ("Saliency", "grad", ["--adaptive", "thresholds.json"]),
+])
+def test_adv2_refuses_captum_naming_the_builtin(tiny, tmp_path, capsys, caplog, method,
+                                                builtin, extra) -> None:
+    images = _make_images(tmp_path / "images")
+    out = tmp_path / "out"
+    assert _attack(images, out, "--interpreter", f"captum:{method}", "--attack", "adv2",
+                   *extra) == 2
+    assert (f"captum:{method} is not differentiable: ADV² needs a differentiable interpreter; "
+            f"the built-in equivalent is `{builtin}`") in caplog.text
+    assert "Traceback" not in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(ConfigError, match=rf"attacks.adv2 \(captum:{method}\): captum:{method} "
+                                          "is not differentiable"):
+        parse_config({"images": "imgs", "interpreters": [f"captum:{method}"],
+                      "interpreter_settings": {f"captum:{method}": {"layer": "body"}}
+                      if method.startswith("Layer") else {}})
+
+
+@pytest.mark.parametrize("spec, problem", [
+    ("nosuch.module:X", "cannot import nosuch.module (ModuleNotFoundError: No module named "
+                        "'nosuch')"),
+    ("adv2.metrics:nothing", "module adv2.metrics has no attribute 'nothing'"),
+    ("adv2.metrics:l1", "adv2.metrics.l1 is not a subclass of adv2.interpreters.Interpreter"),
+    ("captum:Nothing", "captum.attr has no attribution class 'Nothing'"),
+])
+def test_bad_specs_are_one_line_errors_naming_them(capsys, spec, problem) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["attack", "--images", "x", "--out", "y", "--interpreter", spec])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith(
+        f"adv2 attack: error: argument --interpreter: interpreter {spec!r}: {problem}")
+    with pytest.raises(ConfigError, match=re.escape(f"interpreters[0]: interpreter {spec!r}: "
+                                                    f"{problem}")):
+        parse_config({"images": "imgs", "interpreters": [spec]})
+
+
+def test_settings_a_class_rejects_are_named(plugin, tiny, tmp_path, caplog) -> None:
+    images = _make_images(tmp_path / "images")
+    assert _attack(images, tmp_path / "o", "--interpreter", plugin, "--interpreter-setting",
+                   "poool=2") == 2
+    assert f"interpreter {plugin!r}: " in caplog.text and "'poool'" in caplog.text
+    with pytest.raises(ConfigError, match=rf"interpreter_settings.{plugin}.poool; did you "
+                                          "mean 'pool'"):
+        parse_config({"images": "imgs", "interpreters": [plugin],
+                      "interpreter_settings": {plugin: {"poool": 2}}})
+    with pytest.raises(ConfigError, match="interpreter_settings.captum:Saliency.n_steps"):
+        parse_config({"images": "imgs", "interpreters": ["captum:Saliency"],
+                      "attacks": {"pgd": {}}, "transfer": False,
+                      "interpreter_settings": {"captum:Saliency": {"n_steps": 8}}})
+    with pytest.raises(ValueError, match="interpreter 'captum:LayerGradCam': missing a "
+                                         "required argument: 'layer'"):
+        build_interpreter("captum:LayerGradCam", make_tiny_model(0))
+
+
+def test_layer_and_random_captum_attributions() -> None:
+    """Layer attributions give maps at the layer's resolution; the random ones draw each
+    image's samples from its seed (explain_rows: a subset's own)."""
+    model = make_tiny_model(0)
+    x = to_tensor(make_images(3, size=32))
+    classes = model(x).argmax(dim=1)
+    gradcam = build_interpreter("captum:LayerGradCam", model, layer="body")
+    maps = gradcam(x, classes)
+    assert maps.shape == (3, 1, *gradcam.resolution(32, 32)) == (3, 1, 8, 8)
+    assert maps.amin() == 0 and maps.amax() <= 1
+    smooth = build_interpreter("captum:NoiseTunnel", model, nt_samples=3)
+    assert smooth.stochastic and not smooth.differentiable
+    smooth.use_seeds([5, 6, 7])
+    first, again = smooth(x, classes), smooth(x, classes)
+    rows = smooth.explain_rows(x[1:], classes[1:], torch.tensor([1, 2]))[1]
+    assert torch.equal(first, again) and torch.equal(rows, first[1:])
+    smooth.use_seeds([8, 6, 7])
+    assert not torch.equal(smooth(x, classes)[0], first[0])
+
+
+def test_adv2_imports_without_captum_and_captum_specs_say_how_to_install() -> None:
+    code = ("import sys; sys.modules['captum'] = None\n"
+            "import adv2.cli, adv2.experiment, adv2.pipeline\n"
+            "from adv2.interpreters.plugins import resolve\n"
+            "try:\n    resolve('captum:Saliency')\nexcept ValueError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ("interpreter 'captum:Saliency' needs Captum, which is not "
+                                   "installed: pip install captum (or pip install "
+                                   "'adv2[captum]')")
