@@ -5,10 +5,11 @@
 target=classes, **settings)``, outside the attack's graph. Input attributions become GRAD-like
 maps (:func:`~adv2.interpreters.grad.gradient_map`: |a|, max over channels, ``pool``×``pool``
 average pooling, per-image min–max); layer attributions (``Layer*``, which need a ``layer``
-setting naming a module of the classifier, e.g. ``layer=body``, its last feature map) CAM-like maps at the layer's
-resolution (the sum over channels, a ReLU unless ``relu=false``, min–max). Their maps are not
-differentiable (``differentiable = False``): PGD, transfer and detection use them; ADV² refuses
-them and names the built-in to attack instead (:data:`EQUIVALENTS`).
+setting naming a module of the classifier, e.g. ``layer=body``, its last feature map) CAM-like
+maps at the layer's resolution (the sum over channels, a ReLU unless ``relu=false``, min–max).
+Their maps are not differentiable (``differentiable = False``): PGD and detection use them, and
+they explain images attacked through other interpreters; ADV² refuses them and names the
+built-in to attack instead (:data:`EQUIVALENTS`).
 
 Settings: the adapter's (``pool``; ``layer`` and ``relu`` for layer attributions; ``base``,
 the attribution ``NoiseTunnel`` wraps; ``seed`` for the random ones) and the keywords of
@@ -117,9 +118,9 @@ class CaptumAttribution(Interpreter):
         self.pool, self.relu = self.settings.get("pool"), self.settings.get("relu")
         self.seed = self.settings.get("seed", 0)  # every image's seed until use_seeds
         ctor = {k: self.settings[k] for k in self.constructor_keys}
-        self.layer = self._module(ctor["layer"]) if "layer" in ctor else None
-        if self.layer is not None:
-            ctor["layer"] = self.layer
+        self.layer = None  # the module a layer attribution looks at
+        if "layer" in ctor:
+            self.layer = ctor["layer"] = self._module(ctor["layer"])
         first = (captum_class(self.name, self.settings["base"])(model)
                  if self.method == "NoiseTunnel" else model)
         self.attribution = captum_class(self.name, self.method)(first, **ctor)
@@ -174,7 +175,7 @@ class CaptumAttribution(Interpreter):
                    seed: int | None) -> torch.Tensor:
         """Captum's attribution of x (detached: Captum's own gradients, never of the attack's
         graph), its random draws (torch's and numpy's global generators) from ``seed``; the
-        caller's random state is left as it was."""
+        caller's state of those generators (on the host and x's device) is left as it was."""
         kwargs = self.attribute_kwargs | ({"target": classes} if self.takes_target else {})
         devices = [x.device] if x.device.type == "cuda" else []
         state = np.random.get_state()
