@@ -16,7 +16,7 @@ import adv2
 from adv2 import cli, pipeline, target_maps
 from adv2.attacks import ADV2, PGD, AdaptiveADV2
 from adv2.detection import FeatureSqueezingDetector
-from adv2.interpreters import CAM, GRAD, MASK, RTS, Interpreter
+from adv2.interpreters import CAM, GRAD, IG, MASK, RTS, GradCAM, Interpreter, SmoothGrad
 from adv2.rts import TrainConfig, train
 from test_rts import make_deep_tiny_model
 
@@ -45,20 +45,32 @@ class FactoryRecorder(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+#: small settings of the interpreters that have costly defaults (the same on every device);
+#: IG with the seeded uniform baseline (host draws), Grad-CAM at an inner layer
+SETTINGS = {"mask": {"iterations": 3, "verify_every": 2},
+            "ig": {"steps": 4, "baseline": "uniform", "attack_steps": 2, "verify_every": 2},
+            "smoothgrad": {"samples": 4, "attack_samples": 2, "verify_every": 2},
+            "gradcam": {"layer": "body.0"}}
+NAMES = ["cam", "grad", "mask", "rts", "ig", "smoothgrad", "gradcam"]
+
+
 def _interpreters(tmp_path: Path) -> list[tuple[torch.nn.Module, Interpreter]]:
     tiny, deep, encoder = make_tiny_model(0), make_deep_tiny_model(), make_deep_tiny_model(7)
     encoder.name = "deep-tiny-encoder"  # RTS with an encoder of its own, as shipped
     train(deep, make_images(6), torch.arange(6), tmp_path,
           TrainConfig(steps=2, batch_size=3, selector_steps=2, selector_batch_size=3),
           progress=False, encoder=encoder)
-    return [(tiny, CAM(tiny)), (tiny, GRAD(tiny)),
-            (tiny, MASK(tiny, iterations=3, verify_every=2)),
-            (deep, RTS(deep, tmp_path / "rts.pt", encoder=encoder))]
+    return [(tiny, CAM(tiny)), (tiny, GRAD(tiny)), (tiny, MASK(tiny, **SETTINGS["mask"])),
+            (deep, RTS(deep, tmp_path / "rts.pt", encoder=encoder)),
+            (tiny, IG(tiny, **SETTINGS["ig"])),
+            (tiny, SmoothGrad(tiny, **SETTINGS["smoothgrad"])),
+            (tiny, GradCAM(tiny, **SETTINGS["gradcam"]))]
 
 
 def test_no_tensor_is_made_without_a_device(tmp_path) -> None:
-    """PGD, ADV² and adaptive ADV² on every interpreter, the RTS trainer and the detector,
-    under a mode that records factory calls lacking a device: adv2's code makes none."""
+    """PGD, ADV² and adaptive ADV² on every interpreter (the seeded ones with per-image
+    seeds), the RTS trainer and the detector, under a mode that records factory calls lacking a
+    device: adv2's code makes none (host-side draws name the host)."""
     images = make_images(3, seed=4)
     recorder = FactoryRecorder()
     with recorder:
@@ -67,6 +79,8 @@ def test_no_tensor_is_made_without_a_device(tmp_path) -> None:
             x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
             labels = model(x).argmax(dim=1)
             targets = (labels + 1) % 10
+            if interpreter.stochastic:  # seeded per image, as attack_batch does
+                interpreter.use_seeds([11, 12, 13])
             benign = target_maps.benign(interpreter, x, labels)
             PGD(model, interpreter, steps=2)(images, targets, benign)
             attack = ADV2(model, interpreter, steps=2, warm_steps=2)
@@ -87,7 +101,7 @@ def test_the_recorder_sees_a_factory_call_without_a_device() -> None:
     assert recorder.calls == ["probe.py:1 torch.zeros"]
 
 
-@pytest.mark.parametrize("name", ["cam", "grad", "mask", "rts"])
+@pytest.mark.parametrize("name", NAMES)
 def test_python_api_and_cli_build_the_same_attack(name, tmp_path, monkeypatch) -> None:
     model, interpreter = {p[1].name: p for p in _interpreters(tmp_path)}[name]
     args = cli.build_parser().parse_args(["attack", "--interpreter", name, "--images", "x",
@@ -104,7 +118,7 @@ def test_python_api_and_cli_build_the_same_attack(name, tmp_path, monkeypatch) -
         == tuned.config()
 
 
-@pytest.mark.parametrize("name", ["cam", "grad", "mask", "rts"])
+@pytest.mark.parametrize("name", NAMES)
 def test_python_api_and_cli_apply_the_same_support_defaults(name, tmp_path) -> None:
     model, interpreter = {p[1].name: p for p in _interpreters(tmp_path)}[name]
     cls = type(interpreter)
@@ -143,7 +157,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 
 @cuda
-@pytest.mark.parametrize("name", ["cam", "grad", "mask", "rts"])
+@pytest.mark.parametrize("name", NAMES)
 def test_attacks_run_natively_on_the_gpu(name, tmp_path) -> None:
     pairs = {p[1].name: p for p in _interpreters(tmp_path)}
     model, interpreter = pairs[name]
@@ -154,8 +168,7 @@ def test_attacks_run_natively_on_the_gpu(name, tmp_path) -> None:
     model.to("cuda")
     gpu_interpreter = (
         RTS(model, tmp_path / "rts.pt", encoder=interpreter.net.encoder.to("cuda"))
-        if name == "rts" else type(interpreter)(model, **({"iterations": 3, "verify_every": 2}
-                                                          if name == "mask" else {})))
+        if name == "rts" else type(interpreter)(model, **SETTINGS.get(name, {})))
     on_gpu = ADV2(model, gpu_interpreter, steps=3, warm_steps=3)(x.cuda(), targets.cuda())
     assert on_gpu.x.is_cuda and on_gpu.maps.is_cuda and on_gpu.success.is_cuda
     assert (np.abs(on_gpu.adv.astype(int) - images.astype(int)) <= 8).all()

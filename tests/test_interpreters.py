@@ -1,4 +1,5 @@
-"""GRAD and CAM on the tiny model: shapes, ranges, values, gradients; SmoothReLU."""
+"""GRAD and CAM on the tiny model: shapes, ranges, values, gradients; SmoothReLU (IG,
+SmoothGrad and Grad-CAM: shapes and ranges here, the rest in test_new_interpreters.py)."""
 
 from __future__ import annotations
 
@@ -52,7 +53,11 @@ def test_minmax_is_per_sample() -> None:
 # ------------------------------------------------------------------------------ shapes/range
 
 
-@pytest.mark.parametrize("kind", ["cam", "grad"])
+#: every interpreter that needs no trained checkpoint and no inner optimisation
+KINDS = ["cam", "grad", "ig", "smoothgrad", "gradcam"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_map_shape_and_range(kind, tiny_model, x, classes) -> None:
     interp = build_interpreter(kind, tiny_model)
     maps = interp(x, classes)
@@ -102,7 +107,7 @@ def test_grad_values_match_definition(tiny_model, x, classes) -> None:
     torch.testing.assert_close(logits, tiny_model(x))
 
 
-@pytest.mark.parametrize("kind", ["cam", "grad"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_map_of_one_image_does_not_depend_on_the_batch(kind, tiny_model, x, classes) -> None:
     interp = build_interpreter(kind, tiny_model)
     together = interp(x, classes)

@@ -21,8 +21,8 @@ def quadrature(method: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Captum's step sizes (n,) and α ∈ [0,1] (n,) of ``method`` with n points."""
     if method == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(n)
-        return (torch.tensor(0.5 * weights, dtype=torch.float32),
-                torch.tensor(0.5 * (nodes + 1), dtype=torch.float32))
+        return (torch.tensor(0.5 * weights, dtype=torch.float32, device="cpu"),
+                torch.tensor(0.5 * (nodes + 1), dtype=torch.float32, device="cpu"))
     if method not in METHODS:
         raise ValueError(f"unknown IG method {method!r}; choose from {METHODS}")
     if n < 2:
@@ -31,14 +31,14 @@ def quadrature(method: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     if method == "riemann_trapezoid":
         steps[0] /= 2
         steps[-1] /= 2
-        alphas = torch.linspace(0, 1, n)
+        alphas = torch.linspace(0, 1, n, device="cpu")
     elif method == "riemann_left":
-        alphas = torch.linspace(0, 1 - 1 / n, n)
+        alphas = torch.linspace(0, 1 - 1 / n, n, device="cpu")
     elif method == "riemann_middle":
-        alphas = torch.linspace(1 / (2 * n), 1 - 1 / (2 * n), n)
+        alphas = torch.linspace(1 / (2 * n), 1 - 1 / (2 * n), n, device="cpu")
     else:
-        alphas = torch.linspace(1 / n, 1, n)
-    return torch.tensor(steps), alphas
+        alphas = torch.linspace(1 / n, 1, n, device="cpu")
+    return torch.tensor(steps, device="cpu"), alphas
 
 
 class IG(SampledGradients):
@@ -82,6 +82,9 @@ class IG(SampledGradients):
             raise ValueError(f"unknown IG baseline {baseline!r}; choose from {BASELINES}")
         if attack_steps < 1:
             raise ValueError(f"attack_steps must be ≥ 1, got {attack_steps}")
+        if estimator == "halves" and attack_steps < 2:
+            raise ValueError(f"the halves estimator needs two groups of points: attack_steps "
+                             f"must be ≥ 2, got {attack_steps}")
         self.step_sizes, self.alphas = quadrature(method, steps)
         self.steps, self.method, self.baseline = steps, method, baseline
         self.blur_sigma, self.attack_steps, self.seed = blur_sigma, attack_steps, seed
@@ -97,8 +100,8 @@ class IG(SampledGradients):
         if self.baseline == "blur":
             radius = max(1, math.ceil(3 * self.blur_sigma))
             return gaussian_blur(x, [2 * radius + 1] * 2, [self.blur_sigma] * 2)
-        return torch.stack([torch.rand(x.shape[1:], generator=torch.Generator().manual_seed(s))
-                            for s in seeds]).to(x)
+        return torch.stack([torch.rand(x.shape[1:], generator=torch.Generator().manual_seed(s),
+                                       device="cpu") for s in seeds]).to(x)
 
     def points(self, x: torch.Tensor, seeds: list[int], lo: int, hi: int) -> torch.Tensor:
         b = self.baselines(x, seeds)
@@ -113,7 +116,7 @@ class IG(SampledGradients):
         shift = (0.5 + call * (math.sqrt(5) - 1) / 2) % 1.0
         b = self.baselines(x, seeds)
         pts = torch.stack([b + ((j + shift) / k) * (x - b) for j in range(k)])
-        return pts, torch.full((k,), 1.0 / k)
+        return pts, torch.full((k,), 1.0 / k, device=x.device)
 
     def combine(self, x: torch.Tensor, seeds: list[int],
                 averaged: torch.Tensor) -> torch.Tensor:

@@ -179,12 +179,12 @@ class SampledGradients(Interpreter):
         logits, true, smooth = self.fast(z, classes.repeat(k), beta_at(
             progress, self.beta_start, self.beta_end), score=logit_sum, exact=self.attack_exact)
         maps = []
-        for part in torch.arange(k).chunk(groups):
-            w = weights[part].to(x)
+        for part in torch.arange(k, device=x.device).chunk(groups):
+            w = weights.to(x)[part]
             w = (w / w.sum()).view(-1, 1, 1, 1, 1)
 
             def attribution(grads: torch.Tensor) -> torch.Tensor:
-                grads = grads[:k * n].view(k, n, *x.shape[1:])[part.to(x.device)]
+                grads = grads[:k * n].view(k, n, *x.shape[1:])[part]
                 return self.combine(x, seeds,
                                     ((grads.abs() if self.absolute else grads) * w).sum(0))
 

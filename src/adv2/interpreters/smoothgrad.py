@@ -12,7 +12,8 @@ from adv2.models import Classifier
 def gaussian_noise(seed: int, n: int, shape: tuple[int, ...], sigma: float) -> torch.Tensor:
     """n draws of N(0, σ²) noise of ``shape`` from ``seed`` (on the host: the same on every
     device)."""
-    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed)) * sigma
+    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed),
+                       device="cpu") * sigma
 
 
 class SmoothGrad(SampledGradients):
@@ -62,6 +63,9 @@ class SmoothGrad(SampledGradients):
         if antithetic and attack_samples % 2:
             raise ValueError(f"antithetic draws come in pairs: attack_samples must be even, "
                              f"got {attack_samples}")
+        if estimator == "halves" and attack_samples < 2:
+            raise ValueError(f"the halves estimator needs two groups of draws: attack_samples "
+                             f"must be ≥ 2, got {attack_samples}")
         self.samples, self.sigma, self.seed = samples, sigma, seed
         self.attack_samples, self.antithetic = attack_samples, antithetic
         self.n_points = samples
@@ -77,7 +81,7 @@ class SmoothGrad(SampledGradients):
         return x[:, None] + self._noise[1][:, lo:hi]
 
     def weights(self, n: int) -> torch.Tensor:
-        return torch.full((n,), 1.0 / n)
+        return torch.full((n,), 1.0 / n, device="cpu")
 
     def attack_points(self, x: torch.Tensor, seeds: list[int],
                       call: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +91,7 @@ class SmoothGrad(SampledGradients):
             1)[0]), fresh, x.shape[1:], self.sigma) for s in seeds], dim=1).to(x)  # fresh×N×…
         if self.antithetic:  # pairs ε, −ε next to each other: halves hold whole pairs
             noise = torch.stack([noise, -noise], dim=1).flatten(0, 1)
-        return x[None] + noise, torch.full((k,), 1.0 / k)
+        return x[None] + noise, torch.full((k,), 1.0 / k, device=x.device)
 
     def combine(self, x: torch.Tensor, seeds: list[int],
                 averaged: torch.Tensor) -> torch.Tensor:
