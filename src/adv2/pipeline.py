@@ -167,16 +167,19 @@ def target_maps_for(kind: str, interpreter: Interpreter, keys: list[str], seed: 
     if kind == "benign":
         return benign
     maps = []
+    batch_seeds = interpreter.seeds
     for j, key in enumerate(keys):
         image_seed = seed_of(seed, key)
         if kind == "shape":
             maps.append(target_maps_mod.shape(1, interpreter.resolution(size, size), image_seed,
                                               size).to(benign))
-        elif kind == "other":
+        elif kind == "other":  # the pool image's map drawn with the attacked image's seed
+            interpreter.use_seeds(None if batch_seeds is None else batch_seeds[j:j + 1].tolist())
             maps.append(target_maps_mod.other(interpreter, targets[j:j + 1], pool.x,
                                               pool.labels, image_seed, pool.preds))
         else:
             raise ValueError(f"unknown target map kind {kind!r}")
+    interpreter.use_seeds(None if batch_seeds is None else batch_seeds.tolist())
     return torch.cat(maps)
 
 

@@ -48,8 +48,9 @@ class GradCAM(Interpreter):
     upsampling, as CAM here).
 
     ADV² differentiates the weights α through the fast ReLU surrogate of the layers after
-    ``layer`` (their ReLU/ReLU6 derivatives have no second derivative); the map's value is
-    the true one.
+    ``layer`` (their ReLU/ReLU6 derivatives have no second derivative), and the whole attack
+    gradient with the surrogate's softplus-β derivatives, as GRAD's; the map's value is the
+    true one.
 
     Arguments:
         model: the classifier. layer: a name of ``model.named_modules()`` (default ``body``:
@@ -65,9 +66,11 @@ class GradCAM(Interpreter):
     """
 
     name = "gradcam"
-    attack_defaults = {"steps": 110, "warm_steps": 50, "optimizer": "adam", "lr": 2 / 255,
-                       "lr_decay": 1.0, "lam": "5:10", "pred_loss": "ce", "map_loss": "mse",
-                       "patience": 20, "step_search": False}
+    # measured at lite0's 14×14 stage on images the benchmark does not report
+    # (docs/benchmark-interpreters.md)
+    attack_defaults = {"steps": 130, "warm_steps": 30, "optimizer": "adam", "lr": 0.004,
+                       "lr_decay": 0.05, "lam": "100", "pred_loss": "cw", "map_loss": "mse",
+                       "patience": 0, "step_search": False}
     passes_per_step = 2  # the true weights and the surrogate's double backpropagation
 
     def __init__(self, model: Classifier, layer: str = "body", relu: bool = True,
@@ -103,7 +106,8 @@ class GradCAM(Interpreter):
                              f"support this model's layers: "
                              f"{', '.join(unsupported_layers(self.model)[:5])}")
         module = layer_of(self.fast.net, self.layer)
-        acts, logits = activations_and_logits(self.fast.net, module, lambda: self.fast.forward(x))
+        xg = x if x.requires_grad else x.detach().requires_grad_(True)
+        acts, logits = activations_and_logits(self.fast.net, module, lambda: self.fast.forward(xg))
         true, smooth = self.fast.gradients(logit_sum(logits, classes), acts,
                                            beta_at(progress, self.beta_start, self.beta_end))
         true_maps = minmax(grad_cam(acts.detach(), true, self.relu))

@@ -73,8 +73,8 @@ class IG(SampledGradients):
     def __init__(self, model: Classifier, steps: int = 50, method: str = "riemann_middle",
                  baseline: str = "black", blur_sigma: float = 5.0, attack_steps: int = 3,
                  seed: int = 0, pool: int = 4,
-                 internal_batch_size: int | None = 64, beta_start: float = 10.0,
-                 beta_end: float = 60.0, verify_every: int = 20, attack_exact: bool = True,
+                 internal_batch_size: int | None = 8, beta_start: float = 10.0,
+                 beta_end: float = 60.0, verify_every: int = 20, attack_exact: bool = False,
                  estimator: str = "mean") -> None:
         super().__init__(model, pool, internal_batch_size, beta_start, beta_end, verify_every,
                          attack_exact, estimator)

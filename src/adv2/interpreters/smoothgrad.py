@@ -52,7 +52,7 @@ class SmoothGrad(SampledGradients):
 
     def __init__(self, model: Classifier, samples: int = 50, sigma: float = 0.15,
                  attack_samples: int = 4, antithetic: bool = True, seed: int = 0,
-                 pool: int = 4, internal_batch_size: int | None = 64, beta_start: float = 10.0,
+                 pool: int = 4, internal_batch_size: int | None = 8, beta_start: float = 10.0,
                  beta_end: float = 60.0, verify_every: int = 20, attack_exact: bool = True,
                  estimator: str = "mean") -> None:
         super().__init__(model, pool, internal_batch_size, beta_start, beta_end, verify_every,
