@@ -368,6 +368,25 @@ def test_torchrun_two_processes_equal_one(tiny, tmp_path) -> None:
     assert timing["invocations"][0]["processes"] == 2
 
 
+def test_a_stochastic_interpreters_transfer_diagonal_is_its_attack(tmp_path) -> None:
+    """SmoothGrad re-explains its ADV² images with the judge's seeds of its attack records (the
+    draws of the benign maps it is compared with): the transfer table's diagonal, and each
+    image's transfer L1, are the attack's own."""
+    data = _tiny_config(tmp_path) | {
+        "limit": 2, "interpreters": ["smoothgrad"], "detection": None,
+        "interpreter_settings": {"smoothgrad": {"samples": 4}},
+        "attacks": {"adv2": {"steps": 3, "warm_steps": 5}}}
+    run = tmp_path / "run"
+    run_experiment(parse_config(data, tmp_path), run, progress=False)
+    attacked = _csv(run / "report" / "tables" / "attacks.csv")
+    (row,) = _csv(run / "report" / "tables" / "transfer_l1.csv")
+    assert float(row["smoothgrad"]) == pytest.approx(float(attacked[0]["L1"]), rel=1e-5)
+    store = Store(run)
+    for name in ("img_0.png", "img_1.png"):
+        assert store.load("transfer/smoothgrad-to-smoothgrad", name).meta["l1"] == \
+            pytest.approx(store.load("smoothgrad/adv2", name).meta["l1"], rel=1e-5, abs=1e-7)
+
+
 def test_a_failing_sample_is_recorded_and_the_run_goes_on(tiny, tmp_path, monkeypatch) -> None:
     from adv2.experiment import runner
 

@@ -1,15 +1,19 @@
 """Interpreters by spec: a user's class (``module:ClassName``: the example of
 docs/interpreters-custom.md, written to a temporary module) and Captum's attributions
-(``captum:<Name>``) through ``adv2 attack`` and ``adv2 run`` on the tiny model; bad specs, bad
-settings and ADV² on a non-differentiable interpreter are one-line errors naming the spec."""
+(``captum:<Name>``) through ``adv2 attack`` and ``adv2 run`` on the tiny model (in ``adv2 run``,
+Captum's take PGD and explain the transfer study; ADV² skips them); bad specs, bad settings and
+ADV² on a non-differentiable interpreter (CLI, experiment file, Python API) are one-line errors
+naming the spec."""
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import captum.attr
@@ -22,11 +26,13 @@ from PIL import Image
 from test_cli import _attack, _make_images, _rows
 from test_experiment import _csv
 
-from adv2 import cli
+from adv2 import cli, metrics
+from adv2.attacks import ADV2, AttackSettings
 from adv2.data import load_dataset, to_tensor
-from adv2.experiment import ConfigError, parse_config, runner
-from adv2.interpreters import build_interpreter
+from adv2.experiment import ConfigError, parse_config, runner, transfer
+from adv2.interpreters import CAM, build_interpreter
 from adv2.interpreters.grad import gradient_map
+from adv2.records import Store
 
 SPEC = "mymod:InputXGradient"
 
@@ -63,10 +69,9 @@ def _experiment(root: Path, **settings: object) -> Path:
     return path
 
 
-def _map_of(method: str, folder: Path, image: str, target: int, **settings: object
-            ) -> np.ndarray:
-    """GRAD's post-processing of Captum's own attribution of a saved image."""
-    x = to_tensor(np.array(Image.open(folder / image))[None]).requires_grad_()
+def _map_of(method: str, image: np.ndarray, target: int, **settings: object) -> np.ndarray:
+    """GRAD's post-processing of Captum's own attribution of a uint8 H×W×3 image."""
+    x = to_tensor(image[None]).requires_grad_()
     attribution = getattr(captum.attr, method)(make_tiny_model(0))
     a = attribution.attribute(x, target=torch.tensor([target]), **settings)
     return gradient_map(a, 4)[0, 0].detach().numpy()
@@ -122,22 +127,61 @@ def test_captum_attributions_run_pgd_with_captums_own_maps(tiny, tmp_path, metho
     assert len(rows) == 3
     for row in rows:
         folder = out / "samples" / row["file"]
-        np.testing.assert_allclose(np.load(folder / "benign_map.npy"),
-                                   _map_of(method, folder, "clean.png", int(row["label"]),
-                                           **settings), atol=1e-5)
-        np.testing.assert_allclose(np.load(folder / "adv_map.npy"),
-                                   _map_of(method, folder, "adv.png", int(row["target"]),
-                                           **settings), atol=1e-5)
+        for file, image, target in (("benign_map", "clean", "label"),
+                                    ("adv_map", "adv", "target")):
+            picture = np.array(Image.open(folder / f"{image}.png"))
+            np.testing.assert_allclose(np.load(folder / f"{file}.npy"),
+                                       _map_of(method, picture, int(row[target]), **settings),
+                                       atol=1e-5)
 
 
-def test_captum_runs_pgd_through_adv2_run_in_file_name_safe_folders(tiny, tmp_path) -> None:
-    path = _experiment(tmp_path, interpreters=["captum:Saliency"], transfer=False,
-                       attacks={"pgd": {"steps": 2}})
+def test_captum_takes_pgd_and_a_transfer_column_in_adv2_run(tiny, tmp_path, caplog) -> None:
+    """With both attacks, transfer and detection: PGD against captum:Saliency, its maps of
+    CAM's ADV² images (Captum's own) against the benign maps of its PGD records; no ADV², no
+    transfer row, one log line and a report sentence saying so; a rerun adds nothing."""
+    spec = "captum:Saliency"
+    (tmp_path / "benign").mkdir()
+    for i, image in enumerate(make_images(2, seed=1, size=32)):
+        Image.fromarray(image).save(tmp_path / "benign" / f"b_{i}.png")
+    path = _experiment(tmp_path, interpreters=["cam", spec],
+                       attacks={"pgd": {"steps": 2}, "adv2": {"steps": 2, "warm_steps": 2}},
+                       detection={"benign_images": "benign", "squeezers": ["bit-4"]})
     out = tmp_path / "run"
+    caplog.set_level(logging.INFO, logger="adv2.experiment.runner")
     assert cli.main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
+    assert caplog.text.count(f"{spec}: ADV² skipped: the interpreter is not differentiable") == 1
     summary = json.loads((out / "report" / "summary.json").read_text())
-    assert summary["attacks"]["captum:Saliency"]["pgd"]["images"] == 3
-    assert len(list((out / "results" / "captum-Saliency" / "pgd").glob("*.npz"))) == 3
+    assert list(summary["attacks"][spec]) == ["pgd"]
+    assert summary["attacks"][spec]["pgd"]["images"] == 3
+    assert summary["attacks"]["cam"]["adv2"]["images"] == 3
+    assert list(summary["transfer"]) == ["cam"]
+    assert summary["transfer"]["cam"][spec]["images"] == 3
+    for table in ("transfer_l1", "transfer_iou"):
+        rows = _csv(out / "report" / "tables" / f"{table}.csv")
+        assert [list(r.values())[0] for r in rows] == ["cam"]
+        assert list(rows[0])[1:] == ["cam", spec]
+    assert f"ADV² skips {spec} (not differentiable): no row, only a column." in \
+        (out / "report" / "report.md").read_text()
+    store = Store(out)
+    for name in [f"img_{i}.png" for i in range(3)]:
+        adv = store.load("cam/adv2", name)
+        explained = store.load(transfer.stage("cam", spec), name)
+        np.testing.assert_allclose(explained.arrays["map"],
+                                   _map_of("Saliency", adv.arrays["adv"], adv.meta["target"]),
+                                   atol=1e-5)
+        benign = torch.from_numpy(store.load(f"{spec}/pgd", name).arrays["benign"])[None, None]
+        assert explained.meta["l1"] == pytest.approx(float(metrics.l1(
+            torch.from_numpy(explained.arrays["map"])[None, None], benign)[0]), abs=1e-6)
+    folders = {p.parent.relative_to(out / "results").as_posix()
+               for p in (out / "results").rglob("*.npz")}
+    assert folders == {"cam/pgd", "cam/adv2", "captum-Saliency/pgd", "transfer/cam-to-cam",
+                       "transfer/cam-to-captum-Saliency", "detection/benign",
+                       "detection/cam/pgd", "detection/cam/adv2", "detection/captum-Saliency/pgd"}
+    records = {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*") if p.is_file()}
+    assert cli.main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*") if p.is_file()} \
+        == records
+    assert len(json.loads((out / "timing.json").read_text())["invocations"]) == 2
 
 
 @pytest.mark.parametrize("method, builtin, extra", [
@@ -160,6 +204,31 @@ def test_adv2_refuses_captum_naming_the_builtin(tiny, tmp_path, capsys, caplog, 
         parse_config({"images": "imgs", "interpreters": [f"captum:{method}"],
                       "interpreter_settings": {f"captum:{method}": {"layer": "body"}}
                       if method.startswith("Layer") else {}})
+
+
+def test_an_experiment_needs_pgd_for_an_interpreter_adv2_skips() -> None:
+    assert parse_config({"images": "imgs", "interpreters": ["cam", "captum:Saliency"]}) \
+        .adv2_interpreters() == ("cam",)
+    with pytest.raises(ConfigError, match=re.escape(
+            "interpreters[1]: captum:Saliency is not differentiable, so ADV² skips it: add pgd "
+            "to attacks")):
+        parse_config({"images": "imgs", "interpreters": ["cam", "captum:Saliency"],
+                      "attacks": {"adv2": {}}})
+
+
+def test_the_python_api_refuses_adv2_on_captum() -> None:
+    """ADV2 itself, for_interpreter, the settings' build (adaptive ADV²'s base included) and a
+    copy of an ADV² attack with it as the interpreter all refuse it (adaptive ADV² wraps one of
+    these)."""
+    model = make_tiny_model(0)
+    saliency = build_interpreter("captum:Saliency", model)
+    message = ("captum:Saliency is not differentiable: ADV² needs a differentiable interpreter; "
+               "the built-in equivalent is `grad`")
+    for make in (lambda: ADV2(model, saliency), lambda: ADV2.for_interpreter(model, saliency),
+                 lambda: AttackSettings().resolved(saliency, adaptive=True).build(model, saliency),
+                 lambda: replace(ADV2.for_interpreter(model, CAM(model)), interpreter=saliency)):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            make()
 
 
 @pytest.mark.parametrize("spec, problem", [

@@ -19,6 +19,7 @@ from adv2.attacks.schedules import Linear, Schedule
 from adv2.attacks.settings import AttackSettings, describe
 from adv2.attacks.step_search import MarginStepSearch
 from adv2.interpreters import Interpreter
+from adv2.interpreters.plugins import require_differentiable
 from adv2.models import device_of
 
 
@@ -43,11 +44,13 @@ class ADV2:
 
     Arguments:
         model: the classifier (its device is where the attack runs); interpreter: the one to
-        fool. eps: the L∞ budget; steps, warm_steps: joint and warm-start steps; lam: the λ
-        schedule; pred_loss, map_loss: ℓ_prd and ℓ_int; optimizer, step_scale, step_search:
-        the update; penalties, criterion: extra loss terms and what counts as success;
-        warm_confidence, patience: stopping; lam_search: reruns with per-image λ (None: one
-        run); observer: told every judgement.
+        fool, which must be differentiable (ValueError naming it otherwise; None only to
+        validate settings, as ``adv2.pipeline.build_attack(cfg, None, None)`` does). eps: the
+        L∞ budget; steps, warm_steps: joint and warm-start steps; lam: the λ schedule;
+        pred_loss, map_loss: ℓ_prd and ℓ_int; optimizer, step_scale, step_search: the update;
+        penalties, criterion: extra loss terms and what counts as success; warm_confidence,
+        patience: stopping; lam_search: reruns with per-image λ (None: one run); observer: told
+        every judgement.
 
     Shape:
         x: float N×3×H×W in [0,1] on any device, or uint8 N×H×W×3; targets: (N,) long;
@@ -81,6 +84,10 @@ class ADV2:
     patience: int | None = 20
     lam_search: LamSearch | None = None
     observer: Callable[[Judgement], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.interpreter is not None:
+            require_differentiable(self.interpreter)
 
     @classmethod
     def for_interpreter(cls, model: torch.nn.Module, interpreter: Interpreter,

@@ -21,7 +21,7 @@ import yaml
 
 from adv2.detection import build_squeezer
 from adv2.interpreters import INTERPRETERS
-from adv2.interpreters.plugins import is_name, resolve, setting_names
+from adv2.interpreters.plugins import is_name, require_differentiable, resolve, setting_names
 from adv2.attacks import ATTACKS
 from adv2.attacks.settings import ATTACK_KEYS
 from adv2.attacks.support import KINDS
@@ -61,8 +61,10 @@ class ExperimentConfig:
     hold per-interpreter overrides under the interpreter's name; unset values take
     the interpreter's ``attack_defaults``. ``interpreter_settings`` maps an interpreter's name
     to keyword arguments of its class (e.g. ``mask: {strategy: alt, iterations: 500}``), used
-    for benign maps, attacks and transfer alike. ``batch_size`` images form one unit of work (a
-    fixed chunk of the image list, so results do not depend on the number of processes).
+    for benign maps, attacks and transfer alike. ADV² skips an interpreter that is not
+    differentiable (:meth:`attacks_for`): it takes part in PGD, and in the transfer study as an
+    explainer only. ``batch_size`` images form one unit of work (a fixed chunk of the image
+    list, so results do not depend on the number of processes).
     ``device`` is where the classifier runs (``cuda``: under torchrun, each rank takes
     ``cuda:LOCAL_RANK``); it is part of the digest, since GPU kernels change MASK's maps.
     """
@@ -87,6 +89,21 @@ class ExperimentConfig:
     transfer: bool = True
     detection: DetectionSettings | None = None
     report: ReportSettings = field(default_factory=ReportSettings)
+
+    def attacks_for(self, interpreter: str) -> tuple[str, ...]:
+        """The configured attacks run against ``interpreter``: all of them, but ADV² for an
+        interpreter that is not differentiable."""
+        return tuple(a for a in self.attacks
+                     if a != "adv2" or resolve(interpreter).differentiable)
+
+    def adv2_interpreters(self) -> tuple[str, ...]:
+        """The interpreters ADV² attacks: the transfer study's sources (its rows)."""
+        return tuple(i for i in self.interpreters if "adv2" in self.attacks_for(i))
+
+    def adv2_skipped(self) -> tuple[str, ...]:
+        """The interpreters ADV² skips although it is configured: those not differentiable."""
+        return tuple(i for i in self.interpreters
+                     if "adv2" in self.attacks and i not in self.adv2_interpreters())
 
     def attack_config(self, interpreter: str, attack: str, seed: int) -> AttackConfig:
         """The pipeline's AttackConfig for one (interpreter, attack), defaults resolved."""
@@ -241,8 +258,19 @@ def _check(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"report.examples: must be ≥ 0, got {cfg.report.examples}")
     if cfg.transfer and "adv2" not in cfg.attacks:
         raise ConfigError("transfer: the transfer study needs the adv2 attack in 'attacks'")
+    if "adv2" in cfg.attacks and not cfg.adv2_interpreters():
+        try:  # ADV² would attack no interpreter: why the first one cannot be
+            require_differentiable(cfg.interpreters[0])
+        except ValueError as exc:
+            raise ConfigError(f"attacks.adv2 ({cfg.interpreters[0]}): {exc}; none of this "
+                              "experiment's interpreters is differentiable") from None
+    for i, name in enumerate(cfg.interpreters):
+        if not cfg.attacks_for(name):
+            raise ConfigError(f"interpreters[{i}]: {name} is not differentiable, so ADV² skips "
+                              "it: add pgd to attacks (its PGD records also hold the benign "
+                              "maps the transfer study compares with)")
     for interpreter in cfg.interpreters:
-        for attack in cfg.attacks:
+        for attack in cfg.attacks_for(interpreter):
             try:
                 build_attack(cfg.attack_config(interpreter, attack, cfg.seed), None, None)
             except (ValueError, TypeError) as exc:

@@ -3,9 +3,10 @@
 The benign images of ``detection.benign_images`` (minus the attacked images, so the sets are
 disjoint; the first ``benign_limit`` of the rest in sorted order) and every adversarial image
 are scored per image (records ``detection/benign/<image>`` and ``detection/<interpreter>/
-<attack>/<image>``); the report fits the thresholds on the benign scores
-(:meth:`FeatureSqueezingDetector.fit_scores`) and counts the flagged successful adversarial
-images.
+<attack>/<image>``, for the attacks each interpreter met:
+:meth:`~adv2.experiment.config.ExperimentConfig.attacks_for`); the report fits the thresholds
+on the benign scores (:meth:`FeatureSqueezingDetector.fit_scores`) and counts the flagged
+successful adversarial images.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def run(ctx: distributed.Context, cfg: ExperimentConfig, model: Classifier, stor
 
     units = chunks(data.attacked, cfg.batch_size)
     for interpreter in cfg.interpreters:
-        for attack in cfg.attacks:
+        for attack in cfg.attacks_for(interpreter):
             source = f"{interpreter}/{attack}"
             run_units(ctx, store, stage(interpreter, attack), units,
                       lambda u, s=source: adversarial(s, u), progress, data.digests)

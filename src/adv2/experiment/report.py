@@ -63,6 +63,13 @@ class Stats:
         return float(np.mean(self.iou_k)) if self.iou_k else None
 
 
+def _skipped(cfg: ExperimentConfig, consequence: str) -> str:
+    """A sentence naming the interpreters ADV² skips (not differentiable) and ``consequence``
+    for the table it ends; empty when it skips none."""
+    names = cfg.adv2_skipped()
+    return f" ADV² skips {', '.join(names)} (not differentiable){consequence}." if names else ""
+
+
 def _ok(records: dict[str, Record]) -> list[Record]:
     return [r for r in records.values() if r.error is None]
 
@@ -84,7 +91,7 @@ def interpreter_line(cfg: ExperimentConfig, store: Store, data: ImageSet, interp
                      seconds: float) -> str:
     """One line per finished interpreter: success, confidence, L1 and IoU of each attack."""
     parts = []
-    for attack in cfg.attacks:
+    for attack in cfg.attacks_for(interpreter):
         s = stats(store.records(f"{interpreter}/{attack}", data.attacked))
         if s.n:
             parts.append(f"{ATTACK_NAMES[attack]} success {s.success:.3f} conf "
@@ -92,7 +99,7 @@ def interpreter_line(cfg: ExperimentConfig, store: Store, data: ImageSet, interp
         else:
             parts.append(f"{ATTACK_NAMES[attack]} no finished image")
     errors = sum(stats(store.records(f"{interpreter}/{a}", data.attacked)).errors
-                 for a in cfg.attacks)
+                 for a in cfg.attacks_for(interpreter))
     return (f"{interpreter}: " + " | ".join(parts)
             + f" ({len(data.attacked)} images, {errors} errors, {seconds:.0f} s)")
 
@@ -110,7 +117,7 @@ def settings_table(cfg: ExperimentConfig) -> Table:
                   [""] * (3 + len(keys)),
                   note="PGD has no warm start, λ, step decay, map loss or early stop (–).")
     for interpreter in cfg.interpreters:
-        for attack in cfg.attacks:
+        for attack in cfg.attacks_for(interpreter):
             a = cfg.attack_config(interpreter, attack, cfg.seed)
             values = [getattr(a, k) for k in keys]
             if attack == "pgd":
@@ -132,10 +139,10 @@ def attacks_table(cfg: ExperimentConfig, store: Store, names: list[str]) -> tupl
                        "on the uint8 image; confidence = its softmax probability; L1 and IoU "
                        "compare the true interpreter's map of the adversarial image (target "
                        "class) with the target map at the interpreter's resolution; IoU of the "
-                       "top-k% cells for each k and their mean.")
+                       "top-k% cells for each k and their mean." + _skipped(cfg, ""))
     summary: dict = {}
     for interpreter in cfg.interpreters:
-        for attack in cfg.attacks:
+        for attack in cfg.attacks_for(interpreter):
             s = stats(store.records(f"{interpreter}/{attack}", names))
             table.rows.append([interpreter, ATTACK_NAMES[attack], s.n, s.success, s.confidence,
                                s.l1, *(s.iou_k or [None] * len(KS)), s.iou, s.passes, s.errors])
@@ -152,13 +159,14 @@ def transfer_tables(cfg: ExperimentConfig, store: Store,
     columns = ["ADV² against ↓ / explained by →", *cfg.interpreters]
     note = ("Each row's ADV² images, explained by each column's interpreter for the target class "
             "and compared with that interpreter's benign maps; the diagonal is the attack's own "
-            "result. Means over the attacked images.")
+            "result. Means over the attacked images."
+            + _skipped(cfg, ": no row, only a column"))
     l1 = Table("transfer_l1", "Transferability: L1 to the benign maps", columns,
                ["", *[".4f"] * len(cfg.interpreters)], note=note)
     iou = Table("transfer_iou", "Transferability: IoU (mean over k) to the benign maps", columns,
                 ["", *[".3f"] * len(cfg.interpreters)], note=note)
     summary: dict = {}
-    for source in cfg.interpreters:
+    for source in cfg.adv2_interpreters():
         row_l1, row_iou = [source], [source]
         for target in cfg.interpreters:
             ok = _ok(store.records(transfer.stage(source, target), names))
@@ -192,7 +200,7 @@ def detection_table(cfg: ExperimentConfig, store: Store, data: ImageSet) -> tupl
             rates.append(cross_validated_flags(joint, cfg.detection.fpr, folds, cfg.seed)
                          .float().mean(dim=0).tolist())
         for interpreter in cfg.interpreters:
-            for attack in cfg.attacks:
+            for attack in cfg.attacks_for(interpreter):
                 ok = [r for r in _ok(store.records(detection.stage(interpreter, attack),
                                                    data.attacked)) if r.meta["success"]]
                 columns.append(f"{ATTACK_NAMES[attack]} {interpreter} (n={len(ok)})")
@@ -230,11 +238,12 @@ def errors_table(cfg: ExperimentConfig, store: Store, data: ImageSet) -> Table:
         table.rows.append(["load", item[0], item[1]])
     for name, why in data.skipped.items():
         table.rows.append(["targets", name, why])
-    stages = [f"{i}/{a}" for i in cfg.interpreters for a in cfg.attacks]
+    stages = [f"{i}/{a}" for i in cfg.interpreters for a in cfg.attacks_for(i)]
     if cfg.transfer:
-        stages += [transfer.stage(s, t) for s in cfg.interpreters for t in cfg.interpreters]
+        stages += [transfer.stage(s, t) for s in cfg.adv2_interpreters()
+                   for t in cfg.interpreters]
     if cfg.detection is not None:
-        stages += [detection.stage(i, a) for i in cfg.interpreters for a in cfg.attacks]
+        stages += [detection.stage(i, a) for i in cfg.interpreters for a in cfg.attacks_for(i)]
     for stage in stages:
         for name, record in store.records(stage, data.attacked).items():
             if record.error is not None:
@@ -255,7 +264,7 @@ def results_csv(cfg: ExperimentConfig, store: Store, data: ImageSet) -> str:
                      "success", "l1", *[f"iou@{k:g}" for k in KS], "iou", "passes", "linf",
                      "error"])
     for interpreter in cfg.interpreters:
-        for attack in cfg.attacks:
+        for attack in cfg.attacks_for(interpreter):
             for name, r in store.records(f"{interpreter}/{attack}", data.attacked).items():
                 if r.error is not None:
                     writer.writerow([interpreter, attack, name, *[""] * (9 + len(KS)), r.error])
@@ -278,7 +287,7 @@ def iou_figure(path: Path, cfg: ExperimentConfig, summary: dict) -> None:
     fig, axes = plt.subplots(1, len(cfg.interpreters), figsize=(3.2 * len(cfg.interpreters), 3),
                              squeeze=False)
     for ax, interpreter in zip(axes[0], cfg.interpreters):
-        for attack in cfg.attacks:
+        for attack in cfg.attacks_for(interpreter):
             per_k = summary[interpreter][attack]["iou_per_k"]
             if per_k:
                 ax.plot([100 * k for k in KS], list(per_k.values()), marker="o",
@@ -296,7 +305,8 @@ def l1_figure(path: Path, cfg: ExperimentConfig, summary: dict) -> None:
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(cfg.interpreters), 3))
     width = 0.8 / len(cfg.attacks)
     for j, attack in enumerate(cfg.attacks):
-        values = [summary[i][attack]["l1_mean"] or 0.0 for i in cfg.interpreters]
+        values = [(summary[i][attack]["l1_mean"] or 0.0) if attack in summary[i]
+                  else np.nan for i in cfg.interpreters]  # no bar where ADV² skips one
         ax.bar(np.arange(len(cfg.interpreters)) + j * width, values, width,
                label=ATTACK_NAMES[attack])
     ax.set_xticks(np.arange(len(cfg.interpreters)) + width * (len(cfg.attacks) - 1) / 2,
@@ -314,7 +324,8 @@ def example_names(cfg: ExperimentConfig, store: Store, data: ImageSet) -> list[s
     for name in data.attacked:
         if len(out) == cfg.report.examples:
             break
-        records = [store.load(f"{i}/{a}", name) for i in cfg.interpreters for a in cfg.attacks]
+        records = [store.load(f"{i}/{a}", name) for i in cfg.interpreters
+                   for a in cfg.attacks_for(i)]
         if all(r is not None and r.error is None for r in records):
             out.append(name)
     return out
@@ -327,9 +338,10 @@ def examples_figure(path: Path, cfg: ExperimentConfig, store: Store, data: Image
     for name in names:
         row = [(name[:24], data.images[data.index([name])[0]])]
         for interpreter in cfg.interpreters:
-            first = store.load(f"{interpreter}/{next(iter(cfg.attacks))}", name)
+            attacks = cfg.attacks_for(interpreter)
+            first = store.load(f"{interpreter}/{attacks[0]}", name)
             row.append((f"{label(interpreter)} benign", first.arrays["benign"]))
-            for attack in cfg.attacks:
+            for attack in attacks:
                 rec = store.load(f"{interpreter}/{attack}", name)
                 row.append((f"{label(interpreter)} {ATTACK_NAMES[attack]}", rec.arrays["map"]))
         rows.append(row)

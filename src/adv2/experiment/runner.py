@@ -47,7 +47,7 @@ def resolved_settings(cfg: ExperimentConfig, interpreters: dict[str, Interpreter
     attack (:meth:`adv2.pipeline.AttackConfig.recorded`, as ``adv2 attack`` records them), as
     the JSON values ``experiment.json`` holds."""
     out = {name: {attack: cfg.attack_config(name, attack, cfg.seed).recorded(interpreter)
-                  for attack in cfg.attacks}
+                  for attack in cfg.attacks_for(name)}
            for name, interpreter in interpreters.items()}
     return json.loads(to_json(out))
 
@@ -112,7 +112,9 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
         stage_seconds: dict[str, float] = {}
         for name, interpreter in interpreters.items():
             t0 = time.time()
-            for attack in cfg.attacks:
+            if ctx.main and name in cfg.adv2_skipped():
+                log.info("%s: ADV² skipped: the interpreter is not differentiable", name)
+            for attack in cfg.attacks_for(name):
                 run_units(ctx, store, f"{name}/{attack}", units,
                           lambda u, a=attack, i=interpreter: attack_unit(cfg, model, i, a, data, u),
                           progress, data.digests)

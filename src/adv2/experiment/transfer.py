@@ -1,8 +1,11 @@
 """The transfer study: ADV² images made against one interpreter, explained by every interpreter.
 
-For a source interpreter A and a target interpreter B, the map B gives the ADV² image made
-against A (for the target class) is compared with B's benign map of the clean image (L1 and
-top-k IoU, as in the attack tables). The diagonal (A = B) is the attack's own result.
+For a source interpreter A (one ADV² attacks: :meth:`ExperimentConfig.adv2_interpreters`) and a
+target interpreter B (any, differentiable or not), the map B gives the ADV² image made against A
+(for the target class) is compared with B's benign map of the clean image (L1 and top-k IoU, as
+in the attack tables). A stochastic B explains with the judge's seeds of its attack records
+(:func:`~adv2.target_classes.interpreter_seeds`), the draws of its stored benign maps, so the
+diagonal (A = B) is the attack's own result.
 """
 
 from __future__ import annotations
@@ -11,26 +14,36 @@ import numpy as np
 import torch
 
 from adv2 import metrics
-from adv2.data import to_tensor
+from adv2.attacks.criteria import TargetPredicted
+from adv2.data import sample_key, to_tensor
 from adv2.experiment import distributed
 from adv2.experiment.config import ExperimentConfig
 from adv2.experiment.images import ImageSet
 from adv2.records import Output, Store, chunks, run_units
 from adv2.interpreters import Interpreter
+from adv2.target_classes import interpreter_seeds
 
 
 def stage(source: str, target: str) -> str:
     return f"transfer/{source}-to-{target}"
 
 
-def transfer_unit(store: Store, source: str, interpreter: Interpreter,
-                  names: list[str]) -> list[Output]:
-    """Explain the source's ADV² images of ``names`` with ``interpreter``; compare with its
-    benign maps. Raises when a source or benign record is missing or failed."""
+def benign_stage(cfg: ExperimentConfig, interpreter: str) -> str:
+    """The attack stage whose records hold ``interpreter``'s benign maps: its ADV² records,
+    or its PGD records where ADV² skips it (every attack records the same benign maps)."""
+    return f"{interpreter}/{'adv2' if 'adv2' in cfg.attacks_for(interpreter) else 'pgd'}"
+
+
+def transfer_unit(store: Store, source: str, interpreter: Interpreter, reference: str,
+                  seed: int, names: list[str]) -> list[Output]:
+    """Explain the source's ADV² images of ``names`` with ``interpreter`` (on its model's
+    device, seeded with the judge's seeds of the experiment ``seed``); compare with its benign
+    maps, from the records of the stage ``reference``. Raises when a source or benign record
+    is missing or failed."""
     adv, benign, tgts = [], [], []
     for name in names:
         src = store.load(f"{source}/adv2", name)
-        ref = store.load(f"{interpreter.name}/adv2", name)
+        ref = store.load(reference, name)
         for what, record in (("source ADV² image", src), ("benign map", ref)):
             if record is None or record.error is not None:
                 raise RuntimeError(f"no {what} for {name}: "
@@ -38,13 +51,16 @@ def transfer_unit(store: Store, source: str, interpreter: Interpreter,
         adv.append(src.arrays["adv"])
         benign.append(ref.arrays["benign"])
         tgts.append(src.meta["target"])
-    targets = torch.tensor(tgts)
+    device = interpreter.model.device
+    x, targets = to_tensor(np.stack(adv)).to(device), torch.tensor(tgts, device=device)
+    interpreter.use_seeds(interpreter_seeds(seed, [sample_key(n) for n in names], judge=True))
     with torch.no_grad():  # GRAD enables the gradient it needs inside explain
-        logits, maps = interpreter.explain(to_tensor(np.stack(adv)), targets)
+        logits, maps = interpreter.explain(x, targets)
+    success = TargetPredicted()(x, logits, targets, torch.arange(len(x), device=device)).cpu()
+    maps = maps.cpu()
     benign_maps = torch.from_numpy(np.stack(benign)).unsqueeze(1)
     l1 = metrics.l1(maps, benign_maps)
     iou = metrics.iou(maps, benign_maps)
-    success = metrics.success(logits, targets)
     return [({"map": maps[j, 0].numpy()},
              {"l1": float(l1[j]), "iou": iou[j].tolist(), "success": bool(success[j])})
             for j in range(len(names))]
@@ -52,10 +68,12 @@ def transfer_unit(store: Store, source: str, interpreter: Interpreter,
 
 def run(ctx: distributed.Context, cfg: ExperimentConfig, interpreters: dict[str, Interpreter],
         store: Store, data: ImageSet, progress: bool) -> None:
-    """Every (source, target) pair of the configured interpreters, on every attacked image."""
+    """Every (source, target) pair, on every attacked image: the sources are the interpreters
+    ADV² attacks, the targets all of them."""
     units = chunks(data.attacked, cfg.batch_size)
     for target, interpreter in interpreters.items():
-        for source in interpreters:
+        reference = benign_stage(cfg, target)
+        for source in cfg.adv2_interpreters():
             run_units(ctx, store, stage(source, target), units,
-                      lambda u, s=source, i=interpreter: transfer_unit(store, s, i, u),
-                      progress, data.digests)
+                      lambda u, s=source, i=interpreter, r=reference:
+                      transfer_unit(store, s, i, r, cfg.seed, u), progress, data.digests)

@@ -94,14 +94,17 @@ def label(name: str) -> str:
     return name.upper() if name in builtins() else name.rpartition(":")[2]
 
 
-def require_differentiable(name: str) -> None:
+def require_differentiable(interpreter: str | Interpreter) -> None:
     """Refuse (ValueError) an interpreter whose maps are not differentiable: ADV² needs the
-    gradient of the map. The message names the built-in to attack instead where there is
-    one (:data:`~adv2.interpreters.captum_adapter.EQUIVALENTS`)."""
-    if resolve(name).differentiable:
+    gradient of the map. ``interpreter``: its name (resolved) or the interpreter itself. The
+    message names the built-in to attack instead where there is one
+    (:data:`~adv2.interpreters.captum_adapter.EQUIVALENTS`)."""
+    named = isinstance(interpreter, str)
+    if (resolve(interpreter) if named else interpreter).differentiable:
         return
     from adv2.interpreters.captum_adapter import EQUIVALENTS
 
+    name = interpreter if named else interpreter.name
     module_name, _, attribute = name.partition(":")
     equivalent = EQUIVALENTS.get(attribute) if module_name == "captum" else None
     hint = (f"the built-in equivalent is `{equivalent}`" if equivalent else
