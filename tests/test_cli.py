@@ -210,3 +210,12 @@ def test_mask_strategy_and_interpreter_settings(tmp_path, monkeypatch, caplog) -
     cam = [a if a != "mask" else "cam" for a in common]
     assert cli.main([*cam, "--out", str(tmp_path / "o4")]) == 2
     assert "--mask-strategy applies to --interpreter mask" in caplog.text
+
+
+def test_interpreter_settings_read_booleans_and_none_in_any_case() -> None:
+    parse_setting = cli.parse_setting
+    assert parse_setting("attack_exact=False") == ("attack_exact", False)
+    assert parse_setting("relu=true") == ("relu", True)
+    assert parse_setting("internal_batch_size=None") == ("internal_batch_size", None)
+    assert parse_setting("steps=50") == ("steps", 50)
+    assert parse_setting("layer=body.inner.blocks.4") == ("layer", "body.inner.blocks.4")

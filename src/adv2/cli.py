@@ -147,11 +147,14 @@ def interpreter_name(text: str) -> str:
 
 
 def parse_setting(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` with VALUE a JSON literal (number, true/false, "string") or a bare
-    string."""
+    """``KEY=VALUE`` with VALUE a JSON literal (number, true/false, null, "string"), a boolean
+    or none in any case (``False``, ``None``), or a bare string."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ValueError(f"--interpreter-setting {text!r}: expected KEY=VALUE")
+    words = {"true": True, "false": False, "none": None, "null": None}
+    if value.lower() in words:
+        return key, words[value.lower()]
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:
