@@ -66,15 +66,15 @@ class IG(SampledGradients):
     """
 
     name = "ig"
-    attack_defaults = {"steps": 120, "warm_steps": 30, "optimizer": "adam", "lr": 0.004,
-                       "lr_decay": 0.05, "lam": "20", "pred_loss": "cw", "map_loss": "mse",
+    attack_defaults = {"steps": 200, "warm_steps": 30, "optimizer": "adam", "lr": 0.004,
+                       "lr_decay": 0.05, "lam": "50", "pred_loss": "cw", "map_loss": "mse",
                        "patience": 0, "step_search": False}
 
     def __init__(self, model: Classifier, steps: int = 50, method: str = "riemann_middle",
                  baseline: str = "black", blur_sigma: float = 5.0, attack_steps: int = 3,
                  seed: int = 0, pool: int = 4,
                  internal_batch_size: int | None = 8, beta_start: float = 10.0,
-                 beta_end: float = 60.0, verify_every: int = 20, attack_exact: bool = False,
+                 beta_end: float = 60.0, verify_every: int = 25, attack_exact: bool = False,
                  estimator: str = "mean") -> None:
         super().__init__(model, pool, internal_batch_size, beta_start, beta_end, verify_every,
                          attack_exact, estimator)
