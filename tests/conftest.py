@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adv2.data import to_tensor
 from adv2.models import Classifier, PoolLinear
 
 # The machine that runs the suite is small and shared: one intra-op thread keeps timings stable
@@ -70,6 +71,19 @@ def tiny_model() -> Classifier:
 @pytest.fixture
 def images() -> np.ndarray:
     return make_images(6, seed=0)
+
+
+@pytest.fixture
+def x(images: np.ndarray) -> torch.Tensor:
+    """The ``images`` as float N×3×H×W in [0,1]."""
+    return to_tensor(images)
+
+
+@pytest.fixture
+def classes(tiny_model: Classifier, x: torch.Tensor) -> torch.Tensor:
+    """The tiny model's predictions for ``x``."""
+    with torch.no_grad():
+        return tiny_model(x).argmax(dim=1)
 
 
 @pytest.fixture(scope="session")

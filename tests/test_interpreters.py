@@ -13,16 +13,6 @@ from adv2.interpreters import CAM, GRAD, SmoothReLU, build_interpreter, minmax
 from adv2.models import Classifier, ModelError, smooth_copy
 
 
-@pytest.fixture
-def x(images) -> torch.Tensor:
-    return to_tensor(images)
-
-
-@pytest.fixture
-def classes(tiny_model, x) -> torch.Tensor:
-    with torch.no_grad():
-        return tiny_model(x).argmax(dim=1)
-
 
 # ------------------------------------------------------------------------------------ minmax
 

@@ -26,16 +26,6 @@ from conftest import IMAGENET_SAMPLE, N_CLASSES, make_images, make_tiny_model
 TOL = 1e-5
 
 
-@pytest.fixture
-def x(images) -> torch.Tensor:
-    return to_tensor(images)
-
-
-@pytest.fixture
-def classes(tiny_model, x) -> torch.Tensor:
-    with torch.no_grad():
-        return tiny_model(x).argmax(dim=1)
-
 
 @pytest.fixture(scope="module")
 def resnet(tmp_path_factory) -> tuple[Classifier, torch.Tensor, torch.Tensor]:

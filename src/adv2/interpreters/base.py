@@ -83,8 +83,8 @@ class Interpreter(ABC):
             >>> smoothgrad.use_seeds([11, 12])   # doctest: +SKIP
             >>> maps = smoothgrad(x[:2], classes[:2])
         """
-        self.seeds = None if seeds is None else torch.tensor(list(seeds), dtype=torch.int64,
-                                                            device="cpu")  # read on the host
+        # read on the host
+        self.seeds = None if seeds is None else torch.tensor(list(seeds), device="cpu")
 
     def image_seeds(self, n: int, rows: torch.Tensor | None = None) -> list[int]:
         """The seeds of ``n`` images: the seeded batch's (its ``rows`` when given), else the

@@ -100,8 +100,9 @@ class IG(SampledGradients):
         if self.baseline == "blur":
             radius = max(1, math.ceil(3 * self.blur_sigma))
             return gaussian_blur(x, [2 * radius + 1] * 2, [self.blur_sigma] * 2)
-        return torch.stack([torch.rand(x.shape[1:], generator=torch.Generator().manual_seed(s),
-                                       device="cpu") for s in seeds]).to(x)
+        draws = [torch.rand(x.shape[1:], device="cpu", generator=torch.Generator().manual_seed(s))
+                 for s in seeds]  # on the host: the same on every device
+        return torch.stack(draws).to(x)
 
     def points(self, x: torch.Tensor, seeds: list[int], lo: int, hi: int) -> torch.Tensor:
         b = self.baselines(x, seeds)

@@ -12,8 +12,8 @@ from adv2.models import Classifier
 def gaussian_noise(seed: int, n: int, shape: tuple[int, ...], sigma: float) -> torch.Tensor:
     """n draws of N(0, σ²) noise of ``shape`` from ``seed`` (on the host: the same on every
     device)."""
-    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed),
-                       device="cpu") * sigma
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn((n, *shape), device="cpu", generator=gen) * sigma
 
 
 class SmoothGrad(SampledGradients):
