@@ -10,9 +10,9 @@ the fast and the generic surrogate, double-backprop HVPs) in forward + backward 
 1 and the attack's batch.
 
     python benchmarks/attack_benchmark.py --interpreters cam:20 --supports full edges \
-        --out docs/benchmark.md
+        --out docs/benchmarks/cam.md
     python benchmarks/attack_benchmark.py --interpreters grad:8 --supports full edges \
-        --out docs/benchmark-grad.md
+        --out docs/benchmarks/grad.md
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def grad_unit_costs(model, x: torch.Tensor, t: torch.Tensor, target_maps: torch.
             ("GRAD explain (true saliency)", lambda xb, tb, mb: fast.explain(xb, tb)),
             ("GRAD attack step, fast surrogate" + ("" if fast.fast else " (fell back: generic)"),
              lambda xb, tb, mb: attack_step(fast, xb, tb, mb)),
-            ("GRAD attack step, generic SmoothReLU surrogate (before)",
+            ("GRAD attack step, generic SmoothReLU surrogate",
              lambda xb, tb, mb: attack_step(generic, xb, tb, mb)),
             ("HVP (double backprop), true model", lambda xb, tb, mb: hvp(model, xb, tb))]
     if fast.fast is not None:

@@ -13,7 +13,8 @@ algorithm for bit depth, the hinge + cross entropy for smoothing) — and A*(all
 ADV² against every squeezer of the detector at once (NLM through BPDA). Prints Markdown (and
 writes it with --out):
 
-    python benchmarks/detection_report.py --interpreters cam:20 --out docs/detection.md
+    python benchmarks/detection_report.py --interpreters cam:20 \
+        --out docs/benchmarks/detection-cam.md
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ classifies correctly, with m the RTS map of the true class y, bilinearly upsampl
 The baseline is a centred square of the same area (hard 0/1). A good mask keeps more of the class
 probability and removes more of it than the box. Prints Markdown (and writes it with --out):
 
-    python benchmarks/rts_quality.py --out docs/rts.md
+    python benchmarks/rts_quality.py --out docs/benchmarks/rts-quality.md
 """
 
 from __future__ import annotations

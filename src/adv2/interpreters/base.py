@@ -41,7 +41,7 @@ class Interpreter(ABC):
 
     name: str = "interpreter"
     #: ADV²'s settings for this interpreter (:class:`~adv2.attacks.settings.AttackSettings`
-    #: keys), measured in the benchmarks (these: on CAM, docs/benchmark.md);
+    #: keys), measured in the benchmarks (these: on CAM, docs/benchmarks/cam.md);
     #: ``ADV2.for_interpreter`` and the CLI both use them
     attack_defaults: ClassVar[dict[str, Any]] = {
         "steps": 110, "warm_steps": 50, "optimizer": "adam", "lr": 2 / 255, "lr_decay": 1.0,

@@ -28,14 +28,11 @@ class CAM(Interpreter):
     """
 
     name = "cam"
-    # ADV²: the interface's defaults, measured on CAM (docs/benchmark.md); adaptive λ × 16
-    # keeps the IoU within 0.03 of basic ADV² (docs/detection.md)
+    # ADV²: the interface's defaults. Adaptive ADV² needs λ × 16 to keep the map while it
+    # evades the detector.
     adaptive_lam_scale = 16.0
-    # AdvEdge's edge support (about a third of the pixels) left 110 steps at λ 5→10 at IoU
-    # 0.80 (full support 0.995); a longer warm start (small supports need it to reach the
-    # target), 400 steps without early stop and λ 20→40 reach 0.90, and four reruns of a
-    # per-image λ search more (tuning images 0.937 → 0.964 with two, 0.978 with four;
-    # docs/benchmark.md)
+    # a support leaves fewer pixels to move: a longer warm start (small supports need it to
+    # reach the target), more steps without early stop, a larger λ and a per-image λ search
     support_attack_defaults = {"steps": 400, "warm_steps": 150, "patience": 0, "lam": "20:40",
                                "lam_search": 4}
 

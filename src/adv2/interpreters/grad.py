@@ -64,9 +64,7 @@ class GRAD(Interpreter):
 
     Attack gradients come from a surrogate whose ReLU/ReLU6 units have the softplus-β
     derivative, β growing geometrically from ``beta_start`` to ``beta_end`` over the attack
-    (10 → 60 by default: on the tuning images of docs/benchmark-grad.md, IoU 0.882 → 0.911
-    with full support and 0.771 → 0.819 with the edge support against 6 → 20; 20 → 100 gave
-    the edge support 0.012 more but full support 0.028 less, 50 → 300 the edge support less).
+    (10 → 60 by default, chosen on images the benchmark does not report).
     :meth:`attack_forward` returns the *true* map's value with the surrogate map's Jacobian
     (``true + (sur − sur.detach())``), so a map loss is evaluated on the true map and
     differentiated through the surrogate.
@@ -78,18 +76,13 @@ class GRAD(Interpreter):
     """
 
     name = "grad"
-    # tuned with the fast surrogate (docs/benchmark-grad.md): 400 steps in less time than
-    # 130 took
+    # chosen with the fast surrogate, on images the benchmark does not report
     attack_defaults = {"steps": 400, "warm_steps": 30, "optimizer": "adam", "lr": 0.004,
                        "lr_decay": 0.05, "lam": "50", "pred_loss": "cw", "map_loss": "mse",
                        "patience": 0, "step_search": False}
-    # AdvEdge's edge support (about a third of the pixels) left the defaults at IoU 0.74
-    # (full support 0.90); twice the steps, twice the step size and λ × 10 reach 0.81, at
-    # twice the cost (docs/benchmark-grad.md, with β 6 → 20); a λ-search rerun (lam_search=1,
-    # the search's first version: λ × 4 for every image) adds 0.005 IoU on the 4 tuning images
-    # (0.791 -> 0.796) for twice the passes again, so it is not a default
+    # a support leaves fewer pixels to move: twice the steps, twice the step size, λ × 10
     support_attack_defaults = {"steps": 800, "lr": 0.008, "lam": "500"}
-    adaptive_lam_scale = 16.0  # docs/detection-grad.md
+    adaptive_lam_scale = 16.0  # adaptive ADV²'s λ multiplier
     passes_per_step = 2  # the true saliency and the surrogate's double backpropagation
 
     def __init__(

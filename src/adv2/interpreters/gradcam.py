@@ -66,8 +66,7 @@ class GradCAM(Interpreter):
     """
 
     name = "gradcam"
-    # measured at lite0's 14×14 stage on images the benchmark does not report
-    # (docs/benchmark-interpreters.md)
+    # chosen at lite0's 14×14 stage on images the benchmark does not report
     attack_defaults = {"steps": 130, "warm_steps": 30, "optimizer": "adam", "lr": 0.004,
                        "lr_decay": 0.05, "lam": "100", "pred_loss": "cw", "map_loss": "mse",
                        "patience": 0, "step_search": False}

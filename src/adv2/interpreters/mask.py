@@ -100,7 +100,7 @@ class MASK(Interpreter):
     attack_defaults = {"steps": 100, "warm_steps": 50, "optimizer": "adam", "lr": 1 / 255,
                        "lr_decay": 1.0, "lam": "5:10", "pred_loss": "ce", "map_loss": "mse",
                        "patience": 20, "step_search": True}
-    # IoU 0.501 against ADV²'s 0.454, none of 20 flagged (docs/detection-mask.md)
+    # adaptive ADV²'s λ multiplier
     adaptive_lam_scale = 8.0
     attack_strategies = STRATEGIES
 

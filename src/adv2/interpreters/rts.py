@@ -11,7 +11,8 @@ from adv2.interpreters.base import Interpreter
 from adv2.models import Classifier, ModelError
 from adv2.rts import SaliencyNet, load
 
-#: the default checkpoint shipped with adv2, by model name (docs/rts.md says how each was made)
+#: the default checkpoint shipped with adv2, by model name (docs/benchmarks/rts-quality.md
+#: says how each was made)
 SHIPPED = {"efficientnet_lite0": "rts_efficientnet_lite0.pt"}
 #: every shipped checkpoint, which ``checkpoint`` may name without a folder: the default, and the
 #: shared design (the classifier as the encoder, its head the selector) kept for comparison
@@ -51,8 +52,8 @@ class RTS(Interpreter):
     The map is sigmoid(z / ``temperature``) for the trained mask sigmoid(z): the same order of
     cells and the same region above 1/2, but the trained mask's logits reach ±100, so in float32
     about 40% of its cells are exactly 0 or 1, which makes top-k% sets (IoU) arbitrary and
-    passes attacks no gradient. 5 keeps the cells distinct (docs/rts.md measures the mask
-    quality with it).
+    passes attacks no gradient. 5 keeps the cells distinct (docs/benchmarks/rts-quality.md
+    measures the mask quality with it).
 
     Arguments:
         model: the explained classifier.
@@ -75,24 +76,15 @@ class RTS(Interpreter):
     name = "rts"
     # RTS maps are sigmoids with most cells near 0 or 1: the logit MSE keeps their order (IoU).
     # A joint step costs two passes (classifier and encoder): 20 + 2 × 90 ≤ 200 passes per image.
-    # On 8 unseen images (docs/benchmark-rts.md's first 8), the step decaying to 0.2 of lr over
-    # the joint stage raised IoU from 0.918 to 0.933 and lowered L1 from 0.0169 to 0.0132
-    # (benchmarks/support_tuning.py rts lr_decay=0.2 --offset 0 --n 8 --support full); on the
-    # 8 pool images after the benchmark's 20 (--offset 20), λ 1→32 instead of 2→4 raised IoU
-    # from 0.938 to 0.952 (L1 0.0105 → 0.0085), success 8/8 (docs/benchmark-rts.md)
+    # The step decays to 0.2 of lr over the joint stage; λ grows 1 → 32 (chosen on images the
+    # benchmark does not report).
     attack_defaults = {"steps": 90, "warm_steps": 20, "optimizer": "adam", "lr": 2 / 255,
                        "lr_decay": 0.2, "lam": "1:32", "pred_loss": "ce", "map_loss": "logit",
                        "patience": 30, "step_search": False}
-    # with a support (AdvEdge's edges) on the 8 pool images after the benchmark's 20: success
-    # 6/8 → 7/8, IoU 0.873 → 0.903 (support_tuning.py rts warm_steps=150 steps=150 --offset 20
-    # --n 8 --support edges); a warm start of up to 400 steps (it stops at p ≥ 0.5) makes it
-    # 8/8 at 342.8 passes (warm_steps=400); a λ search does not move IoU (0.903 → 0.903 with
-    # lam_search=1, 555.5 passes; docs/benchmark-rts.md); a joint stage without early stop of
-    # 300 steps gives 0.913 (672.8 passes), of 600 steps 0.919 (1272.8 passes; steps=600
-    # patience=0); the 200-pass budget is full support's
+    # a support leaves fewer pixels to move: a warm start of up to 400 steps (it stops once the
+    # target wins) and a 600-step joint stage without early stop
     support_attack_defaults = {"warm_steps": 400, "steps": 600, "patience": 0}
-    # adaptive ADV² ends at λ 16, where × 4 on λ 2→4 was measured (× 16, λ 32→64, fell to IoU
-    # 0.779 with 20% detected: the report at commit 30ca4c8)
+    # adaptive ADV² runs at λ × 0.5 (16 at the end): a larger λ leaves more images detected
     adaptive_lam_scale = 0.5
 
     def __init__(self, model: Classifier, checkpoint: str | Path | None = None,

@@ -1,0 +1,61 @@
+"""The documentation agrees with what generates it: the README's results table with the
+benchmark pages, the command pages with the argparse parser, the README's links with files."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import mkdocs_hooks  # noqa: E402
+import results_table  # noqa: E402
+
+
+def test_readme_results_table_matches_the_benchmark_pages() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert results_table.with_table(readme, results_table.results_table()) == readme
+
+
+def test_results_table_reads_a_page_row() -> None:
+    page = ("Command: `python benchmarks/attack_benchmark.py --interpreters x:2 "
+            "--interpreter-setting layer=a.b`\n\n"
+            "| interpreter | attack | n | success | IoU mean | passes / image |\n"
+            "|---|---|---|---|---|---|\n"
+            "| x | floor (±1/255 noise) | 2 | | 0.700 | |\n"
+            "| x | PGD | 2 | 1.000 | 0.300 | 101.0 |\n"
+            "| x | ADV² | 2 | 0.500 | 0.800 | 250.0 |\n\n"
+            "| interpreter | ADV² step / PGD step |\n|---|---|\n| x | 2.50 |\n")
+    assert results_table.page_row("x", page) == (
+        "| [x (layer=a.b)](docs/benchmarks/x.md) | 2 | 0.700 | 0.300 | 0.800 | 0.500 | "
+        "250.0 | 2.50 |")
+    with pytest.raises(ValueError, match="lacks"):
+        results_table.page_row("x", page.replace("| x | PGD |", "| y | PGD |"))
+
+
+def test_command_pages_list_every_option_of_the_parser() -> None:
+    parser = mkdocs_hooks.build_parser()
+    for path in (["attack"], ["run"], ["detect", "fit"], ["detect", "score"], ["train-rts"],
+                 ["demo"]):
+        sub = mkdocs_hooks.subcommand(parser, path)
+        table = mkdocs_hooks.options_table(sub)
+        for action in sub._actions:
+            for flag in action.option_strings:
+                if flag not in ("-h", "--help"):
+                    assert flag in table, (path, flag)
+    page = mkdocs_hooks.on_page_markdown("x\n<!-- adv2-cli: detect fit -->\n")
+    assert "--fpr" in page and "<!--" not in page
+    with pytest.raises(KeyError, match="no command"):
+        mkdocs_hooks.on_page_markdown("<!-- adv2-cli: attak -->")
+
+
+def test_readme_is_short_and_its_links_exist() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 160
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme):
+        if not target.startswith("http"):
+            assert (ROOT / target).exists(), target
