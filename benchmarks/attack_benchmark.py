@@ -321,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(unit_costs), flush=True)
 
     report = [
+        f"# PGD vs ADV²: {', '.join(name for name, _ in plan)}",
+        "",
         f"Command: `python benchmarks/attack_benchmark.py --interpreters "
         f"{' '.join(args.interpreters)} --seed {args.seed} --batch-size {args.batch_size}"
         + (f" --mask-strategies {' '.join(args.mask_strategies)}"

@@ -42,8 +42,6 @@ def options_table(parser: argparse.ArgumentParser) -> str:
         if action.nargs != 0 and action.option_strings:
             flags += " " + formatter._format_args(action, action.dest.upper())
         text = formatter._expand_help(action) if action.help else ""
-        if action.required and action.option_strings:
-            text = "required. " + text
         rows.append(f"| {_cell(flags, code=True)} | {_cell(text)} |")
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     for sub in subs:
