@@ -717,3 +717,16 @@ def test_descent_lam_scale_is_a_per_image_lambda(setup) -> None:
     assert plain.found[0] and not torch.equal(plain.x[0], scaled.x[0])
     # the start is judged first: it was not bettered only where the distance stayed the start's
     assert plain.improved.dtype == torch.bool and plain.improved.any()
+
+
+def test_attack_defaults_with_an_unknown_key_are_an_error_naming_it() -> None:
+    from adv2.attacks import AttackSettings
+
+    class Misspelt(CAM):
+        name = "misspelt"
+        attack_defaults = {**CAM.attack_defaults, "warmsteps": 10}
+
+    with pytest.raises(ValueError, match="'misspelt'.*warmsteps"):
+        AttackSettings(attack="adv2").resolved(Misspelt)
+    assert AttackSettings(attack="adv2").resolved(CAM).warm_steps == CAM.attack_defaults[
+        "warm_steps"]

@@ -86,10 +86,17 @@ class AttackSettings:
                 **(ADAPTIVE_DEFAULTS if adaptive else {})}
 
     def resolved(self, interpreter: type[Interpreter] | Interpreter, adaptive: bool = False):
-        """A copy with every ``None`` setting filled from :meth:`defaults`."""
+        """A copy with every ``None`` setting filled from :meth:`defaults`; a default whose key
+        is not a setting is a ValueError naming the interpreter and the key."""
         names = {f.name for f in fields(AttackSettings)}
-        filled = {k: v for k, v in self.defaults(interpreter, adaptive).items()
-                  if k in names and getattr(self, k) is None}
+        defaults = self.defaults(interpreter, adaptive)
+        unknown = sorted(set(defaults) - names)
+        if unknown:
+            owner = getattr(interpreter, "name", None) or getattr(interpreter, "__name__", "")
+            raise ValueError(f"interpreter {owner!r}: unknown attack setting(s) "
+                             f"{', '.join(unknown)} in its attack defaults; the settings are "
+                             f"{', '.join(sorted(names - {'attack', 'support'}))}")
+        filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         return replace(self, **filled)
 
     def build(self, model: Classifier, interpreter: Interpreter | None) -> PGD | ADV2:

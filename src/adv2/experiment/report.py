@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from adv2 import metrics
+from adv2.attacks import DISPLAY_NAMES
 from adv2.detection import FeatureSqueezingDetector, cross_validated_flags
 from adv2.experiment import detection, transfer
 from adv2.experiment.config import ExperimentConfig
@@ -42,7 +43,6 @@ from adv2.experiment.tables import Table
 from adv2.figures import panel_grid
 from adv2.interpreters.plugins import label
 
-ATTACK_NAMES = {"pgd": "PGD", "adv2": "ADV²"}
 KS = metrics.DEFAULT_KS
 
 
@@ -94,10 +94,10 @@ def interpreter_line(cfg: ExperimentConfig, store: Store, data: ImageSet, interp
     for attack in cfg.attacks_for(interpreter):
         s = stats(store.records(f"{interpreter}/{attack}", data.attacked))
         if s.n:
-            parts.append(f"{ATTACK_NAMES[attack]} success {s.success:.3f} conf "
+            parts.append(f"{DISPLAY_NAMES[attack]} success {s.success:.3f} conf "
                          f"{s.confidence:.3f} L1 {s.l1:.4f} IoU {s.iou:.3f}")
         else:
-            parts.append(f"{ATTACK_NAMES[attack]} no finished image")
+            parts.append(f"{DISPLAY_NAMES[attack]} no finished image")
     errors = sum(stats(store.records(f"{interpreter}/{a}", data.attacked)).errors
                  for a in cfg.attacks_for(interpreter))
     return (f"{interpreter}: " + " | ".join(parts)
@@ -123,7 +123,7 @@ def settings_table(cfg: ExperimentConfig) -> Table:
             if attack == "pgd":
                 values = [None if k in ("warm_steps", "lam", "lr_decay", "map_loss", "patience")
                           else v for k, v in zip(keys, values)]
-            table.rows.append([interpreter, ATTACK_NAMES[attack], f"{a.eps:.5f}",
+            table.rows.append([interpreter, DISPLAY_NAMES[attack], f"{a.eps:.5f}",
                                *[None if v is None else (f"{v:.4g}" if isinstance(v, float)
                                                          else str(v)) for v in values]])
     return table
@@ -144,7 +144,7 @@ def attacks_table(cfg: ExperimentConfig, store: Store, names: list[str]) -> tupl
     for interpreter in cfg.interpreters:
         for attack in cfg.attacks_for(interpreter):
             s = stats(store.records(f"{interpreter}/{attack}", names))
-            table.rows.append([interpreter, ATTACK_NAMES[attack], s.n, s.success, s.confidence,
+            table.rows.append([interpreter, DISPLAY_NAMES[attack], s.n, s.success, s.confidence,
                                s.l1, *(s.iou_k or [None] * len(KS)), s.iou, s.passes, s.errors])
             summary.setdefault(interpreter, {})[attack] = {
                 "images": s.n, "success_rate": s.success, "mean_confidence": s.confidence,
@@ -203,7 +203,7 @@ def detection_table(cfg: ExperimentConfig, store: Store, data: ImageSet) -> tupl
             for attack in cfg.attacks_for(interpreter):
                 ok = [r for r in _ok(store.records(detection.stage(interpreter, attack),
                                                    data.attacked)) if r.meta["success"]]
-                columns.append(f"{ATTACK_NAMES[attack]} {interpreter} (n={len(ok)})")
+                columns.append(f"{DISPLAY_NAMES[attack]} {interpreter} (n={len(ok)})")
                 rates.append(_rates(det, _scores(ok)) if ok else None)
     table = Table("detection", "Feature squeezing: detection rate of successful adversarial "
                   f"images (thresholds at {cfg.detection.fpr:.0%} false positives on the benign "
@@ -291,7 +291,7 @@ def iou_figure(path: Path, cfg: ExperimentConfig, summary: dict) -> None:
             per_k = summary[interpreter][attack]["iou_per_k"]
             if per_k:
                 ax.plot([100 * k for k in KS], list(per_k.values()), marker="o",
-                        label=ATTACK_NAMES[attack])
+                        label=DISPLAY_NAMES[attack])
         ax.set(title=label(interpreter), xlabel="k (%)", ylabel="IoU", ylim=(0, 1.02))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -308,7 +308,7 @@ def l1_figure(path: Path, cfg: ExperimentConfig, summary: dict) -> None:
         values = [(summary[i][attack]["l1_mean"] or 0.0) if attack in summary[i]
                   else np.nan for i in cfg.interpreters]  # no bar where ADV² skips one
         ax.bar(np.arange(len(cfg.interpreters)) + j * width, values, width,
-               label=ATTACK_NAMES[attack])
+               label=DISPLAY_NAMES[attack])
     ax.set_xticks(np.arange(len(cfg.interpreters)) + width * (len(cfg.attacks) - 1) / 2,
                   [label(i) for i in cfg.interpreters])
     ax.set(ylabel="L1 to the target map")
@@ -343,7 +343,7 @@ def examples_figure(path: Path, cfg: ExperimentConfig, store: Store, data: Image
             row.append((f"{label(interpreter)} benign", first.arrays["benign"]))
             for attack in attacks:
                 rec = store.load(f"{interpreter}/{attack}", name)
-                row.append((f"{label(interpreter)} {ATTACK_NAMES[attack]}", rec.arrays["map"]))
+                row.append((f"{label(interpreter)} {DISPLAY_NAMES[attack]}", rec.arrays["map"]))
         rows.append(row)
     panel_grid(path, rows, dpi=60)
 
