@@ -59,3 +59,14 @@ def test_readme_is_short_and_its_links_exist() -> None:
     for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme):
         if not target.startswith("http"):
             assert (ROOT / target).exists(), target
+
+
+def test_the_experiment_page_documents_every_key() -> None:
+    from adv2.experiment.config import config_keys
+
+    page = (ROOT / "docs" / "experiment.md").read_text()
+    rows = re.findall(r"^\| `([a-z_.]+)` \|", page, flags=re.M)
+    for key, _ in config_keys():
+        top, _, inner = key.partition(".")
+        assert top in rows or any(row.startswith(top + ".") for row in rows), key
+        assert not inner or inner in page, key
