@@ -1,18 +1,29 @@
-"""MkDocs hooks: the command pages' option tables, generated from adv2's argparse parser.
+"""MkDocs hooks: tables generated from adv2 itself, so that no page keeps a copy.
 
-A page holds ``<!-- adv2-cli: attack -->`` (or ``detect fit``, ``run``, ...) where the table of
-that command's options goes; the build fails on a command the parser does not have.
+- ``<!-- adv2-cli: attack -->`` (or ``detect fit``, ``run``, ...): that command's options, from
+  the argparse parser; the build fails on a command the parser does not have.
+- ``<!-- adv2-interpreter: cam -->``: the interpreter's settings (its class's keywords and their
+  defaults), its ADV² defaults, and its row of the benchmark page, read from the registry and
+  from ``docs/benchmarks/<name>.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import html
+import inspect
 import re
+import sys
+from pathlib import Path
 
-from adv2.cli import build_parser
+from adv2.cli import build_parser, shown
+from adv2.interpreters import INTERPRETERS
+
+sys.path.insert(0, str(Path(__file__).parent))
+import results_table  # noqa: E402
 
 MARKER = re.compile(r"<!-- adv2-cli: ([a-z -]+?) -->")
+INTERPRETER = re.compile(r"<!-- adv2-interpreter: ([a-z_]+) -->")
 
 
 def subcommand(parser: argparse.ArgumentParser, path: list[str]) -> argparse.ArgumentParser:
@@ -50,8 +61,35 @@ def options_table(parser: argparse.ArgumentParser) -> str:
     return f"```text\n{usage}\n```\n\n" + "\n".join(rows) + "\n"
 
 
+def interpreter_tables(name: str, root: Path = results_table.ROOT) -> str:
+    """The settings, ADV² defaults and measured row of the built-in interpreter ``name``."""
+    cls = INTERPRETERS[name]  # KeyError naming an interpreter the registry does not have
+    params = list(inspect.signature(cls.__init__).parameters.values())[2:]
+    out = ["### Settings", "", f"Keywords of `adv2.interpreters.{cls.__name__}` "
+           "(`--interpreter-setting KEY=VALUE`, an experiment's `interpreter_settings`):", "",
+           "| setting | default |", "|---|---|"]
+    out += [f"| `{p.name}` | `{shown(p.default)}` |" for p in params]
+    keys = list(dict.fromkeys([*cls.attack_defaults, *cls.support_attack_defaults]))
+    out += ["", "### ADV² defaults", "", "`attack_defaults` (what `adv2 attack --attack adv2` "
+            "and `adv2 run` take unless told otherwise), and `support_attack_defaults` over "
+            f"them with a `--support` other than `full`; adaptive ADV² multiplies λ by "
+            f"{shown(cls.adaptive_lam_scale)}.", "", "| setting | default | with a support |",
+            "|---|---|---|"]
+    for key in keys:
+        base = cls.attack_defaults.get(key)
+        confined = cls.support_attack_defaults.get(key, base)
+        out.append(f"| `{key}` | `{shown(base, 'none')}` | `{shown(confined, 'none')}` |")
+    page = root / "docs" / "benchmarks" / f"{name}.md"
+    if page.exists():
+        row = results_table.page_row(name, page.read_text()).replace("docs/benchmarks/",
+                                                                     "../benchmarks/")
+        out += ["", "### Measured", "", results_table.HEADER, row]
+    return "\n".join(out) + "\n"
+
+
 def on_page_markdown(markdown: str, **kwargs: object) -> str:
-    """Replace every ``<!-- adv2-cli: ... -->`` marker with that command's options table."""
+    """Replace every marker with its generated tables."""
     parser = build_parser()
-    return MARKER.sub(lambda m: options_table(subcommand(parser, m.group(1).split())),
-                      markdown)
+    markdown = MARKER.sub(lambda m: options_table(subcommand(parser, m.group(1).split())),
+                          markdown)
+    return INTERPRETER.sub(lambda m: interpreter_tables(m.group(1)), markdown)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["cam", "grad", "rts", "mask", "gradcam", "ig", "smoothgrad"]
+HEADER = ("| interpreter | images | noise floor IoU | PGD IoU | ADV² IoU | ADV² success | "
+          "ADV² passes / image | ADV² step / PGD step |\n|---|---|---|---|---|---|---|---|")
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
 
 
@@ -59,8 +61,7 @@ def page_row(name: str, text: str) -> str:
 
 def results_table(root: Path = ROOT) -> str:
     """The whole table, one row per benchmark page that exists."""
-    lines = ["| interpreter | images | noise floor IoU | PGD IoU | ADV² IoU | ADV² success | "
-             "ADV² passes / image | ADV² step / PGD step |", "|---|---|---|---|---|---|---|---|"]
+    lines = [HEADER]
     for name in PAGES:
         page = root / "docs" / "benchmarks" / f"{name}.md"
         if page.exists():
