@@ -50,7 +50,8 @@ def pick_images(model, folder: Path, n: int, seed: int, exclude: frozenset[str] 
     with torch.no_grad():
         for i in order:
             s = samples[i]
-            if s.key not in exclude and int(model(to_tensor(s.image)).argmax()) == s.label:
+            logits = model(to_tensor(s.image).to(model.device))
+            if s.key not in exclude and int(logits.argmax()) == s.label:
                 chosen.append(s)
             if len(chosen) == n:
                 break
@@ -63,7 +64,7 @@ def noise_floor(interpreter, x: torch.Tensor, labels: torch.Tensor, benign: torc
     maps of the same images plus seeded uniform noise in {−1, 0, +1}/255 (same class, same
     interpreter settings and seed). An attacked map cannot be expected closer than this."""
     gen = torch.Generator().manual_seed(seed)
-    noise = torch.randint(-1, 2, x.shape, generator=gen).float() / 255
+    noise = torch.randint(-1, 2, x.shape, generator=gen, device="cpu").to(x) / 255  # host draws
     noisy = target_maps.benign(interpreter, (x + noise).clamp(0, 1), labels)
     return metrics.l1(noisy, benign), metrics.iou(noisy, benign)
 
@@ -80,16 +81,16 @@ def run_batches(cfg: pipeline.AttackConfig, model, interpreter, attack, samples,
         batch = samples[lo:lo + batch_size]
         outputs += pipeline.attack_batch(
             cfg, model, interpreter, attack, np.stack([s.image for s in batch]),
-            torch.tensor([s.label for s in batch]), tgts[lo:lo + batch_size],
+            torch.tensor([s.label for s in batch], device=model.device), tgts[lo:lo + batch_size],
             [s.name for s in batch], None)
     seconds = (time.time() - start) / len(samples)
     failed = [s.name for s, o in zip(samples, outputs) if isinstance(o, Failed)]
     if failed:
         raise RuntimeError(f"non-finite outcome for {failed}")
     metas = [meta for _, meta in outputs]
-    out = {k: torch.tensor([float(m[k]) for m in metas])
+    out = {k: torch.tensor([float(m[k]) for m in metas], device="cpu")
            for k in ("success", "confidence", "l1", "passes", "linf", "changed", "l2")}
-    out["iou"] = torch.tensor([m["iou"] for m in metas])
+    out["iou"] = torch.tensor([m["iou"] for m in metas], device="cpu")
     for key in ("adv", "map", "target_map", "support"):
         if key in outputs[0][0]:
             out[key] = np.stack([arrays[key] for arrays, _ in outputs])
@@ -251,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                          f"the same permutation outside the {len(fitted)} images the "
                          "interpreter was trained on")
         images = np.stack([s.image for s in samples])
-        x = to_tensor(images)
-        labels = torch.tensor([s.label for s in samples])
+        x = to_tensor(images).to(model.device)  # tensors follow the model
+        labels = torch.tensor([s.label for s in samples], device=model.device)
         tgts = choose_targets(labels, 1000, args.seed, None)
         keys = [s.key for s in samples]
         seeds = interpreter_seeds(args.seed, keys)  # what attack_batch seeds the attack with
@@ -344,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         "as a defender who redraws would, under another seed the attack never saw: its "
         "ADV² and PGD rows compare the map of the adversarial image with the benign map, "
         "both drawn under that seed, and its 'another seed' floor compares the benign maps "
-        "of the two seeds. Pixels changed: the fraction of pixels with any channel changed; ‖δ‖₂ in [0,1] units. A "
+        "of the two seeds. Pixels changed: the fraction of pixels with any channel changed; "
+        "‖δ‖₂ in [0,1] units. A "
         "support (`--support`, adv2.attacks.support) confines ADV² in every stage.",
         "",
         *lines,

@@ -28,7 +28,7 @@ from adv2 import metrics, pipeline, target_maps
 from adv2.attacks import Judgement
 from adv2.data import to_tensor
 from adv2.interpreters import build_interpreter
-from adv2.models import load_model
+from adv2.models import describe_device, load_model
 from adv2.target_classes import choose_targets
 from attack_benchmark import DEFAULT_IMAGES, noise_floor, pick_images
 
@@ -64,8 +64,10 @@ class Recorder:
         of the verified iterates, mean IoU and L1 of the kept iterates; NaN while an image has
         no successful one)."""
         n = self.n
-        best = torch.full((n,), float("inf"))
-        kept_iou, kept_l1 = torch.full((n,), float("nan")), torch.full((n,), float("nan"))
+        device = self.benign.device
+        best = torch.full((n,), float("inf"), device=device)
+        kept_iou = torch.full((n,), float("nan"), device=device)
+        kept_l1 = torch.full((n,), float("nan"), device=device)
         rows_out = []
         for v in self.verifications:
             rows = v["rows"]
@@ -92,20 +94,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lam", default="40:80", help="λ schedule, as `adv2 attack --lam`")
     parser.add_argument("--verify-every", type=int, default=50)
     parser.add_argument("--lookahead", type=int, default=4)
+    parser.add_argument("--device", default="cpu",
+                        help="the torch device everything runs on (e.g. cuda)")
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
     args = parser.parse_args(argv)
     if not args.images.is_dir():
         print(f"{args.images} not found: the benchmark needs the ImageNet sample", file=sys.stderr)
         return 1
     torch.manual_seed(args.seed)
-    model = load_model()
+    model = load_model(device=args.device)
     samples = pick_images(model, args.images, args.offset + args.n, args.seed)
-    labels = torch.tensor([s.label for s in samples])
+    labels = torch.tensor([s.label for s in samples], device=model.device)
     # the targets attack_benchmark.py gives these images
     tgts = choose_targets(labels, 1000, args.seed, None)[args.offset:]
     samples, labels = samples[args.offset:], labels[args.offset:]
     images = np.stack([s.image for s in samples])
-    x = to_tensor(images)
+    x = to_tensor(images).to(model.device)  # tensors follow the model
     mask = build_interpreter("mask", model, lookahead=args.lookahead,
                              verify_every=args.verify_every)
     benign = target_maps.benign(mask, x, labels)
@@ -123,12 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     command = (f"python benchmarks/mask_budget.py --n {args.n}"
                + (f" --offset {args.offset}" if args.offset else "")
                + f" --seed {args.seed} --steps {args.steps} --lam {args.lam} --verify-every "
-               f"{args.verify_every} --lookahead {args.lookahead}")
+               f"{args.verify_every} --lookahead {args.lookahead}"
+               + (f" --device {args.device}" if args.device != "cpu" else ""))
     lines = [
         f"Command: `{command}`",
         "",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, CPU; torch "
-        f"{torch.__version__}; {seconds / 60:.0f} min. MASK with its default settings; ADV² "
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"{describe_device(args.device)}; torch {torch.__version__}; {seconds / 60:.0f} min. "
+        "MASK with its default settings; ADV² "
         f"(track) with a {args.lookahead}-step lookahead, λ {args.lam}, {args.steps} joint "
         f"steps, a cold-start verification every {args.verify_every} steps, no step search, no "
         "patience. Passes per image include the PGD warm start.",
