@@ -47,13 +47,13 @@ class SmoothGrad(SampledGradients):
     image_major = True
     absolute = True
     attack_defaults = {"steps": 200, "warm_steps": 30, "optimizer": "adam", "lr": 0.004,
-                       "lr_decay": 0.05, "lam": "20", "pred_loss": "cw", "map_loss": "mse",
+                       "lr_decay": 0.05, "lam": "100", "pred_loss": "cw", "map_loss": "mse",
                        "patience": 0, "step_search": False}
 
     def __init__(self, model: Classifier, samples: int = 50, sigma: float = 0.15,
-                 attack_samples: int = 4, antithetic: bool = True, seed: int = 0,
+                 attack_samples: int = 8, antithetic: bool = True, seed: int = 0,
                  pool: int = 4, internal_batch_size: int | None = 8, beta_start: float = 10.0,
-                 beta_end: float = 60.0, verify_every: int = 20, attack_exact: bool = True,
+                 beta_end: float = 60.0, verify_every: int = 20, attack_exact: bool = False,
                  estimator: str = "mean") -> None:
         super().__init__(model, pool, internal_batch_size, beta_start, beta_end, verify_every,
                          attack_exact, estimator)
