@@ -69,6 +69,26 @@ def noise_floor(interpreter, x: torch.Tensor, labels: torch.Tensor, benign: torc
     return metrics.l1(noisy, benign), metrics.iou(noisy, benign)
 
 
+def benign_and_floors(interpreter, x: torch.Tensor, labels: torch.Tensor, keys: list[str],
+                      seed: int) -> tuple[torch.Tensor, list[tuple[str, torch.Tensor,
+                                                                     torch.Tensor]]]:
+    """The benign maps under the attack's per-image seeds and the interpreter's floors, as
+    (row label, L1 (N,), IoU (N×k)): ±1/255 noise (:func:`noise_floor`) and, for a stochastic
+    interpreter, the same image under the judge's seeds (a defender redraws). The interpreter
+    is left with the attack's seeds."""
+    seeds = interpreter_seeds(seed, keys)
+    interpreter.use_seeds(seeds)
+    benign = target_maps.benign(interpreter, x, labels)
+    floors = [("floor (±1/255 noise)", *noise_floor(interpreter, x, labels, benign, seed))]
+    if interpreter.stochastic:
+        interpreter.use_seeds(interpreter_seeds(seed, keys, judge=True))
+        redrawn = target_maps.benign(interpreter, x, labels)
+        floors.append(("floor (another seed)", metrics.l1(redrawn, benign),
+                       metrics.iou(redrawn, benign)))
+        interpreter.use_seeds(seeds)
+    return benign, floors
+
+
 def run_batches(cfg: pipeline.AttackConfig, model, interpreter, attack, samples,
                 tgts: torch.Tensor, batch_size: int) -> tuple[dict, float]:
     """``pipeline.attack_batch`` (the batch body of ``adv2 attack`` and ``adv2 run``) over
@@ -257,16 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         tgts = choose_targets(labels, 1000, args.seed, None)
         keys = [s.key for s in samples]
         seeds = interpreter_seeds(args.seed, keys)  # what attack_batch seeds the attack with
-        interpreter.use_seeds(seeds)
-        benign = target_maps.benign(interpreter, x, labels)
-        floors = [("floor (±1/255 noise)", *noise_floor(interpreter, x, labels, benign,
-                                                         args.seed))]
-        if interpreter.stochastic:  # a defender redraws: the same image under the judge's seed
-            interpreter.use_seeds(interpreter_seeds(args.seed, keys, judge=True))
-            redrawn = target_maps.benign(interpreter, x, labels)
-            floors.append(("floor (another seed)", metrics.l1(redrawn, benign),
-                           metrics.iou(redrawn, benign)))
-            interpreter.use_seeds(seeds)
+        benign, floors = benign_and_floors(interpreter, x, labels, keys, args.seed)
         for label, floor_l1, floor_iou in floors:
             per_k = "/".join(f"{v:.2f}" for v in floor_iou.mean(0).tolist())
             if INTERPRETERS[name].attack_strategies or fitted or interpreter.stochastic:

@@ -6,7 +6,8 @@ draw for them; attack settings are ``AttackConfig`` keys as KEY=VALUE (read as
 ``--interpreter-setting`` reads them; ``lam`` is text). Prints one line: success, L1, IoU,
 passes, pixels changed, ‖δ‖₂, seconds per image, the IoU per image (``!`` marks a failure)
 and, with a support, each image's support fraction and where its map misses its target
-(``error_by_support``).
+(``error_by_support``). ``--floors`` prints instead the interpreter's noise floors on these
+images, as the benchmark computes them (a stochastic interpreter's under another seed too).
 
     python benchmarks/support_tuning.py cam --offset 20 --n 8 --support edges steps=400 lam=20:40
     python benchmarks/support_tuning.py mask --offset 0 --n 8 --support target-map:0.5 \
@@ -18,12 +19,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
 import torch
-from attack_benchmark import (DEFAULT_IMAGES, error_by_support, pick_images, run_batches,
-                              support_fractions)
+from attack_benchmark import (DEFAULT_IMAGES, benign_and_floors, error_by_support, pick_images,
+                              run_batches, support_fractions)
 
 from adv2 import pipeline
 from adv2.cli import parse_setting
+from adv2.data import to_tensor
 from adv2.interpreters import build_interpreter
 from adv2.models import load_model
 from adv2.target_classes import choose_targets
@@ -42,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interpreter-setting", action="append", default=[],
                         metavar="KEY=VALUE", dest="interpreter_settings",
                         help="keyword of the interpreter's class (e.g. MASK's strategy=alt)")
+    parser.add_argument("--floors", action="store_true",
+                        help="print the interpreter's noise floors on these images, no attack")
     args = parser.parse_intermixed_args(argv)  # KEY=VALUE before or after the options
     overrides = dict(map(parse_setting, args.settings))
     if "lam" in overrides:  # a schedule text, even when it reads as a number
@@ -54,6 +59,15 @@ def main(argv: list[str] | None = None) -> int:
                        interpreter.fitted_on)
     targets = choose_targets(torch.tensor([s.label for s in pool]), 1000, args.seed, None)
     samples = pool[args.offset:]
+    if args.floors:
+        x = to_tensor(np.stack([s.image for s in samples])).to(model.device)
+        labels = torch.tensor([s.label for s in samples], device=model.device)
+        _, floors = benign_and_floors(interpreter, x, labels, [s.key for s in samples],
+                                      args.seed)
+        for label, l1, iou in floors:
+            print(f"{args.interpreter} {label}: L1 {l1.mean():.4f} IoU {iou.mean():.3f}; "
+                  f"IoU per image {' '.join(f'{v:.2f}' for v in iou.mean(1).tolist())}")
+        return 0
     cfg = pipeline.AttackConfig(interpreter=args.interpreter, attack="adv2", seed=args.seed,
                                 support=args.support, **overrides)
     attack = pipeline.build_attack(cfg, model, interpreter)
