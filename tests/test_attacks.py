@@ -730,3 +730,91 @@ def test_attack_defaults_with_an_unknown_key_are_an_error_naming_it() -> None:
         AttackSettings(attack="adv2").resolved(Misspelt)
     assert AttackSettings(attack="adv2").resolved(CAM).warm_steps == CAM.attack_defaults[
         "warm_steps"]
+
+
+# ------------------------------------------------------------------------------------ registry
+
+
+class Unmoved:
+    """A toy attack: returns the clean images, judged (what a registered attack must do)."""
+
+    def __init__(self, model, interpreter, eps: float, steps: int) -> None:
+        self.model, self.interpreter, self.eps, self.steps = model, interpreter, eps, steps
+
+    @classmethod
+    def from_settings(cls, settings, model, interpreter) -> Unmoved:
+        return cls(model, interpreter, settings.eps, settings.steps)
+
+    def __call__(self, x, targets, target_maps=None, support=None):
+        from adv2.attacks.result import as_batch, home_of
+
+        x0 = as_batch(x, next(self.model.parameters()).device)
+        return judge(x0, x0, targets.to(x0.device), self.model, torch.zeros(len(x0)),
+                     self.interpreter, target_maps).to(home_of(x))
+
+    def config(self) -> dict:
+        return {"attack": "unmoved", "eps": self.eps, "steps": self.steps}
+
+
+@pytest.fixture
+def unmoved(monkeypatch):
+    """The toy attack registered as ``unmoved`` (display name ``Unmoved``, 3 steps)."""
+    from adv2.attacks import ATTACKS, AttackEntry
+
+    entry = AttackEntry(Unmoved, "Unmoved", lambda interpreter, support: {"steps": 3},
+                        Unmoved.from_settings)
+    monkeypatch.setitem(ATTACKS, "unmoved", entry)
+    return entry
+
+
+def test_the_registry_builds_each_attack_from_its_settings(tiny_model) -> None:
+    from adv2.attacks import ATTACKS, AttackSettings
+    from adv2.attacks.pgd import PGD_DEFAULTS
+
+    cam = CAM(tiny_model)
+    assert set(ATTACKS) == {"pgd", "adv2"}
+    assert ATTACKS["pgd"].defaults(CAM, "full") == PGD_DEFAULTS
+    assert ATTACKS["adv2"].defaults(CAM, "full") == CAM.attack_defaults
+    for name, entry in ATTACKS.items():
+        settings = AttackSettings(attack=name, eps=4 / 255).resolved(CAM)
+        for key, value in entry.defaults(CAM, "full").items():
+            assert getattr(settings, key) == value
+        attack = settings.build(tiny_model, cam)
+        assert type(attack) is entry.cls and attack.eps == 4 / 255
+        assert attack.config()["attack"] == name and attack.config()["steps"] == settings.steps
+        assert attack.config() == entry.build(settings, tiny_model, cam).config()
+
+
+def test_an_unknown_attack_is_an_error_naming_it_and_the_known_ones(tiny_model) -> None:
+    from adv2.attacks import AttackSettings
+
+    with pytest.raises(ValueError, match="'nope'.*pgd, adv2"):
+        AttackSettings(attack="nope").resolved(CAM)
+    with pytest.raises(ValueError, match="'nope'.*pgd, adv2"):
+        AttackSettings(attack="nope", steps=1).build(tiny_model, CAM(tiny_model))
+
+
+def test_display_names_come_from_the_registry(unmoved) -> None:
+    from adv2.attacks import ATTACKS, DISPLAY_NAMES
+
+    assert dict(DISPLAY_NAMES) == {name: e.display_name for name, e in ATTACKS.items()}
+    assert (DISPLAY_NAMES["pgd"], DISPLAY_NAMES["adv2"]) == ("PGD", "ADV²")
+    assert DISPLAY_NAMES["unmoved"] == "Unmoved"
+
+
+def test_a_registered_toy_attack_is_built_from_settings(tiny_model, images, unmoved) -> None:
+    from adv2 import pipeline
+    from adv2.attacks import AttackSettings
+
+    cam = CAM(tiny_model)
+    attack = AttackSettings(attack="unmoved").resolved(CAM).build(tiny_model, cam)
+    assert isinstance(attack, Unmoved) and attack.steps == 3  # its entry's defaults
+    assert AttackSettings(attack="unmoved", steps=5).resolved(CAM).build(tiny_model, cam).steps \
+        == 5
+    cfg = pipeline.AttackConfig(attack="unmoved", interpreter="cam")
+    cfg.validate(N_CLASSES)  # a registered name is a valid setting
+    built = pipeline.build_attack(cfg, tiny_model, cam)
+    assert built.config() == {"attack": "unmoved", "eps": 8 / 255, "steps": 3}
+    targets = torch.arange(len(images)) % N_CLASSES
+    result = built(images, targets)
+    assert np.array_equal(result.adv, images) and result.linf.max() == 0

@@ -15,7 +15,8 @@ from skimage import filters
 from adv2 import cli
 from adv2.attacks import ADV2, PGD, AdaptiveADV2
 from adv2.attacks import support as supports
-from adv2.attacks.settings import ADAPTIVE_DEFAULTS, PGD_DEFAULTS, AttackSettings
+from adv2.attacks.pgd import PGD_DEFAULTS
+from adv2.attacks.settings import ADAPTIVE_DEFAULTS, AttackSettings
 from adv2.data import to_tensor
 from adv2.detection import FeatureSqueezingDetector
 from adv2.interpreters import CAM

@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from adv2 import pipeline
-from adv2.attacks import ATTACKS, DISPLAY_NAMES, MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES
-from adv2.attacks.settings import ATTACK_KEYS, PGD_DEFAULTS
+from adv2.attacks import (ATTACKS, DISPLAY_NAMES, MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES,
+                          SettingError)
+from adv2.attacks.pgd import PGD_DEFAULTS
+from adv2.attacks.settings import ATTACK_KEYS
 from adv2.data import demo_images, load_dataset
 from adv2.interpreters import INTERPRETERS, MASK_STRATEGIES, Interpreter, plugins
 from adv2.models import ModelError, load_model
@@ -221,7 +223,7 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
 
 def _usage_error(exc: Exception) -> int:
     """Log a bad option (named as on the command line), file or model; the exit code 2."""
-    if isinstance(exc, pipeline.SettingError):
+    if isinstance(exc, SettingError):
         log.error("--%s: %s", exc.key.replace("_", "-"), exc.problem)
     else:
         log.error("%s", exc)

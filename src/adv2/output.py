@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from adv2.attacks.settings import SettingError
 from adv2.figures import class_name, figure
 from adv2.provenance import versions
 from adv2.records import (Failed, Output, Record, Store, changed_keys, to_json, write_bytes,
@@ -48,8 +49,6 @@ class RunWriter:
     """
 
     def __init__(self, out: str | Path, config: dict, overwrite: bool = False) -> None:
-        from adv2.pipeline import SettingError
-
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir():
             raise SettingError("out", f"{self.out} is a file, not a folder")

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from adv2 import metrics, target_maps as target_maps_mod
-from adv2.attacks import (ADV2, ATTACKS, DISPLAY_NAMES, MAP_LOSSES, OPTIMIZERS, PGD,
-                          PREDICTION_LOSSES, AdaptiveADV2, AttackSettings, parse_schedule)
+from adv2.attacks import (ATTACKS, DISPLAY_NAMES, MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES,
+                          AdaptiveADV2, Attack, AttackSettings, SettingError, parse_schedule)
 from adv2.attacks import support as support_mod
 from adv2.attacks.result import AttackResult
 from adv2.data import Sample, sample_key, to_tensor
@@ -76,16 +76,6 @@ class AttackConfig(AttackSettings):
                 and not 0 <= self.target_class < n_classes:
             raise SettingError("target_class", f"must be a class index in [0, {n_classes - 1}] "
                                                f"of the model, got {self.target_class}")
-
-
-class SettingError(ValueError):
-    """A bad attack setting: ``key`` is its name (``eps``), ``problem`` what is wrong. The CLI
-    shows it as ``--eps: ...``, an experiment file as ``attacks.adv2.eps: ...``."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}")
-        self.key = key
-        self.problem = problem
 
 
 def parse_number(text: str | float | int) -> float:
@@ -184,7 +174,7 @@ def target_maps_for(kind: str, interpreter: Interpreter, keys: list[str], seed: 
 
 
 def build_attack(cfg: AttackConfig, model: Classifier,
-                 interpreter: Interpreter | None) -> PGD | ADV2 | AdaptiveADV2:
+                 interpreter: Interpreter | None) -> Attack:
     """The attack ``cfg`` describes (its ``None`` settings filled with the defaults); with
     ``cfg.adaptive``, ADV² that also evades the feature-squeezing detector fitted in that file.
     ADV² refuses an interpreter that is not differentiable (ValueError naming it)."""
@@ -201,7 +191,7 @@ def build_attack(cfg: AttackConfig, model: Classifier,
 
 
 def attack_batch(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,
-                 attack: PGD | ADV2 | AdaptiveADV2, images: np.ndarray, labels: torch.Tensor,
+                 attack: Attack, images: np.ndarray, labels: torch.Tensor,
                  targets: torch.Tensor, names: list[str], pool: Pool | None) -> list[Output]:
     """Attack one batch: benign maps, target maps, the support, the attack, the judged
     outcome.

@@ -1,6 +1,8 @@
 """Attacks: one engine (:class:`Descent`) with pluggable losses, schedules, optimisers and
-success criteria; PGD, ADV² and adaptive ADV² share one call shape,
-``attack(x, targets, target_maps=None) -> AttackResult``."""
+success criteria; PGD, ADV² and adaptive ADV² share one call shape (:class:`Attack`),
+``attack(x, targets, target_maps=None) -> AttackResult``, and the registered ones
+(:data:`ATTACKS`, entered in :mod:`adv2.attacks.registry`) build from
+:class:`AttackSettings`."""
 
 from adv2.attacks.adaptive import AdaptiveADV2
 from adv2.attacks.adv2 import ADV2
@@ -11,19 +13,15 @@ from adv2.attacks.losses import (MAP_LOSSES, PREDICTION_LOSSES, CrossEntropy, CW
                                  LabelSmoothing, MapL1, MapLogitMSE, MapMSE)
 from adv2.attacks.optimizers import OPTIMIZERS, Adam, SignStep
 from adv2.attacks.pgd import PGD
-from adv2.attacks.result import AttackResult, judge
+from adv2.attacks.registry import ATTACKS
+from adv2.attacks.result import Attack, AttackResult, judge
 from adv2.attacks.schedules import Constant, Linear, Piecewise, Scaled, parse_schedule
-from adv2.attacks.settings import AttackSettings
+from adv2.attacks.settings import DISPLAY_NAMES, AttackEntry, AttackSettings, SettingError
 from adv2.attacks.step_search import MarginStepSearch
 
-#: the attacks by the names the CLI and experiment files use
-ATTACKS = {"pgd": PGD, "adv2": ADV2}
-#: how reports name them
-DISPLAY_NAMES = {"pgd": "PGD", "adv2": "ADV²"}
-
 __all__ = ["ADV2", "ATTACKS", "DISPLAY_NAMES", "MAP_LOSSES", "OPTIMIZERS", "PGD",
-           "PREDICTION_LOSSES", "Adam", "AdaptiveADV2", "AttackResult", "AttackSettings", "Both",
-           "CWMargin", "Constant", "Criterion", "CrossEntropy", "Descent", "Judgement",
-           "LabelSmoothing", "Linear", "MapL1", "MapLogitMSE", "MapMSE", "MarginStepSearch",
-           "Objective", "Piecewise", "Scaled", "SignStep", "Stop", "TargetPredicted", "judge",
-           "parse_schedule", "project", "quantise"]
+           "PREDICTION_LOSSES", "Adam", "AdaptiveADV2", "Attack", "AttackEntry", "AttackResult",
+           "AttackSettings", "Both", "CWMargin", "Constant", "Criterion", "CrossEntropy",
+           "Descent", "Judgement", "LabelSmoothing", "Linear", "MapL1", "MapLogitMSE", "MapMSE",
+           "MarginStepSearch", "Objective", "Piecewise", "Scaled", "SettingError", "SignStep",
+           "Stop", "TargetPredicted", "judge", "parse_schedule", "project", "quantise"]

@@ -30,6 +30,7 @@ from adv2.attacks.criteria import Composable, TargetPredicted
 from adv2.attacks.pgd import PGD
 from adv2.attacks.result import AttackResult, Images, as_batch
 from adv2.attacks.schedules import Scaled
+from adv2.attacks.settings import ADAPTIVE_DEFAULTS
 from adv2.detection.detector import FeatureSqueezingDetector, softmax_l1
 from adv2.detection.squeezers import BitDepth, Squeezer
 from adv2.models import device_of
@@ -158,7 +159,7 @@ class AdaptiveADV2:
     margin: float = 0.9
     weight: float = 3.0
     ce_weight: float = 0.3
-    steps: int | None = 200
+    steps: int | None = ADAPTIVE_DEFAULTS["steps"]
     patience: int | None = None
     lam_scale: float | None = None
     two_stage: bool = True

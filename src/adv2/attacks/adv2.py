@@ -11,11 +11,12 @@ from adv2 import target_maps as target_maps_mod
 from adv2.attacks.criteria import Criterion, TargetPredicted
 from adv2.attacks.engine import Descent, Judgement, Objective, Penalty, Stop
 from adv2.attacks.lam_search import LamSearch
-from adv2.attacks.losses import CrossEntropy, MapLoss, MapMSE, PredictionLoss
-from adv2.attacks.optimizers import Optimizer, SignStep
+from adv2.attacks.losses import (MAP_LOSSES, PREDICTION_LOSSES, CrossEntropy, MapLoss, MapMSE,
+                                 PredictionLoss)
+from adv2.attacks.optimizers import OPTIMIZERS, Optimizer, SignStep
 from adv2.attacks.pgd import PGD
 from adv2.attacks.result import AttackResult, Images, as_batch, home_of, judge
-from adv2.attacks.schedules import Linear, Schedule
+from adv2.attacks.schedules import Linear, Schedule, parse_schedule
 from adv2.attacks.settings import AttackSettings, describe
 from adv2.attacks.step_search import MarginStepSearch
 from adv2.interpreters import Interpreter
@@ -88,6 +89,30 @@ class ADV2:
     def __post_init__(self) -> None:
         if self.interpreter is not None:
             require_differentiable(self.interpreter)
+
+    @staticmethod
+    def settings_defaults(interpreter: type[Interpreter] | Interpreter,
+                          support: str) -> dict[str, Any]:
+        """ADV²'s unset settings against ``interpreter``: its ``attack_defaults``, with its
+        ``support_attack_defaults`` over them for a ``support`` other than ``full``."""
+        confined = interpreter.support_attack_defaults if support != "full" else {}
+        return {**interpreter.attack_defaults, **confined}
+
+    @classmethod
+    def from_settings(cls, settings: AttackSettings, model: torch.nn.Module,
+                      interpreter: Interpreter | None) -> ADV2:
+        """The ADV² that resolved ``settings`` describe (text and numbers made into its
+        schedule, losses, optimiser, step scale and searches)."""
+        return cls(
+            model, interpreter, eps=settings.eps, steps=settings.steps,
+            lam=parse_schedule(settings.lam), pred_loss=PREDICTION_LOSSES[settings.pred_loss](),
+            map_loss=MAP_LOSSES[settings.map_loss](),
+            optimizer=OPTIMIZERS[settings.optimizer](lr=settings.lr),
+            step_scale=None if settings.lr_decay == 1.0 else Linear(1.0, settings.lr_decay),
+            warm_steps=settings.warm_steps, patience=settings.patience or None,
+            step_search=MarginStepSearch() if settings.step_search else None,
+            lam_search=LamSearch(settings.lam_search) if settings.lam_search else None,
+        )
 
     @classmethod
     def for_interpreter(cls, model: torch.nn.Module, interpreter: Interpreter,

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from adv2.attacks.criteria import TargetPredicted
 from adv2.attacks.engine import Descent, Objective, Stop, Trajectory
 from adv2.attacks.lattice import project, quantise
-from adv2.attacks.losses import CrossEntropy, PredictionLoss
+from adv2.attacks.losses import PREDICTION_LOSSES, CrossEntropy, PredictionLoss
 from adv2.attacks.optimizers import SignStep
 from adv2.attacks.result import AttackResult, Images, as_batch, home_of, judge
 from adv2.attacks.settings import describe
 from adv2.attacks.support import lattice_bound
 from adv2.interpreters import Interpreter
 from adv2.models import device_of
+
+if TYPE_CHECKING:
+    from adv2.attacks.settings import AttackSettings
+
+#: targeted PGD: 100 sign steps of 1/255 on the cross entropy
+PGD_DEFAULTS: dict[str, Any] = {"steps": 100, "optimizer": "sign", "lr": 1 / 255,
+                                "pred_loss": "ce"}
 
 
 @dataclass
@@ -55,6 +64,23 @@ class PGD:
     stop_on_success: bool = False
     min_confidence: float = 0.0
     loss: PredictionLoss = field(default_factory=CrossEntropy)
+
+    @staticmethod
+    def settings_defaults(interpreter: type[Interpreter] | Interpreter,
+                          support: str) -> Mapping[str, Any]:
+        """PGD's unset settings against any interpreter and support: :data:`PGD_DEFAULTS`."""
+        return PGD_DEFAULTS
+
+    @classmethod
+    def from_settings(cls, settings: AttackSettings, model: torch.nn.Module,
+                      interpreter: Interpreter | None) -> PGD:
+        """The PGD that resolved ``settings`` describe (``lr`` is its sign step); a ValueError
+        for an optimizer other than ``sign``."""
+        if settings.optimizer != "sign":
+            raise ValueError("PGD takes sign steps; the optimizer applies to ADV² only")
+        return cls(model, interpreter, eps=settings.eps, steps=settings.steps,
+                   step_size=settings.lr, random_start=settings.random_start,
+                   seed=settings.seed, loss=PREDICTION_LOSSES[settings.pred_loss]())
 
     def run(self, x0: torch.Tensor, targets: torch.Tensor,
             support: torch.Tensor | None = None) -> Trajectory:

@@ -1,8 +1,10 @@
-"""What an attack returns, how it is judged, and the inputs every attack takes."""
+"""What an attack is (:class:`Attack`, the one call shape), what it returns, how it is judged,
+and the inputs every attack takes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -104,3 +106,25 @@ def judge(
         result.l1 = metrics.l1(maps, target_maps)
         result.iou = metrics.iou(maps, target_maps, ks)
     return result.to(home_of(adv))
+
+
+class Attack(Protocol):
+    """What every attack is (PGD, ADV², adaptive ADV², any registered one): called on a batch,
+    it returns its judged result; :meth:`config` describes it for the records.
+
+    Shape:
+        x: float N×3×H×W in [0,1] on any device, or uint8 N×H×W×3; targets: (N,) long;
+        target_maps: N×1×h×w in [0,1] at the interpreter's resolution (None: the attack's
+        default); support: N×1×H×W in [0,1], where the perturbation may live (None:
+        everywhere; :mod:`adv2.attacks.support`).
+
+    Returns:
+        :class:`AttackResult` on the input's device.
+    """
+
+    def __call__(self, x: Images, targets: torch.Tensor, target_maps: torch.Tensor | None = None,
+                 support: torch.Tensor | None = None) -> AttackResult:
+        """Attack ``x`` toward ``targets``."""
+
+    def config(self) -> dict:
+        """The attack's settings, as recorded beside its results."""

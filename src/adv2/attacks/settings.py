@@ -1,54 +1,112 @@
-"""An attack's settings as a user writes them (CLI options, experiment keys) and the attack
-they build, with the per-interpreter defaults filled in.
+"""An attack's settings as a user writes them (CLI options, experiment keys), the registry of
+attacks by name (:data:`ATTACKS`), and the attack the settings build, with the per-attack and
+per-interpreter defaults filled in.
 
-The defaults live with the interpreters (``Interpreter.attack_defaults``, with
+Each registered attack is an :class:`AttackEntry`: its class, its display name, its defaults
+and how resolved settings build it. :mod:`adv2.attacks.registry` enters the built-in ones (it
+imports every attack, so that this module, which the attacks import, imports none). ADV²'s
+defaults live with the interpreters (``Interpreter.attack_defaults``, with
 ``Interpreter.support_attack_defaults`` over them when the perturbation is confined to a
-support; PGD's here), so ``ADV2.for_interpreter(model, interpreter)`` in Python and ``adv2
+support), PGD's with PGD, so ``ADV2.for_interpreter(model, interpreter)`` in Python and ``adv2
 attack`` on the command line run the same attack.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from adv2.attacks.lam_search import LamSearch
-from adv2.attacks.losses import MAP_LOSSES, PREDICTION_LOSSES
-from adv2.attacks.optimizers import OPTIMIZERS
-from adv2.attacks.schedules import Linear, parse_schedule
-from adv2.attacks.step_search import MarginStepSearch
-
 if TYPE_CHECKING:
-    from adv2.attacks.adv2 import ADV2
-    from adv2.attacks.pgd import PGD
+    from adv2.attacks.result import Attack
     from adv2.interpreters import Interpreter
     from adv2.models import Classifier
 
-#: targeted PGD: 100 sign steps of 1/255 on the cross entropy
-PGD_DEFAULTS: dict[str, Any] = {"steps": 100, "optimizer": "sign", "lr": 1 / 255,
-                                "pred_loss": "ce"}
 #: the joint stage of adaptive ADV²: longer, no early stop, and no λ search unless asked for
-#: (see :class:`~adv2.attacks.adaptive.AdaptiveADV2`)
+#: (:class:`~adv2.attacks.adaptive.AdaptiveADV2`, whose own default ``steps`` is this one)
 ADAPTIVE_DEFAULTS: dict[str, Any] = {"steps": 200, "patience": 0, "lam_search": None}
 #: the attack settings an experiment may set per attack (and per interpreter inside one)
 ATTACK_KEYS = ("steps", "warm_steps", "lam", "optimizer", "lr", "lr_decay", "pred_loss",
                "map_loss", "patience", "random_start", "step_search", "lam_search")
 
 
+class SettingError(ValueError):
+    """A bad setting: ``key`` is its name (``eps``), ``problem`` what is wrong. The CLI shows
+    it as ``--eps: ...``, an experiment file as ``attacks.adv2.eps: ...``."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
 @dataclass(frozen=True)
-class AttackSettings:
-    """The settings of PGD or ADV²; ``None`` means the default for the interpreter.
+class AttackEntry:
+    """One attack of :data:`ATTACKS`.
 
     Arguments:
-        attack: ``pgd`` or ``adv2``. eps: the L∞ budget in [0,1] units. steps: PGD steps, or
-        ADV²'s joint steps; warm_steps: ADV²'s PGD warm start. lam: λ schedule text (``5``,
-        ``5:10``, ``1,2@0.5``). optimizer: ``sign`` or ``adam``; lr: its step size; lr_decay:
-        the final step relative to the first (linear). pred_loss: ``ce``, ``cw``, ``smooth``;
-        map_loss: ``mse``, ``l1``, ``logit``. patience: stop an image after this many steps
-        without improvement (0: never). random_start: PGD starts uniformly in the ball.
-        step_search: ADV²'s per-example step-length search. lam_search: ADV²'s reruns of
-        the joint stage with per-image λ (None or 0: none; :mod:`adv2.attacks.lam_search`). seed:
-        PGD's random start.
+        cls: the attack's class. display_name: how reports and figures name it (``ADV²``).
+        defaults: ``defaults(interpreter, support)``, the values the attack's unset settings
+            take against an interpreter (its class or an instance) with a support text
+            (``full``, ``edges``, ...): keys of :class:`AttackSettings`.
+        build: ``build(settings, model, interpreter)``, the attack that resolved
+            :class:`AttackSettings` describe (ValueError for settings it cannot take).
+
+    Example:
+        >>> ATTACKS["pgd"].display_name
+        'PGD'
+    """
+
+    cls: type
+    display_name: str
+    defaults: Callable[[type[Interpreter] | Interpreter, str], Mapping[str, Any]]
+    build: Callable[[AttackSettings, Classifier, Interpreter | None], Attack]
+
+
+#: the attacks by the names the CLI and experiment files use (``--attack adv2``); the built-in
+#: ones are entered by :mod:`adv2.attacks.registry`
+ATTACKS: dict[str, AttackEntry] = {}
+
+
+def attack_entry(name: str) -> AttackEntry:
+    """The registered attack ``name``; a ValueError naming it and the known ones otherwise."""
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; the attacks are {', '.join(ATTACKS)}")
+    return ATTACKS[name]
+
+
+class DisplayNames(Mapping[str, str]):
+    """How reports name each registered attack (``pgd`` → ``PGD``): a live view of
+    :data:`ATTACKS`' display names."""
+
+    def __getitem__(self, name: str) -> str:
+        return ATTACKS[name].display_name
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(ATTACKS)
+
+    def __len__(self) -> int:
+        return len(ATTACKS)
+
+
+#: each attack's display name by its name, from :data:`ATTACKS`
+DISPLAY_NAMES: Mapping[str, str] = DisplayNames()
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """The settings of a registered attack (PGD, ADV², ...); ``None`` means its default.
+
+    Arguments:
+        attack: a name of :data:`ATTACKS` (``pgd``, ``adv2``). eps: the L∞ budget in [0,1]
+        units. steps: PGD steps, or ADV²'s joint steps; warm_steps: ADV²'s PGD warm start. lam:
+        λ schedule text (``5``, ``5:10``, ``1,2@0.5``). optimizer: ``sign`` or ``adam``; lr:
+        its step size; lr_decay: the final step relative to the first (linear). pred_loss:
+        ``ce``, ``cw``, ``smooth``; map_loss: ``mse``, ``l1``, ``logit``. patience: stop an
+        image after this many steps without improvement (0: never). random_start: PGD starts
+        uniformly in the ball. step_search: ADV²'s per-example step-length search. lam_search:
+        ADV²'s reruns of the joint stage with per-image λ (None or 0: none;
+        :mod:`adv2.attacks.lam_search`). seed: PGD's random start.
         support: where the perturbation may live (:func:`adv2.attacks.support.parse`; the
         support itself is built per batch and passed to the attack's call): any but ``full``
         takes the interpreter's ``support_attack_defaults`` over its ``attack_defaults``.
@@ -76,13 +134,11 @@ class AttackSettings:
 
     def defaults(self, interpreter: type[Interpreter] | Interpreter,
                  adaptive: bool = False) -> dict[str, Any]:
-        """The values this attack's unset settings take for ``interpreter``: ADV²'s are its
-        ``attack_defaults``, then its ``support_attack_defaults`` with a support other than
-        ``full``, then, for adaptive ADV², :data:`ADAPTIVE_DEFAULTS`."""
-        if self.attack == "pgd":
-            return PGD_DEFAULTS
-        confined = interpreter.support_attack_defaults if self.support != "full" else {}
-        return {**interpreter.attack_defaults, **confined,
+        """The values this attack's unset settings take for ``interpreter``: its entry's
+        (:attr:`AttackEntry.defaults`; ADV²'s are the interpreter's ``attack_defaults``, then
+        its ``support_attack_defaults`` with a support other than ``full``), then, for
+        adaptive ADV², :data:`ADAPTIVE_DEFAULTS`."""
+        return {**attack_entry(self.attack).defaults(interpreter, self.support),
                 **(ADAPTIVE_DEFAULTS if adaptive else {})}
 
     def resolved(self, interpreter: type[Interpreter] | Interpreter, adaptive: bool = False):
@@ -99,29 +155,10 @@ class AttackSettings:
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         return replace(self, **filled)
 
-    def build(self, model: Classifier, interpreter: Interpreter | None) -> PGD | ADV2:
-        """The attack these (resolved) settings describe."""
-        from adv2.attacks.adv2 import ADV2
-        from adv2.attacks.pgd import PGD
-
-        if self.attack == "pgd":
-            if self.optimizer != "sign":
-                raise ValueError("PGD takes sign steps; the optimizer applies to ADV² only")
-            return PGD(model, interpreter, eps=self.eps, steps=self.steps, step_size=self.lr,
-                       random_start=self.random_start, seed=self.seed,
-                       loss=PREDICTION_LOSSES[self.pred_loss]())
-        if self.attack == "adv2":
-            return ADV2(
-                model, interpreter, eps=self.eps, steps=self.steps, lam=parse_schedule(self.lam),
-                pred_loss=PREDICTION_LOSSES[self.pred_loss](),
-                map_loss=MAP_LOSSES[self.map_loss](),
-                optimizer=OPTIMIZERS[self.optimizer](lr=self.lr),
-                step_scale=None if self.lr_decay == 1.0 else Linear(1.0, self.lr_decay),
-                warm_steps=self.warm_steps, patience=self.patience or None,
-                step_search=MarginStepSearch() if self.step_search else None,
-                lam_search=LamSearch(self.lam_search) if self.lam_search else None,
-            )
-        raise ValueError(f"unknown attack {self.attack!r}; choose pgd or adv2")
+    def build(self, model: Classifier, interpreter: Interpreter | None) -> Attack:
+        """The attack these (resolved) settings describe, built by its entry in
+        :data:`ATTACKS`; an unknown attack is a ValueError naming it and the known ones."""
+        return attack_entry(self.attack).build(self, model, interpreter)
 
 
 def describe(part: Any) -> Any:

@@ -23,9 +23,9 @@ from adv2.detection import build_squeezer
 from adv2.interpreters import INTERPRETERS
 from adv2.interpreters.plugins import is_name, require_differentiable, resolve, setting_names
 from adv2.attacks import ATTACKS
-from adv2.attacks.settings import ATTACK_KEYS
+from adv2.attacks.settings import ATTACK_KEYS, SettingError
 from adv2.attacks.support import KINDS
-from adv2.pipeline import AttackConfig, SettingError, build_attack, check_setting, parse_number
+from adv2.pipeline import AttackConfig, build_attack, check_setting, parse_number
 #: keys whose values are paths, resolved against the YAML file's directory
 PATH_KEYS = ("weights", "images", "labels", "benign_images", "checkpoint", "support")
 
