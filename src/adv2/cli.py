@@ -18,7 +18,8 @@ from adv2 import pipeline
 from adv2.attacks import (ATTACKS, DISPLAY_NAMES, MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES,
                           SettingError)
 from adv2.attacks.pgd import PGD_DEFAULTS
-from adv2.attacks.settings import ATTACK_KEYS
+from adv2.attacks.settings import ATTACK_KEYS, THREATS
+from adv2.blackbox import ANSWERS
 from adv2.data import demo_images, load_dataset
 from adv2.interpreters import INTERPRETERS, MASK_STRATEGIES, Interpreter, plugins
 from adv2.models import ModelError, load_model
@@ -152,7 +153,11 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warm-steps", type=int,
                    help=f"ADV²: maximum PGD warm-start steps ({_defaults('warm_steps')})")
     p.add_argument("--lam", help="ADV² λ schedule: '5' constant, '5:10' linear, "
-                                 f"'1,2,4@0.3,0.6' piecewise over progress ({_defaults('lam')})")
+                                 f"'1,2,4@0.3,0.6' piecewise over progress ({_defaults('lam')}); "
+                                 "black-box ADV²: a constant, the map term's weight (default: "
+                                 + ", ".join(f"{name} {cls.blackbox_attack_defaults.get('lam')}"
+                                             for name, cls in sorted(INTERPRETERS.items()))
+                                 + ")")
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS),
                    help=f"update rule; PGD takes sign steps ({_defaults('optimizer')})")
     p.add_argument("--lr", type=number,
@@ -165,8 +170,9 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--map-loss", choices=sorted(MAP_LOSSES),
                    help=f"ADV² map loss ({_defaults('map_loss')})")
     p.add_argument("--patience", type=int,
-                   help="ADV²: stop an image after this many steps without improvement, 0: "
-                        f"never ({_defaults('patience')})")
+                   help="ADV²: stop an image after this many steps (black-box: queries) "
+                        f"without improvement, 0: never ({_defaults('patience')}; black-box: "
+                        "never)")
     p.add_argument("--lam-search", type=int,
                    help="ADV²: rerun the joint stage this many times with each image's λ "
                         "raised after a run that bettered the warm start's map and lowered "
@@ -178,6 +184,29 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
         "ADV² that also evades the feature-squeezing detector fitted by 'adv2 detect fit' (its "
         "JSON file); its joint stage defaults to 200 steps without early stop (--steps, "
         "--patience override)", "plain ADV²"))
+    p.add_argument("--threat", choices=list(THREATS), default=d.threat, help=_help(
+        "white-box: the attack differentiates the model and the interpreter; black-box: it "
+        "sees only a query oracle's answers (--answers), within --queries per image: "
+        f"{DISPLAY_NAMES['pgd']} becomes {ATTACKS['pgd'].black_box.display_name} (Square-"
+        f"style, on the prediction), {DISPLAY_NAMES['adv2']} "
+        f"{ATTACKS['adv2'].black_box.display_name} (the same search on margin + λ·map "
+        "distance)", d.threat))
+    p.add_argument("--answers", choices=list(ANSWERS), default=d.answers, help=_help(
+        "black-box: what the oracle answers per image: the prediction as scores "
+        "(probabilities), logits or label, with +map the map of the predicted class "
+        "(the search needs scores or logits; black-box ADV² the map)", d.answers))
+    p.add_argument("--queries", type=int, default=d.queries, help=_help(
+        "black-box: the query budget per image (every image the oracle answers is one)",
+        d.queries))
+    p.add_argument("--surrogate", help=_help(
+        "black-box: a local model (a --model name, not the attacked one) whose white-box "
+        "attack, with the same interpreter kind at its defaults, starts the search",
+        "Square's random start"))
+    p.add_argument("--stop-iou", type=number, help=_help(
+        "black-box ADV²: stop an image once it predicts its target with this IoU between the "
+        "oracle's map and the target map", ", ".join(
+            f"{name} {shown(cls.blackbox_attack_defaults.get('stop_iou'), none='off')}"
+            for name, cls in sorted(INTERPRETERS.items()))))
     p.add_argument("--rts-checkpoint", action=_Alias, help=_help(
         "RTS: checkpoint from 'adv2 train-rts'; the same as --interpreter-setting "
         "checkpoint=... (giving both is an error)", "the one shipped for the model"))

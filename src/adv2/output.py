@@ -2,7 +2,7 @@
 
     OUT/config.json       every setting, the seed and library versions
     OUT/results.csv       one row per image: file,label,clean_pred,target,pred,confidence,
-                          success,l1,iou,changed,l2
+                          success,l1,iou,changed,l2,queries (black-box attacks; else empty)
     OUT/summary.json      aggregates, errors, ignored files, warnings (:meth:`RunWriter.finish`)
     OUT/samples/<name>/   clean.png adv.png benign_map.npy adv_map.npy target_map.npy figure.png
                           (and support.npy with a support)
@@ -31,7 +31,7 @@ from adv2.records import (Failed, Output, Record, Store, changed_keys, to_json, 
                           write_json)
 
 FIELDS = ["file", "label", "clean_pred", "target", "pred", "confidence", "success", "l1", "iou",
-          "changed", "l2"]
+          "changed", "l2", "queries"]
 
 
 #: what a rerun may change without being refused: library versions, and the built attack's
@@ -123,7 +123,8 @@ class RunWriter:
                 "target": meta["target"], "pred": meta["pred"],
                 "confidence": round(meta["confidence"], 6), "success": int(meta["success"]),
                 "l1": round(meta["l1"], 6), "iou": round(float(np.mean(meta["iou"])), 6),
-                "changed": round(meta["changed"], 6), "l2": round(meta["l2"], 6)}
+                "changed": round(meta["changed"], 6), "l2": round(meta["l2"], 6),
+                "queries": meta.get("queries", "")}
 
     def _records(self) -> dict[str, Record]:
         return self.store.records("", self.names)
@@ -150,6 +151,8 @@ class RunWriter:
         def mean(values: list[float]) -> float | None:
             return float(np.mean(values)) if n else None
 
+        queries = [m["queries"] for m in done if "queries" in m]  # black-box attacks only
+
         summary = {
             "model": self.config.get("model"),
             "interpreter": self.config.get("interpreter"),
@@ -163,6 +166,8 @@ class RunWriter:
             "iou_per_k": ({f"{k:g}": float(v) for k, v in
                            zip(ks, np.mean([m["iou"] for m in done], axis=0))} if n else None),
             "passes_per_image": mean([m["passes"] for m in done]),
+            "queries_mean": mean(queries) if queries else None,
+            "queries_median": float(np.median(queries)) if queries else None,
             "changed_mean": mean([m["changed"] for m in done]),
             "l2_mean": mean([m["l2"] for m in done]),
             "eps": self.config.get("eps"),

@@ -17,9 +17,11 @@ import numpy as np
 import torch
 
 from adv2 import metrics, target_maps as target_maps_mod
-from adv2.attacks import (ATTACKS, DISPLAY_NAMES, MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES,
+from adv2.attacks import (ATTACKS, MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES,
                           AdaptiveADV2, Attack, AttackSettings, SettingError, parse_schedule)
 from adv2.attacks import support as support_mod
+from adv2.attacks.settings import THREATS
+from adv2.blackbox import ANSWERS
 from adv2.attacks.result import AttackResult
 from adv2.data import Sample, sample_key, to_tensor
 from adv2.detection import FeatureSqueezingDetector
@@ -72,6 +74,9 @@ class AttackConfig(AttackSettings):
             raise SettingError("optimizer", "PGD takes sign steps; it applies to ADV² only")
         if self.adaptive is not None and self.attack != "adv2":
             raise SettingError("adaptive", "applies to the adv2 attack only")
+        self.entry()  # the threat, and the attack's form under it
+        if self.threat == "black-box" and self.adaptive is not None:
+            raise SettingError("adaptive", "applies to white-box ADV² only")
         if n_classes is not None and self.target_class is not None \
                 and not 0 <= self.target_class < n_classes:
             raise SettingError("target_class", f"must be a class index in [0, {n_classes - 1}] "
@@ -103,6 +108,8 @@ _RANGES: dict[str, tuple[str, Any]] = {
     "batch_size": ("≥ 1", lambda v: v >= 1),
     "limit": ("≥ 1", lambda v: v >= 1),
     "target_class": ("≥ 0", lambda v: v >= 0),
+    "queries": ("≥ 0", lambda v: v >= 0),
+    "stop_iou": ("in [0, 1]", lambda v: 0 <= v <= 1),
 }
 
 
@@ -115,7 +122,7 @@ def check_setting(key: str, value: Any) -> None:
         return
     registries = {"optimizer": OPTIMIZERS, "pred_loss": PREDICTION_LOSSES,
                   "map_loss": MAP_LOSSES, "attack": ATTACKS,
-                  "target_map": target_maps_mod.KINDS}
+                  "target_map": target_maps_mod.KINDS, "threat": THREATS, "answers": ANSWERS}
     if key in registries and value not in registries[key]:
         raise SettingError(key, f"unknown value {value!r}; choose from {sorted(registries[key])}")
     if key == "support":
@@ -179,7 +186,7 @@ def build_attack(cfg: AttackConfig, model: Classifier,
     ``cfg.adaptive``, ADV² that also evades the feature-squeezing detector fitted in that file.
     ADV² refuses an interpreter that is not differentiable (ValueError naming it)."""
     cfg = cfg.resolved()
-    if cfg.attack == "adv2":
+    if cfg.attack == "adv2" and cfg.threat == "white-box":
         require_differentiable(cfg.interpreter)
     if cfg.adaptive is None:
         return AttackSettings.build(cfg, model, interpreter)
@@ -248,6 +255,8 @@ def attack_batch(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,
                 "l1": float(result.l1[j]), "iou": result.iou[j].tolist(),
                 "passes": int(result.passes[j]), "linf": int(result.linf[j]),
                 "changed": changed[j], "l2": l2[j]}
+        if result.queries is not None:
+            meta["queries"] = int(result.queries[j])
         if interpreter.stochastic:
             meta["interpreter_seed"] = interpreter_seeds(cfg.seed, keys[j:j + 1])[0]
             meta["judge_seed"] = interpreter_seeds(cfg.seed, keys[j:j + 1], judge=True)[0]
@@ -366,7 +375,7 @@ def run(
         for i, output in zip(index, outputs):
             if not isinstance(output, Failed):
                 output[1]["clean_pred"] = int(preds[i])
-        writer.save_samples(names, images[index], outputs, DISPLAY_NAMES[cfg.attack])
+        writer.save_samples(names, images[index], outputs, cfg.entry().display_name)
         return outputs
 
     run_units(Alone(), writer.store, "", chunks(list(rows), cfg.batch_size), work, progress,

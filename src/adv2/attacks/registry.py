@@ -8,8 +8,14 @@ Adding an attack is its own module (a class with the call shape of
 from adv2.attacks.adv2 import ADV2
 from adv2.attacks.pgd import PGD
 from adv2.attacks.settings import ATTACKS, AttackEntry
+from adv2.blackbox import build
+from adv2.blackbox.search import RandomSearch
 
 ATTACKS.update(
-    pgd=AttackEntry(PGD, "PGD", PGD.settings_defaults, PGD.from_settings),
-    adv2=AttackEntry(ADV2, "ADV²", ADV2.settings_defaults, ADV2.from_settings),
+    pgd=AttackEntry(PGD, "PGD", PGD.settings_defaults, PGD.from_settings,
+                    AttackEntry(RandomSearch, "random search", build.baseline_defaults,
+                                build.build_baseline)),
+    adv2=AttackEntry(ADV2, "ADV²", ADV2.settings_defaults, ADV2.from_settings,
+                     AttackEntry(RandomSearch, "black-box ADV²", build.adv2_defaults,
+                                 build.build_adv2)),
 )

@@ -41,7 +41,8 @@ class AttackResult:
     ‖x* − x°‖∞ in uint8 units. ``passes``: forward + backward passes spent per image. ``maps``
     (N×1×h×w), ``l1`` (N,), ``iou`` (N×len(ks)): the true interpreter's maps of the uint8
     images for the target class and their distance to the target maps, filled by
-    :func:`judge`. Tensors are on the device of the attack's input.
+    :func:`judge`. ``queries`` (N,): the oracle queries each image cost, for black-box attacks
+    (:mod:`adv2.blackbox`; None otherwise). Tensors are on the device of the attack's input.
     """
 
     adv: np.ndarray
@@ -54,6 +55,7 @@ class AttackResult:
     maps: torch.Tensor | None = None
     l1: torch.Tensor | None = None
     iou: torch.Tensor | None = None
+    queries: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> AttackResult:
         """The same result with every tensor on ``device``."""

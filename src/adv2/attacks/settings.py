@@ -51,6 +51,7 @@ class AttackEntry:
             (``full``, ``edges``, ...): keys of :class:`AttackSettings`.
         build: ``build(settings, model, interpreter)``, the attack that resolved
             :class:`AttackSettings` describe (ValueError for settings it cannot take).
+        black_box: the entry that builds it under the black-box threat (None: none).
 
     Example:
         >>> ATTACKS["pgd"].display_name
@@ -61,6 +62,9 @@ class AttackEntry:
     display_name: str
     defaults: Callable[[type[Interpreter] | Interpreter, str], Mapping[str, Any]]
     build: Callable[[AttackSettings, Classifier, Interpreter | None], Attack]
+    #: the same attack under the black-box threat (``threat="black-box"``: it sees only a
+    #: query oracle, :mod:`adv2.blackbox`), an entry of its own; None: white-box only
+    black_box: AttackEntry | None = None
 
 
 #: the attacks by the names the CLI and experiment files use (``--attack adv2``); the built-in
@@ -68,11 +72,27 @@ class AttackEntry:
 ATTACKS: dict[str, AttackEntry] = {}
 
 
-def attack_entry(name: str) -> AttackEntry:
-    """The registered attack ``name``; a ValueError naming it and the known ones otherwise."""
+#: who the attacker is: ``white-box`` (differentiates the model and the interpreter) or
+#: ``black-box`` (sees only a query oracle's answers, :mod:`adv2.blackbox`)
+THREATS = ("white-box", "black-box")
+
+
+def attack_entry(name: str, threat: str = "white-box") -> AttackEntry:
+    """The registered attack ``name`` under ``threat``; a ValueError naming it and the known
+    ones otherwise."""
     if name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; the attacks are {', '.join(ATTACKS)}")
-    return ATTACKS[name]
+    if threat not in THREATS:
+        raise SettingError("threat", f"unknown threat {threat!r}; choose from "
+                                     f"{', '.join(THREATS)}")
+    entry = ATTACKS[name]
+    if threat == "black-box":
+        if entry.black_box is None:
+            black = [n for n, e in ATTACKS.items() if e.black_box is not None]
+            raise SettingError("threat", f"attack {name!r} has no black-box form; those with "
+                                         f"one are {', '.join(black)}")
+        return entry.black_box
+    return entry
 
 
 class DisplayNames(Mapping[str, str]):
@@ -106,7 +126,14 @@ class AttackSettings:
         image after this many steps without improvement (0: never). random_start: PGD starts
         uniformly in the ball. step_search: ADV²'s per-example step-length search. lam_search:
         ADV²'s reruns of the joint stage with per-image λ (None or 0: none;
-        :mod:`adv2.attacks.lam_search`). seed: PGD's random start.
+        :mod:`adv2.attacks.lam_search`). seed: PGD's random start (a black-box search's
+        draws). threat: ``white-box`` or ``black-box`` (:data:`THREATS`); the black-box
+        settings: answers (what the oracle answers, :data:`adv2.blackbox.ANSWERS`), queries
+        (the budget per image), surrogate (a model name: the white-box attack on it, with the
+        same interpreter kind, starts the search; None: Square's random start), stop_iou
+        (black-box ADV² stops an image that predicts its target with this IoU of the oracle's
+        map to the target map); under it ``lam`` is the weight of the map term and
+        ``patience`` counts queries.
         support: where the perturbation may live (:func:`adv2.attacks.support.parse`; the
         support itself is built per batch and passed to the attack's call): any but ``full``
         takes the interpreter's ``support_attack_defaults`` over its ``attack_defaults``.
@@ -131,6 +158,15 @@ class AttackSettings:
     lam_search: int | None = None
     seed: int = 0
     support: str = "full"
+    threat: str = "white-box"
+    answers: str = "scores+map"
+    queries: int = 10_000
+    surrogate: str | None = None
+    stop_iou: float | None = None
+
+    def entry(self) -> AttackEntry:
+        """This attack's entry under its threat (:func:`attack_entry`)."""
+        return attack_entry(self.attack, self.threat)
 
     def defaults(self, interpreter: type[Interpreter] | Interpreter,
                  adaptive: bool = False) -> dict[str, Any]:
@@ -138,7 +174,7 @@ class AttackSettings:
         (:attr:`AttackEntry.defaults`; ADV²'s are the interpreter's ``attack_defaults``, then
         its ``support_attack_defaults`` with a support other than ``full``), then, for
         adaptive ADV², :data:`ADAPTIVE_DEFAULTS`."""
-        return {**attack_entry(self.attack).defaults(interpreter, self.support),
+        return {**self.entry().defaults(interpreter, self.support),
                 **(ADAPTIVE_DEFAULTS if adaptive else {})}
 
     def resolved(self, interpreter: type[Interpreter] | Interpreter, adaptive: bool = False):
@@ -158,7 +194,7 @@ class AttackSettings:
     def build(self, model: Classifier, interpreter: Interpreter | None) -> Attack:
         """The attack these (resolved) settings describe, built by its entry in
         :data:`ATTACKS`; an unknown attack is a ValueError naming it and the known ones."""
-        return attack_entry(self.attack).build(self, model, interpreter)
+        return self.entry().build(self, model, interpreter)
 
 
 def describe(part: Any) -> Any:

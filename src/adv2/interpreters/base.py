@@ -51,6 +51,10 @@ class Interpreter(ABC):
     #: support (any ``support`` but ``full``, :mod:`adv2.attacks.support`), measured with
     #: AdvEdge's edge support in the benchmarks; none: the full-support defaults apply
     support_attack_defaults: ClassVar[dict[str, Any]] = {}
+    #: black-box ADV²'s settings (``threat="black-box"``, :mod:`adv2.blackbox`): the weight λ
+    #: of the map term against the log-probability margin, and the IoU of the oracle's map to
+    #: the target map at which an image stops (docs/benchmarks/blackbox.md)
+    blackbox_attack_defaults: ClassVar[dict[str, Any]] = {"lam": "50", "stop_iou": 0.9}
     #: λ multiplier of adaptive ADV² against all squeezers (docs/detection*.md)
     adaptive_lam_scale: ClassVar[float] = 4.0
     #: ways ADV² can differentiate this interpreter (its ``strategy`` setting), if several
@@ -107,6 +111,14 @@ class Interpreter(ABC):
 
     def __call__(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         return self.explain(x, classes)[1]
+
+    def explain_predicted(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits (N×C) of x and the maps of each image's predicted class, as a deployed
+        system explains its answer (:class:`adv2.blackbox.Oracle`); the default predicts, then
+        calls :meth:`explain`."""
+        with torch.no_grad():
+            classes = self.model(x).argmax(dim=1)
+        return self.explain(x, classes)
 
     def explain_rows(self, x: torch.Tensor, classes: torch.Tensor,
                      rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

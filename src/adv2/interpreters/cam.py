@@ -49,6 +49,14 @@ class CAM(Interpreter):
 
     def explain(self, x: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, feats = self.model.forward_with_features(x)
+        return logits, self.maps_of(feats, classes)
+
+    def explain_predicted(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the CAM of each image's predicted class, from one forward pass."""
+        logits, feats = self.model.forward_with_features(x)
+        return logits, self.maps_of(feats, logits.argmax(dim=1))
+
+    def maps_of(self, feats: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """The min-max normalised CAMs (N×1×h×w) of ``classes`` from feature maps N×K×h×w."""
         w = self.weights[classes].to(feats)  # N×K
-        cam = torch.einsum("nk,nkhw->nhw", w, feats).unsqueeze(1)
-        return logits, minmax(cam, self.eps)
+        return minmax(torch.einsum("nk,nkhw->nhw", w, feats).unsqueeze(1), self.eps)

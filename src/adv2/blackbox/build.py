@@ -1,0 +1,83 @@
+"""How :class:`~adv2.attacks.settings.AttackSettings` with ``threat="black-box"`` build the
+black-box attacks: PGD's black-box form is the prediction-only random search, ADV²'s is
+black-box ADV² (the joint loss), each on an :class:`~adv2.blackbox.Oracle` of the model and
+interpreter, optionally started by the attack's white-box form on a local surrogate."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from adv2.attacks.settings import AttackSettings, SettingError
+from adv2.blackbox.oracle import Oracle
+from adv2.blackbox.search import RandomSearch
+from adv2.interpreters import Interpreter
+from adv2.models import Classifier, load_model, model_digest
+
+if TYPE_CHECKING:
+    from adv2.attacks.result import Attack
+
+
+def baseline_defaults(interpreter: type[Interpreter] | Interpreter,
+                      support: str) -> Mapping[str, Any]:
+    """The prediction-only search's unset settings: none (its dataclass defaults)."""
+    return {}
+
+
+def adv2_defaults(interpreter: type[Interpreter] | Interpreter,
+                  support: str) -> Mapping[str, Any]:
+    """Black-box ADV²'s unset settings: the interpreter's ``blackbox_attack_defaults``."""
+    return interpreter.blackbox_attack_defaults
+
+
+def transfer_start(settings: AttackSettings, model: Classifier,
+                   interpreter: Interpreter | None) -> Attack | None:
+    """The white-box form of the attack on ``settings.surrogate`` (a model name, on the
+    attacked model's device) with an interpreter of the same kind at its defaults; None without
+    a surrogate. A surrogate with the attacked model's weights is a SettingError: a transfer
+    start must not see the attacked model."""
+    if settings.surrogate is None:
+        return None
+    surrogate = load_model(settings.surrogate, device=model.device)
+    if model_digest(surrogate) == model_digest(model):
+        raise SettingError("surrogate", f"{settings.surrogate!r} is the attacked model itself; "
+                                        "a transfer start needs another model")
+    local = None if interpreter is None else type(interpreter)(surrogate)
+    white = AttackSettings(attack=settings.attack, eps=settings.eps, seed=settings.seed,
+                           support=settings.support)
+    return white.resolved(local or type(interpreter)).build(surrogate, local)
+
+
+def _search(settings: AttackSettings, model: Classifier, interpreter: Interpreter | None,
+            lam: float) -> RandomSearch:
+    """The random search ``settings`` describe, with map weight ``lam``."""
+    try:
+        return RandomSearch(Oracle(model, interpreter, settings.answers, settings.queries),
+                            eps=settings.eps, queries=settings.queries, lam=lam,
+                            stop_iou=settings.stop_iou, patience=settings.patience or None,
+                            seed=settings.seed, start=transfer_start(settings, model,
+                                                                     interpreter))
+    except SettingError:
+        raise
+    except ValueError as exc:
+        raise SettingError("answers", str(exc)) from None
+
+
+def build_baseline(settings: AttackSettings, model: Classifier,
+                   interpreter: Interpreter | None) -> RandomSearch:
+    """PGD's black-box form: the targeted random search on the prediction alone."""
+    return _search(replace(settings, stop_iou=None), model, interpreter, 0.0)
+
+
+def build_adv2(settings: AttackSettings, model: Classifier,
+               interpreter: Interpreter | None) -> RandomSearch:
+    """ADV²'s black-box form: the random search on margin + λ·map distance (a constant λ)."""
+    try:
+        lam = float(settings.lam)
+    except (TypeError, ValueError):
+        raise SettingError("lam", f"black-box ADV² takes a constant λ (a number), got "
+                                  f"{settings.lam!r}") from None
+    if lam <= 0:
+        raise SettingError("lam", f"black-box ADV² needs λ > 0 (the map term), got {lam:g}")
+    return _search(settings, model, interpreter, lam)

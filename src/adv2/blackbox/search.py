@@ -1,0 +1,210 @@
+"""Score-based random search in the L∞ ball (Square Attack, Andriushchenko et al. ECCV 2020),
+on the prediction alone or on ADV²'s joint loss, from the oracle's answers only."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import KW_ONLY, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from adv2 import metrics
+from adv2.attacks.lattice import project, quantise
+from adv2.attacks.losses import MapLoss, MapMSE
+from adv2.attacks.result import Attack, AttackResult, Images, as_batch, home_of
+from adv2.attacks.settings import describe
+from adv2.attacks.support import lattice_bound
+from adv2.blackbox.oracle import Answer, Oracle
+
+#: Square Attack's schedule of the square's area: at these fractions of a 10,000-query budget
+#: the fraction ``p`` of the image a square covers halves
+_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+
+def square_fraction(p_init: float, query: int, budget: int) -> float:
+    """The fraction of the image the square of query ``query`` covers (Square Attack's
+    schedule, rescaled from 10,000 queries to ``budget``)."""
+    scaled = int(query / max(budget, 1) * 10_000)
+    return p_init / 2 ** sum(scaled > h for h in _HALVINGS)
+
+
+@dataclass
+class RandomSearch:
+    """Targeted Square-Attack-style random search on the answers of an :class:`Oracle`.
+
+    Each query proposes, per image, the current perturbation with one random square window
+    set to ±ε (one sign per channel) and keeps it when it lowers the loss
+    ``max(m, −kappa) + lam · map_loss(oracle map, target map)``, where
+    ``m = max_{j≠t} s_j − s_t`` is the margin of the oracle's log-probabilities (or logits)
+    ``s``; once an image predicts its target it never gives the target up. With ``lam`` 0 this
+    is the prediction-only baseline and an image stops at success; with ``lam`` > 0 (black-box
+    ADV²) an image stops once it succeeds with an IoU of its oracle map to the target map of at
+    least ``stop_iou``, after ``patience`` queries without improvement, or at its budget.
+
+    Arguments:
+        oracle: the attacked system (all the search sees; :meth:`Oracle.verdict` judges the
+        result). eps: the L∞ budget. queries: the queries per image, the clean image's answer
+        and the start's included. lam: the weight of the map term. p_init: the first square's
+        fraction of the image. kappa: how far beyond the decision boundary the margin still
+        counts. stop_iou, patience: stopping (None: off). seed: the search's draws
+        (``torch.Generator`` on the host, so every device agrees). start: a white-box attack
+        on a local surrogate (never the attacked model) whose images start the search (None:
+        Square's vertical stripes); with ``queries`` 0 its images are the result (transfer
+        alone). map_loss: the map distance.
+
+    Shape:
+        x: float N×3×H×W in [0,1], or uint8 N×H×W×3; targets: (N,) long; target_maps:
+        N×1×h×w at the oracle interpreter's resolution (None: the oracle's map of the clean
+        image, one query); support: N×1×H×W in [0,1], where the perturbation may live.
+
+    Returns:
+        :class:`~adv2.attacks.result.AttackResult` on the input's device, judged by the true
+        model and interpreter; ``queries`` and ``passes`` are the queries per image.
+
+    Example:
+        >>> oracle = Oracle(model, CAM(model), "scores+map")         # doctest: +SKIP
+        >>> result = RandomSearch(oracle, lam=100)(images, targets)   # doctest: +SKIP
+    """
+
+    oracle: Oracle
+    _: KW_ONLY
+    eps: float = 8 / 255
+    queries: int = 10_000
+    lam: float = 0.0
+    p_init: float = 0.05
+    kappa: float = 0.0
+    stop_iou: float | None = None
+    patience: int | None = None
+    seed: int = 0
+    start: Attack | None = None
+    map_loss: MapLoss = field(default_factory=MapMSE)
+
+    def __post_init__(self) -> None:
+        if self.oracle.prediction == "label":
+            raise ValueError(f"answers {self.oracle.answers!r}: the random search needs the "
+                             "scores (answers scores or logits, with +map for black-box ADV²)")
+        if self.lam > 0 and not self.oracle.maps:
+            raise ValueError(f"answers {self.oracle.answers!r}: black-box ADV² (lam > 0) needs "
+                             "the maps (answers scores+map or logits+map)")
+        if self.queries < 0:
+            raise ValueError(f"queries: must be ≥ 0, got {self.queries}")
+
+    def __call__(self, x: Images, targets: torch.Tensor, target_maps: torch.Tensor | None = None,
+                 support: torch.Tensor | None = None) -> AttackResult:
+        """Attack ``x`` toward ``targets`` within the query budget."""
+        device = self.oracle.device
+        x0 = as_batch(x, device)
+        targets = targets.to(device)
+        support = None if support is None else support.to(device)
+        bound = torch.as_tensor(lattice_bound(self.eps, support), device=device)
+        bound = bound.expand(len(x0), 1, *x0.shape[2:]) if bound.ndim else \
+            torch.full((len(x0), 1, *x0.shape[2:]), float(bound), device=device)
+        self.oracle.open(len(x0))
+        if target_maps is None and self.lam > 0:
+            target_maps = self.oracle.query(x0).maps
+        target_maps = None if target_maps is None else target_maps.to(device)
+        start = self._start(x0, targets, target_maps, support, bound)
+        if self.queries > 0:
+            start = self._search(x0, start, targets, target_maps, bound)
+        judged = self.oracle.verdict(start, x0, targets, target_maps)
+        return judged.to(home_of(x))
+
+    def _start(self, x0: torch.Tensor, targets: torch.Tensor,
+               target_maps: torch.Tensor | None, support: torch.Tensor | None,
+               bound: torch.Tensor) -> torch.Tensor:
+        """The first iterate: the surrogate attack's images, or Square's vertical stripes."""
+        if self.start is None:
+            gen = torch.Generator().manual_seed(self.seed)
+            signs = torch.randint(0, 2, (len(x0), x0.shape[1], 1, x0.shape[3]),
+                                  generator=gen, device="cpu").to(x0) * 2 - 1
+            return (x0 + signs * bound).clamp(0, 1)
+        maps = target_maps
+        surrogate = getattr(self.start, "interpreter", None)
+        if maps is not None and surrogate is not None:
+            size = surrogate.resolution(*x0.shape[2:])
+            if tuple(maps.shape[-2:]) != tuple(size):
+                maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+        result = self.start(x0, targets, maps, support)
+        return project(quantise(result.x.to(x0)), x0, bound)
+
+    def _loss(self, answer: Answer, targets: torch.Tensor,
+              target_maps: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor,
+                                                        torch.Tensor]:
+        """Per image: the loss, whether the target is predicted, and the oracle map's IoU."""
+        scores = (answer.probs.clamp_min(1e-30).log() if answer.probs is not None
+                  else answer.logits)
+        margin = -metrics.margin(scores, targets)  # below 0 once the target wins
+        success = answer.labels == targets
+        loss = margin.clamp_min(-self.kappa)
+        iou = torch.zeros_like(loss)
+        if self.lam > 0:
+            loss = loss + self.lam * self.map_loss(answer.maps, target_maps)
+            iou = metrics.iou(answer.maps, target_maps).mean(dim=1)
+        return loss, success, iou
+
+    def _done(self, success: torch.Tensor, iou: torch.Tensor) -> torch.Tensor:
+        """Which images have met the stopping goal."""
+        if self.lam == 0:
+            return success
+        if self.stop_iou is None:
+            return torch.zeros_like(success)
+        return success & (iou >= self.stop_iou)
+
+    def _search(self, x0: torch.Tensor, x: torch.Tensor, targets: torch.Tensor,
+                target_maps: torch.Tensor | None, bound: torch.Tensor) -> torch.Tensor:
+        """Random-search updates from ``x`` until each image stops; the final iterates."""
+        n, c, h, w = x0.shape
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        budget = torch.minimum(self.oracle.left(),
+                               torch.full_like(self.oracle.left(), self.queries)
+                               - self.oracle.counts).to(x0.device)
+        if (budget <= 0).any():
+            return x
+        loss, success, iou = self._loss(self.oracle.query(x), targets, target_maps)
+        stale = torch.zeros(n, dtype=torch.long, device=x0.device)
+        spent = torch.ones(n, dtype=torch.long, device=x0.device)
+        area = h * w
+        i = 0
+        while True:
+            active = ~self._done(success, iou) & (spent < budget)
+            if self.patience is not None:
+                active &= stale < self.patience
+            rows = active.nonzero().flatten()
+            if not len(rows):
+                return x
+            p = square_fraction(self.p_init, i, self.queries)
+            side = min(max(int(round(math.sqrt(p * area))), 1), min(h, w) - 1)
+            top = torch.randint(0, h - side + 1, (len(rows), 1, 1, 1), generator=gen, device="cpu")
+            left = torch.randint(0, w - side + 1, (len(rows), 1, 1, 1), generator=gen, device="cpu")
+            signs = torch.randint(0, 2, (len(rows), c, 1, 1), generator=gen, device="cpu") * 2 - 1
+            top, left, signs = top.to(x0.device), left.to(x0.device), signs.to(x0)
+            ys = torch.arange(h, device=x0.device).view(1, 1, h, 1)
+            xs = torch.arange(w, device=x0.device).view(1, 1, 1, w)
+            window = (ys >= top) & (ys < top + side) & (xs >= left) & (xs < left + side)
+            base = x0[rows]
+            proposal = torch.where(window, (base + signs * bound[rows]).clamp(0, 1), x[rows])
+            same = (proposal == x[rows]).flatten(1).all(dim=1)  # flip a window that is unchanged
+            flipped = torch.where(window, (base - signs * bound[rows]).clamp(0, 1), x[rows])
+            proposal = torch.where(same.view(-1, 1, 1, 1), flipped, proposal)
+            new_loss, new_success, new_iou = self._loss(self.oracle.query(proposal, rows),
+                                                        targets[rows],
+                                                        None if target_maps is None
+                                                        else target_maps[rows])
+            better = (new_loss < loss[rows]) & (new_success | ~success[rows])
+            keep = rows[better]
+            x[keep] = proposal[better]
+            loss[keep], success[keep], iou[keep] = (new_loss[better], new_success[better],
+                                                    new_iou[better])
+            stale[rows] += 1
+            stale[keep] = 0
+            spent[rows] += 1
+            i += 1
+
+    def config(self) -> dict:
+        """The attack's settings, as recorded beside its results."""
+        return {"attack": "random-search", "answers": self.oracle.answers, "eps": self.eps,
+                "queries": self.queries, "lam": self.lam, "p_init": self.p_init,
+                "kappa": self.kappa, "stop_iou": self.stop_iou, "patience": self.patience,
+                "seed": self.seed, "map_loss": describe(self.map_loss),
+                "start": None if self.start is None else self.start.config()}

@@ -1,0 +1,201 @@
+"""Black-box attacks: the oracle answers and counts exactly, the search sees nothing else,
+keeps to its budget, the ε-ball and the uint8 lattice, and is judged by the true model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adv2 import pipeline, target_maps
+from adv2.attacks import PGD, AttackSettings, SettingError
+from adv2.blackbox import ANSWERS, BudgetExceeded, Oracle, RandomSearch, square_fraction
+from adv2.data import to_tensor
+from adv2.interpreters import CAM, GRAD
+
+from conftest import make_images, make_tiny_model
+
+EPS = 24 / 255
+
+
+@pytest.fixture
+def setup():
+    model = make_tiny_model()
+    x = to_tensor(make_images(4, seed=3))
+    with torch.no_grad():
+        labels = model(x).argmax(dim=1)
+    return model, x, labels, (labels + 1) % 10
+
+
+class ForwardCount(torch.nn.Module):
+    """Counts the images the wrapped module is run on."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.images = inner, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.images += len(x)
+        return self.inner(x)
+
+
+def test_the_oracle_counts_every_image_and_refuses_a_spent_budget(setup) -> None:
+    model, x, _, _ = setup
+    oracle = Oracle(model, CAM(model), "scores+map", budget=2)
+    oracle.open(4)
+    oracle.query(x)
+    oracle.query(x[1:3], torch.tensor([1, 2]))
+    assert oracle.counts.tolist() == [1, 2, 2, 1]
+    with pytest.raises(BudgetExceeded, match="image\\(s\\) 1, 2"):
+        oracle.query(x[:3])
+    assert oracle.counts.tolist() == [1, 2, 2, 1]  # nothing answered, nothing counted
+    assert oracle.left().tolist() == [1, 0, 0, 1]
+
+
+@pytest.mark.parametrize("answers", ANSWERS)
+def test_the_oracle_answers_only_what_its_kind_says(setup, answers) -> None:
+    model, x, labels, _ = setup
+    oracle = Oracle(model, CAM(model), answers)
+    oracle.open(4)
+    answer = oracle.query(x.clone().requires_grad_(True))
+    assert answer.labels.tolist() == labels.tolist()
+    assert (answer.probs is not None) == answers.startswith("scores")
+    assert (answer.logits is not None) == answers.startswith("logits")
+    assert (answer.maps is not None) == answers.endswith("+map")
+    for part in (answer.probs, answer.logits, answer.maps):
+        assert part is None or (not part.requires_grad and part.grad_fn is None)
+    if answer.maps is not None:  # the map of the predicted class
+        assert torch.allclose(answer.maps, CAM(model)(x, labels))
+
+
+def test_the_oracle_refuses_bad_kinds_images_and_rows(setup) -> None:
+    model, x, _, _ = setup
+    with pytest.raises(ValueError, match="unknown kind 'map'"):
+        Oracle(model, CAM(model), "map")
+    with pytest.raises(ValueError, match="needs an interpreter"):
+        Oracle(model, None, "scores+map")
+    oracle = Oracle(model, None, "scores")
+    oracle.open(4)
+    with pytest.raises(ValueError, match="uint8 lattice"):
+        oracle.query(x + 0.3 / 255)
+    with pytest.raises(ValueError, match="open"):
+        oracle.query(x, torch.tensor([0, 1, 2, 4]))
+
+
+class NoBackward(torch.nn.Module):
+    """A model that raises if anything differentiates through it."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.register_full_backward_hook(self._refuse)
+
+    @staticmethod
+    def _refuse(*_: object) -> None:
+        raise AssertionError("a black-box attack differentiated through the model")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+def test_the_search_never_differentiates_the_model(setup) -> None:
+    model, x, labels, targets = setup
+    model.body = NoBackward(model.body)
+    cam = CAM(model)
+    benign = target_maps.benign(cam, x, labels)
+    result = RandomSearch(Oracle(model, cam, "scores+map"), eps=EPS, queries=30, lam=10.0)(
+        x.clone().requires_grad_(True), targets, benign)
+    assert result.queries.tolist() == [30] * 4
+
+
+def test_the_budget_holds_and_the_count_is_exact(setup) -> None:
+    model, x, _, targets = setup
+    model.body = counter = ForwardCount(model.body)
+    oracle = Oracle(model, CAM(model), "scores+map", budget=25)
+    result = RandomSearch(oracle, eps=EPS, queries=25, lam=5.0)(x, targets)
+    assert (result.queries <= 25).all() and result.queries.tolist() == oracle.counts.tolist()
+    # every image the model saw was a query, but the verdict's one pass of the batch
+    assert counter.images == int(result.queries.sum()) + len(x)
+    assert result.passes.tolist() == result.queries.tolist()
+
+
+def test_the_baseline_stops_each_image_at_success_and_is_judged_by_the_true_model(
+        setup) -> None:
+    model, x, _, targets = setup
+    result = RandomSearch(Oracle(model, None, "scores"), eps=EPS, queries=300)(x, targets)
+    with torch.no_grad():
+        predicted = model(result.x).argmax(dim=1)
+    assert result.success.tolist() == (predicted == targets).float().tolist()
+    assert result.success.sum() >= 2
+    assert (result.queries[result.success.bool()] < 300).all()
+    assert (result.queries[~result.success.bool()] == 300).all()
+
+
+def test_iterates_stay_on_the_lattice_in_the_ball(setup) -> None:
+    model, x, labels, targets = setup
+    support = torch.zeros(4, 1, 32, 32)
+    support[..., 8:24, 8:24] = 1
+    result = RandomSearch(Oracle(model, CAM(model), "logits+map"), eps=EPS, queries=40,
+                          lam=5.0)(x, targets, None, support)
+    delta = result.x - x
+    assert torch.allclose(result.x * 255, (result.x * 255).round(), atol=1e-4)
+    assert delta.abs().max() <= EPS + 1e-6 and result.linf.max() <= 24
+    assert (delta.abs().amax(dim=1, keepdim=True)[support == 0] == 0).all()
+    assert result.x.min() >= 0 and result.x.max() <= 1
+
+
+def test_the_same_seed_gives_the_same_images(setup) -> None:
+    model, x, _, targets = setup
+
+    def run(seed: int) -> torch.Tensor:
+        return RandomSearch(Oracle(model, CAM(model)), eps=EPS, queries=20, lam=5.0,
+                            seed=seed)(x, targets).x
+
+    assert torch.equal(run(3), run(3))
+    assert not torch.equal(run(3), run(4))
+
+
+def test_black_box_adv2_pulls_the_map_toward_the_target(setup) -> None:
+    model, x, labels, targets = setup
+    grad = GRAD(model)
+    benign = target_maps.benign(grad, x, labels)
+    pred_only = RandomSearch(Oracle(model, grad, "scores"), eps=EPS, queries=150)(
+        x, targets, benign)
+    joint = RandomSearch(Oracle(model, grad, "scores+map"), eps=EPS, queries=150, lam=50.0)(
+        x, targets, benign)
+    assert joint.l1.mean() < pred_only.l1.mean()
+
+
+def test_a_transfer_start_alone_costs_no_query(setup) -> None:
+    model, x, _, targets = setup
+    surrogate = make_tiny_model(seed=1)
+    start = PGD(surrogate, eps=EPS, steps=5, step_size=4 / 255)
+    oracle = Oracle(model, CAM(model), "scores+map")
+    result = RandomSearch(oracle, eps=EPS, queries=0, start=start)(x, targets)
+    assert result.queries.tolist() == [0] * 4
+    assert torch.equal(result.x, start(x, targets).x)
+
+
+def test_square_schedule_halves_the_square() -> None:
+    assert square_fraction(0.05, 0, 10_000) == 0.05
+    assert square_fraction(0.05, 11, 10_000) == 0.025
+    assert square_fraction(0.05, 9_000, 10_000) == 0.05 / 512
+    assert square_fraction(0.05, 110, 1_000) == square_fraction(0.05, 1_100, 10_000)
+
+
+def test_settings_build_the_black_box_forms_and_refuse_what_cannot_work(setup) -> None:
+    model, _, _, _ = setup
+    cam = CAM(model)
+    base = AttackSettings(attack="pgd", threat="black-box", queries=50).resolved(cam)
+    assert isinstance(base.build(model, cam), RandomSearch) and base.build(model, cam).lam == 0
+    adv2 = AttackSettings(attack="adv2", threat="black-box").resolved(cam).build(model, cam)
+    assert adv2.lam == float(CAM.blackbox_attack_defaults["lam"])
+    with pytest.raises(SettingError, match="lam: black-box ADV² takes a constant"):
+        AttackSettings(attack="adv2", threat="black-box", lam="5:10").resolved(cam).build(
+            model, cam)
+    with pytest.raises(SettingError, match="answers"):
+        AttackSettings(attack="adv2", threat="black-box", answers="scores").resolved(
+            cam).build(model, cam)
+    with pytest.raises(SettingError, match="threat: unknown value 'grey-box'"):
+        pipeline.AttackConfig(threat="grey-box").validate()
+    with pytest.raises(SettingError, match="adaptive"):
+        pipeline.AttackConfig(threat="black-box", adaptive="t.json").validate()
