@@ -199,3 +199,19 @@ def test_settings_build_the_black_box_forms_and_refuse_what_cannot_work(setup) -
         pipeline.AttackConfig(threat="grey-box").validate()
     with pytest.raises(SettingError, match="adaptive"):
         pipeline.AttackConfig(threat="black-box", adaptive="t.json").validate()
+
+
+def test_black_box_attacks_make_no_tensor_without_a_device(setup) -> None:
+    """The oracle, the search and the transfer start under the recorder of factory calls that
+    lack a device (tests/test_devices.py): adv2 makes none, so they follow the model."""
+    from test_devices import FactoryRecorder
+
+    model, x, _, targets = setup
+    recorder = FactoryRecorder()
+    with recorder:
+        start = PGD(make_tiny_model(seed=1), eps=EPS, steps=2)
+        RandomSearch(Oracle(model, GRAD(model)), eps=EPS, queries=5, lam=5.0, start=start)(
+            x, targets)
+        RandomSearch(Oracle(model, None, "logits"), eps=EPS, queries=5)(make_images(4, seed=3),
+                                                                       targets)
+    assert recorder.calls == [], "\n".join(sorted(set(recorder.calls)))

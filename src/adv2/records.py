@@ -219,12 +219,14 @@ def run_units(ctx: Shards, store: Store, stage: str, units: list[list[str]],
     """Run this process's share of ``units`` not yet recorded in ``stage`` for the same
     pictures (``digests``: name → :func:`adv2.data.image_digest` of its input). An image whose
     outcome is :class:`Failed`, or every image of a unit that raises, is recorded as an error
-    and the stage goes on; ``after`` runs once each unit is recorded."""
+    and the stage goes on; ``after`` runs once each unit is recorded. The bar shows the images
+    done and, for a black-box attack, the queries they spent."""
     mine = ctx.shard(units)
     todo = [u for u in mine if not all(store.done(stage, n, digests[n]) for n in u)]
     total = sum(len(u) for u in mine)
     bar = tqdm(total=total, initial=total - sum(len(u) for u in todo), desc=stage, unit="img",
                disable=not (progress and ctx.main), dynamic_ncols=True)
+    queries = 0  # a black-box attack's, shown on the bar
     for unit in todo:
         try:
             outputs = work(unit)
@@ -238,7 +240,10 @@ def run_units(ctx: Shards, store: Store, stage: str, units: list[list[str]],
             else:
                 arrays, meta = output
                 store.save(stage, name, arrays, {**meta, "input": digests[name]})
+                queries += meta.get("queries", 0)
         if after is not None:
             after()
+        if queries:
+            bar.set_postfix_str(f"{queries} queries", refresh=False)
         bar.update(len(unit))
     bar.close()

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 ADAPTIVE_DEFAULTS: dict[str, Any] = {"steps": 200, "patience": 0, "lam_search": None}
 #: the attack settings an experiment may set per attack (and per interpreter inside one)
 ATTACK_KEYS = ("steps", "warm_steps", "lam", "optimizer", "lr", "lr_decay", "pred_loss",
-               "map_loss", "patience", "random_start", "step_search", "lam_search")
+               "map_loss", "patience", "random_start", "step_search", "lam_search", "threat",
+               "answers", "queries", "surrogate", "stop_iou")
 
 
 class SettingError(ValueError):

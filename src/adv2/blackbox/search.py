@@ -22,6 +22,10 @@ from adv2.blackbox.oracle import Answer, Oracle
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
+#: the loss offset of an iterate that misses its target (above any joint loss)
+UNSUCCESSFUL = 1e6
+
+
 def square_fraction(p_init: float, query: int, budget: int) -> float:
     """The fraction of the image the square of query ``query`` covers (Square Attack's
     schedule, rescaled from 10,000 queries to ``budget``)."""
@@ -34,13 +38,14 @@ class RandomSearch:
     """Targeted Square-Attack-style random search on the answers of an :class:`Oracle`.
 
     Each query proposes, per image, the current perturbation with one random square window
-    set to ±ε (one sign per channel) and keeps it when it lowers the loss
-    ``max(m, −kappa) + lam · map_loss(oracle map, target map)``, where
-    ``m = max_{j≠t} s_j − s_t`` is the margin of the oracle's log-probabilities (or logits)
-    ``s``; once an image predicts its target it never gives the target up. With ``lam`` 0 this
-    is the prediction-only baseline and an image stops at success; with ``lam`` > 0 (black-box
-    ADV²) an image stops once it succeeds with an IoU of its oracle map to the target map of at
-    least ``stop_iou``, after ``patience`` queries without improvement, or at its budget.
+    set to ±ε (one sign per channel) and keeps it when it lowers the loss. Until an image
+    predicts its target the loss is the margin ``m = max_{j≠t} s_j − s_t`` of the oracle's
+    log-probabilities (or logits) ``s``; from then on, with ``lam`` > 0 (black-box ADV²), it is
+    ``max(m, −kappa) + lam · map_loss(oracle map, target map)`` among the iterates that keep
+    predicting the target. With ``lam`` 0 this is the prediction-only baseline and an image
+    stops at success; black-box ADV² stops an image once it succeeds with an IoU of its oracle
+    map to the target map of at least ``stop_iou``, after ``patience`` queries without
+    improvement, or at its budget.
 
     Arguments:
         oracle: the attacked system (all the search sees; :meth:`Oracle.verdict` judges the
@@ -136,12 +141,15 @@ class RandomSearch:
                   else answer.logits)
         margin = -metrics.margin(scores, targets)  # below 0 once the target wins
         success = answer.labels == targets
-        loss = margin.clamp_min(-self.kappa)
-        iou = torch.zeros_like(loss)
-        if self.lam > 0:
-            loss = loss + self.lam * self.map_loss(answer.maps, target_maps)
-            iou = metrics.iou(answer.maps, target_maps).mean(dim=1)
-        return loss, success, iou
+        iou = torch.zeros_like(margin)
+        if self.lam == 0:
+            return margin, success, iou
+        iou = metrics.iou(answer.maps, target_maps).mean(dim=1)
+        joint = margin.clamp_min(-self.kappa) + self.lam * self.map_loss(answer.maps,
+                                                                         target_maps)
+        # the prediction first: an image that misses its target is ranked by its margin,
+        # behind every iterate that predicts it, which is ranked by the joint loss
+        return torch.where(success, joint, UNSUCCESSFUL + margin), success, iou
 
     def _done(self, success: torch.Tensor, iou: torch.Tensor) -> torch.Tensor:
         """Which images have met the stopping goal."""
@@ -191,7 +199,7 @@ class RandomSearch:
                                                         targets[rows],
                                                         None if target_maps is None
                                                         else target_maps[rows])
-            better = (new_loss < loss[rows]) & (new_success | ~success[rows])
+            better = new_loss < loss[rows]
             keep = rows[better]
             x[keep] = proposal[better]
             loss[keep], success[keep], iou[keep] = (new_loss[better], new_success[better],
