@@ -20,6 +20,8 @@ import platform
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +120,57 @@ def row(name: str, label: str, metas: list[dict], seconds: float | None) -> str:
             + (f"{seconds:.1f} |" if seconds is not None else " |"))
 
 
+def runs(surrogate: str, queries: int, seed: int) -> list[tuple[str, dict | None]]:
+    """The rows of one interpreter: (label, AttackConfig settings; None for torchattacks)."""
+    black = dict(threat="black-box", queries=queries)
+    return [
+        ("white-box ADV²", dict(attack="adv2")),
+        (f"transfer from {surrogate} only",
+         dict(attack="adv2", **black | {"queries": 0}, surrogate=surrogate)),
+        ("random search (prediction only)", dict(attack="pgd", answers="scores", **black)),
+        ("black-box ADV², random start", dict(attack="adv2", **black)),
+        ("black-box ADV², transfer start", dict(attack="adv2", **black, surrogate=surrogate)),
+        ("torchattacks.Square (prediction only)", None),
+    ]
+
+
+def measure(args: argparse.Namespace, name: str, n: int, label: str) -> tuple[list[dict], float]:
+    """One row on the first ``n`` selected images: each image's meta, seconds per image (in a
+    worker process of its own with ``--jobs`` > 1, one torch thread each)."""
+    if args.jobs > 1:
+        torch.set_num_threads(1)
+    model = load_model(device=args.device)
+    samples = pick_images(model, args.images, n, args.seed)
+    interpreter = build_interpreter(name, model)
+    x = to_tensor(np.stack([s.image for s in samples])).to(model.device)
+    labels = torch.tensor([s.label for s in samples], device=model.device)
+    with torch.no_grad():
+        n_classes = model(x[:1]).shape[1]
+    tgts, why = per_image_targets([s.key for s in samples], labels, n_classes, args.seed, None)
+    if why:
+        raise RuntimeError(f"images without a target: {why}")
+    settings = dict(runs(args.surrogate, args.queries, args.seed))[label]
+    if settings is None:
+        benign, _ = benign_and_floors(interpreter, x, labels, [s.key for s in samples],
+                                      args.seed)
+        return square_rows(model, interpreter, samples, tgts, benign,
+                           pipeline.AttackConfig.eps, args.queries, args.seed)
+    cfg = pipeline.AttackConfig(interpreter=name, seed=args.seed, **settings)
+    return attack_rows(cfg, model, interpreter, samples, tgts, args.batch_size)
+
+
+def floors(args: argparse.Namespace, name: str, n: int) -> list[str]:
+    """The interpreter's floor rows on the first ``n`` selected images."""
+    model = load_model(device=args.device)
+    samples = pick_images(model, args.images, n, args.seed)
+    interpreter = build_interpreter(name, model)
+    x = to_tensor(np.stack([s.image for s in samples])).to(model.device)
+    labels = torch.tensor([s.label for s in samples], device=model.device)
+    _, rows = benign_and_floors(interpreter, x, labels, [s.key for s in samples], args.seed)
+    return [f"| {name} | {label} | {n} | | {iou.mean():.3f} | {l1.mean():.4f} | | | |"
+            for label, l1, iou in rows]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--interpreters", nargs="+", default=["cam:20", "grad:8"],
@@ -127,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=10_000, help="budget per image")
     parser.add_argument("--surrogate", default="efficientnet_lite1")
     parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="rows measured at once, each in its own process on one thread")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="also write the Markdown page here")
     args = parser.parse_args(argv)
@@ -134,72 +189,52 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.images} not found: the benchmark needs the ImageNet sample", file=sys.stderr)
         return 1
     torch.manual_seed(args.seed)
-    model = load_model(device=args.device)
     plan = [(spec.split(":")[0], int(spec.split(":")[1])) for spec in args.interpreters]
-    pool = pick_images(model, args.images, max(n for _, n in plan), args.seed)
+    jobs = [(name, n, label) for name, n in plan
+            for label, _ in runs(args.surrogate, args.queries, args.seed)]
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(measure, args, *job) for job in jobs]
+            results = [f.result() for f in futures]
+    else:
+        results = [measure(args, *job) for job in jobs]
+    measured = {job: result for job, result in zip(jobs, results)}
     lines = ["| interpreter | attack | n | success | IoU mean | L1 | queries median | "
              "queries mean | s / image |", "|" + "---|" * 9]
     notes = []
-    eps = pipeline.AttackConfig.eps
     for name, n in plan:
-        samples = pool[:n]
-        interpreter = build_interpreter(name, model)
-        x = to_tensor(np.stack([s.image for s in samples])).to(model.device)
-        labels = torch.tensor([s.label for s in samples], device=model.device)
-        tgts, why = per_image_targets([s.key for s in samples], labels, model(x[:1]).shape[1],
-                                      args.seed, None)
-        if why:
-            raise RuntimeError(f"images without a target: {why}")
-        benign, floors = benign_and_floors(interpreter, x, labels, [s.key for s in samples],
-                                           args.seed)
-        for label, floor_l1, floor_iou in floors:
-            lines.append(f"| {name} | {label} | {n} | | {floor_iou.mean():.3f} | "
-                         f"{floor_l1.mean():.4f} | | | |")
-        black = dict(threat="black-box", queries=args.queries, seed=args.seed)
-        runs = [
-            ("white-box ADV²", dict(attack="adv2")),
-            (f"transfer from {args.surrogate} only",
-             dict(attack="adv2", **black | {"queries": 0}, surrogate=args.surrogate)),
-            ("random search (prediction only)", dict(attack="pgd", answers="scores", **black)),
-            ("black-box ADV², random start", dict(attack="adv2", **black)),
-            ("black-box ADV², transfer start",
-             dict(attack="adv2", **black, surrogate=args.surrogate)),
-        ]
-        per_image = {}
-        for label, settings in runs:
-            cfg = pipeline.AttackConfig(interpreter=name, seed=args.seed, **settings)
-            metas, seconds = attack_rows(cfg, model, interpreter, samples, tgts,
-                                         args.batch_size)
+        lines += floors(args, name, n)
+        for label, _ in runs(args.surrogate, args.queries, args.seed):
+            metas, seconds = measured[name, n, label]
             lines.append(row(name, label, metas, seconds))
-            per_image[label] = metas
-            print(lines[-1], flush=True)
-        metas, seconds = square_rows(model, interpreter, samples, tgts, benign, eps,
-                                     args.queries, args.seed)
-        lines.append(row(name, "torchattacks.Square (prediction only)", metas, seconds))
-        per_image["square"] = metas
-        print(lines[-1], flush=True)
-        ours = per_image["random search (prediction only)"]
-        both = [(a["queries"], b["queries"]) for a, b in zip(ours, metas)
+        ours = measured[name, n, "random search (prediction only)"][0]
+        square = measured[name, n, "torchattacks.Square (prediction only)"][0]
+        both = [(a["queries"], b["queries"]) for a, b in zip(ours, square)
                 if a["success"] and b["success"]]
         if both:
             ratio = statistics.median(a / b for a, b in both)
             notes.append(f"{name}: random search / torchattacks.Square queries per image, on "
                          f"the {len(both)} images both attacks fooled: median ratio {ratio:.2f}")
-        for label in ("black-box ADV², random start", "black-box ADV², transfer start"):
-            notes.append(f"{name} {label}, IoU per image: " + " ".join(
-                f"{np.mean(m['iou']):.2f}" for m in per_image[label]) + "; queries: " + " ".join(
-                str(m["queries"]) for m in per_image[label]))
+        for label, _ in runs(args.surrogate, args.queries, args.seed)[1:]:
+            metas = measured[name, n, label][0]
+            notes.append(f"{name} {label}, per image: success " + "".join(
+                str(int(m["success"])) for m in metas) + "; IoU " + " ".join(
+                f"{np.mean(m['iou']):.2f}" for m in metas) + "; queries " + " ".join(
+                str(m["queries"]) for m in metas))
 
     report = [
         "# Black-box attacks: " + ", ".join(name for name, _ in plan),
         "",
         "Command: `python benchmarks/blackbox_benchmark.py --interpreters "
         f"{' '.join(args.interpreters)} --seed {args.seed} --queries {args.queries} "
-        f"--surrogate {args.surrogate} --batch-size {args.batch_size}"
+        f"--surrogate {args.surrogate} --batch-size {args.batch_size} --jobs {args.jobs}"
         + (f" --device {args.device}" if args.device != "cpu" else "") + "`",
         "",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"{describe_device(args.device)}; torch {torch.__version__}. Model: efficientnet_lite0 "
+        f"Machine: {platform.machine()}, "
+        + ("1 torch thread per row, rows measured "
+           f"{args.jobs} at a time" if args.jobs > 1 else f"{torch.get_num_threads()} torch "
+                                                          "threads")
+        + f", {describe_device(args.device)}; torch {torch.__version__}. Model: efficientnet_lite0 "
         f"(embedded) attacked, ε = 8/255, benign target maps, each image's target drawn as "
         f"`adv2 attack --seed {args.seed}` draws it, at most {args.queries} queries per image. "
         "Metrics: the true interpreter on the final uint8 images; L1 and IoU (top-k%, mean "
