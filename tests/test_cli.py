@@ -21,7 +21,8 @@ SAMPLE_FILES = ["clean.png", "adv.png", "benign_map.npy", "adv_map.npy", "target
                 "figure.png"]
 SUMMARY_KEYS = {"model", "interpreter", "attack", "n_images", "clean_accuracy", "success_rate",
                 "mean_confidence", "l1_mean", "iou_mean", "iou_per_k", "passes_per_image", "eps",
-                "seed", "seconds", "errors", "ignored", "warnings", "changed_mean", "l2_mean"}
+                "seed", "seconds", "errors", "ignored", "warnings", "changed_mean", "l2_mean",
+                "queries_mean", "queries_median"}
 
 
 def _make_images(folder: Path) -> Path:
@@ -76,7 +77,7 @@ def test_outputs_exist_and_are_consistent(runs, run) -> None:
     assert "versions" in config and "torch" in config["versions"]
 
     header = (out / "results.csv").read_text().splitlines()[0]
-    assert header == "file,label,clean_pred,target,pred,confidence,success,l1,iou,changed,l2"
+    assert header == "file,label,clean_pred,target,pred,confidence,success,l1,iou,changed,l2,queries"
     assert header.split(",") == FIELDS
     rows = _rows(out)
     assert [r["file"] for r in rows] == NAMES
@@ -219,3 +220,23 @@ def test_interpreter_settings_read_booleans_and_none_in_any_case() -> None:
     assert parse_setting("internal_batch_size=None") == ("internal_batch_size", None)
     assert parse_setting("steps=50") == ("steps", 50)
     assert parse_setting("layer=body.inner.blocks.4") == ("layer", "body.inner.blocks.4")
+
+
+def test_black_box_attack_counts_queries_and_refuses_what_cannot_work(tmp_path, caplog) -> None:
+    images = _make_images(tmp_path / "images")
+    out = tmp_path / "bb"
+    assert _attack(images, out, "--threat", "black-box", "--attack", "adv2",
+                   "--queries", "12") == 0
+    rows = _rows(out)
+    assert len(rows) == 3 and all(1 <= int(r["queries"]) <= 12 for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["queries_median"] == float(np.median([int(r["queries"]) for r in rows]))
+    assert json.loads((out / "config.json").read_text())["attack_config"]["queries"] == 12
+    caplog.clear()
+    assert _attack(images, tmp_path / "o1", "--threat", "black-box", "--answers", "label") == 2
+    assert "--answers" in caplog.text and "needs the scores" in caplog.text
+    assert _attack(images, tmp_path / "o2", "--threat", "black-box",
+                   "--surrogate", "efficientnet_lite0") == 2
+    assert "--surrogate" in caplog.text and "attacked model itself" in caplog.text
+    assert _attack(images, tmp_path / "o3", "--threat", "black-box", "--adaptive", "t.json") == 2
+    assert "--adaptive" in caplog.text
