@@ -1,13 +1,14 @@
 """PGD vs ADV² on correctly classified images of ../shared/data/imagenet-sample.
 
-Seeded random targets, benign target maps, the embedded EfficientNet-Lite0, ε = 8/255, the
-CLI's default attack settings. Prints one Markdown table (and writes it with --out):
-success, confidence, L1, IoU mean, seconds and passes per image, the interpreter's noise floor
-(benign map vs the map of the image plus ±1/255 noise), and the cost of one attack
-step relative to one PGD step (forward + backward on the true model), timed in the same run;
-with GRAD, a table of GRAD's unit costs (forward, forward + backward, explain, attack step on
-the fast and the generic surrogate, double-backprop HVPs) in forward + backward units at batch
-1 and the attack's batch.
+Seeded random targets drawn per image as ``adv2 attack`` draws them (from the seed and the
+image's key: ``adv2.target_classes.per_image_targets``), benign target maps, the embedded
+EfficientNet-Lite0, ε = 8/255, the CLI's default attack settings. Prints one Markdown table
+(and writes it with --out): success, confidence, L1, IoU mean, seconds and passes per image,
+the interpreter's noise floor (benign map vs the map of the image plus ±1/255 noise), and the
+cost of one attack step relative to one PGD step (forward + backward on the true model), timed
+in the same run; with GRAD, a table of GRAD's unit costs (forward, forward + backward, explain,
+attack step on the fast and the generic surrogate, double-backprop HVPs) in forward + backward
+units at batch 1 and the attack's batch.
 
     python benchmarks/attack_benchmark.py --interpreters cam:20 --supports full edges \
         --out docs/benchmarks/cam.md
@@ -35,7 +36,7 @@ from adv2.data import load_dataset, to_tensor
 from adv2.interpreters import INTERPRETERS, MASK_STRATEGIES, build_interpreter
 from adv2.records import Failed
 from adv2.models import describe_device, load_model
-from adv2.target_classes import choose_targets, interpreter_seeds
+from adv2.target_classes import interpreter_seeds, per_image_targets
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "imagenet-sample"
@@ -56,6 +57,22 @@ def pick_images(model, folder: Path, n: int, seed: int, exclude: frozenset[str] 
             if len(chosen) == n:
                 break
     return chosen
+
+
+def image_targets(model, samples, seed: int) -> torch.Tensor:
+    """Each sample's target class as ``adv2 attack`` and ``adv2 run`` draw it
+    (``pipeline.run``: ``per_image_targets`` of the sample keys, the labels, the number of
+    classes of the model's logits and the seed; no fixed class), on the model's device. The
+    samples come from ``load_dataset`` of the images folder, so their keys are those that
+    ``adv2 attack --images <folder>`` uses. An image without a target stops the benchmark."""
+    with torch.no_grad():
+        n_classes = model(to_tensor(samples[0].image).to(model.device)).shape[1]
+    labels = torch.tensor([s.label for s in samples], device=model.device)
+    tgts, why = per_image_targets([s.key for s in samples], labels, n_classes, seed, None)
+    if why:
+        raise RuntimeError("images without a target class: " + "; ".join(
+            f"{samples[i].name}: {reason}" for i, reason in sorted(why.items())))
+    return tgts
 
 
 def noise_floor(interpreter, x: torch.Tensor, labels: torch.Tensor, benign: torch.Tensor,
@@ -274,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         images = np.stack([s.image for s in samples])
         x = to_tensor(images).to(model.device)  # tensors follow the model
         labels = torch.tensor([s.label for s in samples], device=model.device)
-        tgts = choose_targets(labels, 1000, args.seed, None)
+        tgts = image_targets(model, samples, args.seed)
         keys = [s.key for s in samples]
         seeds = interpreter_seeds(args.seed, keys)  # what attack_batch seeds the attack with
         benign, floors = benign_and_floors(interpreter, x, labels, keys, args.seed)
@@ -346,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"{describe_device(args.device)}; "
         f"torch {torch.__version__}. Model: efficientnet_lite0 (embedded), ε = 8/255, "
-        "benign target maps, seeded random targets, CLI default settings"
+        "benign target maps, seeded random targets per image (those of `adv2 attack` with the "
+        "same seed), CLI default settings"
         + (f" except the interpreter's {', '.join(args.settings)}" if args.settings else "")
         + ". Metrics: the true "
         "interpreter on the final uint8 images; L1 and IoU (top-k%, mean over k) against the "

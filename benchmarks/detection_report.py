@@ -5,8 +5,9 @@ attack pool (the permutation's last images, among those no interpreter was train
 checkpoint lists its training images) and ``--benign`` images that set the thresholds (5%
 false positives) and, by ``--folds``-fold cross-validation, measure the held-out
 false-positive rate of that fitting. The first correctly classified images of the pool are
-attacked (seeded random targets, benign target maps, the embedded EfficientNet-Lite0,
-ε = 8/255, the CLI's attack defaults of ``adv2.pipeline.build_attack``).
+attacked (seeded random targets per image, as ``adv2 attack`` draws them, benign target maps,
+the embedded EfficientNet-Lite0, ε = 8/255, the CLI's attack defaults of
+``adv2.pipeline.build_attack``).
 
 Attacks: PGD, ADV², A*(s) — adaptive ADV² against one squeezer s (``--specific``; the two-stage
 algorithm for bit depth, the hinge + cross entropy for smoothing) — and A*(all), one adaptive
@@ -34,8 +35,7 @@ from adv2.data import load_dataset
 from adv2.detection import SQUEEZER_NAMES, FeatureSqueezingDetector, cross_validated_flags
 from adv2.interpreters import INTERPRETERS, build_interpreter
 from adv2.models import describe_device, load_model
-from adv2.target_classes import choose_targets
-from attack_benchmark import run_batches
+from attack_benchmark import image_targets, run_batches
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "imagenet-sample"
@@ -140,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         name, n = spec.split(":")[0], int(spec.split(":")[1])
         rows = correct[:n]
         chosen = [samples[i] for i in rows]
-        labels = labels_all[rows]
-        tgts = choose_targets(labels, 1000, args.seed, None)
+        tgts = image_targets(model, chosen, args.seed)  # each image's, as adv2 attack's
         cfg = pipeline.AttackConfig(interpreter=name, seed=args.seed)  # benign target maps
         interpreter = interpreters[spec]
         base = {a: pipeline.build_attack(pipeline.AttackConfig(interpreter=name, attack=a,
@@ -195,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), "
         f"{describe_device(args.device)}; torch "
         f"{torch.__version__}; total {(time.time() - started) / 60:.0f} min. Model: "
-        "efficientnet_lite0 (embedded), ε = 8/255, seeded random targets, benign target maps, "
+        "efficientnet_lite0 (embedded), ε = 8/255, seeded random targets per image (those of "
+        "`adv2 attack` with the same seed), benign target maps, "
         "the CLI's attack defaults. Images: a seeded permutation of "
         f"`../shared/data/imagenet-sample`: its last {len(pool_idx)} images "
         + ("that no interpreter was trained on " if fitted.any() else "")

@@ -29,8 +29,7 @@ from adv2.attacks import Judgement
 from adv2.data import to_tensor
 from adv2.interpreters import build_interpreter
 from adv2.models import describe_device, load_model
-from adv2.target_classes import choose_targets
-from attack_benchmark import DEFAULT_IMAGES, noise_floor, pick_images
+from attack_benchmark import DEFAULT_IMAGES, image_targets, noise_floor, pick_images
 
 #: the ADV² authors' multistep attack against MASK, in passes per image: 400 PGD steps, then
 #: 1000 outer steps of one prediction step, 4 tracking steps and 4 double-backprop lookaheads
@@ -103,11 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     torch.manual_seed(args.seed)
     model = load_model(device=args.device)
-    samples = pick_images(model, args.images, args.offset + args.n, args.seed)
+    samples = pick_images(model, args.images, args.offset + args.n, args.seed)[args.offset:]
     labels = torch.tensor([s.label for s in samples], device=model.device)
-    # the targets attack_benchmark.py gives these images
-    tgts = choose_targets(labels, 1000, args.seed, None)[args.offset:]
-    samples, labels = samples[args.offset:], labels[args.offset:]
+    tgts = image_targets(model, samples, args.seed)  # as attack_benchmark.py and adv2 attack
     images = np.stack([s.image for s in samples])
     x = to_tensor(images).to(model.device)  # tensors follow the model
     mask = build_interpreter("mask", model, lookahead=args.lookahead,

@@ -21,15 +21,14 @@ import sys
 
 import numpy as np
 import torch
-from attack_benchmark import (DEFAULT_IMAGES, benign_and_floors, error_by_support, pick_images,
-                              run_batches, support_fractions)
+from attack_benchmark import (DEFAULT_IMAGES, benign_and_floors, error_by_support, image_targets,
+                              pick_images, run_batches, support_fractions)
 
 from adv2 import pipeline
 from adv2.cli import parse_setting
 from adv2.data import to_tensor
 from adv2.interpreters import build_interpreter
 from adv2.models import load_model
-from adv2.target_classes import choose_targets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     # the benchmark's pool for this interpreter: never the images it was trained on
     pool = pick_images(model, DEFAULT_IMAGES, args.offset + args.n, args.seed,
                        interpreter.fitted_on)
-    targets = choose_targets(torch.tensor([s.label for s in pool]), 1000, args.seed, None)
     samples = pool[args.offset:]
+    targets = image_targets(model, samples, args.seed)  # each image's own, as adv2 attack's
     if args.floors:
         x = to_tensor(np.stack([s.image for s in samples])).to(model.device)
         labels = torch.tensor([s.label for s in samples], device=model.device)
@@ -71,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = pipeline.AttackConfig(interpreter=args.interpreter, attack="adv2", seed=args.seed,
                                 support=args.support, **overrides)
     attack = pipeline.build_attack(cfg, model, interpreter)
-    out, seconds = run_batches(cfg, model, interpreter, attack, samples,
-                               targets[args.offset:], args.batch_size)
+    out, seconds = run_batches(cfg, model, interpreter, attack, samples, targets,
+                               args.batch_size)
     per_image = " ".join(f"{iou:.2f}{'' if ok else '!'}" for iou, ok in
                          zip(out["iou"].mean(1).tolist(), out["success"].tolist()))
     name = f"{args.interpreter} {own}" if own else args.interpreter

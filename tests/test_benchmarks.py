@@ -1,16 +1,28 @@
 """The benchmarks' choice of images (attacked images are never those an interpreter was trained
-on, and runs without a trained interpreter keep the images of their committed reports) and their
-counts."""
+on, and runs without a trained interpreter keep the images of their committed reports), their
+counts, and their rows: one image's outcome is that of ``adv2 attack`` on it (issue 36)."""
 
 from __future__ import annotations
 
+import csv
+import json
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
+
+from adv2 import cli, pipeline
+from adv2.interpreters import build_interpreter
+from adv2.models import load_model
+from adv2.target_classes import choose_targets
+from conftest import IMAGENET_SAMPLE, needs_shared
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from attack_benchmark import image_targets, pick_images, run_batches  # noqa: E402
 from detection_report import split  # noqa: E402
 from rts_quality import removal_losses  # noqa: E402
 
@@ -40,3 +52,50 @@ def test_rts_quality_counts_removal_losses_and_the_ties_near_zero() -> None:
                      [0.3, 0.5, 0.03, 0.4, 0.03]])  # a tie counts as a loss, near zero
     assert removal_losses(rows) == ("the mask does not remove more than the box on 3 of 4 "
                                     "images; on 2 of them both leave p(y) < 0.05")
+
+
+@needs_shared
+@pytest.mark.parametrize("attack", ["pgd", "adv2"])
+def test_a_benchmark_row_of_one_image_is_adv2_attack_on_that_image(tmp_path: Path,
+                                                                    attack: str) -> None:
+    """The benchmarks' target (``image_targets``) and outcome (``run_batches``, the rows'
+    numbers) for one image are those ``adv2 attack`` records for it with the same seed and
+    settings, bit for bit: the same per-image target rule and sample key (a subfolder's ``/``
+    written ``__``), the same batch body. Short attacks keep it quick."""
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    source = sorted(IMAGENET_SAMPLE.glob("*.JPEG"))[0]  # tench, classified correctly
+    shutil.copy(source, folder / "sub" / source.name)
+    seed, steps = 0, ["--steps", "10"] + (["--warm-steps", "10"] if attack == "adv2" else [])
+    model = load_model()
+    samples = pick_images(model, folder, 1, seed)
+    assert [s.name for s in samples] == [f"sub/{source.name}"]
+    tgts = image_targets(model, samples, seed)
+    # the per-image rule, not the old one-rng-per-batch draw (which gives this image 850)
+    assert int(tgts[0]) != int(choose_targets(torch.tensor([samples[0].label]), 1000, seed,
+                                              None)[0])
+    cfg = pipeline.AttackConfig(interpreter="cam", attack=attack, seed=seed, steps=10,
+                                warm_steps=10 if attack == "adv2" else None)
+    interpreter = build_interpreter("cam", model)
+    row, _ = run_batches(cfg, model, interpreter, pipeline.build_attack(cfg, model, interpreter),
+                         samples, tgts, 8)
+
+    out = tmp_path / "out"
+    assert cli.main(["attack", "--images", str(folder), "--out", str(out), "--interpreter",
+                     "cam", "--attack", attack, "--seed", str(seed), *steps]) == 0
+    with open(out / "results.csv", newline="") as fh:
+        (result,) = list(csv.DictReader(fh))
+    summary = json.loads((out / "summary.json").read_text())
+    assert result["file"] == samples[0].name
+    assert int(result["target"]) == int(tgts[0])
+    assert summary["n_images"] == 1 and not summary["errors"]
+    assert summary["success_rate"] == row["success"][0].item()
+    assert summary["mean_confidence"] == row["confidence"][0].item()
+    assert summary["l1_mean"] == row["l1"][0].item()
+    assert list(summary["iou_per_k"].values()) == row["iou"][0].tolist()
+    assert summary["iou_mean"] == pytest.approx(row["iou"][0].mean().item(), abs=1e-6)
+    assert summary["passes_per_image"] == row["passes"][0].item()
+    assert summary["changed_mean"] == row["changed"][0].item()
+    assert summary["l2_mean"] == row["l2"][0].item()
+    adv = np.asarray(Image.open(out / "samples" / samples[0].name / "adv.png"))
+    assert np.array_equal(adv, row["adv"][0])
