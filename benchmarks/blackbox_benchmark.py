@@ -33,10 +33,10 @@ from adv2.data import Sample, to_tensor
 from adv2.interpreters import build_interpreter
 from adv2.models import describe_device, load_model
 from adv2.records import Failed
-from adv2.target_classes import per_image_targets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attack_benchmark import DEFAULT_IMAGES, benign_and_floors, pick_images  # noqa: E402
+from attack_benchmark import (DEFAULT_IMAGES, benign_and_floors, image_targets,  # noqa: E402
+                              pick_images)
 
 EXPLANATION = (
     "White-box ADV² differentiates the model and the interpreter (`adv2 attack`, its default "
@@ -144,11 +144,7 @@ def measure(args: argparse.Namespace, name: str, n: int, label: str) -> tuple[li
     interpreter = build_interpreter(name, model)
     x = to_tensor(np.stack([s.image for s in samples])).to(model.device)
     labels = torch.tensor([s.label for s in samples], device=model.device)
-    with torch.no_grad():
-        n_classes = model(x[:1]).shape[1]
-    tgts, why = per_image_targets([s.key for s in samples], labels, n_classes, args.seed, None)
-    if why:
-        raise RuntimeError(f"images without a target: {why}")
+    tgts = image_targets(model, samples, args.seed)
     settings = dict(runs(args.surrogate, args.queries, args.seed))[label]
     if settings is None:
         benign, _ = benign_and_floors(interpreter, x, labels, [s.key for s in samples],
