@@ -3,8 +3,8 @@
 The embedded EfficientNet-Lite0 is attacked through a query oracle (adv2.blackbox.Oracle),
 ε = 8/255, benign target maps, each image's target drawn by the rule of ``adv2 attack``
 (``target_classes.per_image_targets``), at most ``--queries`` queries per image. Rows per
-interpreter: white-box ADV² (for reference), the transfer start alone (white-box ADV² on
-``--surrogate``), the score-based random search on the prediction alone, black-box ADV² from
+interpreter: white-box ADV² (for reference), the transfer start alone (the momentum +
+input-diversity attack on the ``--surrogate`` models), the score-based random search on the prediction alone, black-box ADV² from
 Square's random start and from the transfer start, and torchattacks.Square (targeted, margin
 loss, the same images, targets, ε and budget) as the peer. Every row is judged by the true
 interpreter on the final uint8 image. Writes one Markdown page with --out.
@@ -42,9 +42,9 @@ EXPLANATION = (
     "White-box ADV² differentiates the model and the interpreter (`adv2 attack`, its default "
     "settings) and is the reference. Every other row sees only the oracle: the probabilities "
     "(`--answers scores`, the random search and Square) or the probabilities and the map of "
-    "the predicted class (`scores+map`, black-box ADV²). The transfer start is white-box ADV² "
-    "on the surrogate, with the same interpreter kind, toward the attacked model's benign map; "
-    "alone it costs no query. Queries count every image the oracle answered, the start "
+    "the predicted class (`scores+map`, black-box ADV²). The transfer start is a targeted momentum + input-diversity "
+    "attack on the surrogate models (`adv2.blackbox.TransferAttack`, 100 steps); alone it "
+    "costs no query. Queries count every image the oracle answered, the start "
     "included; an image that misses its target has spent the whole budget. The random search "
     "and black-box ADV² are `adv2 attack --threat black-box` with `--attack pgd` and "
     "`--attack adv2`; torchattacks.Square runs one image at a time so that its queries are "
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--queries", type=int, default=10_000, help="budget per image")
-    parser.add_argument("--surrogate", default="efficientnet_lite1")
+    parser.add_argument("--surrogate", default="efficientnet_lite1+efficientnet_lite2")
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=1,
                         help="rows measured at once, each in its own process on one thread")

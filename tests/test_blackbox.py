@@ -8,7 +8,8 @@ import torch
 
 from adv2 import pipeline, target_maps
 from adv2.attacks import PGD, AttackSettings, SettingError
-from adv2.blackbox import ANSWERS, BudgetExceeded, Oracle, RandomSearch, square_fraction
+from adv2.blackbox import (ANSWERS, BudgetExceeded, Oracle, RandomSearch, TransferAttack,
+                           square_fraction)
 from adv2.data import to_tensor
 from adv2.interpreters import CAM, GRAD
 
@@ -173,6 +174,39 @@ def test_a_transfer_start_alone_costs_no_query(setup) -> None:
     result = RandomSearch(oracle, eps=EPS, queries=0, start=start)(x, targets)
     assert result.queries.tolist() == [0] * 4
     assert torch.equal(result.x, start(x, targets).x)
+
+
+def test_the_transfer_attack_moves_its_surrogates_toward_the_target_in_the_ball(setup) -> None:
+    _, x, _, targets = setup
+    surrogates = [make_tiny_model(seed=1), make_tiny_model(seed=2)]
+    before = sum(torch.nn.functional.cross_entropy(m(x), targets) for m in surrogates)
+    attack = TransferAttack(surrogates, eps=EPS, steps=8, lr=4 / 255, seed=5)
+    result = attack(x, targets)
+    after = sum(torch.nn.functional.cross_entropy(m(result.x), targets) for m in surrogates)
+    assert after < before
+    assert (result.x - x).abs().max() <= EPS + 1e-6
+    assert torch.equal(result.x, (result.x * 255).round() / 255)
+    # the same seed gives the same images, whatever else is in the batch
+    assert torch.equal(attack(x[1:3], targets[1:3]).x, result.x[1:3])
+
+
+def test_the_transfer_attacks_map_term_pulls_the_surrogates_maps(setup) -> None:
+    _, x, labels, targets = setup
+    surrogates = [make_tiny_model(seed=1)]
+    cams = [CAM(m) for m in surrogates]
+    goal = target_maps.benign(cams[0], x, labels)
+    plain = TransferAttack(surrogates, cams, eps=EPS, steps=8, lr=4 / 255)(x, targets, goal)
+    mapped = TransferAttack(surrogates, cams, eps=EPS, steps=8, lr=4 / 255, lam=500.0)(
+        x, targets, goal)
+    assert mapped.l1.mean() < plain.l1.mean()
+
+
+def test_a_surrogate_must_not_be_the_attacked_model(setup) -> None:
+    model, _, _, _ = setup
+    cam = CAM(model)
+    settings = AttackSettings(attack="pgd", threat="black-box", surrogate="tiny+")
+    with pytest.raises(SettingError, match="surrogate: 'tiny\\+': model names joined"):
+        settings.resolved(cam).build(model, cam)
 
 
 def test_square_schedule_halves_the_square() -> None:

@@ -199,8 +199,8 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
         "black-box: the query budget per image (every image the oracle answers is one)",
         d.queries))
     p.add_argument("--surrogate", help=_help(
-        "black-box: a local model (a --model name, not the attacked one) whose white-box "
-        "attack, with the same interpreter kind at its defaults, starts the search",
+        "black-box: local models (--model names joined by '+', not the attacked one) whose "
+        "transfer attack (momentum + input diversity on their summed loss) starts the search",
         "Square's random start"))
     p.add_argument("--stop-iou", type=number, help=_help(
         "black-box ADV²: stop an image once it predicts its target with this IoU between the "

@@ -130,8 +130,9 @@ class AttackSettings:
         :mod:`adv2.attacks.lam_search`). seed: PGD's random start (a black-box search's
         draws). threat: ``white-box`` or ``black-box`` (:data:`THREATS`); the black-box
         settings: answers (what the oracle answers, :data:`adv2.blackbox.ANSWERS`), queries
-        (the budget per image), surrogate (a model name: the white-box attack on it, with the
-        same interpreter kind, starts the search; None: Square's random start), stop_iou
+        (the budget per image), surrogate (model names joined by ``+``: the transfer attack on
+        them starts the search, :func:`adv2.blackbox.build.transfer_start`; None: Square's
+        random start), stop_iou
         (black-box ADV² stops an image that predicts its target with this IoU of the oracle's
         map to the target map); under it ``lam`` is the weight of the map term and
         ``patience`` counts queries.

@@ -1,22 +1,20 @@
 """How :class:`~adv2.attacks.settings.AttackSettings` with ``threat="black-box"`` build the
 black-box attacks: PGD's black-box form is the prediction-only random search, ADV²'s is
 black-box ADV² (the joint loss), each on an :class:`~adv2.blackbox.Oracle` of the model and
-interpreter, optionally started by the attack's white-box form on a local surrogate."""
+interpreter, optionally started by a transfer attack on local surrogates."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from adv2.attacks.settings import AttackSettings, SettingError
 from adv2.blackbox.oracle import Oracle
 from adv2.blackbox.search import RandomSearch
+from adv2.blackbox.transfer import TransferAttack
 from adv2.interpreters import Interpreter
 from adv2.models import Classifier, load_model, model_digest
-
-if TYPE_CHECKING:
-    from adv2.attacks.result import Attack
 
 
 def baseline_defaults(interpreter: type[Interpreter] | Interpreter,
@@ -31,22 +29,23 @@ def adv2_defaults(interpreter: type[Interpreter] | Interpreter,
     return interpreter.blackbox_attack_defaults
 
 
-def transfer_start(settings: AttackSettings, model: Classifier,
-                   interpreter: Interpreter | None) -> Attack | None:
-    """The white-box form of the attack on ``settings.surrogate`` (a model name, on the
-    attacked model's device) with an interpreter of the same kind at its defaults; None without
-    a surrogate. A surrogate with the attacked model's weights is a SettingError: a transfer
+def transfer_start(settings: AttackSettings, model: Classifier) -> TransferAttack | None:
+    """The transfer attack (on the prediction) on the surrogates ``settings.surrogate`` names
+    (model names joined by ``+``, loaded on the attacked model's device); None without a
+    surrogate. A surrogate with the attacked model's weights is a SettingError: a transfer
     start must not see the attacked model."""
     if settings.surrogate is None:
         return None
-    surrogate = load_model(settings.surrogate, device=model.device)
-    if model_digest(surrogate) == model_digest(model):
-        raise SettingError("surrogate", f"{settings.surrogate!r} is the attacked model itself; "
-                                        "a transfer start needs another model")
-    local = None if interpreter is None else type(interpreter)(surrogate)
-    white = AttackSettings(attack=settings.attack, eps=settings.eps, seed=settings.seed,
-                           support=settings.support)
-    return white.resolved(local or type(interpreter)).build(surrogate, local)
+    names = [name.strip() for name in settings.surrogate.split("+")]
+    if not all(names):
+        raise SettingError("surrogate", f"{settings.surrogate!r}: model names joined by '+'")
+    surrogates = [load_model(name, device=model.device) for name in names]
+    attacked = model_digest(model)
+    for name, surrogate in zip(names, surrogates):
+        if model_digest(surrogate) == attacked:
+            raise SettingError("surrogate", f"{name!r} is the attacked model itself; a "
+                                            "transfer start needs other models")
+    return TransferAttack(surrogates, eps=settings.eps, seed=settings.seed)
 
 
 def _search(settings: AttackSettings, model: Classifier, interpreter: Interpreter | None,
@@ -56,8 +55,7 @@ def _search(settings: AttackSettings, model: Classifier, interpreter: Interprete
         return RandomSearch(Oracle(model, interpreter, settings.answers, settings.queries),
                             eps=settings.eps, queries=settings.queries, lam=lam,
                             stop_iou=settings.stop_iou, patience=settings.patience or None,
-                            seed=settings.seed, start=transfer_start(settings, model,
-                                                                     interpreter))
+                            seed=settings.seed, start=transfer_start(settings, model))
     except SettingError:
         raise
     except ValueError as exc:

@@ -7,7 +7,6 @@ import math
 from dataclasses import KW_ONLY, dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from adv2 import metrics
 from adv2.attacks.lattice import project, quantise
@@ -53,10 +52,10 @@ class RandomSearch:
         and the start's included. lam: the weight of the map term. p_init: the first square's
         fraction of the image. kappa: how far beyond the decision boundary the margin still
         counts. stop_iou, patience: stopping (None: off). seed: the search's draws
-        (``torch.Generator`` on the host, so every device agrees). start: a white-box attack
-        on a local surrogate (never the attacked model) whose images start the search (None:
-        Square's vertical stripes); with ``queries`` 0 its images are the result (transfer
-        alone). map_loss: the map distance.
+        (``torch.Generator`` on the host, so every device agrees). start: an attack on local
+        surrogates, never the attacked model (:class:`~adv2.blackbox.transfer.TransferAttack`),
+        whose images start the search (None: Square's vertical stripes); with ``queries`` 0
+        its images are the result (transfer alone). map_loss: the map distance.
 
     Shape:
         x: float N×3×H×W in [0,1], or uint8 N×H×W×3; targets: (N,) long; target_maps:
@@ -118,19 +117,14 @@ class RandomSearch:
     def _start(self, x0: torch.Tensor, targets: torch.Tensor,
                target_maps: torch.Tensor | None, support: torch.Tensor | None,
                bound: torch.Tensor) -> torch.Tensor:
-        """The first iterate: the surrogate attack's images, or Square's vertical stripes."""
+        """The first iterate: the start attack's images (given the target maps at the oracle's
+        resolution), or Square's vertical stripes."""
         if self.start is None:
             gen = torch.Generator().manual_seed(self.seed)
             signs = torch.randint(0, 2, (len(x0), x0.shape[1], 1, x0.shape[3]),
                                   generator=gen, device="cpu").to(x0) * 2 - 1
             return (x0 + signs * bound).clamp(0, 1)
-        maps = target_maps
-        surrogate = getattr(self.start, "interpreter", None)
-        if maps is not None and surrogate is not None:
-            size = surrogate.resolution(*x0.shape[2:])
-            if tuple(maps.shape[-2:]) != tuple(size):
-                maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-        result = self.start(x0, targets, maps, support)
+        result = self.start(x0, targets, target_maps, support)
         return project(quantise(result.x.to(x0)), x0, bound)
 
     def _loss(self, answer: Answer, targets: torch.Tensor,
