@@ -22,7 +22,7 @@ SAMPLE_FILES = ["clean.png", "adv.png", "benign_map.npy", "adv_map.npy", "target
 SUMMARY_KEYS = {"model", "interpreter", "attack", "n_images", "clean_accuracy", "success_rate",
                 "mean_confidence", "l1_mean", "iou_mean", "iou_per_k", "passes_per_image", "eps",
                 "seed", "seconds", "errors", "ignored", "warnings", "changed_mean", "l2_mean",
-                "queries_mean", "queries_median"}
+                "queries_mean", "queries_median", "per_interpreter"}
 
 
 def _make_images(folder: Path) -> Path:
@@ -77,8 +77,9 @@ def test_outputs_exist_and_are_consistent(runs, run) -> None:
     assert "versions" in config and "torch" in config["versions"]
 
     header = (out / "results.csv").read_text().splitlines()[0]
-    assert header == "file,label,clean_pred,target,pred,confidence,success,l1,iou,changed,l2,queries"
-    assert header.split(",") == FIELDS
+    assert header == ("file,label,clean_pred,target,pred,confidence,success,l1,iou,changed,l2,"
+                      "queries,iou_cam,l1_cam")
+    assert header.split(",") == FIELDS + ["iou_cam", "l1_cam"]
     rows = _rows(out)
     assert [r["file"] for r in rows] == NAMES
     for r in rows:
@@ -86,6 +87,7 @@ def test_outputs_exist_and_are_consistent(runs, run) -> None:
         assert 0 <= float(r["confidence"]) <= 1
         assert int(r["success"]) == int(int(r["pred"]) == int(r["target"]))
         assert 0 <= float(r["l1"]) <= 1 and 0 <= float(r["iou"]) <= 1
+        assert (r["iou_cam"], r["l1_cam"]) == (r["iou"], r["l1"])  # the one interpreter's
 
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == SUMMARY_KEYS

@@ -2,8 +2,11 @@
 
     OUT/config.json       every setting, the seed and library versions
     OUT/results.csv       one row per image: file,label,clean_pred,target,pred,confidence,
-                          success,l1,iou,changed,l2,queries (black-box attacks; else empty)
-    OUT/summary.json      aggregates, errors, ignored files, warnings (:meth:`RunWriter.finish`)
+                          success,l1,iou,changed,l2,queries (black-box attacks; else empty),
+                          then iou_<name>,l1_<name> for each interpreter the run's holds
+                          (one; each member of a joint one, ``cam+grad``)
+    OUT/summary.json      aggregates (``per_interpreter``: each one's iou_mean and l1_mean),
+                          errors, ignored files, warnings (:meth:`RunWriter.finish`)
     OUT/samples/<name>/   clean.png adv.png benign_map.npy adv_map.npy target_map.npy figure.png
                           (and support.npy with a support)
     OUT/records/<name>.npz  one finished image (:mod:`adv2.records`), bound to its picture
@@ -78,6 +81,8 @@ class RunWriter:
         self.ignored: list[dict] = []
         self.warnings: list[dict] = []
         self.names: list[str] = []
+        #: the interpreters the run's maps hold: its own, or a joint one's members
+        self.parts = str(self.config.get("interpreter", "")).split("+")
 
     def error(self, file: str, message: str) -> None:
         self.errors.append({"file": file, "error": message})
@@ -103,8 +108,7 @@ class RunWriter:
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(folder / "clean.png")
             Image.fromarray(arrays["adv"]).save(folder / "adv.png")
-            maps = {"benign map": arrays["benign"], f"{attack} map": arrays["map"],
-                    "target map": arrays["target_map"]}
+            maps = self._panels(arrays, meta, attack)
             if "support" in arrays:
                 maps["support"] = arrays["support"]
                 np.save(folder / "support.npy", arrays["support"])
@@ -117,14 +121,43 @@ class RunWriter:
                      f"L1 {row['l1']:.3f}, IoU {row['iou']:.3f}")
             figure(folder / "figure.png", image, arrays["adv"], maps, title)
 
-    @staticmethod
-    def _row(name: str, meta: dict) -> dict:
+    def fields(self) -> list[str]:
+        """The columns of results.csv: :data:`FIELDS`, then ``iou_<name>`` and ``l1_<name>``
+        of each interpreter the maps hold."""
+        return FIELDS + [f"{m}_{n}" for n in self.parts for m in ("iou", "l1")]
+
+    def _panels(self, arrays: dict[str, np.ndarray], meta: dict,
+                attack: str) -> dict[str, np.ndarray]:
+        """The figure's maps: benign, adversarial and target map, for each member of a joint
+        interpreter (its part of the concatenated maps, at its own h×w)."""
+        names = {"benign": "benign map", "map": f"{attack} map", "target_map": "target map"}
+        if len(self.parts) == 1:
+            return {title: arrays[key] for key, title in names.items()}
+        shapes = [meta["per_interpreter"][n]["shape"] for n in self.parts]
+        ends = np.cumsum([h * w for h, w in shapes])[:-1]
+        panels = {}
+        for name, (h, w), *pieces in zip(self.parts, shapes,
+                                         *(np.split(arrays[k].ravel(), ends) for k in names)):
+            panels |= {f"{title} ({name})": piece.reshape(h, w)
+                       for title, piece in zip(names.values(), pieces)}
+        return panels
+
+    def _per_interpreter(self, meta: dict) -> dict[str, dict]:
+        """A record's distances per interpreter (a record written before they were kept: its
+        single interpreter's ``l1`` and ``iou``)."""
+        return meta.get("per_interpreter") or {self.parts[0]: {"l1": meta["l1"],
+                                                               "iou": meta["iou"]}}
+
+    def _row(self, name: str, meta: dict) -> dict:
+        parts = self._per_interpreter(meta)
         return {"file": name, "label": meta["label"], "clean_pred": meta["clean_pred"],
                 "target": meta["target"], "pred": meta["pred"],
                 "confidence": round(meta["confidence"], 6), "success": int(meta["success"]),
                 "l1": round(meta["l1"], 6), "iou": round(float(np.mean(meta["iou"])), 6),
                 "changed": round(meta["changed"], 6), "l2": round(meta["l2"], 6),
-                "queries": meta.get("queries", "")}
+                "queries": meta.get("queries", ""),
+                **{f"iou_{n}": round(float(np.mean(parts[n]["iou"])), 6) for n in self.parts},
+                **{f"l1_{n}": round(parts[n]["l1"], 6) for n in self.parts}}
 
     def _records(self) -> dict[str, Record]:
         return self.store.records("", self.names)
@@ -132,7 +165,7 @@ class RunWriter:
     def write_results(self) -> None:
         """Rewrite results.csv from the records, in image order (atomically)."""
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, FIELDS, lineterminator="\n")
+        writer = csv.DictWriter(buf, self.fields(), lineterminator="\n")
         writer.writeheader()
         for name, record in self._records().items():
             if record.error is None:
@@ -152,6 +185,7 @@ class RunWriter:
             return float(np.mean(values)) if n else None
 
         queries = [m["queries"] for m in done if "queries" in m]  # black-box attacks only
+        parts = [self._per_interpreter(m) for m in done]
 
         summary = {
             "model": self.config.get("model"),
@@ -165,6 +199,9 @@ class RunWriter:
             "iou_mean": mean([float(np.mean(m["iou"])) for m in done]),
             "iou_per_k": ({f"{k:g}": float(v) for k, v in
                            zip(ks, np.mean([m["iou"] for m in done], axis=0))} if n else None),
+            "per_interpreter": {n: {
+                "iou_mean": mean([float(np.mean(p[n]["iou"])) for p in parts]),
+                "l1_mean": mean([p[n]["l1"] for p in parts])} for n in self.parts},
             "passes_per_image": mean([m["passes"] for m in done]),
             "queries_mean": mean(queries) if queries else None,
             "queries_median": float(np.median(queries)) if queries else None,

@@ -172,7 +172,7 @@ class Descent:
         Selection: with a map loss, the successful judged iterate of lowest interpretation
         distance (under the true interpreter); without one, the last judged iterate. An
         interpreter whose :meth:`~Interpreter.verification` is not None has its iterates
-        judged with :meth:`~Interpreter.explain` on that schedule; patience counts judgements.
+        judged with :meth:`~Interpreter.explain_loss` on that schedule; patience counts judgements.
         """
         use_maps = self.objective.map_loss is not None
         if use_maps and (self.interpreter is None or target_maps is None):
@@ -255,8 +255,8 @@ class Descent:
         xs = xs.detach()
         with torch.no_grad():
             if self.objective.map_loss is not None:
-                logits, maps = self.interpreter.explain_rows(xs, targets[rows], rows)
-                distance = self.objective.map_loss(maps, target_maps[rows])
+                logits, maps, distance = self.interpreter.explain_loss(
+                    xs, targets[rows], target_maps[rows], self.objective.map_loss, rows)
                 if policy is not None and policy.after is not None:
                     policy.after(rows, maps)
                 best.passes[rows] += self.interpreter.explain_passes

@@ -41,7 +41,9 @@ class AttackResult:
     ‖x* − x°‖∞ in uint8 units. ``passes``: forward + backward passes spent per image. ``maps``
     (N×1×h×w), ``l1`` (N,), ``iou`` (N×len(ks)): the true interpreter's maps of the uint8
     images for the target class and their distance to the target maps, filled by
-    :func:`judge`. ``queries`` (N,): the oracle queries each image cost, for black-box attacks
+    :func:`judge`; ``per_interpreter``: the same distances of each interpreter the maps hold
+    (:func:`distances`; one for a single interpreter, each member of a joint one).
+    ``queries`` (N,): the oracle queries each image cost, for black-box attacks
     (:mod:`adv2.blackbox`; None otherwise). Tensors are on the device of the attack's input.
     """
 
@@ -56,12 +58,49 @@ class AttackResult:
     l1: torch.Tensor | None = None
     iou: torch.Tensor | None = None
     queries: torch.Tensor | None = None
+    per_interpreter: dict[str, MapDistance] | None = None
 
     def to(self, device: torch.device) -> AttackResult:
         """The same result with every tensor on ``device``."""
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        parts = self.per_interpreter
+        moved["per_interpreter"] = None if parts is None else {
+            n: d.to(device) for n, d in parts.items()}
         return AttackResult(**{k: v.to(device) if isinstance(v, torch.Tensor) else v
                                for k, v in moved.items()})
+
+
+@dataclass
+class MapDistance:
+    """One interpreter's distance of maps to their target maps: ``l1`` (N,) and ``iou``
+    (N×len(ks), the top-k% IoU per k)."""
+
+    l1: torch.Tensor
+    iou: torch.Tensor
+
+    def to(self, device: torch.device) -> MapDistance:
+        return MapDistance(self.l1.to(device), self.iou.to(device))
+
+
+def distances(interpreter: Interpreter, maps: torch.Tensor, target_maps: torch.Tensor,
+              size: tuple[int, int], ks: tuple[float, ...] = metrics.DEFAULT_KS
+              ) -> tuple[MapDistance, dict[str, MapDistance]]:
+    """The L1 and top-k% IoU of ``maps`` to ``target_maps``, measured on each interpreter they
+    hold (:meth:`~adv2.interpreters.Interpreter.parts`) at its native resolution, and their
+    means over those interpreters (one interpreter: its own).
+
+    Shape:
+        maps, target_maps: the interpreter's maps of inputs of ``size`` (H, W).
+
+    Returns:
+        (the means, each interpreter's by name).
+    """
+    own, goal = interpreter.parts(maps, size), interpreter.parts(target_maps, size)
+    parts = {n: MapDistance(metrics.l1(m, goal[n]), metrics.iou(m, goal[n], ks))
+             for n, m in own.items()}
+    mean = MapDistance(torch.stack([d.l1 for d in parts.values()]).mean(0),
+                       torch.stack([d.iou for d in parts.values()]).mean(0))
+    return mean, parts
 
 
 def judge(
@@ -104,9 +143,9 @@ def judge(
         maps=maps,
     )
     if maps is not None and target_maps is not None:
-        target_maps = target_maps.to(device)
-        result.l1 = metrics.l1(maps, target_maps)
-        result.iou = metrics.iou(maps, target_maps, ks)
+        mean, result.per_interpreter = distances(interpreter, maps, target_maps.to(device),
+                                                 tuple(x.shape[-2:]), ks)
+        result.l1, result.iou = mean.l1, mean.iou
     return result.to(home_of(adv))
 
 

@@ -3,7 +3,8 @@
 For a source interpreter A (one ADV² attacks: :meth:`ExperimentConfig.adv2_interpreters`) and a
 target interpreter B (any, differentiable or not), the map B gives the ADV² image made against A
 (for the target class) is compared with B's benign map of the clean image (L1 and top-k IoU, as
-in the attack tables). A stochastic B explains with the judge's seeds of its attack records
+in the attack tables; for a joint B, ``cam+grad``, their means over its members). A stochastic
+B explains with the judge's seeds of its attack records
 (:func:`~adv2.target_classes.interpreter_seeds`), the draws of its stored benign maps, so the
 diagonal (A = B) is the attack's own result.
 """
@@ -13,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from adv2 import metrics
 from adv2.attacks.criteria import TargetPredicted
+from adv2.attacks.result import distances
 from adv2.data import sample_key, to_tensor
 from adv2.experiment import distributed
 from adv2.experiment.config import ExperimentConfig
@@ -59,8 +60,8 @@ def transfer_unit(store: Store, source: str, interpreter: Interpreter, reference
     success = TargetPredicted()(x, logits, targets, torch.arange(len(x), device=device)).cpu()
     maps = maps.cpu()
     benign_maps = torch.from_numpy(np.stack(benign)).unsqueeze(1)
-    l1 = metrics.l1(maps, benign_maps)
-    iou = metrics.iou(maps, benign_maps)
+    mean, _ = distances(interpreter, maps, benign_maps, tuple(x.shape[-2:]))
+    l1, iou = mean.l1, mean.iou
     return [({"map": maps[j, 0].numpy()},
              {"l1": float(l1[j]), "iou": iou[j].tolist(), "success": bool(success[j])})
             for j in range(len(names))]

@@ -155,6 +155,29 @@ class Interpreter(ABC):
         logits, maps = self.attack_forward(x, classes, progress, rows)
         return logits, map_loss(maps, target_maps)
 
+    def explain_loss(
+        self, x: torch.Tensor, classes: torch.Tensor, target_maps: torch.Tensor,
+        map_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        rows: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits (N×C), true maps (:meth:`explain_rows`) and their interpretation distance
+        (N,) to ``target_maps``: how the attack engine judges an iterate. The default is
+        ``map_loss`` of the maps; a joint interpreter combines its members'
+        (:mod:`adv2.interpreters.joint`)."""
+        logits, maps = self.explain_rows(x, classes, rows)
+        return logits, maps, map_loss(maps, target_maps)
+
+    def parts(self, maps: torch.Tensor, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """The maps of each interpreter that ``maps`` (of inputs of ``size``, (H, W)) hold,
+        by name, each N×1×h×w: ``{name: maps}`` for one interpreter, every member's for a
+        joint one; reports measure each part on its own (:func:`~adv2.attacks.result.
+        distances`)."""
+        return {self.name: maps}
+
+    def join(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The maps that hold ``parts`` (the inverse of :meth:`parts`)."""
+        return parts[self.name]
+
     def start_attack(self, x: torch.Tensor, classes: torch.Tensor) -> int:
         """Called by the attack engine before its first step on a batch; returns the passes
         per image it spent (stateless by default: 0)."""

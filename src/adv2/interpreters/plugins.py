@@ -1,6 +1,7 @@
 """Interpreters by name: a built-in (:data:`adv2.interpreters.INTERPRETERS`), any class of a
-user's (``package.module:ClassName``, a subclass of :class:`~adv2.interpreters.Interpreter`)
-or a Captum attribution (``captum:<Name>``, :mod:`adv2.interpreters.captum_adapter`).
+user's (``package.module:ClassName``, a subclass of :class:`~adv2.interpreters.Interpreter`),
+a Captum attribution (``captum:<Name>``, :mod:`adv2.interpreters.captum_adapter`) or several of
+these joined by ``+`` (``cam+grad``: one joint interpreter, :mod:`adv2.interpreters.joint`).
 
 Every place that takes an interpreter's name (``adv2 attack --interpreter``, an experiment
 file's ``interpreters``, :func:`adv2.interpreters.build_interpreter`) resolves it here; a name
@@ -31,13 +32,16 @@ def builtins() -> dict[str, type[Interpreter]]:
 def forms() -> str:
     """The names an interpreter may be given by, as help and error text."""
     return (f"a built-in ({', '.join(sorted(builtins()))}), package.module:ClassName (a "
-            "subclass of adv2.interpreters.Interpreter) or captum:<AttributionName>")
+            "subclass of adv2.interpreters.Interpreter), captum:<AttributionName>, or several "
+            "joined by + (cam+grad: one attack on all of them)")
 
 
 def is_name(name: str) -> bool:
     """Whether ``name`` reads as an interpreter's name (a built-in or a ``module:Class`` spec),
     without importing anything: how an experiment file tells per-interpreter settings from
-    attack settings."""
+    attack settings. A joint name (``cam+grad``) reads as one when each member does."""
+    if "+" in name:
+        return all(is_name(member) for member in name.split("+"))
     return name in builtins() or ":" in name
 
 
@@ -46,15 +50,21 @@ def resolve(name: str) -> type[Interpreter]:
 
     Arguments:
         name: a built-in's name (``cam``), ``package.module:ClassName`` (the module is
-            imported) or ``captum:<Name>`` (an adapter of ``captum.attr.<Name>``).
+            imported), ``captum:<Name>`` (an adapter of ``captum.attr.<Name>``) or several
+            joined by ``+`` (:func:`adv2.interpreters.joint.joint_class`).
 
     Returns:
         The class; raises ValueError naming ``name`` when the module cannot be imported, has
-        no such attribute, or the attribute is not an Interpreter subclass.
+        no such attribute, or the attribute is not an Interpreter subclass (for a joint name,
+        naming the member).
     """
     known = builtins()
     if name in known:
         return known[name]
+    if "+" in name:
+        from adv2.interpreters.joint import joint_class
+
+        return joint_class(name)
     module_name, colon, attribute = name.partition(":")
     if not colon:
         raise ValueError(f"unknown interpreter {name!r}; give {forms()}")
@@ -90,7 +100,10 @@ def setting_names(cls: type[Interpreter]) -> list[str] | None:
 
 def label(name: str) -> str:
     """A short title for an interpreter in figures: a built-in's name in capitals (``CAM``),
-    a spec's class name (``IntegratedGradients`` for ``captum:IntegratedGradients``)."""
+    a spec's class name (``IntegratedGradients`` for ``captum:IntegratedGradients``), a
+    joint name's members' (``CAM+GRAD``)."""
+    if "+" in name:
+        return "+".join(label(member) for member in name.split("+"))
     return name.upper() if name in builtins() else name.rpartition(":")[2]
 
 
