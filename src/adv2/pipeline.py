@@ -22,9 +22,9 @@ from adv2.attacks import (ATTACKS, MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES,
 from adv2.attacks import support as support_mod
 from adv2.attacks.settings import THREATS
 from adv2.blackbox import ANSWERS
-from adv2.attacks.result import AttackResult
+from adv2.attacks.result import AttackResult, distances
 from adv2.data import Sample, sample_key, to_tensor
-from adv2.detection import load_detector
+from adv2.detection import FeatureSqueezingDetector
 from adv2.interpreters import Interpreter, build_interpreter
 from adv2.interpreters.plugins import require_differentiable, resolve
 from adv2.models import Classifier
@@ -48,8 +48,7 @@ class AttackConfig(AttackSettings):
     target_class: int | None = None
     target_map: str = "benign"
     batch_size: int = 8
-    #: fitted detector files of `adv2 detect fit` (one, or several): ADV² evades every one
-    adaptive: str | tuple[str, ...] | None = None
+    adaptive: str | None = None  # thresholds JSON from `adv2 detect fit`: ADV² evades them
     #: interpreter settings other than the defaults (keyword arguments of its class, e.g.
     #: MASK's attack ``strategy`` or RTS's ``checkpoint``)
     interpreter_settings: dict = field(default_factory=dict)
@@ -168,9 +167,11 @@ def target_maps_for(kind: str, interpreter: Interpreter, keys: list[str], seed: 
     batch_seeds = interpreter.seeds
     for j, key in enumerate(keys):
         image_seed = seed_of(seed, key)
-        if kind == "shape":
-            maps.append(target_maps_mod.shape(1, interpreter.resolution(size, size), image_seed,
-                                              size).to(benign))
+        if kind == "shape":  # the same shape at each interpreter's resolution the maps hold
+            parts = interpreter.parts(benign[j:j + 1], (size, size))
+            maps.append(interpreter.join({
+                n: target_maps_mod.shape(1, tuple(p.shape[-2:]), image_seed, size).to(benign)
+                for n, p in parts.items()}))
         elif kind == "other":  # the pool image's map drawn with the attacked image's seed
             interpreter.use_seeds(None if batch_seeds is None else batch_seeds[j:j + 1].tolist())
             maps.append(target_maps_mod.other(interpreter, targets[j:j + 1], pool.x,
@@ -184,9 +185,8 @@ def target_maps_for(kind: str, interpreter: Interpreter, keys: list[str], seed: 
 def build_attack(cfg: AttackConfig, model: Classifier,
                  interpreter: Interpreter | None) -> Attack:
     """The attack ``cfg`` describes (its ``None`` settings filled with the defaults); with
-    ``cfg.adaptive``, ADV² that also evades the detector fitted in that file (every one, for
-    several files). ADV² refuses an interpreter that is not differentiable (ValueError naming
-    it)."""
+    ``cfg.adaptive``, ADV² that also evades the feature-squeezing detector fitted in that file.
+    ADV² refuses an interpreter that is not differentiable (ValueError naming it)."""
     cfg = cfg.resolved()
     if cfg.attack == "adv2" and cfg.threat == "white-box":
         require_differentiable(cfg.interpreter)
@@ -194,9 +194,8 @@ def build_attack(cfg: AttackConfig, model: Classifier,
         return AttackSettings.build(cfg, model, interpreter)
     if cfg.attack != "adv2":
         raise ValueError("--adaptive applies to --attack adv2")
-    paths = (cfg.adaptive,) if isinstance(cfg.adaptive, str) else cfg.adaptive
-    detectors = [load_detector(model, path) for path in paths]
-    return AdaptiveADV2(AttackSettings.build(cfg, model, interpreter), detectors,
+    detector = FeatureSqueezingDetector.load(model, cfg.adaptive)
+    return AdaptiveADV2(AttackSettings.build(cfg, model, interpreter), detector,
                         steps=cfg.steps, patience=cfg.patience or None)
 
 
@@ -215,8 +214,11 @@ def attack_batch(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,
         Per image ``(arrays, meta)``: arrays ``adv`` (uint8), ``map``, ``benign``,
         ``target_map`` (h×w float32), ``support`` (H×W, with a support); meta ``label``,
         ``target``, ``pred``, ``confidence``, ``success``, ``l1``, ``iou`` (per k), ``passes``,
-        ``linf`` (uint8 units), ``changed`` (the fraction of pixels changed) and ``l2``
-        (‖δ‖₂ in [0,1] units). A stochastic interpreter attacks with each image's seed and
+        ``linf`` (uint8 units), ``changed`` (the fraction of pixels changed), ``l2``
+        (‖δ‖₂ in [0,1] units) and ``per_interpreter`` (``{name: {"l1", "iou", "shape"}}``
+        of each interpreter the maps hold, ``shape`` its map's h×w,
+        :func:`~adv2.attacks.result.distances`; ``l1`` and ``iou`` are their means). A
+        stochastic interpreter attacks with each image's seed and
         is judged with another (:func:`~adv2.target_classes.interpreter_seeds`): ``map``,
         ``benign``, ``l1`` and ``iou`` are those of the judge's draws (against the target
         map the attack had unless it is the benign map, which is redrawn too); meta
@@ -231,7 +233,9 @@ def attack_batch(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,
     benign = target_maps_mod.benign(interpreter, x, labels)
     tmaps = target_maps_for(cfg.target_map, interpreter, keys, cfg.seed, targets, benign, pool,
                             images.shape[1])
-    support = support_mod.build(cfg.support, x, tmaps, names)
+    # a support drawn from the target map takes the first interpreter's it holds
+    support = support_mod.build(cfg.support, x, next(iter(interpreter.parts(
+        tmaps, tuple(x.shape[-2:])).values())), names)
     result = attack(x, targets, tmaps, support)
     if interpreter.stochastic:  # judged as a defender would: with draws the attack never saw
         interpreter.use_seeds(interpreter_seeds(cfg.seed, keys, judge=True))
@@ -245,6 +249,8 @@ def attack_batch(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,
               & torch.isfinite(result.maps).flatten(1).all(1)
               & torch.isfinite(benign).flatten(1).all(1)
               & torch.isfinite(tmaps).flatten(1).all(1)).tolist()
+    shapes = {n: list(p.shape[-2:]) for n, p in
+              interpreter.parts(benign[:1], tuple(x.shape[-2:])).items()}
     maps, benign, tmaps = (m[:, 0].detach().cpu().numpy() for m in (result.maps, benign, tmaps))
     out: list[Output] = []
     for j in range(len(images)):
@@ -257,7 +263,10 @@ def attack_batch(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,
                 "success": bool(result.success[j]),
                 "l1": float(result.l1[j]), "iou": result.iou[j].tolist(),
                 "passes": int(result.passes[j]), "linf": int(result.linf[j]),
-                "changed": changed[j], "l2": l2[j]}
+                "changed": changed[j], "l2": l2[j],
+                "per_interpreter": {n: {"l1": float(d.l1[j]), "iou": d.iou[j].tolist(),
+                                        "shape": shapes[n]}
+                                    for n, d in result.per_interpreter.items()}}
         if result.queries is not None:
             meta["queries"] = int(result.queries[j])
         if interpreter.stochastic:
@@ -278,8 +287,8 @@ def rejudged(interpreter: Interpreter, result: AttackResult, targets: torch.Tens
     with torch.no_grad():
         maps = target_maps_mod.benign(interpreter, result.x.to(reference.device),
                                       targets.to(reference.device))
-    return replace(result, maps=maps, l1=metrics.l1(maps, reference),
-                   iou=metrics.iou(maps, reference))
+    mean, parts = distances(interpreter, maps, reference, tuple(result.x.shape[-2:]))
+    return replace(result, maps=maps, l1=mean.l1, iou=mean.iou, per_interpreter=parts)
 
 
 def predict(model: Classifier, images: np.ndarray, batch_size: int) -> torch.Tensor:
