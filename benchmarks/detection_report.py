@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         "a detector flags a score above its threshold; the joint detectors take the maximum over "
         "their squeezers. A*(s): adaptive ADV² against squeezer s alone (bit depth: the paper's "
         f"two-stage algorithm; smoothing: hinge on the score above {adaptive.margin} × threshold, "
-        f"weight {adaptive.weight}, plus {adaptive.ce_weight} × the cross entropy between the "
+        f"weight {adaptive.weight}, plus {adaptive.guards[0].ce_weight} × the cross entropy "
+        "between the "
         "predictions on x and ψ(x)); adaptive attacks run "
         + (f"all {adaptive.steps} joint steps" if adaptive.patience is None else
            f"up to {adaptive.steps} joint steps with patience {adaptive.patience}")

@@ -180,10 +180,10 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
                         f"({_defaults('lam_search')})")
     p.add_argument("--random-start", action="store_true",
                    help=_help("PGD: random start in the ball", d.random_start))
-    p.add_argument("--adaptive", metavar="THRESHOLDS", help=_help(
-        "ADV² that also evades the feature-squeezing detector fitted by 'adv2 detect fit' (its "
-        "JSON file); its joint stage defaults to 200 steps without early stop (--steps, "
-        "--patience override)", "plain ADV²"))
+    p.add_argument("--adaptive", metavar="DETECTOR_FILE", nargs="+", help=_help(
+        "ADV² that also evades the detectors fitted by 'adv2 detect fit' (their JSON files; "
+        "with several, success means undetected by every one); its joint stage defaults to "
+        "200 steps without early stop (--steps, --patience override)", "plain ADV²"))
     p.add_argument("--threat", choices=list(THREATS), default=d.threat, help=_help(
         "white-box: the attack differentiates the model and the interpreter; black-box: it "
         "sees only a query oracle's answers (--answers), within --queries per image: "
@@ -300,6 +300,9 @@ def _config(args: argparse.Namespace) -> pipeline.AttackConfig:
                                  f"{interpreter}")
             settings[key] = getattr(args, option)
     values["interpreter_settings"] = settings
+    if values.get("adaptive") is not None:
+        files = values["adaptive"]
+        values["adaptive"] = files[0] if len(files) == 1 else tuple(files)
     return pipeline.AttackConfig(**values)
 
 
@@ -358,23 +361,54 @@ def _demo_figure(out: Path, names: list[str]) -> None:
     panel_grid(out / "demo.png", rows, dpi=70)
 
 
-def _detect_parser(sub: argparse._SubParsersAction) -> None:
-    from adv2.detection import SQUEEZER_NAMES
+def _summary(cls: type) -> str:
+    """The first line of a class's docstring, lower-cased, without its full stop."""
+    line = (cls.__doc__ or cls.__name__).strip().splitlines()[0].rstrip(".")
+    return line[:1].lower() + line[1:]
 
-    p = _command(sub, "detect", "feature-squeezing detection: fit thresholds, score images")
+
+def _detector_help() -> str:
+    """Every registered detector, its one-line summary and its settings' defaults."""
+    from adv2.detection import DETECTORS
+
+    return "; ".join(
+        f"{name}: {_summary(cls)} (settings: "
+        + ", ".join(f"{key} {shown(value)}" for key, value in cls.setting_defaults().items())
+        + ")" for name, cls in DETECTORS.items())
+
+
+#: the settings of registered detectors that ``adv2 detect fit`` takes as options of their own
+DETECTOR_OPTIONS = ("squeezers", "interpreters")
+
+
+def _detect_parser(sub: argparse._SubParsersAction) -> None:
+    from adv2.detection import DETECTORS, SQUEEZER_NAMES
+
+    p = _command(sub, "detect", "detect adversarial inputs: fit a detector's thresholds on "
+                                "benign images, score images")
     actions = p.add_subparsers(dest="action", required=True)
-    fit = _command(actions, "fit", "set thresholds on benign images (a JSON file)")
-    fit.add_argument("--squeezers", nargs="+", default=list(SQUEEZER_NAMES), help=_help(
-        "bit-<b>, median-<k>x<k>, nlm-<search>-<patch>-<h>", " ".join(SQUEEZER_NAMES)))
+    fit = _command(actions, "fit", "fit a detector's thresholds on benign images (a JSON file)")
+    fit.add_argument("--detector", choices=list(DETECTORS), default="squeeze",
+                     help=_help(_detector_help(), "squeeze"))
+    fit.add_argument("--squeezers", nargs="+", help=_help(
+        "squeeze: bit-<b>, median-<k>x<k>, nlm-<search>-<patch>-<h>", " ".join(SQUEEZER_NAMES)))
+    fit.add_argument("--interpreters", nargs="+", type=interpreter_name, help=_help(
+        "ensemble: two or more interpreters whose maps of the predicted class are compared",
+        " ".join(DETECTORS["ensemble"].setting_defaults()["interpreters"])))
+    fit.add_argument("--detector-setting", metavar="KEY=VALUE", action="append", default=[],
+                     dest="detector_settings", help=_help(
+                         "another setting of the detector (a keyword of its class; VALUE a "
+                         "JSON literal or a string), repeatable, e.g. ks=[0.1,0.2]", "none"))
     fit.add_argument("--fpr", type=float, default=0.05,
                      help=_help("false-positive rate on the benign images", 0.05))
-    fit.add_argument("--out", required=True, help="thresholds file to write (JSON; required)")
+    fit.add_argument("--out", required=True, help="fitted detector file to write (JSON; "
+                                                  "required)")
     fit.add_argument("--folds", type=int, default=10, help=_help(
         "cross-validation folds (at most one per image) for the held-out false-positive rate "
         "printed beside the thresholds (0: skip)", 10))
     fit.add_argument("--seed", type=int, default=0,
                      help=_help("seed of the cross-validation folds", 0))
-    score = _command(actions, "score", "score and flag images with fitted thresholds")
+    score = _command(actions, "score", "score and flag images with a fitted detector")
     score.add_argument("--thresholds", required=True,
                        help="file written by 'adv2 detect fit' (required)")
     score.add_argument("--out", help=_help("also write per-image scores and flags here (CSV)",
@@ -389,21 +423,36 @@ def _detect_parser(sub: argparse._SubParsersAction) -> None:
                        help=_help("the torch device (cpu, cuda, cuda:N)", device))
 
 
+def _detector_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The detector's settings from ``--detector-setting`` and its own options; a
+    SettingError names the option of a bad one (``--squeezers``, ``--detector-setting ks``)."""
+    from adv2.detection import detector_class
+
+    given = dict(map(parse_setting, args.detector_settings))
+    given |= {key: getattr(args, key) for key in DETECTOR_OPTIONS
+              if getattr(args, key) is not None}
+    try:
+        detector_class(args.detector).check_settings(given)
+    except SettingError as exc:
+        option = exc.key if exc.key in DETECTOR_OPTIONS else f"detector_setting {exc.key}"
+        raise SettingError(option, exc.problem) from None
+    return given
+
+
 def cmd_detect(args: argparse.Namespace) -> int:
     import csv
 
-    import torch
-
-    from adv2.detection import FeatureSqueezingDetector, cross_validated_flags
+    from adv2.detection import build_detector, cross_validated_flags, load_detector, with_joint
 
     try:
         pipeline.check_setting("limit", args.limit)
+        settings = _detector_settings(args) if args.action == "fit" else {}
         model = load_model(args.model, args.weights, args.device)
         samples = load_dataset(args.images, limit=args.limit).samples
         if args.action == "fit":
-            detector = FeatureSqueezingDetector(model, args.squeezers)
+            detector = build_detector(args.detector, model, settings)
         else:
-            detector = FeatureSqueezingDetector.load(model, args.thresholds)
+            detector = load_detector(model, args.thresholds)
     except (ModelError, FileNotFoundError, ValueError) as exc:
         return _usage_error(exc)
     if not samples:
@@ -414,11 +463,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
         scores = detector.scores(images)
         detector.fit_scores(scores, args.fpr)
         detector.save(args.out)
-        summary = detector.to_dict() | {"n_images": len(samples)}
+        summary = detector.to_dict() | {"n_images": len(samples),
+                                        "seconds_per_image": detector.seconds_per_input}
         folds = min(args.folds, len(samples))
         if folds >= 2:
-            columns = torch.cat([scores, scores.amax(dim=1, keepdim=True)], dim=1)
-            rates = cross_validated_flags(columns, args.fpr, folds, args.seed).float()
+            rates = cross_validated_flags(with_joint(scores), args.fpr, folds, args.seed).float()
             summary["cross_validated_fpr"] = dict(zip([*detector.names, "joint"],
                                                       rates.mean(dim=0).tolist()))
         print(json.dumps(summary, indent=2))
@@ -434,9 +483,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
                 writer.writerow([sample.name, *(f"{v:.6f}" for v in scores), f"{joint:.6f}",
                                  int(flag)])
     rates = report.flags.float().mean(dim=0).tolist()
-    print(json.dumps({"n_images": len(samples),
+    print(json.dumps({"n_images": len(samples), "detector": detector.name,
                       "detection_rate": dict(zip(detector.names, rates)),
-                      "joint_detection_rate": report.joint_flag.float().mean().item()}, indent=2))
+                      "joint_detection_rate": report.joint_flag.float().mean().item(),
+                      "seconds_per_image": detector.seconds_per_input}, indent=2))
     return 0
 
 

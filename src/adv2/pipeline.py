@@ -24,7 +24,7 @@ from adv2.attacks.settings import THREATS
 from adv2.blackbox import ANSWERS
 from adv2.attacks.result import AttackResult, distances
 from adv2.data import Sample, sample_key, to_tensor
-from adv2.detection import FeatureSqueezingDetector
+from adv2.detection import load_detector
 from adv2.interpreters import Interpreter, build_interpreter
 from adv2.interpreters.plugins import require_differentiable, resolve
 from adv2.models import Classifier
@@ -48,7 +48,8 @@ class AttackConfig(AttackSettings):
     target_class: int | None = None
     target_map: str = "benign"
     batch_size: int = 8
-    adaptive: str | None = None  # thresholds JSON from `adv2 detect fit`: ADV² evades them
+    #: fitted detector files of `adv2 detect fit` (one, or several): ADV² evades every one
+    adaptive: str | tuple[str, ...] | None = None
     #: interpreter settings other than the defaults (keyword arguments of its class, e.g.
     #: MASK's attack ``strategy`` or RTS's ``checkpoint``)
     interpreter_settings: dict = field(default_factory=dict)
@@ -185,8 +186,9 @@ def target_maps_for(kind: str, interpreter: Interpreter, keys: list[str], seed: 
 def build_attack(cfg: AttackConfig, model: Classifier,
                  interpreter: Interpreter | None) -> Attack:
     """The attack ``cfg`` describes (its ``None`` settings filled with the defaults); with
-    ``cfg.adaptive``, ADV² that also evades the feature-squeezing detector fitted in that file.
-    ADV² refuses an interpreter that is not differentiable (ValueError naming it)."""
+    ``cfg.adaptive``, ADV² that also evades the detector fitted in that file (every one, for
+    several files). ADV² refuses an interpreter that is not differentiable (ValueError naming
+    it)."""
     cfg = cfg.resolved()
     if cfg.attack == "adv2" and cfg.threat == "white-box":
         require_differentiable(cfg.interpreter)
@@ -194,8 +196,9 @@ def build_attack(cfg: AttackConfig, model: Classifier,
         return AttackSettings.build(cfg, model, interpreter)
     if cfg.attack != "adv2":
         raise ValueError("--adaptive applies to --attack adv2")
-    detector = FeatureSqueezingDetector.load(model, cfg.adaptive)
-    return AdaptiveADV2(AttackSettings.build(cfg, model, interpreter), detector,
+    paths = (cfg.adaptive,) if isinstance(cfg.adaptive, str) else cfg.adaptive
+    detectors = [load_detector(model, path) for path in paths]
+    return AdaptiveADV2(AttackSettings.build(cfg, model, interpreter), detectors,
                         steps=cfg.steps, patience=cfg.patience or None)
 
 

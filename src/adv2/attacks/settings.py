@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from adv2.errors import SettingError
+
 if TYPE_CHECKING:
     from adv2.attacks.result import Attack
     from adv2.interpreters import Interpreter
@@ -29,16 +31,6 @@ ADAPTIVE_DEFAULTS: dict[str, Any] = {"steps": 200, "patience": 0, "lam_search": 
 ATTACK_KEYS = ("steps", "warm_steps", "lam", "optimizer", "lr", "lr_decay", "pred_loss",
                "map_loss", "patience", "random_start", "step_search", "lam_search", "threat",
                "answers", "queries", "surrogate", "stop_iou")
-
-
-class SettingError(ValueError):
-    """A bad setting: ``key`` is its name (``eps``), ``problem`` what is wrong. The CLI shows
-    it as ``--eps: ...``, an experiment file as ``attacks.adv2.eps: ...``."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}")
-        self.key = key
-        self.problem = problem
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,21 @@
-"""Feature-squeezing detection and the adaptive ADV² attacks that evade it."""
+"""Detectors of adversarial inputs (one protocol, :class:`Detector`; the registered ones in
+:data:`DETECTORS`: feature squeezing and the ensemble of interpreters) and the hooks adaptive
+attacks evade them with (:class:`Guard`)."""
 
-from adv2.detection.detector import (Detection, FeatureSqueezingDetector, NotFittedError,
-                                     cross_validated_flags, softmax_l1, threshold_at_fpr)
+from adv2.detection.consistency import inconsistency, pooled, soft_inconsistency
+from adv2.detection.detector import (Detection, Detector, NotFittedError, Thresholds,
+                                     cross_validated_flags, threshold_at_fpr, with_joint)
+from adv2.detection.ensemble import EnsembleDetector, EnsembleGuard
+from adv2.detection.guard import Guard
+from adv2.detection.registry import DETECTORS, build_detector, detector_class, load_detector
 from adv2.detection.squeezers import (SQUEEZER_NAMES, BitDepth, MedianSmoothing, NonLocalMeans,
                                       Squeezer, build_squeezer, nlm_uint8)
+from adv2.detection.squeezing import FeatureSqueezingDetector, SqueezeGuard, softmax_l1
 
-__all__ = ["SQUEEZER_NAMES", "BitDepth", "Detection", "FeatureSqueezingDetector",
-           "MedianSmoothing", "NonLocalMeans", "NotFittedError", "Squeezer", "build_squeezer",
-           "cross_validated_flags", "nlm_uint8", "softmax_l1", "threshold_at_fpr"]
+__all__ = ["DETECTORS", "SQUEEZER_NAMES", "BitDepth", "Detection", "Detector", "EnsembleDetector",
+           "EnsembleGuard", "FeatureSqueezingDetector", "Guard", "MedianSmoothing",
+           "NonLocalMeans", "NotFittedError", "SqueezeGuard", "Squeezer", "Thresholds",
+           "build_detector",
+           "build_squeezer", "cross_validated_flags", "detector_class", "inconsistency",
+           "load_detector", "nlm_uint8", "pooled", "soft_inconsistency", "softmax_l1",
+           "threshold_at_fpr", "with_joint"]

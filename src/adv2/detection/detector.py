@@ -1,24 +1,30 @@
-"""Feature-squeezing detection (Xu et al., NDSS 2018), in the style of ART's evasion detectors.
+"""The detector protocol: score inputs, fit thresholds at a false-positive rate, decide, keep
+the fitted state, and guard adaptive attacks.
 
-The score of an image for a squeezer ψ is ‖softmax(f(x)) − softmax(f(ψ(x)))‖₁ ∈ [0, 2]; the
-joint score is the maximum over the squeezers. ``fit`` sets each threshold so that a chosen
-fraction (the false-positive rate) of benign images scores above it; ``detect`` flags scores
-above the thresholds.
+A detector's scores are n×S, one column per score it computes (a squeezer, the ensemble's
+inconsistency); the joint score is their maximum, and an input is *flagged* when its joint
+score is above the joint threshold. ``fit`` sets every threshold so that a chosen fraction (the
+false-positive rate) of benign inputs scores above it; :func:`cross_validated_flags` measures
+that rate held out.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
+import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from adv2.data import to_tensor
-from adv2.detection.squeezers import Squeezer, build_squeezer
+from adv2.detection.guard import Guard
+from adv2.errors import SettingError
 from adv2.models import device_of
 from adv2.records import write_json
 
@@ -59,15 +65,16 @@ def cross_validated_flags(scores: torch.Tensor, fpr: float, folds: int = 10,
     return flags
 
 
-def softmax_l1(logits: torch.Tensor, squeezed_logits: torch.Tensor) -> torch.Tensor:
-    """(n,) L1 distances between the softmax vectors of two n×C logit batches."""
-    return (logits.softmax(dim=1) - squeezed_logits.softmax(dim=1)).abs().sum(dim=1)
+def with_joint(scores: torch.Tensor) -> torch.Tensor:
+    """n×(S+1): the n×S ``scores`` and their joint score (the maximum) as the last column, the
+    columns whose held-out rates :func:`cross_validated_flags` measures."""
+    return torch.cat([scores, scores.amax(dim=1, keepdim=True)], dim=1)
 
 
 @dataclass
 class Detection:
-    """``scores`` n×S (one column per squeezer), ``joint`` (n,) their maximum, ``flags`` n×S and
-    ``joint_flag`` (n,) bool: score above the fitted threshold."""
+    """``scores`` n×S (one column per score), ``joint`` (n,) their maximum, ``flags`` n×S and
+    ``joint_flag`` (n,) bool: score above the fitted threshold (``joint_flag``: flagged)."""
 
     scores: torch.Tensor
     joint: torch.Tensor
@@ -75,108 +82,201 @@ class Detection:
     joint_flag: torch.Tensor
 
 
-class FeatureSqueezingDetector:
-    """Flags inputs whose prediction moves under squeezing.
+@dataclass
+class Thresholds:
+    """A fitted state: the (S,) thresholds of the score columns, the joint score's threshold and
+    the false-positive rate they were fitted at.
 
-    ``squeezers``: :class:`Squeezer` modules or their names (``bit-3``, ``median-2x2``,
-    ``nlm-11-3-4``, ...). Images are uint8 n×H×W×3 arrays or float n×3×H×W tensors in [0,1].
+    Example:
+        >>> Thresholds.fit(torch.arange(10.0)[:, None], 0.1).joint
+        8.0
     """
 
-    def __init__(self, model: torch.nn.Module, squeezers: Sequence[Squeezer | str],
-                 batch_size: int = 32) -> None:
-        if not squeezers:
-            raise ValueError("a feature-squeezing detector needs at least one squeezer")
+    columns: torch.Tensor
+    joint: float
+    fpr: float
+
+    @classmethod
+    def fit(cls, scores: torch.Tensor, fpr: float) -> Thresholds:
+        """Each column's threshold and the joint one (:func:`threshold_at_fpr`) for n×S benign
+        ``scores``."""
+        return cls(torch.tensor([threshold_at_fpr(scores[:, j], fpr)
+                                 for j in range(scores.shape[1])], device=scores.device),
+                   threshold_at_fpr(scores.amax(dim=1), fpr), float(fpr))
+
+    def decide(self, scores: torch.Tensor) -> Detection:
+        """Flags for n×S ``scores``."""
+        joint = scores.amax(dim=1)
+        return Detection(scores, joint, scores > self.columns.to(scores.device),
+                         joint > self.joint)
+
+
+class Detector(ABC):
+    """Scores inputs; flags those whose joint score is above a threshold fitted on benign ones.
+
+    A detector is registered by ``name`` in :data:`adv2.detection.DETECTORS`; every setting is
+    a keyword of ``__init__`` (after the model) and :meth:`settings` returns them, so that
+    :meth:`load` rebuilds it from the file :meth:`save` writes.
+
+    Arguments:
+        model: the classifier (None: thresholds and decisions from precomputed scores only).
+        batch_size: images scored at once.
+
+    Shape:
+        images: uint8 n×H×W×3 arrays or float n×3×H×W tensors in [0,1]; scores n×S.
+
+    Example:
+        >>> detector = DETECTORS["squeeze"](model, ["bit-3"]).fit(benign)  # doctest: +SKIP
+        >>> detector.detect(images).joint_flag                             # doctest: +SKIP
+    """
+
+    #: the registry name (``--detector squeeze``)
+    name: ClassVar[str] = "detector"
+
+    def __init__(self, model: torch.nn.Module | None, batch_size: int = 32) -> None:
         self.model = model
-        self.squeezers = [build_squeezer(s) if isinstance(s, str) else s for s in squeezers]
-        self.names = [s.name for s in self.squeezers]
-        if len(set(self.names)) != len(self.names):
-            raise ValueError(f"duplicate squeezers in {self.names}")
         self.batch_size = batch_size
-        self.thresholds: torch.Tensor | None = None  # (S,)
-        self.joint_threshold: float | None = None
-        self.fpr: float | None = None
+        #: the score columns' names
+        self.names: list[str] = []
+        #: the fitted state (None before ``fit`` or ``load``)
+        self.calibration: Thresholds | None = None
+        #: wall seconds per input of the last :meth:`scores` call (None before one)
+        self.seconds_per_input: float | None = None
+
+    @classmethod
+    def setting_defaults(cls) -> dict[str, Any]:
+        """Each setting (a keyword of ``__init__`` besides ``model`` and ``batch_size``) and its
+        default."""
+        parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        return {p.name: p.default for p in parameters if p.name not in ("model", "batch_size")}
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, Any]) -> None:
+        """Refuse settings this detector does not take, without a model: a
+        :class:`~adv2.errors.SettingError` naming the first unknown key (subclasses check the
+        values too)."""
+        known = cls.setting_defaults()
+        for key in settings:
+            if key not in known:
+                raise SettingError(key, f"the {cls.name} detector has no setting {key!r}; its "
+                                        f"settings are {', '.join(known) or 'none'}")
+
+    @abstractmethod
+    def score_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """n×S scores of float images x (n×3×H×W on the model's device, uint8 lattice)."""
+
+    @abstractmethod
+    def settings(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this detector (JSON-ready)."""
+
+    @abstractmethod
+    def guard(self, columns: Sequence[int] | None = None, margin: float = 0.9,
+              weight: float = 3.0) -> Guard:
+        """The adaptive attack's hooks against the fitted scores at ``columns`` (all by
+        default): a differentiable penalty on scores above ``margin`` × threshold, weighted by
+        ``weight``, and the "undetected" test (:class:`~adv2.detection.guard.Guard`)."""
 
     @property
     def fitted(self) -> bool:
-        return self.thresholds is not None
+        return self.calibration is not None
 
-    def score_logits(self, x: torch.Tensor, logits: torch.Tensor | None = None,
-                     columns: Sequence[int] | None = None) -> torch.Tensor:
-        """n×len(columns) scores of float images x (n×3×H×W on the uint8 lattice), for the
-        squeezers at ``columns`` (all by default); differentiable when x requires grad (rounding
-        straight-through, NLM identity backward). ``logits``: f(x) if already computed."""
-        logits = self.model(x) if logits is None else logits
-        cols = range(len(self.squeezers)) if columns is None else columns
-        return torch.stack([softmax_l1(logits, self.model(self.squeezers[c](x))) for c in cols],
-                           dim=1)
+    @property
+    def thresholds(self) -> torch.Tensor | None:
+        """The (S,) thresholds of the score columns (None before fitting)."""
+        return None if self.calibration is None else self.calibration.columns
+
+    @property
+    def joint_threshold(self) -> float | None:
+        """The joint score's threshold (None before fitting)."""
+        return None if self.calibration is None else self.calibration.joint
+
+    @property
+    def fpr(self) -> float | None:
+        """The false-positive rate the thresholds were fitted at (None before fitting)."""
+        return None if self.calibration is None else self.calibration.fpr
 
     def scores(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """n×S scores of uint8 n×H×W×3 images (or float n×3×H×W tensors), without gradients."""
+        """n×S scores of uint8 n×H×W×3 images (or float n×3×H×W tensors), without gradients
+        with respect to the images; records :attr:`seconds_per_input`."""
         device = device_of(self.model)
         x = to_tensor(images) if isinstance(images, np.ndarray) else images
+        start = time.perf_counter()
         with torch.no_grad():
-            parts = [self.score_logits(x[i:i + self.batch_size].to(device))
+            parts = [self.score_batch(x[i:i + self.batch_size].to(device))
                      for i in range(0, len(x), self.batch_size)]
-        return torch.cat(parts) if parts else torch.zeros(0, len(self.squeezers), device=device)
+        if len(x):
+            self.seconds_per_input = (time.perf_counter() - start) / len(x)
+        return torch.cat(parts) if parts else torch.zeros(0, len(self.names), device=device)
 
-    def fit(self, benign: np.ndarray | torch.Tensor, fpr: float = 0.05) -> FeatureSqueezingDetector:
-        """Set each squeezer's threshold and the joint threshold so that at most a fraction
+    def fit(self, benign: np.ndarray | torch.Tensor, fpr: float = 0.05) -> Detector:
+        """Set each column's threshold and the joint threshold so that at most a fraction
         ``fpr`` of the ``benign`` images score above it. Returns self."""
         return self.fit_scores(self.scores(benign), fpr)
 
-    def fit_scores(self, scores: torch.Tensor, fpr: float = 0.05) -> FeatureSqueezingDetector:
-        """:meth:`fit` from precomputed n×S benign ``scores`` (columns in squeezer order)."""
-        if scores.ndim != 2 or scores.shape[1] != len(self.squeezers):
-            raise ValueError(f"expected n×{len(self.squeezers)} scores, got {tuple(scores.shape)}")
-        self.set_thresholds([threshold_at_fpr(scores[:, j], fpr) for j in range(scores.shape[1])],
-                            threshold_at_fpr(scores.amax(dim=1), fpr), fpr)
+    def fit_scores(self, scores: torch.Tensor, fpr: float = 0.05) -> Detector:
+        """:meth:`fit` from precomputed n×S benign ``scores`` (columns in :attr:`names`
+        order)."""
+        if scores.ndim != 2 or scores.shape[1] != len(self.names):
+            raise ValueError(f"expected n×{len(self.names)} scores, got {tuple(scores.shape)}")
+        fitted = Thresholds.fit(scores, fpr)
+        self.set_thresholds(fitted.columns.tolist(), fitted.joint, fpr)
         return self
 
     def set_thresholds(self, thresholds: Sequence[float], joint: float, fpr: float) -> None:
-        """Install thresholds (one per squeezer, in order) and the joint threshold."""
-        if len(thresholds) != len(self.squeezers):
-            raise ValueError(f"{len(thresholds)} thresholds for {len(self.squeezers)} squeezers")
-        self.thresholds = torch.tensor([float(t) for t in thresholds],
-                                       device=device_of(self.model))
-        self.joint_threshold = float(joint)
-        self.fpr = float(fpr)
+        """Install thresholds (one per column, in order) and the joint threshold."""
+        if len(thresholds) != len(self.names):
+            raise ValueError(f"{len(thresholds)} thresholds for {len(self.names)} score columns "
+                             f"({', '.join(self.names)})")
+        self.calibration = Thresholds(torch.tensor([float(t) for t in thresholds],
+                                                   device=device_of(self.model)),
+                                      float(joint), float(fpr))
 
     def check_fitted(self) -> torch.Tensor:
         """The (S,) thresholds; raises :class:`NotFittedError` before ``fit``/``load``."""
-        if self.thresholds is None:
-            raise NotFittedError("the feature-squeezing detector is not fitted: call fit(benign) "
+        if self.calibration is None:
+            raise NotFittedError(f"the {self.name} detector is not fitted: call fit(benign) "
                                  "or load a thresholds file first")
-        return self.thresholds
+        return self.calibration.columns
 
     def decide(self, scores: torch.Tensor) -> Detection:
         """Flags for precomputed n×S ``scores``."""
-        thresholds = self.check_fitted().to(scores.device)
-        joint = scores.amax(dim=1)
-        return Detection(scores, joint, scores > thresholds, joint > self.joint_threshold)
+        self.check_fitted()
+        return self.calibration.decide(scores)
 
     def detect(self, images: np.ndarray | torch.Tensor) -> Detection:
         """Scores and flags of uint8 n×H×W×3 images (or float n×3×H×W tensors)."""
         self.check_fitted()
         return self.decide(self.scores(images))
 
-    def to_dict(self) -> dict:
-        """The fitted state as JSON-ready data."""
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted state as JSON-ready data: the detector's name, its settings, the columns'
+        names and thresholds, the joint threshold and the false-positive rate."""
         thresholds = self.check_fitted()
-        return {"squeezers": self.names, "thresholds": thresholds.tolist(),
-                "joint_threshold": self.joint_threshold, "fpr": self.fpr}
+        return {"detector": self.name, **self.settings(), "columns": self.names,
+                "thresholds": thresholds.tolist(), "joint_threshold": self.joint_threshold,
+                "fpr": self.fpr}
 
     def save(self, path: str | Path) -> None:
-        """Write the squeezer names and thresholds as a small JSON file."""
+        """Write :meth:`to_dict` as a small JSON file."""
         write_json(Path(path), self.to_dict())
 
     @classmethod
-    def load(cls, model: torch.nn.Module, path: str | Path,
-             batch_size: int = 32) -> FeatureSqueezingDetector:
+    def from_state(cls, model: torch.nn.Module | None, state: dict[str, Any],
+                   batch_size: int = 32) -> Detector:
+        """A fitted detector for ``model`` from :meth:`to_dict`'s data."""
+        if state.get("detector", cls.name) != cls.name:
+            raise ValueError(f"the file holds a {state['detector']!r} detector, not {cls.name!r}")
+        reserved = {"detector", "columns", "thresholds", "joint_threshold", "fpr"}
+        detector = cls(model, **{k: v for k, v in state.items() if k not in reserved},
+                       batch_size=batch_size)
+        detector.set_thresholds(state["thresholds"], state["joint_threshold"], state["fpr"])
+        return detector
+
+    @classmethod
+    def load(cls, model: torch.nn.Module | None, path: str | Path,
+             batch_size: int = 32) -> Detector:
         """A fitted detector for ``model`` from a file written by :meth:`save`."""
         try:
-            state = json.loads(Path(path).read_text())
-            detector = cls(model, state["squeezers"], batch_size)
-            detector.set_thresholds(state["thresholds"], state["joint_threshold"], state["fpr"])
+            return cls.from_state(model, json.loads(Path(path).read_text()), batch_size)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"cannot read detector thresholds from {path}: {exc}") from exc
-        return detector

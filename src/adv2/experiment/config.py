@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from adv2.detection import build_squeezer
+from adv2.detection import build_squeezer, detector_class
 from adv2.interpreters import INTERPRETERS
 from adv2.interpreters.plugins import is_name, require_differentiable, resolve, setting_names
 from adv2.attacks import ATTACKS
@@ -36,14 +36,24 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DetectionSettings:
-    """Feature squeezing: thresholds fitted on ``benign_images`` (the attacked images are left
-    out, so the sets are disjoint) at false-positive rate ``fpr``, then applied to every
-    adversarial image."""
+    """The registered ``detectors`` (:data:`adv2.detection.DETECTORS`): thresholds fitted on
+    ``benign_images`` (the attacked images are left out, so the sets are disjoint) at
+    false-positive rate ``fpr``, then applied to every adversarial image. ``squeezers`` are
+    feature squeezing's (``squeeze``); ``settings`` maps a detector's name to the other
+    keywords of its class (``ensemble: {interpreters: [cam, grad, rts]}``)."""
 
     benign_images: str
     benign_limit: int | None = 100
+    detectors: tuple[str, ...] = ("squeeze",)
     squeezers: tuple[str, ...] = ("bit-2", "bit-3", "median-3x3", "nlm-11-3-4")
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     fpr: float = 0.05
+
+    def detector_settings(self, name: str) -> dict[str, Any]:
+        """The settings of the detector ``name``: its ``settings`` entry, and for feature
+        squeezing the ``squeezers``."""
+        squeezers = {"squeezers": list(self.squeezers)} if name == "squeeze" else {}
+        return {**self.settings.get(name, {}), **squeezers}
 
 
 @dataclass(frozen=True)
@@ -298,10 +308,35 @@ def _check(cfg: ExperimentConfig) -> None:
                 raise ConfigError(f"detection.squeezers[{i}]: {exc}") from exc
         if not det.squeezers:
             raise ConfigError("detection.squeezers: give at least one squeezer")
+        _check_detectors(det)
         if not 0 <= det.fpr < 1:
             raise ConfigError(f"detection.fpr: must be in [0, 1), got {det.fpr}")
         if det.benign_limit is not None and det.benign_limit < 1:
             raise ConfigError(f"detection.benign_limit: must be ≥ 1, got {det.benign_limit}")
+
+
+def _check_detectors(det: DetectionSettings) -> None:
+    """The detectors are registered, ``settings`` names only them, and each takes its
+    settings; a ConfigError names the key."""
+    if not det.detectors:
+        raise ConfigError("detection.detectors: give at least one detector")
+    for i, name in enumerate(det.detectors):
+        try:
+            detector_class(name)
+        except SettingError as exc:
+            raise ConfigError(f"detection.detectors[{i}]: {exc.problem}") from None
+    for name, settings in det.settings.items():
+        if name not in det.detectors:
+            raise ConfigError(f"detection.settings.{name}: not one of detection.detectors "
+                              f"({', '.join(det.detectors)})")
+        if name == "squeeze" and "squeezers" in settings:
+            raise ConfigError("detection.settings.squeeze.squeezers: the squeezers are "
+                              "detection.squeezers")
+    for name in det.detectors:
+        try:
+            detector_class(name).check_settings(det.detector_settings(name))
+        except SettingError as exc:
+            raise ConfigError(f"detection.settings.{name}.{exc.key}: {exc.problem}") from None
 
 
 def _resolve_paths(data: dict, base: Path) -> dict:

@@ -1,12 +1,13 @@
-"""Feature-squeezing detection of the experiment's adversarial images.
+"""Detection of the experiment's adversarial images by every configured detector.
 
 The benign images of ``detection.benign_images`` (minus the attacked images, so the sets are
 disjoint; the first ``benign_limit`` of the rest in sorted order) and every adversarial image
-are scored per image (records ``detection/benign/<image>`` and ``detection/<interpreter>/
-<attack>/<image>``, for the attacks each interpreter met:
-:meth:`~adv2.experiment.config.ExperimentConfig.attacks_for`); the report fits the thresholds
-on the benign scores (:meth:`FeatureSqueezingDetector.fit_scores`) and counts the flagged
-successful adversarial images.
+are scored per image by each detector of ``detection.detectors`` (records
+``detection/benign/<image>`` and ``detection/<interpreter>/<attack>/<image>``, for the attacks
+each interpreter met: :meth:`~adv2.experiment.config.ExperimentConfig.attacks_for`; their
+``scores`` and ``columns`` by detector name); :func:`run` returns each detector's seconds per
+image, which ``timing.json`` keeps. The report fits the thresholds on the benign scores
+(:class:`~adv2.detection.Thresholds`) and counts the flagged successful adversarial images.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from adv2.data import image_digest, list_images, load_image
-from adv2.detection import FeatureSqueezingDetector
+from adv2.detection import Detector, build_detector
 from adv2.experiment import distributed
 from adv2.experiment.config import ConfigError, ExperimentConfig
 from adv2.experiment.images import ImageSet
@@ -52,15 +53,30 @@ def benign_files(cfg: ExperimentConfig, data: ImageSet) -> dict[str, Path]:
     return {p.relative_to(base).as_posix(): p for p in paths}
 
 
-def _scores(detector: FeatureSqueezingDetector, images: np.ndarray) -> list[Output]:
-    return [({}, {"scores": row}) for row in detector.scores(images).tolist()]
+def _scores(detectors: list[Detector], images: np.ndarray,
+            cost: dict[str, list[float]]) -> list[Output]:
+    """Every detector's scores of each image and its score columns; adds each detector's
+    seconds and images to its ``cost`` entry."""
+    scores = {}
+    for d in detectors:
+        scores[d.name] = d.scores(images).tolist()
+        spent = cost.setdefault(d.name, [0.0, 0])
+        spent[0] += d.seconds_per_input * len(images)
+        spent[1] += len(images)
+    return [({}, {"scores": {d.name: scores[d.name][i] for d in detectors},
+                  "columns": {d.name: d.names for d in detectors}})
+            for i in range(len(images))]
 
 
 def run(ctx: distributed.Context, cfg: ExperimentConfig, model: Classifier, store: Store,
-        data: ImageSet, progress: bool) -> None:
-    """Score the benign images, then every attack's adversarial images."""
+        data: ImageSet, progress: bool) -> dict[str, float]:
+    """Score the benign images, then every attack's adversarial images, with every detector.
+    Returns each detector's wall seconds per image scored by this process (none for a
+    detector that scored nothing: every record was there)."""
     assert cfg.detection is not None
-    detector = FeatureSqueezingDetector(model, list(cfg.detection.squeezers))
+    detectors = [build_detector(name, model, cfg.detection.detector_settings(name))
+                for name in cfg.detection.detectors]
+    cost: dict[str, list[float]] = {}
     files = benign_files(cfg, data)
     benign = {}
     for name, path in files.items():
@@ -72,7 +88,7 @@ def run(ctx: distributed.Context, cfg: ExperimentConfig, model: Classifier, stor
             if ctx.main:
                 store.save_error(BENIGN, name, message)
     run_units(ctx, store, BENIGN, chunks(list(benign), cfg.batch_size),
-              lambda u: _scores(detector, np.stack([benign[n] for n in u])), progress,
+              lambda u: _scores(detectors, np.stack([benign[n] for n in u]), cost), progress,
               {n: image_digest(image) for n, image in benign.items()})
 
     def adversarial(stage_name: str, names: list[str]) -> list[Output]:
@@ -80,7 +96,7 @@ def run(ctx: distributed.Context, cfg: ExperimentConfig, model: Classifier, stor
         for name, record in zip(names, records):
             if record is None or record.error is not None:
                 raise RuntimeError(f"no adversarial image for {name}")
-        outputs = _scores(detector, np.stack([r.arrays["adv"] for r in records]))
+        outputs = _scores(detectors, np.stack([r.arrays["adv"] for r in records]), cost)
         for (_, meta), record in zip(outputs, records):
             meta["success"] = record.meta["success"]
         return outputs
@@ -91,3 +107,4 @@ def run(ctx: distributed.Context, cfg: ExperimentConfig, model: Classifier, stor
             source = f"{interpreter}/{attack}"
             run_units(ctx, store, stage(interpreter, attack), units,
                       lambda u, s=source: adversarial(s, u), progress, data.digests)
+    return {name: seconds / n for name, (seconds, n) in cost.items()}

@@ -34,7 +34,7 @@ import torch
 
 from adv2 import metrics
 from adv2.attacks import DISPLAY_NAMES
-from adv2.detection import FeatureSqueezingDetector, cross_validated_flags
+from adv2.detection import Thresholds, cross_validated_flags, with_joint
 from adv2.experiment import detection, transfer
 from adv2.experiment.config import ExperimentConfig
 from adv2.experiment.images import ImageSet
@@ -180,54 +180,76 @@ def transfer_tables(cfg: ExperimentConfig, store: Store,
     return [l1, iou], summary
 
 
-def detection_table(cfg: ExperimentConfig, store: Store, data: ImageSet) -> tuple[Table, dict]:
-    """Thresholds fitted on the benign scores; detection rates of successful adversarial
-    images per squeezer and jointly."""
+def detector_seconds(timing: dict) -> dict[str, float]:
+    """Each detector's wall seconds per image, from the last invocation of ``timing`` (the
+    content of ``timing.json``) that scored with it."""
+    cost: dict[str, float] = {}
+    for invocation in timing.get("invocations", []):
+        cost |= invocation.get("detector_seconds_per_image", {})
+    return cost
+
+
+def detection_table(cfg: ExperimentConfig, store: Store, data: ImageSet,
+                    timing: dict) -> tuple[Table, dict]:
+    """Each detector's thresholds fitted on the benign scores and the detection rates of
+    successful adversarial images per score column and jointly; the summary also holds each
+    detector's seconds per image (:func:`detector_seconds`)."""
     assert cfg.detection is not None
-    # thresholds and decisions from recorded scores: the detector needs no model here
-    det = FeatureSqueezingDetector(None, list(cfg.detection.squeezers))
+    fpr = cfg.detection.fpr
     benign = _ok(store.records(detection.BENIGN, list(detection.benign_files(cfg, data))))
-    columns, rates = [], []
-    if benign:
-        scores = _scores(benign)
-        det.fit_scores(scores, cfg.detection.fpr)
-        columns.append(f"benign (n={len(benign)})")
-        rates.append(_rates(det, scores))
-        folds = min(10, len(benign))
-        if folds >= 2:  # held-out rate: each image against thresholds fitted without its fold
-            joint = torch.cat([scores, scores.amax(dim=1, keepdim=True)], dim=1)
-            columns.append(f"benign held out ({folds}-fold)")
-            rates.append(cross_validated_flags(joint, cfg.detection.fpr, folds, cfg.seed)
-                         .float().mean(dim=0).tolist())
-        for interpreter in cfg.interpreters:
-            for attack in cfg.attacks_for(interpreter):
-                ok = [r for r in _ok(store.records(detection.stage(interpreter, attack),
-                                                   data.attacked)) if r.meta["success"]]
-                columns.append(f"{DISPLAY_NAMES[attack]} {interpreter} (n={len(ok)})")
-                rates.append(_rates(det, _scores(ok)) if ok else None)
-    table = Table("detection", "Feature squeezing: detection rate of successful adversarial "
-                  f"images (thresholds at {cfg.detection.fpr:.0%} false positives on the benign "
-                  "images)", ["squeezer", "threshold", *columns],
-                  ["", ".4f", *[".1%"] * len(columns)],
+    attacked = {(i, a): [r for r in _ok(store.records(detection.stage(i, a), data.attacked))
+                         if r.meta["success"]]
+                for i in cfg.interpreters for a in cfg.attacks_for(i)}
+    columns = [f"benign (n={len(benign)})"]
+    folds = min(10, len(benign))
+    if folds >= 2:
+        columns.append(f"benign held out ({folds}-fold)")
+    columns += [f"{DISPLAY_NAMES[a]} {i} (n={len(ok)})" for (i, a), ok in attacked.items()]
+    table = Table("detection", "Detection rate of successful adversarial images (thresholds at "
+                  f"{fpr:.0%} false positives on the benign images)",
+                  ["detector", "score", "threshold", *columns],
+                  ["", "", ".4f", *[".1%"] * len(columns)],
                   note="Benign: the false-positive rate on the images the thresholds were "
                        "fitted on; benign held out: each benign image scored against "
-                       "thresholds fitted the same way on the other folds.")
-    thresholds = det.thresholds.tolist() if det.fitted else [None] * len(det.names)
-    joint = det.joint_threshold if det.fitted else None
-    for j, (name, thr) in enumerate(zip([*det.names, "joint"], [*thresholds, joint])):
-        table.rows.append([name, thr, *[None if r is None else r[j] for r in rates]])
-    summary = {"thresholds": dict(zip(det.names, thresholds)), "joint_threshold": joint,
-               "rates": {c: (None if r is None else dict(zip([*det.names, "joint"], r)))
-                         for c, r in zip(columns, rates)}}
+                       "thresholds fitted the same way on the other folds. A detector flags "
+                       "an image when its joint score (the maximum of its scores) is above "
+                       "the joint threshold. Each detector's seconds per image are in the "
+                       "page's header.")
+    summary: dict = {"thresholds": {}, "joint_threshold": {},
+                     "seconds_per_image": detector_seconds(timing),
+                     "rates": {c: None for c in columns}}
+    for name in cfg.detection.detectors:
+        if not benign:
+            table.rows.append([name, None, None, *[None] * len(columns)])
+            continue
+        names = benign[0].meta["columns"][name]
+        scores = _scores(benign, name)
+        fitted = Thresholds.fit(scores, fpr)
+        rates = [_rates(fitted, scores)]
+        if folds >= 2:  # held-out rate: each image against thresholds fitted without its fold
+            rates.append(cross_validated_flags(with_joint(scores), fpr, folds, cfg.seed)
+                         .float().mean(dim=0).tolist())
+        rates += [_rates(fitted, _scores(ok, name)) if ok else None for ok in attacked.values()]
+        rows = [*names, "joint"] if len(names) > 1 else names
+        thresholds = [*fitted.columns.tolist(), fitted.joint]
+        for j, row in enumerate(rows):
+            table.rows.append([name, row, thresholds[j],
+                               *[None if r is None else r[j] for r in rates]])
+        summary["thresholds"] |= {f"{name}/{c}": t for c, t in zip(names, thresholds)}
+        summary["joint_threshold"][name] = fitted.joint
+        for column, r in zip(columns, rates):
+            if r is not None:
+                summary["rates"][column] = (summary["rates"][column] or {}) | {
+                    f"{name}/{c}": v for c, v in zip([*names, "joint"], r)}
     return table, summary
 
 
-def _scores(records: list[Record]) -> torch.Tensor:
-    return torch.tensor([r.meta["scores"] for r in records], dtype=torch.float32)
+def _scores(records: list[Record], detector: str) -> torch.Tensor:
+    return torch.tensor([r.meta["scores"][detector] for r in records], dtype=torch.float32)
 
 
-def _rates(det: FeatureSqueezingDetector, scores: torch.Tensor) -> list[float]:
-    found = det.decide(scores)
+def _rates(fitted: Thresholds, scores: torch.Tensor) -> list[float]:
+    found = fitted.decide(scores)
     return [*found.flags.float().mean(dim=0).tolist(), float(found.joint_flag.float().mean())]
 
 
@@ -355,6 +377,7 @@ def examples_figure(path: Path, cfg: ExperimentConfig, store: Store, data: Image
 
 def _header(cfg: ExperimentConfig, data: ImageSet, timing: dict) -> list[tuple[str, str]]:
     invocations = timing.get("invocations", [])
+    cost = detector_seconds(timing) if cfg.detection is not None else {}
     return [
         ("model", cfg.model + (f" (weights {cfg.weights})" if cfg.weights else "")),
         ("images", (f"{len(data.attacked)} attacked of {len(data.names)} loaded from "
@@ -367,6 +390,8 @@ def _header(cfg: ExperimentConfig, data: ImageSet, timing: dict) -> list[tuple[s
         ("wall time", (f"{timing.get('total_seconds', 0):.0f} s over {len(invocations)} "
                        f"finished invocation(s), processes "
                        f"{[r['processes'] for r in invocations]}")),
+        *([("detection cost", ", ".join(f"{name} {seconds:.4f} s / image"
+                                        for name, seconds in cost.items()))] if cost else []),
     ]
 
 
@@ -420,8 +445,10 @@ def build(cfg: ExperimentConfig, store: Store, data: ImageSet) -> dict:
     if cfg.transfer:
         transfer_list, summary["transfer"] = transfer_tables(cfg, store, names)
         tables += transfer_list
+    timing_path = store.root / "timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
     if cfg.detection is not None:
-        det_table, summary["detection"] = detection_table(cfg, store, data)
+        det_table, summary["detection"] = detection_table(cfg, store, data, timing)
         tables.append(det_table)
     tables.append(errors_table(cfg, store, data))
     for table in tables:
@@ -438,8 +465,6 @@ def build(cfg: ExperimentConfig, store: Store, data: ImageSet) -> dict:
         examples_figure(tmp / "figures" / "examples.png", cfg, store, data, examples)
         figures.append(("examples", ("Examples: image, then per interpreter the benign, PGD "
                                      "and ADV² maps (target class)")))
-    timing_path = store.root / "timing.json"
-    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
     header = _header(cfg, data, timing)
     title = f"adv2 experiment: {cfg.model}, {', '.join(cfg.interpreters)}"
     (tmp / "report.md").write_text(markdown_page(title, header, tables, figures))

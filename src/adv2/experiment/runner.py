@@ -128,24 +128,28 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
             transfer.run(ctx, cfg, interpreters, store, data, progress)
             ctx.barrier()
             stage_seconds["transfer"] = round(time.time() - t0, 1)
+        detector_seconds: dict[str, float] = {}
         if cfg.detection is not None:
             t0 = time.time()
-            detection.run(ctx, cfg, model, store, data, progress)
+            detector_seconds = detection.run(ctx, cfg, model, store, data, progress)
             ctx.barrier()
             stage_seconds["detection"] = round(time.time() - t0, 1)
         if not ctx.main:
             return {}
-        _log_invocation(store, ctx.world, time.time() - start, stage_seconds)
+        _log_invocation(store, ctx.world, time.time() - start, stage_seconds, detector_seconds)
         return report.build(cfg, store, data)
     finally:
         ctx.close()
 
 
-def _log_invocation(store: Store, world: int, seconds: float, stages: dict[str, float]) -> None:
-    """Append this invocation's wall time to ``timing.json`` (a resumed run has several)."""
+def _log_invocation(store: Store, world: int, seconds: float, stages: dict[str, float],
+                    detectors: dict[str, float]) -> None:
+    """Append this invocation's wall time, per stage, and each detector's seconds per image
+    it scored to ``timing.json`` (a resumed run has several)."""
     path = store.root / "timing.json"
     runs = json.loads(path.read_text())["invocations"] if path.is_file() else []
     runs.append({"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                 "processes": world, "seconds": round(seconds, 1), "stage_seconds": stages})
+                 "processes": world, "seconds": round(seconds, 1), "stage_seconds": stages,
+                 "detector_seconds_per_image": detectors})
     write_json(path, {"invocations": runs, "total_seconds": round(sum(r["seconds"]
                                                                       for r in runs), 1)})
