@@ -15,7 +15,7 @@ from torch.overrides import TorchFunctionMode
 import adv2
 from adv2 import cli, pipeline, target_maps
 from adv2.attacks import ADV2, PGD, AdaptiveADV2
-from adv2.detection import FeatureSqueezingDetector
+from adv2.detection import EnsembleDetector, FeatureSqueezingDetector
 from adv2.interpreters import CAM, GRAD, IG, MASK, RTS, GradCAM, Interpreter, SmoothGrad
 from adv2.rts import TrainConfig, train
 from test_rts import make_deep_tiny_model
@@ -69,7 +69,7 @@ def _interpreters(tmp_path: Path) -> list[tuple[torch.nn.Module, Interpreter]]:
 
 def test_no_tensor_is_made_without_a_device(tmp_path) -> None:
     """PGD, ADV² and adaptive ADV² on every interpreter (the seeded ones with per-image
-    seeds), the RTS trainer and the detector, under a mode that records factory calls lacking a
+    seeds), the RTS trainer and the detectors, under a mode that records factory calls lacking a
     device: adv2's code makes none (host-side draws name the host)."""
     images = make_images(3, seed=4)
     recorder = FactoryRecorder()
@@ -88,6 +88,13 @@ def test_no_tensor_is_made_without_a_device(tmp_path) -> None:
             detector = FeatureSqueezingDetector(model, ["bit-4", "median-2x2"])
             detector.fit(make_images(6, seed=5), 0.2)
             AdaptiveADV2(attack, detector, steps=2)(images, targets)
+        tiny, cam = pairs[0]  # the ensemble detector, alone and with squeezing
+        ensemble = EnsembleDetector(tiny, ["cam", "grad"]).fit(make_images(6, seed=5), 0.2)
+        squeeze = FeatureSqueezingDetector(tiny, ["bit-4"]).fit(make_images(6, seed=5), 0.2)
+        attack = ADV2(tiny, cam, steps=2, warm_steps=2)
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        targets = (tiny(x).argmax(dim=1) + 1) % 10
+        AdaptiveADV2(attack, [squeeze, ensemble], steps=2)(images, targets)
     assert recorder.calls == [], "\n".join(sorted(set(recorder.calls)))
 
 
