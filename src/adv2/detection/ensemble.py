@@ -92,9 +92,10 @@ class EnsembleGuard(Guard):
     ``weight`` × :func:`~adv2.detection.consistency.soft_inconsistency` of the interpreters'
     maps of the predicted class, differentiated through each interpreter's
     :meth:`~adv2.interpreters.Interpreter.attack_forward` (GRAD's second derivatives through
-    its surrogate) at ``progress`` of its attack schedule. An interpreter whose attack values
-    are not its true maps (one that asks for :meth:`~adv2.interpreters.Interpreter.
-    verification`, MASK) or that is not differentiable cannot be guarded (ValueError).
+    its surrogate; IG's and SmoothGrad's sampled estimates) at ``progress`` of its attack
+    schedule. An interpreter that is not differentiable, or whose attack tracks an inner state
+    the engine restarts (its :meth:`~adv2.interpreters.Interpreter.verification` has an
+    ``after`` hook: MASK), cannot be guarded (ValueError).
 
     Arguments:
         detector: the fitted detector; columns, margin, weight, accept_margin: as
@@ -109,9 +110,11 @@ class EnsembleGuard(Guard):
                  progress: float = 1.0) -> None:
         super().__init__(detector, columns, margin, weight, accept_margin)
         for interpreter in detector.interpreters:
-            if not interpreter.differentiable or interpreter.verification() is not None:
+            policy = interpreter.verification()
+            if not interpreter.differentiable or (policy is not None and policy.after is not None):
                 raise ValueError(f"the ensemble guard cannot differentiate {interpreter.name}: "
-                                 "its attack maps are not differentiable true maps")
+                                 "its maps are not differentiable, or its attack tracks a state "
+                                 "that only the attack engine restarts")
         self.progress = progress
 
     def score(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
