@@ -96,6 +96,22 @@ def test_each_member_is_judged_by_its_true_interpreter(joint) -> None:
                                        + result.per_interpreter["grad"].iou) / 2)
 
 
+def test_a_member_that_needs_verification_sets_the_schedule() -> None:
+    """MASK's attack values are not its maps: the joint is judged on MASK's schedule, and
+    MASK's tracking restarts from its own part of each verified map."""
+    model = make_tiny_model(0)
+    j = build_interpreter("cam+mask", model, **{"mask.iterations": 3, "mask.verify_every": 2})
+    assert build_interpreter("cam+grad", model).verification() is None
+    policy = j.verification()
+    assert policy.every == 2 and policy.on_success
+    x = to_tensor(make_images(2, seed=6))
+    targets = (model(x).argmax(1) + 1) % 10
+    result = ADV2.for_interpreter(model, j, steps=3, warm_steps=2)(x, targets)
+    mask = j.members[1]
+    assert mask._state.mask.shape[-2:] == j.parts(result.maps, (32, 32))["mask"].shape[-2:]
+    assert set(result.per_interpreter) == {"cam", "mask"}
+
+
 def test_no_tensor_is_made_without_a_device(joint) -> None:
     model, j = joint
     x = to_tensor(make_images(2, seed=3))

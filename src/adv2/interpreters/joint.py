@@ -28,7 +28,7 @@ Example:
 from __future__ import annotations
 
 from functools import cache
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -185,7 +185,8 @@ class Joint(Interpreter):
         flat = torch.cat([parts[n].flatten(1) for n in self.member_names], dim=1)
         return flat.view(len(flat), 1, 1, -1)
 
-    def use_seeds(self, seeds) -> None:
+    def use_seeds(self, seeds: Sequence[int] | None) -> None:
+        """Seed every member's draws too (:meth:`Interpreter.use_seeds`)."""
         super().use_seeds(seeds)
         for member in self.members:
             member.use_seeds(seeds)
