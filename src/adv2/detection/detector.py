@@ -218,8 +218,7 @@ class Detector(ABC):
         order)."""
         if scores.ndim != 2 or scores.shape[1] != len(self.names):
             raise ValueError(f"expected n×{len(self.names)} scores, got {tuple(scores.shape)}")
-        fitted = Thresholds.fit(scores, fpr)
-        self.set_thresholds(fitted.columns.tolist(), fitted.joint, fpr)
+        self.calibration = Thresholds.fit(scores, fpr)
         return self
 
     def set_thresholds(self, thresholds: Sequence[float], joint: float, fpr: float) -> None:
