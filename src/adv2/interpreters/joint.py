@@ -8,8 +8,8 @@ explained, attacked and verified by itself; the joint interpreter only combines:
 - the attack's map loss is Σ_i s_lead · ℓ_i / s_i, each member's loss ℓ_i (the run's map loss
   on its own map) divided by its value s_i at the first iterate of the descent (the warm
   start), per image, and multiplied by the lead's s_lead: every member starts with the lead's
-  weight, whatever the scale of its map loss, and a joint of one member is that member's
-  attack. The lead is the member whose ADV² defaults take the most steps (``steps +
+  weight, whatever the scale of its map loss, and the lead's term is its own attack's, for
+  which its λ was tuned. The lead is the member whose ADV² defaults take the most steps (``steps +
   warm_steps``; the first such member in the spelling), and the joint attack takes its
   defaults (``cam+grad``: GRAD's);
 - an iterate is judged by every member's :meth:`~Interpreter.explain_loss` (its true maps)
@@ -74,9 +74,10 @@ def joint_class(spelling: str) -> type[Joint]:
         raise ValueError(f"interpreter {spelling!r}: a joint interpreter needs two members or "
                          "more")
     classes = {n: resolve(n) for n in names}
-    lead = classes[lead_of(classes)]
+    lead_name = lead_of(classes)
+    lead = classes[lead_name]
     return type(f"Joint[{spelling}]", (Joint,), {
-        "name": spelling, "member_names": names, "lead": lead_of(classes),
+        "name": spelling, "member_names": names, "lead": lead_name,
         "attack_defaults": dict(lead.attack_defaults),
         "support_attack_defaults": dict(lead.support_attack_defaults),
         "blackbox_attack_defaults": dict(lead.blackbox_attack_defaults),
