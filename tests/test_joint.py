@@ -17,7 +17,7 @@ from adv2 import cli, metrics
 from adv2.attacks import ADV2
 from adv2.attacks.losses import MapMSE
 from adv2.data import load_image, to_tensor
-from adv2.experiment.config import parse_config
+from adv2.experiment.config import ConfigError, parse_config
 from adv2.interpreters import CAM, GRAD, build_interpreter
 from adv2.interpreters.plugins import is_name, resolve
 from test_devices import FactoryRecorder
@@ -187,3 +187,7 @@ def test_the_experiment_file_takes_the_same_spelling() -> None:
     joint = cfg.attack_config("cam+grad", "adv2", 0)
     assert joint.lam == "20" and joint.steps == 5 and joint.lr == GRAD.attack_defaults["lr"]
     assert cfg.attack_config("cam", "adv2", 0).lam == CAM.attack_defaults["lam"]
+    with pytest.raises(ConfigError, match="interpreter_settings.cam\\+grad.grad.pol; did you "
+                                          "mean 'grad.pool'"):
+        parse_config({"images": "imgs", "interpreters": ["cam+grad"],
+                      "interpreter_settings": {"cam+grad": {"grad.pol": 8}}})

@@ -91,7 +91,15 @@ def resolve(name: str) -> type[Interpreter]:
 
 def setting_names(cls: type[Interpreter]) -> list[str] | None:
     """The settings (keyword arguments besides ``model``) the class ``cls`` takes; None when
-    it takes any keyword (``**settings``)."""
+    it takes any keyword (``**settings``). A joint interpreter's are its members', each plain
+    and under the member's name (``pool``, ``grad.pool``)."""
+    members = getattr(cls, "member_names", ())
+    if members:
+        own = {m: setting_names(resolve(m)) for m in members}
+        if any(names is None for names in own.values()):
+            return None
+        return sorted({k for names in own.values() for k in names}) + [
+            f"{m}.{k}" for m, names in own.items() for k in names]
     parameters = inspect.signature(cls).parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in parameters):
         return None
