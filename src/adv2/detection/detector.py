@@ -17,16 +17,18 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from adv2.data import to_tensor
-from adv2.detection.guard import Guard
 from adv2.errors import SettingError
 from adv2.models import device_of
 from adv2.records import write_json
+
+if TYPE_CHECKING:
+    from adv2.detection.guard import Guard
 
 
 class NotFittedError(RuntimeError):

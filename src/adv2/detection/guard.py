@@ -9,12 +9,19 @@ logits f(x) (n×C) and ``rows`` (n,), their indices in the attacked batch.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import torch
 
-if TYPE_CHECKING:
-    from adv2.detection.detector import Detector
+
+class Fitted(Protocol):
+    """What a guard reads of its detector (:class:`~adv2.detection.detector.Detector`): its
+    name, its score columns' names and its fitted thresholds."""
+
+    name: str
+    names: Sequence[str]
+
+    def check_fitted(self) -> torch.Tensor: ...
 
 
 class Guard(ABC):
@@ -31,7 +38,7 @@ class Guard(ABC):
         and logits), :meth:`accept` → (n,) bool, :meth:`scores` → n×len(columns).
     """
 
-    def __init__(self, detector: Detector, columns: Sequence[int] | None = None,
+    def __init__(self, detector: Fitted, columns: Sequence[int] | None = None,
                  margin: float = 0.9, weight: float = 3.0, accept_margin: float = 0.98) -> None:
         self.detector = detector
         self.columns = list(range(len(detector.names)) if columns is None else columns)
