@@ -32,9 +32,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from adv2.interpreters import build_interpreter
 from adv2.interpreters.base import Interpreter, Verification
-from adv2.interpreters.plugins import resolve, setting_names
+from adv2.interpreters.plugins import build_interpreter, resolve, setting_names
 from adv2.models import Classifier
 
 #: the smallest start loss a member is divided by (a member already at its target map)

@@ -18,8 +18,15 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Callable
 
 from adv2.interpreters.base import Interpreter
+from adv2.models import Classifier
+
+
+#: how a name with a separator becomes one class: ``+`` joins interpreters into one
+#: (:func:`adv2.interpreters.joint.joint_class`, entered by :mod:`adv2.interpreters`)
+COMPOSITIONS: dict[str, Callable[[str], type[Interpreter]]] = {}
 
 
 def builtins() -> dict[str, type[Interpreter]]:
@@ -61,10 +68,9 @@ def resolve(name: str) -> type[Interpreter]:
     known = builtins()
     if name in known:
         return known[name]
-    if "+" in name:
-        from adv2.interpreters.joint import joint_class
-
-        return joint_class(name)
+    for separator, compose in COMPOSITIONS.items():
+        if separator in name:
+            return compose(name)
     module_name, colon, attribute = name.partition(":")
     if not colon:
         raise ValueError(f"unknown interpreter {name!r}; give {forms()}")
@@ -132,3 +138,18 @@ def require_differentiable(interpreter: str | Interpreter) -> None:
             f"the built-ins are {', '.join(sorted(builtins()))}")
     raise ValueError(f"{name} is not differentiable: ADV² needs a differentiable interpreter; "
                      f"{hint}")
+
+
+def build_interpreter(name: str, model: Classifier, **options) -> Interpreter:
+    """Instantiate an interpreter by name (a built-in such as ``cam``, ``package.module:Class``
+    or ``captum:<Name>``: :func:`adv2.interpreters.plugins.resolve`) with its defaults
+    overridden by ``options`` (keyword arguments of its class, e.g. RTS's ``checkpoint`` or
+    MASK's ``strategy``). The interpreter's ``name`` becomes ``name``, which reports and
+    records go by."""
+    cls = resolve(name)
+    try:
+        interpreter = cls(model, **options)
+    except TypeError as exc:  # an unknown keyword
+        raise ValueError(f"interpreter {name!r}: {exc}") from exc
+    interpreter.name = name
+    return interpreter
