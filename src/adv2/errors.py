@@ -1,6 +1,10 @@
-"""The error of a bad setting, shared by attacks, detectors and their command lines."""
+"""The error of a bad setting, shared by attacks, detectors and their command lines, and the
+check of a setting's every value."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
 
 
 class SettingError(ValueError):
@@ -11,3 +15,13 @@ class SettingError(ValueError):
         super().__init__(f"{key}: {problem}")
         self.key = key
         self.problem = problem
+
+
+def check_each(key: str, values: Iterable[Any], check: Callable[[Any], object]) -> None:
+    """Call ``check`` on every value of the setting ``key``; a ValueError it raises becomes a
+    :class:`SettingError` naming ``key``."""
+    for value in values:
+        try:
+            check(value)
+        except ValueError as exc:
+            raise SettingError(key, str(exc)) from None

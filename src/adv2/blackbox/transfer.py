@@ -74,14 +74,14 @@ class TransferAttack:
 
     def _diverse(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """x, or a copy resized to a random size and padded at a random place (one draw)."""
-        if torch.rand((), generator=gen).item() >= self.diversity:
+        if torch.rand((), generator=gen, device="cpu").item() >= self.diversity:
             return x
         h, w = x.shape[-2:]
         big = int(h * self.resize)
-        size = int(torch.randint(h, max(big, h + 1), (), generator=gen))
+        size = int(torch.randint(h, max(big, h + 1), (), generator=gen, device="cpu"))
         pad = big - size
-        top = int(torch.randint(0, pad + 1, (), generator=gen))
-        left = int(torch.randint(0, pad + 1, (), generator=gen))
+        top = int(torch.randint(0, pad + 1, (), generator=gen, device="cpu"))
+        left = int(torch.randint(0, pad + 1, (), generator=gen, device="cpu"))
         resized = F.interpolate(x, size=(size, round(size * w / h)), mode="bilinear",
                                 align_corners=False)
         return F.pad(resized, (left, big - resized.shape[-1] - left, top, pad - top))

@@ -21,7 +21,8 @@ def pooled(maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Every N×1×h×w map average-pooled to the resolution of the map with the fewest pixels.
 
     Example:
-        >>> [m.shape[-1] for m in pooled([torch.rand(2, 1, 7, 7), torch.rand(2, 1, 56, 56)])]
+        >>> [m.shape[-1] for m in pooled([torch.rand(2, 1, 7, 7, device="cpu"),
+        ...                                torch.rand(2, 1, 56, 56, device="cpu")])]
         [7, 7]
     """
     size = min((tuple(m.shape[-2:]) for m in maps), key=lambda s: s[0] * s[1])

@@ -18,7 +18,7 @@ from adv2 import metrics
 from adv2.detection.consistency import inconsistency, soft_inconsistency
 from adv2.detection.detector import Detector
 from adv2.detection.guard import Guard
-from adv2.errors import SettingError
+from adv2.errors import SettingError, check_each
 from adv2.interpreters import Interpreter, build_interpreter
 from adv2.interpreters.plugins import resolve
 
@@ -60,11 +60,7 @@ class EnsembleDetector(Detector):
         names = settings.get("interpreters", ("cam", "grad"))
         if isinstance(names, str) or len(names) < 2:
             raise SettingError("interpreters", f"give two or more interpreters, got {names!r}")
-        for name in names:
-            try:
-                resolve(name)
-            except ValueError as exc:
-                raise SettingError("interpreters", str(exc)) from None
+        check_each("interpreters", names, resolve)
         ks = settings.get("ks", metrics.DEFAULT_KS)
         if isinstance(ks, str) or not ks or not all(0 < float(k) <= 1 for k in ks):
             raise SettingError("ks", f"give top-k fractions in (0, 1], got {ks!r}")

@@ -13,7 +13,7 @@ import torch
 from adv2.detection.detector import Detector
 from adv2.detection.guard import Guard
 from adv2.detection.squeezers import SQUEEZER_NAMES, Squeezer, build_squeezer
-from adv2.errors import SettingError
+from adv2.errors import SettingError, check_each
 
 
 def softmax_l1(logits: torch.Tensor, squeezed_logits: torch.Tensor) -> torch.Tensor:
@@ -56,11 +56,7 @@ class FeatureSqueezingDetector(Detector):
         names = settings.get("squeezers", SQUEEZER_NAMES)
         if isinstance(names, str) or not names:
             raise SettingError("squeezers", f"give a list of one or more squeezers, got {names!r}")
-        for name in names:
-            try:
-                build_squeezer(name)
-            except ValueError as exc:
-                raise SettingError("squeezers", str(exc)) from None
+        check_each("squeezers", names, build_squeezer)
 
     def settings(self) -> dict[str, Any]:
         return {"squeezers": self.names}
