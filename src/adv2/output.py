@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from adv2.attacks.settings import SettingError
+from adv2.errors import SettingError
 from adv2.figures import class_name, figure
 from adv2.provenance import versions
 from adv2.records import (Failed, Output, Record, Store, changed_keys, to_json, write_bytes,

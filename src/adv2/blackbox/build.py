@@ -9,10 +9,11 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from adv2.attacks.settings import AttackSettings, SettingError
+from adv2.attacks.settings import AttackSettings
 from adv2.blackbox.oracle import Oracle
 from adv2.blackbox.search import RandomSearch
 from adv2.blackbox.transfer import TransferAttack
+from adv2.errors import SettingError
 from adv2.interpreters import Interpreter
 from adv2.models import Classifier, load_model, model_digest
 

@@ -20,10 +20,11 @@ from typing import Any
 import yaml
 
 from adv2.detection import build_squeezer, detector_class
+from adv2.errors import SettingError
 from adv2.interpreters import INTERPRETERS
 from adv2.interpreters.plugins import is_name, require_differentiable, resolve, setting_names
 from adv2.attacks import ATTACKS
-from adv2.attacks.settings import ATTACK_KEYS, SettingError
+from adv2.attacks.settings import ATTACK_KEYS
 from adv2.attacks.support import KINDS
 from adv2.pipeline import AttackConfig, build_attack, check_setting, parse_number
 #: keys whose values are paths, resolved against the YAML file's directory
