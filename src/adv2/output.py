@@ -10,6 +10,7 @@
     OUT/samples/<name>/   clean.png adv.png benign_map.npy adv_map.npy target_map.npy figure.png
                           (and support.npy with a support)
     OUT/records/<name>.npz  one finished image (:mod:`adv2.records`), bound to its picture
+    OUT/adv2.lock         while a run writes: its pid and host (:mod:`adv2.lock`)
 
 Each unit's sample folders, then its records, are written as it finishes, and results.csv is
 rewritten from the records (atomically), so a killed run keeps everything it had computed and
@@ -23,12 +24,14 @@ import io
 import json
 import shutil
 from pathlib import Path
+from types import TracebackType
 
 import numpy as np
 from PIL import Image
 
 from adv2.errors import SettingError
 from adv2.figures import class_name, figure
+from adv2.lock import FolderLock
 from adv2.provenance import versions
 from adv2.records import (Failed, Output, Record, Store, changed_keys, to_json, write_bytes,
                           write_json)
@@ -43,12 +46,20 @@ UNCOMPARED = ("versions", "attack_config")
 
 
 class RunWriter:
-    """The output folder of one ``adv2 attack`` run (see the module docstring).
+    """The output folder of one ``adv2 attack`` run (see the module docstring), held by its
+    :class:`~adv2.lock.FolderLock` from construction to the end of its ``with`` block.
 
     Arguments:
         out: the folder (created; an existing file is refused).
         config: every setting; a folder made with other settings is refused, naming the
             changed keys, unless ``overwrite`` (which deletes its records, samples and tables).
+
+    Raises:
+        FolderBusy: another running process holds the folder.
+
+    Example:
+        >>> with RunWriter("out", settings) as writer:
+        ...     writer.finish(seconds, ks, accuracy)
     """
 
     def __init__(self, out: str | Path, config: dict, overwrite: bool = False) -> None:
@@ -56,6 +67,22 @@ class RunWriter:
         if self.out.exists() and not self.out.is_dir():
             raise SettingError("out", f"{self.out} is a file, not a folder")
         self.config = json.loads(to_json({**config, "versions": versions()}))
+        self.lock = FolderLock(self.out).acquire()
+        try:
+            self._open(overwrite)
+        except BaseException:
+            self.lock.release()
+            raise
+        self.errors: list[dict] = []
+        self.ignored: list[dict] = []
+        self.warnings: list[dict] = []
+        self.names: list[str] = []
+        #: the interpreters the run's maps hold: its own, or a joint one's members
+        self.parts = str(self.config.get("interpreter", "")).split("+")
+
+    def _open(self, overwrite: bool) -> None:
+        """Start afresh (``overwrite``) or check that the folder holds this config's results;
+        then clear what killed writers left and write config.json."""
         path = self.out / "config.json"
         if overwrite:
             for name in ("records", "samples"):
@@ -77,12 +104,14 @@ class RunWriter:
         self.store = Store(self.out, "records")
         self.store.remove_temporaries()
         write_json(path, self.config)
-        self.errors: list[dict] = []
-        self.ignored: list[dict] = []
-        self.warnings: list[dict] = []
-        self.names: list[str] = []
-        #: the interpreters the run's maps hold: its own, or a joint one's members
-        self.parts = str(self.config.get("interpreter", "")).split("+")
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """Release the folder (an interrupt becomes one naming it, see :class:`FolderLock`)."""
+        self.lock.__exit__(kind, exc, tb)
 
     def error(self, file: str, message: str) -> None:
         self.errors.append({"file": file, "error": message})

@@ -353,49 +353,49 @@ def run(
         cfg.validate(logits.shape[1])  # before anything is written
     attack = build_attack(cfg, model, interpreter)
     settings = cfg.recorded(interpreter) | {"attack_config": attack.config()}
-    writer = RunWriter(out, settings, overwrite)
-    for file, message in skipped:
-        writer.error(file, message)
-    for file, reason in ignored:
-        writer.ignore(file, reason)
-    for file, message in warnings:
-        writer.warn(file, message)
-    if not samples:
-        log.error("no readable images to attack")
-        return writer.finish(time.time() - start, metrics.DEFAULT_KS, None)
+    with RunWriter(out, settings, overwrite) as writer:
+        for file, message in skipped:
+            writer.error(file, message)
+        for file, reason in ignored:
+            writer.ignore(file, reason)
+        for file, message in warnings:
+            writer.warn(file, message)
+        if not samples:
+            log.error("no readable images to attack")
+            return writer.finish(time.time() - start, metrics.DEFAULT_KS, None)
 
-    preds = logits.argmax(dim=1)
-    accuracy = clean_accuracy(logits, [s.label for s in samples], str(out))
-    finite = torch.isfinite(logits).all(dim=1).tolist()
-    labels = labels_of(samples, preds)
-    allowed = labels[preds == labels] if cfg.target_map == "other" else None
-    tgts, why = per_image_targets([s.key for s in samples], labels, logits.shape[1], cfg.seed,
-                                  cfg.target_class, allowed)
-    for i, ok in enumerate(finite):
-        if not ok:
-            why[i] = "non-finite clean logits (NaN or infinity): the model is broken for it"
-    for i, reason in why.items():
-        log.error("skipping %s: %s", samples[i].name, reason)
-        writer.error(samples[i].name, reason)
-    attacked = [i for i in range(len(samples)) if i not in why]
-    rows = {samples[i].name: i for i in attacked}
-    writer.expect([samples[i].name for i in attacked])
-    pool = (Pool(to_tensor(images).to(model.device), labels.to(model.device),
-                 preds.to(model.device)) if cfg.target_map == "other" else None)
+        preds = logits.argmax(dim=1)
+        accuracy = clean_accuracy(logits, [s.label for s in samples], str(out))
+        finite = torch.isfinite(logits).all(dim=1).tolist()
+        labels = labels_of(samples, preds)
+        allowed = labels[preds == labels] if cfg.target_map == "other" else None
+        tgts, why = per_image_targets([s.key for s in samples], labels, logits.shape[1], cfg.seed,
+                                      cfg.target_class, allowed)
+        for i, ok in enumerate(finite):
+            if not ok:
+                why[i] = "non-finite clean logits (NaN or infinity): the model is broken for it"
+        for i, reason in why.items():
+            log.error("skipping %s: %s", samples[i].name, reason)
+            writer.error(samples[i].name, reason)
+        attacked = [i for i in range(len(samples)) if i not in why]
+        rows = {samples[i].name: i for i in attacked}
+        writer.expect([samples[i].name for i in attacked])
+        pool = (Pool(to_tensor(images).to(model.device), labels.to(model.device),
+                     preds.to(model.device)) if cfg.target_map == "other" else None)
 
-    def work(names: list[str]) -> list[Output]:
-        index = [rows[n] for n in names]
-        outputs = attack_batch(cfg, model, interpreter, attack, images[index], labels[index],
-                               tgts[index], names, pool)
-        for i, output in zip(index, outputs):
-            if not isinstance(output, Failed):
-                output[1]["clean_pred"] = int(preds[i])
-        writer.save_samples(names, images[index], outputs, cfg.entry().display_name)
-        return outputs
+        def work(names: list[str]) -> list[Output]:
+            index = [rows[n] for n in names]
+            outputs = attack_batch(cfg, model, interpreter, attack, images[index], labels[index],
+                                   tgts[index], names, pool)
+            for i, output in zip(index, outputs):
+                if not isinstance(output, Failed):
+                    output[1]["clean_pred"] = int(preds[i])
+            writer.save_samples(names, images[index], outputs, cfg.entry().display_name)
+            return outputs
 
-    run_units(Alone(), writer.store, "", chunks(list(rows), cfg.batch_size), work, progress,
-              {n: samples[i].digest for n, i in rows.items()}, after=writer.write_results)
-    summary = writer.finish(time.time() - start, metrics.DEFAULT_KS, accuracy)
+        run_units(Alone(), writer.store, "", chunks(list(rows), cfg.batch_size), work, progress,
+                  {n: samples[i].digest for n, i in rows.items()}, after=writer.write_results)
+        summary = writer.finish(time.time() - start, metrics.DEFAULT_KS, accuracy)
     log.info("%s/%s on %d images: success %.3f, L1 %.4f, IoU %.3f (%s)", cfg.attack,
              cfg.interpreter, summary["n_images"], summary["success_rate"] or 0,
              summary["l1_mean"] or 0, summary["iou_mean"] or 0, out)

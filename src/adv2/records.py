@@ -29,6 +29,8 @@ from typing import IO, Protocol, TypeVar
 import numpy as np
 from tqdm import tqdm
 
+from adv2.interrupts import Interrupted
+
 log = logging.getLogger(__name__)
 
 TMP_GLOB = ".*.tmp"
@@ -220,30 +222,39 @@ def run_units(ctx: Shards, store: Store, stage: str, units: list[list[str]],
     pictures (``digests``: name → :func:`adv2.data.image_digest` of its input). An image whose
     outcome is :class:`Failed`, or every image of a unit that raises, is recorded as an error
     and the stage goes on; ``after`` runs once each unit is recorded. The bar shows the images
-    done and, for a black-box attack, the queries they spent."""
+    done and, for a black-box attack, the queries they spent. Ctrl-C (or SIGTERM, see
+    :mod:`adv2.interrupts`) raises :class:`~adv2.interrupts.Interrupted` counting the images
+    whose units are recorded."""
     mine = ctx.shard(units)
     todo = [u for u in mine if not all(store.done(stage, n, digests[n]) for n in u)]
     total = sum(len(u) for u in mine)
-    bar = tqdm(total=total, initial=total - sum(len(u) for u in todo), desc=stage, unit="img",
+    done = total - sum(len(u) for u in todo)
+    bar = tqdm(total=total, initial=done, desc=stage, unit="img",
                disable=not (progress and ctx.main), dynamic_ncols=True)
     queries = 0  # a black-box attack's, shown on the bar
-    for unit in todo:
-        try:
-            outputs = work(unit)
-        except Exception as exc:
-            log.exception("%s: %s failed", stage, unit)
-            outputs = [Failed(f"{type(exc).__name__}: {exc}")] * len(unit)
-        for name, output in zip(unit, outputs):
-            if isinstance(output, Failed):
-                log.error("%s: %s: %s", stage, name, output.error)
-                store.save_error(stage, name, output.error, {"input": digests[name]})
-            else:
-                arrays, meta = output
-                store.save(stage, name, arrays, {**meta, "input": digests[name]})
-                queries += meta.get("queries", 0)
-        if after is not None:
-            after()
-        if queries:
-            bar.set_postfix_str(f"{queries} queries", refresh=False)
-        bar.update(len(unit))
-    bar.close()
+    try:
+        for unit in todo:
+            try:
+                outputs = work(unit)
+            except Exception as exc:
+                log.exception("%s: %s failed", stage, unit)
+                outputs = [Failed(f"{type(exc).__name__}: {exc}")] * len(unit)
+            for name, output in zip(unit, outputs):
+                if isinstance(output, Failed):
+                    log.error("%s: %s: %s", stage, name, output.error)
+                    store.save_error(stage, name, output.error, {"input": digests[name]})
+                else:
+                    arrays, meta = output
+                    store.save(stage, name, arrays, {**meta, "input": digests[name]})
+                    queries += meta.get("queries", 0)
+            if after is not None:
+                after()
+            done += len(unit)
+            if queries:
+                bar.set_postfix_str(f"{queries} queries", refresh=False)
+            bar.update(len(unit))
+    except KeyboardInterrupt as exc:
+        raise Interrupted(exc, store.root, stage, done, total,
+                          sum(len(u) for u in units)) from None
+    finally:
+        bar.close()
