@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import textwrap
 from dataclasses import MISSING, asdict, fields, is_dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adv2 import pipeline
+from adv2 import interrupts, pipeline
 from adv2.attacks import (ATTACKS, DISPLAY_NAMES, MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES,
                           SettingError)
 from adv2.attacks.pgd import PGD_DEFAULTS
@@ -22,6 +23,7 @@ from adv2.attacks.settings import ATTACK_KEYS, THREATS
 from adv2.blackbox import ANSWERS
 from adv2.data import demo_images, load_dataset
 from adv2.interpreters import INTERPRETERS, MASK_STRATEGIES, Interpreter, plugins
+from adv2.lock import FolderBusy
 from adv2.models import ModelError, load_model
 from adv2.figures import panel_grid
 from adv2.target_maps import KINDS
@@ -670,11 +672,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; an output folder another process holds is an error naming it (exit
+    2), and Ctrl-C or SIGTERM ends with one line saying what is done (exit 130 or 143; under
+    torchrun, rank 0 speaks)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    return {"attack": cmd_attack, "detect": cmd_detect, "run": cmd_run, "demo": cmd_demo,
-            "train-rts": cmd_train_rts}[args.command](args)
+    command = {"attack": cmd_attack, "detect": cmd_detect, "run": cmd_run, "demo": cmd_demo,
+               "train-rts": cmd_train_rts}[args.command]
+    try:
+        with interrupts.sigterm_raises():
+            return command(args)
+    except FolderBusy as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt as exc:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(interrupts.describe(exc), file=sys.stderr)
+        return interrupts.exit_code(exc)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Work is cut into fixed units (chunks of the image list) that do not depend on the number of
 processes; unit i goes to rank i mod N. Processes share the run directory (one machine, or a
-shared file system across machines) and only synchronise at barriers; rank 0 merges the
-per-image records into the report. The process group only carries barriers: NCCL when the
+shared file system across machines) and only synchronise at barriers; rank 0 holds the
+directory's lock (:mod:`adv2.lock`) for the whole job and merges the per-image records into the
+report. The process group only carries barriers: NCCL when the
 ranks compute on CUDA devices (one per rank, :meth:`Context.device`), gloo otherwise.
 """
 

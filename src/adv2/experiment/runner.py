@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +22,7 @@ from adv2.experiment import detection, distributed, report, transfer
 from adv2.experiment.config import ConfigError, ExperimentConfig
 from adv2.experiment.images import ImageSet, prepare
 from adv2.interpreters import Interpreter, build_interpreter
+from adv2.lock import FolderLock
 from adv2.models import Classifier, ModelError, load_model
 from adv2.pipeline import attack_batch, build_attack, seed_of
 from adv2.records import (Output, Store, changed_keys, chunks, run_units, to_json,
@@ -82,7 +84,8 @@ def claim(store: Store, cfg: ExperimentConfig, interpreters: dict[str, Interpret
 
 def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True) -> dict:
     """Run (or resume) the experiment into ``out``; returns the report's summary (rank 0) or
-    an empty dict (other ranks)."""
+    an empty dict (other ranks). Rank 0 holds ``out`` (:class:`~adv2.lock.FolderLock`) from
+    before it writes there to the end; the other ranks write only after its first barrier."""
     start = time.time()
     ctx = distributed.init(cuda=cfg.device.startswith("cuda"))
     store = Store(out)
@@ -99,47 +102,66 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
                             for name in cfg.interpreters}
         except (ModelError, ValueError) as exc:
             raise ConfigError(f"interpreters: {exc}") from exc
-        if ctx.main:
-            claim(store, cfg, interpreters)
-            removed = store.remove_temporaries()
-            if removed:
-                log.info("removed %d temporary files left by an interrupted run", removed)
-            write_json(store.root / "images.json", data.manifest())
-        ctx.barrier()
-        if not ctx.main:
-            claim(store, cfg, interpreters)  # rank 0 wrote or checked it: this only reads
-        units = chunks(data.attacked, cfg.batch_size)
-        stage_seconds: dict[str, float] = {}
-        for name, interpreter in interpreters.items():
-            t0 = time.time()
-            if ctx.main and name in cfg.adv2_skipped():
-                log.info("%s: ADV² skipped: the interpreter is not differentiable", name)
-            for attack in cfg.attacks_for(name):
-                run_units(ctx, store, f"{name}/{attack}", units,
-                          lambda u, a=attack, i=interpreter: attack_unit(cfg, model, i, a, data, u),
-                          progress, data.digests)
-            ctx.barrier()
-            stage_seconds[name] = round(time.time() - t0, 1)
-            if ctx.main:
-                log.info("%s", report.interpreter_line(cfg, store, data, name,
-                                                       stage_seconds[name]))
-        if cfg.transfer:
-            t0 = time.time()
-            transfer.run(ctx, cfg, interpreters, store, data, progress)
-            ctx.barrier()
-            stage_seconds["transfer"] = round(time.time() - t0, 1)
-        detector_seconds: dict[str, float] = {}
-        if cfg.detection is not None:
-            t0 = time.time()
-            detector_seconds = detection.run(ctx, cfg, model, store, data, progress)
-            ctx.barrier()
-            stage_seconds["detection"] = round(time.time() - t0, 1)
-        if not ctx.main:
-            return {}
-        _log_invocation(store, ctx.world, time.time() - start, stage_seconds, detector_seconds)
-        return report.build(cfg, store, data)
+        with FolderLock(store.root) if ctx.main else nullcontext():
+            _open(ctx, store, cfg, interpreters, data)
+            stage_seconds, detector_seconds = _stages(ctx, cfg, model, interpreters, store,
+                                                      data, progress)
+            if not ctx.main:
+                return {}
+            _log_invocation(store, ctx.world, time.time() - start, stage_seconds,
+                            detector_seconds)
+            return report.build(cfg, store, data)
     finally:
         ctx.close()
+
+
+def _open(ctx: distributed.Context, store: Store, cfg: ExperimentConfig,
+          interpreters: dict[str, Interpreter], data: ImageSet) -> None:
+    """Claim the run directory (:func:`claim`), clear what killed writers left and write
+    images.json (rank 0, before the barrier); the other ranks check the claim after it."""
+    if ctx.main:
+        claim(store, cfg, interpreters)
+        removed = store.remove_temporaries()
+        if removed:
+            log.info("removed %d temporary files left by an interrupted run", removed)
+        write_json(store.root / "images.json", data.manifest())
+    ctx.barrier()
+    if not ctx.main:
+        claim(store, cfg, interpreters)  # rank 0 wrote or checked it: this only reads
+
+
+def _stages(ctx: distributed.Context, cfg: ExperimentConfig, model: Classifier,
+            interpreters: dict[str, Interpreter], store: Store, data: ImageSet,
+            progress: bool) -> tuple[dict[str, float], dict[str, float]]:
+    """Every interpreter's attacks, then transfer and detection, each ending at a barrier;
+    returns the seconds of each stage and each detector's seconds per image."""
+    units = chunks(data.attacked, cfg.batch_size)
+    stage_seconds: dict[str, float] = {}
+    for name, interpreter in interpreters.items():
+        t0 = time.time()
+        if ctx.main and name in cfg.adv2_skipped():
+            log.info("%s: ADV² skipped: the interpreter is not differentiable", name)
+        for attack in cfg.attacks_for(name):
+            run_units(ctx, store, f"{name}/{attack}", units,
+                      lambda u, a=attack, i=interpreter: attack_unit(cfg, model, i, a, data, u),
+                      progress, data.digests)
+        ctx.barrier()
+        stage_seconds[name] = round(time.time() - t0, 1)
+        if ctx.main:
+            log.info("%s", report.interpreter_line(cfg, store, data, name,
+                                                   stage_seconds[name]))
+    if cfg.transfer:
+        t0 = time.time()
+        transfer.run(ctx, cfg, interpreters, store, data, progress)
+        ctx.barrier()
+        stage_seconds["transfer"] = round(time.time() - t0, 1)
+    detector_seconds: dict[str, float] = {}
+    if cfg.detection is not None:
+        t0 = time.time()
+        detector_seconds = detection.run(ctx, cfg, model, store, data, progress)
+        ctx.barrier()
+        stage_seconds["detection"] = round(time.time() - t0, 1)
+    return stage_seconds, detector_seconds
 
 
 def _log_invocation(store: Store, world: int, seconds: float, stages: dict[str, float],
