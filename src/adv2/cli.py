@@ -23,6 +23,7 @@ from adv2.attacks.settings import ATTACK_KEYS, THREATS
 from adv2.blackbox import ANSWERS
 from adv2.data import demo_images, load_dataset
 from adv2.interpreters import INTERPRETERS, MASK_STRATEGIES, Interpreter, plugins
+from adv2.key_value import parse_setting
 from adv2.lock import FolderBusy
 from adv2.models import ModelError, load_model
 from adv2.figures import panel_grid
@@ -274,21 +275,6 @@ def interpreter_name(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
-
-
-def parse_setting(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` with VALUE a JSON literal (number, true/false, null, "string"), a boolean
-    or none in any case (``False``, ``None``), or a bare string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--interpreter-setting {text!r}: expected KEY=VALUE")
-    words = {"true": True, "false": False, "none": None, "null": None}
-    if value.lower() in words:
-        return key, words[value.lower()]
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def _config(args: argparse.Namespace) -> pipeline.AttackConfig:
