@@ -18,8 +18,9 @@ from torch import nn
 
 from adv2.data import load_dataset, to_tensor
 from adv2.interpreters import CAM, GRAD
-from adv2.models import (IMAGENET_NORMALIZE, Classifier, ModelError, _lite_weights_file,
-                         load_model, load_state_dict, load_weights, mean_std, tf_normalize)
+from adv2.models import (IMAGENET_NORMALIZE, Classifier, ModelError, load_model,
+                         load_state_dict, load_weights, mean_std, tf_normalize)
+from adv2.models.builders import _lite_weights_file
 from conftest import IMAGENET_SAMPLE, needs_shared
 
 

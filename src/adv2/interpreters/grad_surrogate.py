@@ -9,7 +9,7 @@ Function here:
   convolution — PyTorch's own double backward also computes the frozen weight's gradient;
 - eval-mode batch norm (:func:`F.batch_norm`): the forward is ``F.batch_norm``, the backward a
   per-channel scale;
-- ReLU / ReLU6 (the modules :func:`~adv2.models.smooth_copy` replaces): the forward is exact, the
+- ReLU / ReLU6 (the modules :func:`smooth_copy` replaces): the forward is exact, the
   backward either the exact derivative (the true gradient) or the softplus-β derivative
   σ(βz) − σ(β(z − cap)) with a closed-form second derivative (the surrogate's gradient),
   as :class:`BackwardMode` says at the time the backward runs;
@@ -22,6 +22,7 @@ autograd calls for the model, so the true gradient is the model's (bit for bit o
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode
 
-from adv2.models import Classifier, MeanStd, smooth_copy
+from adv2.models import Classifier, MeanStd
 
 log = logging.getLogger(__name__)
 
@@ -372,6 +373,21 @@ def unsupported_layers(model: nn.Module) -> list[str]:
     return [f"{name} ({type(m).__name__})" for name, m in model.named_modules()
             if not any(True for _ in m.children()) and not isinstance(m, SUPPORTED_LAYERS)
             and name]
+
+
+def smooth_copy(model: Classifier, activation: Callable[[nn.Module], nn.Module],
+                kinds: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6)) -> Classifier:
+    """A deep copy of ``model`` with every module ``m`` of ``kinds`` (ReLU/ReLU6 by default)
+    replaced by ``activation(m)``.
+
+    Used to build GRAD's second-order surrogates; the original model is untouched.
+    """
+    twin = copy.deepcopy(model)
+    for parent in twin.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, kinds):
+                setattr(parent, child_name, activation(child))
+    return twin
 
 
 def _fast_unit(module: nn.Module, mode: BackwardMode) -> nn.Module:
