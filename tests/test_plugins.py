@@ -225,7 +225,7 @@ def test_the_python_api_refuses_adv2_on_captum() -> None:
     message = ("captum:Saliency is not differentiable: ADV² needs a differentiable interpreter; "
                "the built-in equivalent is `grad`")
     for make in (lambda: ADV2(model, saliency), lambda: ADV2.for_interpreter(model, saliency),
-                 lambda: AttackSettings().resolved(saliency, adaptive=True).build(model, saliency),
+                 lambda: AttackSettings(adaptive="fitted.json").resolved(saliency).build(model, saliency),
                  lambda: replace(ADV2.for_interpreter(model, CAM(model)), interpreter=saliency)):
         with pytest.raises(ValueError, match=re.escape(message)):
             make()

@@ -15,8 +15,9 @@ from skimage import filters
 from adv2 import cli
 from adv2.attacks import ADV2, PGD, AdaptiveADV2
 from adv2.attacks import support as supports
+from adv2.attacks.adaptive import ADAPTIVE_DEFAULTS
 from adv2.attacks.pgd import PGD_DEFAULTS
-from adv2.attacks.settings import ADAPTIVE_DEFAULTS, AttackSettings
+from adv2.attacks.settings import AttackSettings
 from adv2.data import to_tensor
 from adv2.detection import FeatureSqueezingDetector
 from adv2.interpreters import CAM
@@ -141,7 +142,7 @@ def test_a_support_takes_the_interpreters_support_defaults(monkeypatch) -> None:
         assert (confined.steps, confined.lam) == (123, "7")
         assert confined.lr == CAM.attack_defaults["lr"]  # the rest as with full support
     assert AttackSettings(support="edges", steps=5).resolved(CAM).steps == 5  # users win
-    adaptive = AttackSettings(support="edges").resolved(CAM, adaptive=True)
+    adaptive = AttackSettings(support="edges", adaptive="fitted.json").resolved(CAM)
     assert (adaptive.steps, adaptive.lam) == (ADAPTIVE_DEFAULTS["steps"], "7")
     pgd = AttackSettings(attack="pgd", support="edges").resolved(CAM)
     assert pgd.steps == PGD_DEFAULTS["steps"]

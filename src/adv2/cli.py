@@ -18,6 +18,7 @@ import numpy as np
 from adv2 import interrupts, pipeline
 from adv2.attacks import (ATTACKS, DISPLAY_NAMES, MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES,
                           SettingError)
+from adv2.attacks.adaptive import ADAPTIVE_DEFAULTS
 from adv2.attacks.pgd import PGD_DEFAULTS
 from adv2.attacks.settings import ATTACK_KEYS, THREATS
 from adv2.blackbox import ANSWERS
@@ -183,10 +184,14 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
                         f"({_defaults('lam_search')})")
     p.add_argument("--random-start", action="store_true",
                    help=_help("PGD: random start in the ball", d.random_start))
+    adaptive = {name: entry.adaptive for name, entry in ATTACKS.items() if entry.adaptive}
     p.add_argument("--adaptive", metavar="DETECTOR_FILE", nargs="+", help=_help(
-        "ADV² that also evades the detectors fitted by 'adv2 detect fit' (their JSON files; "
-        "with several, success means undetected by every one); its joint stage defaults to "
-        "200 steps without early stop (--steps, --patience override)", "plain ADV²"))
+        "the attack's adaptive form ("
+        + ", ".join(f"{name}: {entry.display_name}" for name, entry in adaptive.items())
+        + "), which also evades the detectors fitted by 'adv2 detect fit' (their JSON files; "
+          "with several, success means undetected by every one); its joint stage defaults to "
+          f"{ADAPTIVE_DEFAULTS['steps']} steps without early stop (--steps, --patience "
+          "override)", "the plain attack"))
     p.add_argument("--threat", choices=list(THREATS), default=d.threat, help=_help(
         "white-box: the attack differentiates the model and the interpreter; black-box: it "
         "sees only a query oracle's answers (--answers), within --queries per image: "
@@ -532,7 +537,7 @@ def _train_rts_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_train_rts(args: argparse.Namespace) -> int:
 
     from adv2.interpreters.rts import checkpoint_path
-    from adv2.rts import SaliencyLoss, TrainConfig, train
+    from adv2.rts import SaliencyLoss, TrainConfig, TrainSettings, train
 
     try:
         pipeline.check_setting("limit", args.limit)
@@ -566,8 +571,7 @@ def cmd_train_rts(args: argparse.Namespace) -> int:
             "n_train": len(used), "holdout": held, "trained_on": sorted(s.key for s in used),
             "seed": args.seed}
     try:
-        train(model, images, labels, args.out, cfg, loss, meta=meta, encoder=encoder,
-              init=init)
+        train(model, images, labels, args.out, TrainSettings(cfg, loss, meta, init=init), encoder)
     except (ModelError, ValueError) as exc:
         log.error("%s", exc)
         return 2

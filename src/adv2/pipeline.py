@@ -17,14 +17,13 @@ import numpy as np
 import torch
 
 from adv2 import metrics, target_maps as target_maps_mod
-from adv2.attacks import (ATTACKS, MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES,
-                          AdaptiveADV2, Attack, AttackSettings, SettingError, parse_schedule)
+from adv2.attacks import (ATTACKS, MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES, Attack,
+                          AttackSettings, SettingError, parse_schedule)
 from adv2.attacks import support as support_mod
 from adv2.attacks.settings import THREATS
 from adv2.blackbox import ANSWERS
 from adv2.attacks.result import AttackResult, distances
 from adv2.data import Sample, sample_key, to_tensor
-from adv2.detection import load_detector
 from adv2.interpreters import Interpreter, build_interpreter
 from adv2.interpreters.plugins import require_differentiable, resolve
 from adv2.models import Classifier
@@ -48,18 +47,14 @@ class AttackConfig(AttackSettings):
     target_class: int | None = None
     target_map: str = "benign"
     batch_size: int = 8
-    #: fitted detector files of `adv2 detect fit` (one, or several): ADV² evades every one
-    adaptive: str | tuple[str, ...] | None = None
     #: interpreter settings other than the defaults (keyword arguments of its class, e.g.
     #: MASK's attack ``strategy`` or RTS's ``checkpoint``)
     interpreter_settings: dict = field(default_factory=dict)
 
     def resolved(self) -> AttackConfig:
-        """A copy with the attack's unset settings filled from the interpreter's defaults
-        (PGD's for ``pgd``; its support defaults with a ``support`` other than ``full``;
-        longer, without early stop, for adaptive ADV²)."""
-        return AttackSettings.resolved(self, resolve(self.interpreter),
-                                       adaptive=self.adaptive is not None)
+        """A copy with the attack's unset settings filled from its registry entry's defaults
+        against the interpreter (:meth:`AttackSettings.resolved`)."""
+        return AttackSettings.resolved(self, resolve(self.interpreter))
 
     def recorded(self, interpreter: Interpreter) -> dict[str, Any]:
         """What a run records and a resume compares: these settings with the defaults filled
@@ -67,17 +62,14 @@ class AttackConfig(AttackSettings):
         return asdict(self.resolved()) | {"interpreter_config": interpreter.config()}
 
     def validate(self, n_classes: int | None = None) -> None:
-        """Check every setting (:func:`check_setting`) and, once the model's ``n_classes`` is
+        """Check every setting (:func:`check_setting`), the attack's form under its threat and
+        ``adaptive`` (:meth:`AttackSettings.entry`) and, once the model's ``n_classes`` is
         known, the target class; raises :class:`SettingError` naming the first bad one."""
         for f in fields(self):
             check_setting(f.name, getattr(self, f.name))
         if self.optimizer not in (None, "sign") and self.attack == "pgd":
             raise SettingError("optimizer", "PGD takes sign steps; it applies to ADV² only")
-        if self.adaptive is not None and self.attack != "adv2":
-            raise SettingError("adaptive", "applies to the adv2 attack only")
-        self.entry()  # the threat, and the attack's form under it
-        if self.threat == "black-box" and self.adaptive is not None:
-            raise SettingError("adaptive", "applies to white-box ADV² only")
+        self.entry()
         if n_classes is not None and self.target_class is not None \
                 and not 0 <= self.target_class < n_classes:
             raise SettingError("target_class", f"must be a class index in [0, {n_classes - 1}] "
@@ -185,21 +177,14 @@ def target_maps_for(kind: str, interpreter: Interpreter, keys: list[str], seed: 
 
 def build_attack(cfg: AttackConfig, model: Classifier,
                  interpreter: Interpreter | None) -> Attack:
-    """The attack ``cfg`` describes (its ``None`` settings filled with the defaults); with
-    ``cfg.adaptive``, ADV² that also evades the detector fitted in that file (every one, for
-    several files). ADV² refuses an interpreter that is not differentiable (ValueError naming
-    it)."""
+    """The attack ``cfg`` describes (its ``None`` settings filled with the defaults), built by
+    its registry entry (:meth:`AttackSettings.build`; with ``cfg.adaptive``, its adaptive form).
+    An attack that differentiates the interpreter refuses one that is not differentiable
+    (ValueError naming it)."""
     cfg = cfg.resolved()
-    if cfg.attack == "adv2" and cfg.threat == "white-box":
+    if cfg.entry().differentiates:
         require_differentiable(cfg.interpreter)
-    if cfg.adaptive is None:
-        return AttackSettings.build(cfg, model, interpreter)
-    if cfg.attack != "adv2":
-        raise ValueError("--adaptive applies to --attack adv2")
-    paths = (cfg.adaptive,) if isinstance(cfg.adaptive, str) else cfg.adaptive
-    detectors = [load_detector(model, path) for path in paths]
-    return AdaptiveADV2(AttackSettings.build(cfg, model, interpreter), detectors,
-                        steps=cfg.steps, patience=cfg.patience or None)
+    return AttackSettings.build(cfg, model, interpreter)
 
 
 def attack_batch(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,

@@ -14,12 +14,16 @@ detector, its :class:`~adv2.detection.Guard` (``detector.guard(...)``):
 For a single bit-depth squeezer with i bits, :class:`AdaptiveADV2` runs the paper's two stages:
 targeted PGD on f(ψ(x)) with step 1/2^i gives x⁺ = ψ(x₁); then ADV² adds
 ``match_weight · ‖softmax f(x) − softmax f(x⁺)‖₁`` to the penalty above.
+
+Adaptive ADV² is ADV²'s adaptive form in :data:`~adv2.attacks.ATTACKS` (its ``adaptive``
+entry): settings with ``adaptive`` (detector files) build it from the ADV² they describe
+(:meth:`AdaptiveADV2.from_settings`).
 """
 
 from __future__ import annotations
 
 from dataclasses import KW_ONLY, dataclass, replace
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import nn
@@ -29,9 +33,16 @@ from adv2.attacks.criteria import Composable, TargetPredicted
 from adv2.attacks.pgd import PGD
 from adv2.attacks.result import AttackResult, Images, as_batch
 from adv2.attacks.schedules import Scaled
-from adv2.attacks.settings import ADAPTIVE_DEFAULTS
-from adv2.detection import BitDepth, Detector, Guard, SqueezeGuard, Squeezer
+from adv2.detection import BitDepth, Detector, Guard, SqueezeGuard, Squeezer, load_detector
+from adv2.interpreters import Interpreter
 from adv2.models import device_of
+
+if TYPE_CHECKING:
+    from adv2.attacks.settings import AttackSettings
+
+#: the joint stage of adaptive ADV²: longer, no early stop, and no λ search unless asked for
+#: (:meth:`AdaptiveADV2.settings_defaults`; the dataclass's own default ``steps`` is this one)
+ADAPTIVE_DEFAULTS: dict[str, Any] = {"steps": 200, "patience": 0, "lam_search": None}
 
 
 class Squeezed(nn.Module):
@@ -126,6 +137,25 @@ class AdaptiveADV2:
             raise ValueError("columns selects the scores of a single detector")
         self.guards: list[Guard] = [d.guard(self.columns, self.margin, self.weight)
                                     for d in detectors]
+
+    @staticmethod
+    def settings_defaults(interpreter: type[Interpreter] | Interpreter,
+                          support: str) -> dict[str, Any]:
+        """Adaptive ADV²'s unset settings against ``interpreter``: ADV²'s
+        (:meth:`ADV2.settings_defaults`) with :data:`ADAPTIVE_DEFAULTS` over them."""
+        return {**ADV2.settings_defaults(interpreter, support), **ADAPTIVE_DEFAULTS}
+
+    @classmethod
+    def from_settings(cls, settings: AttackSettings, model: nn.Module | None,
+                      interpreter: Interpreter | None) -> AdaptiveADV2:
+        """The ADV² that resolved ``settings`` describe (:meth:`ADV2.from_settings`) wrapped to
+        evade the detectors fitted in the files of ``settings.adaptive`` (a ValueError names
+        an unreadable one); the settings' ``steps`` and ``patience`` (0: none) are the joint
+        stage's."""
+        files = (settings.adaptive,) if isinstance(settings.adaptive, str) else settings.adaptive
+        attack = ADV2.from_settings(settings, model, interpreter)
+        return cls(attack, [load_detector(model, path) for path in files], steps=settings.steps,
+                   patience=settings.patience or None)
 
     def config(self) -> dict:
         """The attack's settings, as recorded beside its results."""

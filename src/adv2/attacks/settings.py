@@ -2,9 +2,10 @@
 attacks by name (:data:`ATTACKS`), and the attack the settings build, with the per-attack and
 per-interpreter defaults filled in.
 
-Each registered attack is an :class:`AttackEntry`: its class, its display name, its defaults
-and how resolved settings build it. :mod:`adv2.attacks.registry` enters the built-in ones (it
-imports every attack, so that this module, which the attacks import, imports none). ADV²'s
+Each registered attack is an :class:`AttackEntry`: its class, its display name, its defaults,
+how resolved settings build it, and its other forms (under the black-box threat; adaptive, also
+evading fitted detectors). :mod:`adv2.attacks.registry` enters the built-in ones (it imports
+every attack, so that this module, which the attacks import, imports none). ADV²'s
 defaults live with the interpreters (``Interpreter.attack_defaults``, with
 ``Interpreter.support_attack_defaults`` over them when the perturbation is confined to a
 support), PGD's with PGD, so ``ADV2.for_interpreter(model, interpreter)`` in Python and ``adv2
@@ -24,9 +25,6 @@ if TYPE_CHECKING:
     from adv2.interpreters import Interpreter
     from adv2.models import Classifier
 
-#: the joint stage of adaptive ADV²: longer, no early stop, and no λ search unless asked for
-#: (:class:`~adv2.attacks.adaptive.AdaptiveADV2`, whose own default ``steps`` is this one)
-ADAPTIVE_DEFAULTS: dict[str, Any] = {"steps": 200, "patience": 0, "lam_search": None}
 #: the attack settings an experiment may set per attack (and per interpreter inside one)
 ATTACK_KEYS = ("steps", "warm_steps", "lam", "optimizer", "lr", "lr_decay", "pred_loss",
                "map_loss", "patience", "random_start", "step_search", "lam_search", "threat",
@@ -44,7 +42,11 @@ class AttackEntry:
             (``full``, ``edges``, ...): keys of :class:`AttackSettings`.
         build: ``build(settings, model, interpreter)``, the attack that resolved
             :class:`AttackSettings` describe (ValueError for settings it cannot take).
+        differentiates: whether it differentiates the interpreter's map, so that only a
+            differentiable interpreter can be attacked (``adv2 run`` skips the others).
         black_box: the entry that builds it under the black-box threat (None: none).
+        adaptive: the entry of its adaptive form, which wraps it and also evades the
+            detectors fitted in the files of the ``adaptive`` setting (None: none).
 
     Example:
         >>> ATTACKS["pgd"].display_name
@@ -55,9 +57,13 @@ class AttackEntry:
     display_name: str
     defaults: Callable[[type[Interpreter] | Interpreter, str], Mapping[str, Any]]
     build: Callable[[AttackSettings, Classifier, Interpreter | None], Attack]
+    differentiates: bool = False
     #: the same attack under the black-box threat (``threat="black-box"``: it sees only a
     #: query oracle, :mod:`adv2.blackbox`), an entry of its own; None: white-box only
     black_box: AttackEntry | None = None
+    #: the attack wrapped to evade fitted detectors too (``adaptive``: their files), an entry
+    #: of its own; None: no adaptive form
+    adaptive: AttackEntry | None = None
 
 
 #: the attacks by the names the CLI and experiment files use (``--attack adv2``); the built-in
@@ -70,9 +76,10 @@ ATTACKS: dict[str, AttackEntry] = {}
 THREATS = ("white-box", "black-box")
 
 
-def attack_entry(name: str, threat: str = "white-box") -> AttackEntry:
-    """The registered attack ``name`` under ``threat``; a ValueError naming it and the known
-    ones otherwise."""
+def attack_entry(name: str, threat: str = "white-box", adaptive: bool = False) -> AttackEntry:
+    """The registered attack ``name`` under ``threat``, its adaptive form with ``adaptive``; a
+    ValueError naming it and the known ones otherwise, a :class:`SettingError` (``threat``,
+    ``adaptive``) for a form it lacks."""
     if name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; the attacks are {', '.join(ATTACKS)}")
     if threat not in THREATS:
@@ -80,12 +87,19 @@ def attack_entry(name: str, threat: str = "white-box") -> AttackEntry:
                                      f"{', '.join(THREATS)}")
     entry = ATTACKS[name]
     if threat == "black-box":
-        if entry.black_box is None:
-            black = [n for n, e in ATTACKS.items() if e.black_box is not None]
-            raise SettingError("threat", f"attack {name!r} has no black-box form; those with "
-                                         f"one are {', '.join(black)}")
-        return entry.black_box
-    return entry
+        entry = _form(entry, "black_box", "threat")
+    return _form(entry, "adaptive", "adaptive") if adaptive else entry
+
+
+def _form(entry: AttackEntry, form: str, key: str) -> AttackEntry:
+    """``entry``'s other form ``form`` (an :class:`AttackEntry` field: ``black_box``,
+    ``adaptive``); a SettingError under ``key`` naming the attacks that have one."""
+    found = getattr(entry, form)
+    if found is None:
+        having = [n for n, e in ATTACKS.items() if getattr(e, form) is not None]
+        raise SettingError(key, f"{entry.display_name} has no {form.replace('_', '-')} form; "
+                                f"the attacks with one are {', '.join(having) or 'none'}")
+    return found
 
 
 class DisplayNames(Mapping[str, str]):
@@ -128,6 +142,8 @@ class AttackSettings:
         (black-box ADV² stops an image that predicts its target with this IoU of the oracle's
         map to the target map); under it ``lam`` is the weight of the map term and
         ``patience`` counts queries.
+        adaptive: fitted detector files (``adv2 detect fit``; one, or several): the attack's
+        adaptive form (:attr:`AttackEntry.adaptive`), which also evades every one.
         support: where the perturbation may live (:func:`adv2.attacks.support.parse`; the
         support itself is built per batch and passed to the attack's call): any but ``full``
         takes the interpreter's ``support_attack_defaults`` over its ``attack_defaults``.
@@ -157,31 +173,32 @@ class AttackSettings:
     queries: int = 10_000
     surrogate: str | None = None
     stop_iou: float | None = None
+    adaptive: str | tuple[str, ...] | None = None
 
     def entry(self) -> AttackEntry:
-        """This attack's entry under its threat (:func:`attack_entry`)."""
-        return attack_entry(self.attack, self.threat)
+        """This attack's entry under its threat, its adaptive form with ``adaptive``
+        (:func:`attack_entry`)."""
+        return attack_entry(self.attack, self.threat, self.adaptive is not None)
 
-    def defaults(self, interpreter: type[Interpreter] | Interpreter,
-                 adaptive: bool = False) -> dict[str, Any]:
+    def defaults(self, interpreter: type[Interpreter] | Interpreter) -> Mapping[str, Any]:
         """The values this attack's unset settings take for ``interpreter``: its entry's
         (:attr:`AttackEntry.defaults`; ADV²'s are the interpreter's ``attack_defaults``, then
-        its ``support_attack_defaults`` with a support other than ``full``), then, for
-        adaptive ADV², :data:`ADAPTIVE_DEFAULTS`."""
-        return {**self.entry().defaults(interpreter, self.support),
-                **(ADAPTIVE_DEFAULTS if adaptive else {})}
+        its ``support_attack_defaults`` with a support other than ``full``)."""
+        return self.entry().defaults(interpreter, self.support)
 
-    def resolved(self, interpreter: type[Interpreter] | Interpreter, adaptive: bool = False):
+    def resolved(self, interpreter: type[Interpreter] | Interpreter):
         """A copy with every ``None`` setting filled from :meth:`defaults`; a default whose key
-        is not a setting is a ValueError naming the interpreter and the key."""
+        is not a setting is a :class:`SettingError` (``interpreter``) naming the interpreter,
+        the attack and the key."""
         names = {f.name for f in fields(AttackSettings)}
-        defaults = self.defaults(interpreter, adaptive)
+        defaults = self.defaults(interpreter)
         unknown = sorted(set(defaults) - names)
         if unknown:
             owner = getattr(interpreter, "name", None) or getattr(interpreter, "__name__", "")
-            raise ValueError(f"interpreter {owner!r}: unknown attack setting(s) "
-                             f"{', '.join(unknown)} in its attack defaults; the settings are "
-                             f"{', '.join(sorted(names - {'attack', 'support'}))}")
+            raise SettingError("interpreter", f"{owner!r} with attack {self.attack!r}: unknown "
+                                              f"attack setting(s) {', '.join(unknown)} in their "
+                                              "defaults; the settings are "
+                                              f"{', '.join(sorted(names - {'attack', 'support'}))}")
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         return replace(self, **filled)
 

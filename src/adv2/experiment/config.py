@@ -102,10 +102,11 @@ class ExperimentConfig:
     report: ReportSettings = field(default_factory=ReportSettings)
 
     def attacks_for(self, interpreter: str) -> tuple[str, ...]:
-        """The configured attacks run against ``interpreter``: all of them, but ADV² for an
-        interpreter that is not differentiable."""
+        """The configured attacks run against ``interpreter``: all of them, but those that
+        differentiate the interpreter (ADV²: ``AttackEntry.differentiates``) for one that is
+        not differentiable."""
         return tuple(a for a in self.attacks
-                     if a != "adv2" or resolve(interpreter).differentiable)
+                     if not ATTACKS[a].differentiates or resolve(interpreter).differentiable)
 
     def adv2_interpreters(self) -> tuple[str, ...]:
         """The interpreters ADV² attacks: the transfer study's sources (its rows)."""
