@@ -17,7 +17,7 @@ from adv2 import cli, pipeline, target_maps
 from adv2.attacks import ADV2, PGD, AdaptiveADV2
 from adv2.detection import EnsembleDetector, FeatureSqueezingDetector
 from adv2.interpreters import CAM, GRAD, IG, MASK, RTS, GradCAM, Interpreter, SmoothGrad
-from adv2.rts import TrainConfig, train
+from adv2.rts import TrainConfig, TrainSettings, train
 from test_rts import make_deep_tiny_model
 
 SRC = str(Path(adv2.__file__).parent) + "/"
@@ -58,8 +58,8 @@ def _interpreters(tmp_path: Path) -> list[tuple[torch.nn.Module, Interpreter]]:
     tiny, deep, encoder = make_tiny_model(0), make_deep_tiny_model(), make_deep_tiny_model(7)
     encoder.name = "deep-tiny-encoder"  # RTS with an encoder of its own, as shipped
     train(deep, make_images(6), torch.arange(6), tmp_path,
-          TrainConfig(steps=2, batch_size=3, selector_steps=2, selector_batch_size=3),
-          progress=False, encoder=encoder)
+          TrainSettings(TrainConfig(steps=2, batch_size=3, selector_steps=2,
+                                    selector_batch_size=3), progress=False), encoder)
     return [(tiny, CAM(tiny)), (tiny, GRAD(tiny)), (tiny, MASK(tiny, **SETTINGS["mask"])),
             (deep, RTS(deep, tmp_path / "rts.pt", encoder=encoder)),
             (tiny, IG(tiny, **SETTINGS["ig"])),

@@ -11,7 +11,7 @@ from torch import nn
 from adv2.data import demo_images, to_tensor
 from adv2.interpreters import RTS, build_interpreter
 from adv2.models import Classifier, ModelError, PoolLinear, load_model
-from adv2.rts import SaliencyLoss, SaliencyNet, TrainConfig, load, train
+from adv2.rts import SaliencyLoss, SaliencyNet, TrainConfig, TrainSettings, load, train
 
 from conftest import make_images
 
@@ -28,6 +28,11 @@ def make_deep_tiny_model(seed: int = 0, n_classes: int = 10) -> Classifier:
         linear.weight.mul_(30.0)
         linear.weight.sub_(linear.weight.mean(dim=1, keepdim=True))
     return Classifier(nn.Sequential(*layers), PoolLinear(linear), linear, name="deep-tiny")
+
+
+def quiet(cfg: TrainConfig, **settings) -> TrainSettings:
+    """The settings of a test's training: ``cfg`` (and ``settings``) without a progress bar."""
+    return TrainSettings(cfg, progress=False, **settings)
 
 
 @pytest.fixture
@@ -104,11 +109,11 @@ def test_phase_one_trains_only_the_selector_and_phase_two_only_the_decoder(
     images, labels = make_images(6), torch.arange(6)
     fresh = SaliencyNet(deep_model, encoder).state_dict()
     only1 = train(deep_model, images, labels, tmp_path / "a",
-                  TrainConfig(steps=0, selector_steps=3, batch_size=3, selector_batch_size=4),
-                  progress=False, encoder=encoder).state_dict()
+                  quiet(TrainConfig(steps=0, selector_steps=3, batch_size=3,
+                                    selector_batch_size=4)), encoder).state_dict()
     both = train(deep_model, images, labels, tmp_path / "b",
-                 TrainConfig(steps=3, selector_steps=3, batch_size=3, selector_batch_size=4),
-                 progress=False, encoder=encoder).state_dict()
+                 quiet(TrainConfig(steps=3, selector_steps=3, batch_size=3,
+                                   selector_batch_size=4)), encoder).state_dict()
     selector = ("selector", "scale", "shift")
     for key, value in fresh.items():
         if key.startswith(selector):
@@ -146,8 +151,8 @@ def test_phase_one_learns_which_classes_are_in_the_image(deep_model, encoder) ->
 
 def test_checkpoint_is_bound_to_the_encoder(deep_model, encoder, tmp_path) -> None:
     train(deep_model, make_images(3), torch.arange(3), tmp_path,
-          TrainConfig(steps=1, selector_steps=1, batch_size=3, selector_batch_size=3),
-          progress=False, encoder=encoder)
+          quiet(TrainConfig(steps=1, selector_steps=1, batch_size=3, selector_batch_size=3)),
+          encoder)
     net = load(deep_model, tmp_path / "rts.pt", encoder)
     assert net.meta["encoder"] == "deep-tiny-encoder" and not net.shared
     retrained = make_deep_tiny_model(seed=9)
@@ -218,14 +223,13 @@ def test_training_resumes_to_the_same_network(deep_model, encoder, design, tmp_p
     # interrupted in phase 1 (own encoder) or phase 2, resumed
     cfg = TrainConfig(steps=4, batch_size=3, checkpoint_every=2, seed=3, selector_steps=4,
                       selector_batch_size=3)
-    straight = train(deep_model, images, labels, tmp_path / "a", cfg, progress=False,
-                     encoder=enc)
-    train(deep_model, images, labels, tmp_path / "b", TrainConfig(**{**cfg.__dict__, "steps": 2}),
-          progress=False, encoder=enc)
+    straight = train(deep_model, images, labels, tmp_path / "a", quiet(cfg), enc)
+    train(deep_model, images, labels, tmp_path / "b",
+          quiet(TrainConfig(**{**cfg.__dict__, "steps": 2})), enc)
     if enc is not None:  # phase 1 of 4 steps, then 2 of phase 2: continue to 4 (resumable)
         train(deep_model, images, labels, tmp_path / "b",
-              TrainConfig(**{**cfg.__dict__, "steps": 3}), progress=False, encoder=enc)
-    resumed = train(deep_model, images, labels, tmp_path / "b", cfg, progress=False, encoder=enc)
+              quiet(TrainConfig(**{**cfg.__dict__, "steps": 3})), enc)
+    resumed = train(deep_model, images, labels, tmp_path / "b", quiet(cfg), enc)
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
     # the exported checkpoint loads with weights_only and gives the same masks
@@ -236,7 +240,7 @@ def test_training_resumes_to_the_same_network(deep_model, encoder, design, tmp_p
 
 def test_checkpoint_of_another_model_is_rejected(deep_model, tmp_path) -> None:
     train(deep_model, make_images(3), torch.arange(3), tmp_path,
-          TrainConfig(steps=1, batch_size=3), progress=False)
+          quiet(TrainConfig(steps=1, batch_size=3)))
     other = make_deep_tiny_model()
     other.name = "someone-else"
     with pytest.raises(ModelError, match="trained for model 'deep-tiny'"):
@@ -270,7 +274,7 @@ def test_adv2_against_rts_stays_in_the_ball(deep_model, tmp_path) -> None:
     from adv2.target_maps import benign
 
     train(deep_model, make_images(6), torch.arange(6), tmp_path,
-          TrainConfig(steps=2, batch_size=3), progress=False)
+          quiet(TrainConfig(steps=2, batch_size=3)))
     rts = build_interpreter("rts", deep_model, checkpoint=tmp_path / "rts.pt")
     images = make_images(3, seed=1)
     x = to_tensor(images)
@@ -355,12 +359,12 @@ def test_destroyer_pulls_down_to_its_confidence() -> None:
 def test_fine_tuning_starts_from_the_init_and_records_it(deep_model, encoder, tmp_path) -> None:
     images, labels = make_images(6), torch.arange(6)
     cfg = TrainConfig(steps=2, selector_steps=2, batch_size=3, selector_batch_size=3)
-    first = train(deep_model, images, labels, tmp_path / "a", cfg, progress=False,
-                  encoder=encoder, meta={"trained_on": ["a.jpg"], "holdout": ["b.jpg"]})
+    first = train(deep_model, images, labels, tmp_path / "a",
+                  quiet(cfg, meta={"trained_on": ["a.jpg"], "holdout": ["b.jpg"]}), encoder)
     same = train(deep_model, images, labels, tmp_path / "b",
-                 TrainConfig(steps=0, selector_steps=0), progress=False, encoder=encoder,
-                 meta={"trained_on": ["b.jpg"], "holdout": ["a.jpg", "c.jpg"]},
-                 init=tmp_path / "a" / "rts.pt")
+                 quiet(TrainConfig(steps=0, selector_steps=0),
+                       meta={"trained_on": ["b.jpg"], "holdout": ["a.jpg", "c.jpg"]},
+                       init=tmp_path / "a" / "rts.pt"), encoder)
     for (k, a), b in zip(first.state_dict().items(), same.state_dict().values()):
         assert torch.equal(a, b), k
     tuned = load(deep_model, tmp_path / "b" / "rts.pt", encoder)
@@ -369,9 +373,9 @@ def test_fine_tuning_starts_from_the_init_and_records_it(deep_model, encoder, tm
     assert len(tuned.meta["init"]["sha256"]) == 64
     assert tuned.meta["init_meta"]["train"]["steps"] == 2
     assert "trained_on" not in tuned.meta["init_meta"]  # merged above, not kept twice
-    train(deep_model, images, labels, tmp_path / "s", TrainConfig(steps=1, batch_size=3),
-          progress=False)
+    train(deep_model, images, labels, tmp_path / "s", quiet(TrainConfig(steps=1, batch_size=3)))
     with pytest.raises(ValueError, match="other design"):
-        train(deep_model, images, labels, tmp_path / "c", TrainConfig(steps=0, selector_steps=0),
-              progress=False, encoder=encoder, init=tmp_path / "s" / "rts.pt")
+        train(deep_model, images, labels, tmp_path / "c",
+              quiet(TrainConfig(steps=0, selector_steps=0), init=tmp_path / "s" / "rts.pt"),
+              encoder)
     assert not (tmp_path / "c").exists()  # nothing written for a refused start
