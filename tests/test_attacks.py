@@ -720,13 +720,13 @@ def test_descent_lam_scale_is_a_per_image_lambda(setup) -> None:
 
 
 def test_attack_defaults_with_an_unknown_key_are_an_error_naming_it() -> None:
-    from adv2.attacks import AttackSettings
+    from adv2.attacks import AttackSettings, SettingError
 
     class Misspelt(CAM):
         name = "misspelt"
         attack_defaults = {**CAM.attack_defaults, "warmsteps": 10}
 
-    with pytest.raises(ValueError, match="'misspelt'.*warmsteps"):
+    with pytest.raises(SettingError, match="'misspelt' with attack 'adv2'.*warmsteps"):
         AttackSettings(attack="adv2").resolved(Misspelt)
     assert AttackSettings(attack="adv2").resolved(CAM).warm_steps == CAM.attack_defaults[
         "warm_steps"]
@@ -783,6 +783,38 @@ def test_the_registry_builds_each_attack_from_its_settings(tiny_model) -> None:
         assert type(attack) is entry.cls and attack.eps == 4 / 255
         assert attack.config()["attack"] == name and attack.config()["steps"] == settings.steps
         assert attack.config() == entry.build(settings, tiny_model, cam).config()
+
+
+def test_adaptive_adv2_is_the_registered_adaptive_form_of_adv2(tiny_model, tmp_path) -> None:
+    """Settings with ``adaptive`` (detector files) build ADV²'s adaptive form: the ADV² they
+    describe, with the adaptive defaults over ADV²'s, wrapped to evade each file's detector; an
+    attack without an adaptive form refuses the setting, naming those with one."""
+    from adv2.attacks import ATTACKS, AdaptiveADV2, AttackSettings, SettingError
+    from adv2.attacks.adaptive import ADAPTIVE_DEFAULTS
+    from adv2.detection import FeatureSqueezingDetector
+
+    form = ATTACKS["adv2"].adaptive
+    assert (form.cls, form.display_name, form.differentiates) == (AdaptiveADV2, "adaptive ADV²",
+                                                                  True)
+    assert form.defaults(CAM, "full") == {**CAM.attack_defaults, **ADAPTIVE_DEFAULTS}
+    assert ATTACKS["pgd"].adaptive is None and ATTACKS["adv2"].black_box.adaptive is None
+    path = tmp_path / "fs.json"
+    FeatureSqueezingDetector(tiny_model, ["bit-3"]).fit(make_images(8, seed=1), 0.2).save(path)
+    cam = CAM(tiny_model)
+    settings = AttackSettings(adaptive=str(path), warm_steps=2).resolved(CAM)
+    assert settings.entry() is form
+    assert (settings.steps, settings.patience, settings.warm_steps) == (200, 0, 2)
+    attack = settings.build(tiny_model, cam)
+    assert isinstance(attack, AdaptiveADV2) and (attack.steps, attack.patience) == (200, None)
+    assert attack.attack.config() == ADV2.from_settings(settings, tiny_model, cam).config()
+    both = AttackSettings(adaptive=(str(path), str(path)), steps=3).resolved(CAM)
+    assert len(both.build(tiny_model, cam).guards) == 2
+    for refused in (AttackSettings(attack="pgd", adaptive=str(path)),
+                    AttackSettings(threat="black-box", adaptive=str(path))):
+        with pytest.raises(SettingError, match="has no adaptive form; the attacks with one "
+                                               "are adv2") as info:
+            refused.resolved(CAM)
+        assert info.value.key == "adaptive"
 
 
 def test_an_unknown_attack_is_an_error_naming_it_and_the_known_ones(tiny_model) -> None:

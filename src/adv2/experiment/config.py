@@ -270,6 +270,11 @@ def _check(cfg: ExperimentConfig) -> None:
         for option in settings:
             if valid is not None and option not in valid:
                 raise _unknown(str(option), key + ".", valid)
+    for attack, settings in cfg.attacks.items():  # an interpreter's overrides of an attack
+        for name in settings:
+            if name not in ATTACK_KEYS and name not in cfg.interpreters:
+                raise ConfigError(f"attacks.{attack}.{name}: {name!r} is not in interpreters "
+                                  f"{list(cfg.interpreters)}")
     for key in ("target_map", "eps", "device", "batch_size", "target_class", "limit",
                 "support"):
         try:
