@@ -29,14 +29,14 @@ import torch
 
 from adv2 import pipeline
 from adv2.attacks.result import judge
+from adv2.benchmarking import (attack_samples, benign_and_floors, default_images,
+                               image_targets, images_missing, interpreter_plan, pick_images,
+                               publish, stacked)
 from adv2.data import Sample, to_tensor
 from adv2.interpreters import build_interpreter
 from adv2.models import describe_device, load_model
-from adv2.records import Failed
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attack_benchmark import (DEFAULT_IMAGES, benign_and_floors, image_targets,  # noqa: E402
-                              pick_images)
+DEFAULT_IMAGES = default_images(__file__)
 
 EXPLANATION = (
     "White-box ADV² differentiates the model and the interpreter (`adv2 attack`, its default "
@@ -53,21 +53,12 @@ EXPLANATION = (
 
 def attack_rows(cfg: pipeline.AttackConfig, model, interpreter, samples: list[Sample],
                 tgts: torch.Tensor, batch_size: int) -> tuple[list[dict], float]:
-    """``pipeline.attack_batch`` (the batch body of ``adv2 attack``) over batches of
-    ``samples``: each image's meta and the seconds per image."""
+    """The attack ``cfg`` describes on ``samples`` as ``adv2 attack`` runs it: each image's
+    meta and the seconds per image."""
     attack = pipeline.build_attack(cfg, model, interpreter)
-    metas, start = [], time.time()
-    for lo in range(0, len(samples), batch_size):
-        batch = samples[lo:lo + batch_size]
-        outputs = pipeline.attack_batch(
-            cfg, model, interpreter, attack, np.stack([s.image for s in batch]),
-            torch.tensor([s.label for s in batch], device=model.device),
-            tgts[lo:lo + batch_size], [s.name for s in batch], None)
-        for s, output in zip(batch, outputs):
-            if isinstance(output, Failed):
-                raise RuntimeError(f"{s.name}: {output.error}")
-            metas.append(output[1])
-    return metas, (time.time() - start) / len(samples)
+    outputs, seconds = attack_samples(cfg, model, interpreter, attack, samples, tgts,
+                                      batch_size)
+    return [meta for _, meta in outputs], seconds
 
 
 class Counted(torch.nn.Module):
@@ -139,11 +130,7 @@ def measure(args: argparse.Namespace, name: str, n: int, label: str) -> tuple[li
     worker process of its own with ``--jobs`` > 1, one torch thread each)."""
     if args.jobs > 1:
         torch.set_num_threads(1)
-    model = load_model(device=args.device)
-    samples = pick_images(model, args.images, n, args.seed)
-    interpreter = build_interpreter(name, model)
-    x = to_tensor(np.stack([s.image for s in samples])).to(model.device)
-    labels = torch.tensor([s.label for s in samples], device=model.device)
+    model, samples, interpreter, x, labels = _chosen(args, name, n)
     tgts = image_targets(model, samples, args.seed)
     settings = dict(runs(args.surrogate, args.queries, args.seed))[label]
     if settings is None:
@@ -155,13 +142,17 @@ def measure(args: argparse.Namespace, name: str, n: int, label: str) -> tuple[li
     return attack_rows(cfg, model, interpreter, samples, tgts, args.batch_size)
 
 
-def floors(args: argparse.Namespace, name: str, n: int) -> list[str]:
-    """The interpreter's floor rows on the first ``n`` selected images."""
+def _chosen(args: argparse.Namespace, name: str, n: int) -> tuple:
+    """The model on ``--device``, the first ``n`` selected images, the interpreter, and the
+    images and labels on the model's device."""
     model = load_model(device=args.device)
     samples = pick_images(model, args.images, n, args.seed)
-    interpreter = build_interpreter(name, model)
-    x = to_tensor(np.stack([s.image for s in samples])).to(model.device)
-    labels = torch.tensor([s.label for s in samples], device=model.device)
+    return model, samples, build_interpreter(name, model), *stacked(model, samples)
+
+
+def floors(args: argparse.Namespace, name: str, n: int) -> list[str]:
+    """The interpreter's floor rows on the first ``n`` selected images."""
+    _, samples, interpreter, x, labels = _chosen(args, name, n)
     _, rows = benign_and_floors(interpreter, x, labels, [s.key for s in samples], args.seed)
     return [f"| {name} | {label} | {n} | | {iou.mean():.3f} | {l1.mean():.4f} | | | |"
             for label, l1, iou in rows]
@@ -181,11 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="also write the Markdown page here")
     args = parser.parse_args(argv)
-    if not args.images.is_dir():
-        print(f"{args.images} not found: the benchmark needs the ImageNet sample", file=sys.stderr)
+    if images_missing(args.images):
         return 1
     torch.manual_seed(args.seed)
-    plan = [(spec.split(":")[0], int(spec.split(":")[1])) for spec in args.interpreters]
+    plan = interpreter_plan(args.interpreters)
     jobs = [(name, n, label) for name, n in plan
             for label, _ in runs(args.surrogate, args.queries, args.seed)]
     if args.jobs > 1:
@@ -244,10 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         *(f"- {note}" for note in notes),
         "",
     ]
-    text = "\n".join(report)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    publish("\n".join(report), args.out)
     return 0
 
 

@@ -30,42 +30,22 @@ import numpy as np
 import torch
 
 from adv2 import pipeline
-from adv2.attacks import AdaptiveADV2
-from adv2.data import load_dataset
+from adv2.attacks import AdaptiveADV2, Attack
+from adv2.benchmarking import (default_images, image_targets, images_missing, interpreter_plan,
+                               publish, run_batches)
+from adv2.data import Sample, load_dataset
 from adv2.detection import SQUEEZER_NAMES, FeatureSqueezingDetector, cross_validated_flags
-from adv2.interpreters import INTERPRETERS, build_interpreter
-from adv2.models import describe_device, load_model
-from attack_benchmark import image_targets, run_batches
+from adv2.experiment.tables import Table
+from adv2.interpreters import INTERPRETERS, Interpreter, build_interpreter
+from adv2.models import Classifier, describe_device, load_model
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "imagenet-sample"
+DEFAULT_IMAGES = default_images(__file__)
 #: Xu et al.'s (NDSS 2018) joint detector for ImageNet
 XU_JOINT = ("bit-5", "median-2x2", "nlm-11-3-4")
 PAPER_ROWS = ("bit-2", "bit-3", "median-3x3", "nlm-11-3-4")
 
 
-def split(n_images: int, n_benign: int, seed: int, fitted: np.ndarray | None = None
-          ) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint index arrays (benign, attack pool) of a seeded permutation: the pool is the last
-    ``n_images − n_benign`` images of the permutation among those no interpreter was fitted on
-    (``fitted``: a boolean mask; none: the permutation's tail), the benign images the rest."""
-    order = np.random.default_rng(seed).permutation(n_images)
-    n_pool = n_images - n_benign
-    if n_pool <= 0:
-        raise ValueError(f"{n_benign} benign images leave none of {n_images} to attack")
-    free = order if fitted is None else order[~fitted[order]]
-    if len(free) < n_pool:
-        raise ValueError(f"only {len(free)} images are unseen by the interpreters' training; "
-                         f"lower --benign to at most {n_images - len(free)}")
-    pool = free[-n_pool:]
-    return order[~np.isin(order, pool)], pool
-
-
-def rate(flags: torch.Tensor) -> str:
-    return f"{100 * flags.float().mean().item():.1f}%"
-
-
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--interpreters", nargs="+", default=[f"{n}:20" for n in INTERPRETERS],
@@ -90,115 +70,159 @@ def main(argv: list[str] | None = None) -> int:
                         help="the adaptive attacks' λ multiplier (default: the interpreter's "
                              "adaptive_lam_scale)")
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
-    args = parser.parse_args(argv)
-    if not args.images.is_dir():
-        print(f"{args.images} not found: the report needs the ImageNet sample", file=sys.stderr)
-        return 1
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    started = time.time()
-    model = load_model(device=args.device)
-    samples = load_dataset(args.images).samples
-    images_all = np.stack([s.image for s in samples])
-    labels_all = torch.tensor([s.label for s in samples])
-    interpreters = {spec: build_interpreter(spec.split(":")[0], model)
-                    for spec in args.interpreters}
-    fitted = np.array([any(s.key in i.fitted_on for i in interpreters.values())
-                       for s in samples])
-    benign_idx, pool_idx = split(len(samples), args.benign, args.seed, fitted)
+    return parser
 
-    detector = FeatureSqueezingDetector(model, args.squeezers)
-    benign_scores = detector.scores(images_all[benign_idx])
-    detector.fit_scores(benign_scores, args.fpr)
-    joint_cols = [detector.names.index(n) for n in XU_JOINT if n in detector.names]
-    xu = FeatureSqueezingDetector(model, [detector.names[c] for c in joint_cols])
-    xu.fit_scores(benign_scores[:, joint_cols], args.fpr)
 
-    def flags_of(scores: torch.Tensor) -> torch.Tensor:
-        """n×(S+2) flags from n×S scores: each squeezer, the joint over all, Xu et al.'s joint."""
-        report = detector.decide(scores)
-        xu_flag = xu.decide(scores[:, joint_cols]).joint_flag
+def split(n_images: int, n_benign: int, seed: int, fitted: np.ndarray | None = None
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint index arrays (benign, attack pool) of a seeded permutation: the pool is the last
+    ``n_images − n_benign`` images of the permutation among those no interpreter was fitted on
+    (``fitted``: a boolean mask; none: the permutation's tail), the benign images the rest."""
+    order = np.random.default_rng(seed).permutation(n_images)
+    n_pool = n_images - n_benign
+    if n_pool <= 0:
+        raise ValueError(f"{n_benign} benign images leave none of {n_images} to attack")
+    free = order if fitted is None else order[~fitted[order]]
+    if len(free) < n_pool:
+        raise ValueError(f"only {len(free)} images are unseen by the interpreters' training; "
+                         f"lower --benign to at most {n_images - len(free)}")
+    pool = free[-n_pool:]
+    return order[~np.isin(order, pool)], pool
+
+
+def rate(flags: torch.Tensor) -> str:
+    """The fraction of flags set, as a percentage."""
+    return f"{100 * flags.float().mean().item():.1f}%"
+
+
+class Detectors:
+    """The detector of every squeezer and Xu et al.'s joint detector (the squeezers of
+    :data:`XU_JOINT` it has), fitted on the benign scores: their rows, thresholds, flags and
+    held-out benign flags."""
+
+    def __init__(self, model: Classifier, squeezers: list[str], benign: np.ndarray, fpr: float,
+                 folds: int, seed: int) -> None:
+        self.detector = FeatureSqueezingDetector(model, squeezers)
+        scores = self.detector.scores(benign)
+        self.detector.fit_scores(scores, fpr)
+        self.joint_cols = [self.detector.names.index(n) for n in XU_JOINT
+                           if n in self.detector.names]
+        self.xu = FeatureSqueezingDetector(model, [self.detector.names[c]
+                                                   for c in self.joint_cols])
+        self.xu.fit_scores(scores[:, self.joint_cols], fpr)
+        names = self.detector.names
+        self.rows = [*names, f"joint: max over all {len(names)}",
+                     "joint: " + ", ".join(self.xu.names) + " (Xu et al.)"]
+        self.thresholds = [*self.detector.thresholds.tolist(), self.detector.joint_threshold,
+                           self.xu.joint_threshold]
+        columns = torch.cat([scores, scores.amax(dim=1, keepdim=True),
+                             scores[:, self.joint_cols].amax(dim=1, keepdim=True)], dim=1)
+        self.benign_flags = cross_validated_flags(columns, fpr, folds, seed)
+
+    def flags(self, adv: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """n×(S+2) flags of images: each squeezer, the joint over all, Xu et al.'s joint."""
+        scores = self.detector.scores(adv)
+        report = self.detector.decide(scores)
+        xu_flag = self.xu.decide(scores[:, self.joint_cols]).joint_flag
         return torch.cat([report.flags, report.joint_flag[:, None], xu_flag[:, None]], dim=1)
 
-    def flags(adv: np.ndarray | torch.Tensor) -> torch.Tensor:
-        return flags_of(detector.scores(adv))
 
-    row_names = [*detector.names, f"joint: max over all {len(detector.names)}",
-                 "joint: " + ", ".join(xu.names) + " (Xu et al.)"]
-    thresholds = [*detector.thresholds.tolist(), detector.joint_threshold, xu.joint_threshold]
-    columns = torch.cat([benign_scores, benign_scores.amax(dim=1, keepdim=True),
-                         benign_scores[:, joint_cols].amax(dim=1, keepdim=True)], dim=1)
-    benign_flags = cross_validated_flags(columns, args.fpr, args.folds, args.seed)
+def attacks_for(args: argparse.Namespace, model: Classifier, name: str,
+                interpreter: Interpreter,
+                detector: FeatureSqueezingDetector) -> tuple[dict[str, Attack], AdaptiveADV2]:
+    """PGD, ADV², A*(all) unless ``--no-all`` and A*(s) for each ``--specific`` squeezer, by
+    row label, and A*(all) (whose settings the report states)."""
+    base = {a: pipeline.build_attack(pipeline.AttackConfig(interpreter=name, attack=a,
+                                                           seed=args.seed), model, interpreter)
+            for a in ("pgd", "adv2")}
+    attacks = {"PGD": base["pgd"], "ADV²": base["adv2"],
+               "A*(all)": AdaptiveADV2(base["adv2"], detector, lam_scale=args.lam_scale)}
+    adaptive = attacks["A*(all)"]
+    if args.no_all:
+        del attacks["A*(all)"]
+    for s in args.specific:
+        attacks[f"A*({s})"] = AdaptiveADV2(base["adv2"], detector, [detector.names.index(s)],
+                                           lam_scale=args.lam_scale)
+    return attacks, adaptive
 
-    with torch.no_grad():
-        pool_pred = pipeline.predict(model, images_all[pool_idx], 25).argmax(1)
-    correct = pool_idx[(pool_pred == labels_all[pool_idx]).numpy()]
 
-    table4: list[str] = []
-    table5: list[str] = []
-    for spec in args.interpreters:
-        name, n = spec.split(":")[0], int(spec.split(":")[1])
-        rows = correct[:n]
-        chosen = [samples[i] for i in rows]
-        tgts = image_targets(model, chosen, args.seed)  # each image's, as adv2 attack's
-        cfg = pipeline.AttackConfig(interpreter=name, seed=args.seed)  # benign target maps
-        interpreter = interpreters[spec]
-        base = {a: pipeline.build_attack(pipeline.AttackConfig(interpreter=name, attack=a,
-                                                               seed=args.seed), model, interpreter)
-                for a in ("pgd", "adv2")}
-        attacks = {"PGD": base["pgd"], "ADV²": base["adv2"],
-                   "A*(all)": AdaptiveADV2(base["adv2"], detector, lam_scale=args.lam_scale)}
-        adaptive = attacks["A*(all)"]  # its settings are those the report states
-        if args.no_all:
-            del attacks["A*(all)"]
-        for s in args.specific:
-            attacks[f"A*({s})"] = AdaptiveADV2(base["adv2"], detector, [detector.names.index(s)],
-                                               lam_scale=args.lam_scale)
-        results = {}
-        for label, attack in attacks.items():
-            result, seconds = run_batches(cfg, model, interpreter, attack, chosen, tgts,
-                                          args.batch_size)
-            assert result["linf"].max() <= round(255 * 8 / 255)
-            results[label] = (result, flags(result["adv"]))
-            table5.append(
-                f"| {name} | {label} | {n} | {result['success'].mean():.3f} | "
-                f"{result['l1'].mean():.4f} | {result['iou'].mean():.3f} | "
-                f"{100 * results[label][1][:, -2].float().mean():.1f}% | {seconds:.1f} |")
-            print(table5[-1], flush=True)
-        for i, row in enumerate(row_names):
-            own = f"A*({row})"
-            cells = [rate(results[a][1][:, i]) for a in ("PGD", "ADV²")]
-            if args.specific:
-                cells.append(rate(results[own][1][:, i]) if own in results else "–")
-            if not args.no_all:
-                cells.append(rate(results["A*(all)"][1][:, i]))
-            table4.append(f"| {name} | {row} | {thresholds[i]:.3f} | "
-                          f"{rate(benign_flags[:, i])} ({int(benign_flags[:, i].sum())}/"
-                          f"{len(benign_flags)}) | " + " | ".join(cells) + " |")
+def tables(args: argparse.Namespace) -> tuple[Table, Table]:
+    """The empty Table 4 (detection rates) and Table 5 (the attacks)."""
+    adaptive = ["A*(this squeezer)"] * bool(args.specific) + ["A*(all)"] * (not args.no_all)
+    columns = ["interpreter", "detector", "threshold", "benign (FPR)", "PGD", "ADV²", *adaptive]
+    formats = ["", "", ".3f", *[""] * (len(columns) - 3)]
+    table4 = Table("detection", "detection rate", columns, formats, aligned=False)
+    table5 = Table("attacks", "attack success and interpretation similarity to the benign map",
+                   ["interpreter", "attack", "n", "success", "L1", "IoU",
+                    "detected (joint, all)", "s / image"],
+                   ["", "", "d", ".3f", ".4f", ".3f", "", ".1f"], aligned=False)
+    return table4, table5
 
-    command = (f"python benchmarks/detection_report.py --interpreters {' '.join(args.interpreters)}"
-               f" --benign {args.benign} --folds {args.folds} --fpr {args.fpr}"
-               f" --seed {args.seed}"
-               f" --batch-size {args.batch_size} --threads {args.threads}"
-               + (f" --device {args.device}" if args.device != "cpu" else "")
-               + (f" --lam-scale {args.lam_scale:g}" if args.lam_scale is not None else "")
-               + (f" --squeezers {' '.join(args.squeezers)}"
-                  if list(args.squeezers) != list(SQUEEZER_NAMES) else "")
-               + f" --specific {' '.join(args.specific)}".rstrip()
-               + (" --no-all" if args.no_all else ""))
-    report = [
+
+def measure(args: argparse.Namespace, model: Classifier, detectors: Detectors,
+            interpreter: Interpreter, name: str, n: int, chosen: list[Sample],
+            table4: Table, table5: Table) -> AdaptiveADV2:
+    """One interpreter's rows of both tables on the ``chosen`` images, the first ``n``
+    correctly classified ones of the pool (Table 5's rows printed as they come); returns
+    A*(all)."""
+    tgts = image_targets(model, chosen, args.seed)  # each image's, as adv2 attack's
+    cfg = pipeline.AttackConfig(interpreter=name, seed=args.seed)  # benign target maps
+    attacks, adaptive = attacks_for(args, model, name, interpreter, detectors.detector)
+    flags = {}
+    for label, attack in attacks.items():
+        result, seconds = run_batches(cfg, model, interpreter, attack, chosen, tgts,
+                                      args.batch_size)
+        assert result["linf"].max() <= round(255 * 8 / 255)
+        flags[label] = detectors.flags(result["adv"])
+        row = [name, label, n, result["success"].mean(), result["l1"].mean(),
+               result["iou"].mean(), f"{100 * flags[label][:, -2].float().mean():.1f}%",
+               seconds]
+        table5.rows.append(row)
+        print(table5.line(row), flush=True)
+    benign = detectors.benign_flags
+    for i, row in enumerate(detectors.rows):
+        own = f"A*({row})"
+        cells = [rate(flags[a][:, i]) for a in ("PGD", "ADV²")]
+        if args.specific:
+            cells.append(rate(flags[own][:, i]) if own in flags else "–")
+        if not args.no_all:
+            cells.append(rate(flags["A*(all)"][:, i]))
+        table4.rows.append([name, row, detectors.thresholds[i],
+                            f"{rate(benign[:, i])} ({int(benign[:, i].sum())}/{len(benign)})",
+                            *cells])
+    return adaptive
+
+
+def command(args: argparse.Namespace) -> str:
+    """The command line that reproduces the report."""
+    return (f"python benchmarks/detection_report.py --interpreters {' '.join(args.interpreters)}"
+            f" --benign {args.benign} --folds {args.folds} --fpr {args.fpr}"
+            f" --seed {args.seed}"
+            f" --batch-size {args.batch_size} --threads {args.threads}"
+            + (f" --device {args.device}" if args.device != "cpu" else "")
+            + (f" --lam-scale {args.lam_scale:g}" if args.lam_scale is not None else "")
+            + (f" --squeezers {' '.join(args.squeezers)}"
+               if list(args.squeezers) != list(SQUEEZER_NAMES) else "")
+            + f" --specific {' '.join(args.specific)}".rstrip()
+            + (" --no-all" if args.no_all else ""))
+
+
+def report(args: argparse.Namespace, minutes: float, n_pool: int, any_fitted: bool,
+           adaptive: AdaptiveADV2, table4: Table, table5: Table) -> str:
+    """The Markdown page: command, machine, method, Tables 4 and 5."""
+    return "\n".join([
         "# Feature-squeezing detection of ADV² (the paper's Tables 4 and 5)",
         "",
-        f"Command: `{command}`",
+        f"Command: `{command(args)}`",
         "",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), "
         f"{describe_device(args.device)}; torch "
-        f"{torch.__version__}; total {(time.time() - started) / 60:.0f} min. Model: "
+        f"{torch.__version__}; total {minutes:.0f} min. Model: "
         "efficientnet_lite0 (embedded), ε = 8/255, seeded random targets per image (those of "
         "`adv2 attack` with the same seed), benign target maps, "
         "the CLI's attack defaults. Images: a seeded permutation of "
-        f"`../shared/data/imagenet-sample`: its last {len(pool_idx)} images "
-        + ("that no interpreter was trained on " if fitted.any() else "")
+        f"`../shared/data/imagenet-sample`: its last {n_pool} images "
+        + ("that no interpreter was trained on " if any_fitted else "")
         + f"form the attack pool, whose first correctly classified images are attacked; the "
         f"other {args.benign} are benign images that fit the thresholds at "
         f"{100 * args.fpr:g}% false positives.",
@@ -225,25 +249,41 @@ def main(argv: list[str] | None = None) -> int:
         f"every one of the {args.benign} is held out once. The thresholds shown, which the "
         "attacks face, are fitted on all of them.",
         "",
-        "| interpreter | detector | threshold | benign (FPR) | PGD | ADV² | "
-        + ("A*(this squeezer) | " if args.specific else "")
-        + ("" if args.no_all else "A*(all) |"),
-        "|---|---|---|---|---|---|" + ("---|" if args.specific else "")
-        + ("" if args.no_all else "---|"),
-        *table4,
+        table4.markdown().removesuffix("\n"),
         "",
         "## Table 5: attack success and interpretation similarity to the benign map",
         "",
-        "| interpreter | attack | n | success | L1 | IoU | detected (joint, all) | s / image |",
-        "|---|---|---|---|---|---|---|---|",
-        *table5,
+        table5.markdown().removesuffix("\n"),
         "",
-    ]
-    text = "\n".join(report)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if images_missing(args.images, "the report"):
+        return 1
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    model = load_model(device=args.device)
+    samples = load_dataset(args.images).samples
+    images = np.stack([s.image for s in samples])
+    labels = np.array([s.label for s in samples])
+    interpreters = {spec: build_interpreter(spec.split(":")[0], model)
+                    for spec in args.interpreters}
+    fitted = np.array([any(s.key in i.fitted_on for i in interpreters.values())
+                       for s in samples])
+    benign_idx, pool_idx = split(len(samples), args.benign, args.seed, fitted)
+    detectors = Detectors(model, args.squeezers, images[benign_idx], args.fpr, args.folds,
+                          args.seed)
+    pool_pred = pipeline.predict(model, images[pool_idx], 25).argmax(1).cpu().numpy()
+    correct = pool_idx[pool_pred == labels[pool_idx]]
+    table4, table5 = tables(args)
+    for spec, (name, n) in zip(args.interpreters, interpreter_plan(args.interpreters)):
+        adaptive = measure(args, model, detectors, interpreters[spec], name, n,
+                           [samples[i] for i in correct[:n]], table4, table5)
+    publish(report(args, (time.time() - started) / 60, len(pool_idx), bool(fitted.any()),
+                   adaptive, table4, table5), args.out)
     return 0
 
 

@@ -26,10 +26,13 @@ import torch
 
 from adv2 import metrics, pipeline, target_maps
 from adv2.attacks import Judgement
-from adv2.data import to_tensor
+from adv2.benchmarking import (default_images, image_targets, images_missing, noise_floor,
+                               pick_images, publish, stacked)
+from adv2.experiment.tables import Table
 from adv2.interpreters import build_interpreter
 from adv2.models import describe_device, load_model
-from attack_benchmark import DEFAULT_IMAGES, image_targets, noise_floor, pick_images
+
+DEFAULT_IMAGES = default_images(__file__)
 
 #: the ADV² authors' multistep attack against MASK, in passes per image: 400 PGD steps, then
 #: 1000 outer steps of one prediction step, 4 tracking steps and 4 double-backprop lookaheads
@@ -81,6 +84,18 @@ class Recorder:
         return rows_out
 
 
+def curve_table(curve: list[tuple[float, float, float, float, float]]) -> Table:
+    """One row per full verification of :meth:`Recorder.curve`, its passes also as a
+    percentage of the authors' attack."""
+    table = Table("curve", "quality against budget",
+                  ["verification", "passes / image", "% of the authors'", "verified IoU",
+                   "verified L1", "kept IoU", "kept L1"],
+                  ["d", ".0f", ".1f", ".3f", ".4f", ".3f", ".4f"], aligned=False)
+    table.rows = [[i, passes, 100 * passes / AUTHORS_PASSES, iou, l1, k_iou, k_l1]
+                  for i, (passes, iou, l1, k_iou, k_l1) in enumerate(curve, 1)]
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,16 +112,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="the torch device everything runs on (e.g. cuda)")
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
     args = parser.parse_args(argv)
-    if not args.images.is_dir():
-        print(f"{args.images} not found: the benchmark needs the ImageNet sample", file=sys.stderr)
+    if images_missing(args.images):
         return 1
     torch.manual_seed(args.seed)
     model = load_model(device=args.device)
     samples = pick_images(model, args.images, args.offset + args.n, args.seed)[args.offset:]
-    labels = torch.tensor([s.label for s in samples], device=model.device)
+    x, labels = stacked(model, samples)  # tensors follow the model
     tgts = image_targets(model, samples, args.seed)  # as attack_benchmark.py and adv2 attack
-    images = np.stack([s.image for s in samples])
-    x = to_tensor(images).to(model.device)  # tensors follow the model
     mask = build_interpreter("mask", model, lookahead=args.lookahead,
                              verify_every=args.verify_every)
     benign = target_maps.benign(mask, x, labels)
@@ -117,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     recorder = Recorder(args.n, benign)
     attack = dataclasses.replace(pipeline.build_attack(cfg, model, mask), observer=recorder)
     start = time.time()
-    result = attack(images, tgts, benign)
+    result = attack(np.stack([s.image for s in samples]), tgts, benign)
     seconds = time.time() - start
     warm = result.passes - recorder.joint_passes()
 
@@ -140,25 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{floor_iou.mean():.3f}, L1 {floor_l1.mean():.4f}; per image "
         + " ".join(f"{v:.2f}" for v in floor_iou.mean(1).tolist()) + ".",
         "",
-        "| verification | passes / image | % of the authors' | verified IoU | verified L1 | "
-        "kept IoU | kept L1 |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for i, (passes, iou, l1, k_iou, k_l1) in enumerate(recorder.curve(warm), 1):
-        lines.append(f"| {i} | {passes:.0f} | {100 * passes / AUTHORS_PASSES:.1f} | {iou:.3f} | "
-                     f"{l1:.4f} | {k_iou:.3f} | {k_l1:.4f} |")
-    lines += [
-        "",
+        curve_table(recorder.curve(warm)).markdown(),
         f"Returned iterates (the engine's choice, judged on the uint8 images): success "
         f"{result.success.float().mean():.3f}, IoU {result.iou.mean():.3f}, L1 "
         f"{result.l1.mean():.4f}, {result.passes.float().mean():.0f} passes per image; IoU per "
         "image " + " ".join(f"{v:.2f}" for v in result.iou.mean(1).tolist()) + ".",
         "",
     ]
-    report = "\n".join(lines)
-    print(report)
-    if args.out:
-        args.out.write_text("# ADV² on MASK: quality against budget\n\n" + report)
+    publish("\n".join(lines), args.out, "# ADV² on MASK: quality against budget\n\n")
     return 0
 
 

@@ -26,21 +26,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from adv2.data import load_dataset, to_tensor
+from adv2.benchmarking import default_images, images_missing, publish, stacked
+from adv2.data import load_dataset
+from adv2.experiment.tables import Table
+from adv2.filters import blur
 from adv2.interpreters import RTS
 from adv2.interpreters.rts import SHIPPED_FILES
-from adv2.filters import blur
-from adv2.models import load_model
+from adv2.models import describe_device, load_model
 from adv2.rts import SaliencyNet
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "imagenet-sample"
+DEFAULT_IMAGES = default_images(__file__)
+COLUMNS = ["checkpoint: mask", "area", "p(y), only the mask kept ↑", "p(y), mask removed ↓",
+           "centred box of the same area: kept ↑", "box removed ↓",
+           "mask beats box per image: kept / removed"]
 
 
 def centred_boxes(areas: torch.Tensor, size: int) -> torch.Tensor:
     """N×1×size×size hard masks: centred squares covering ``areas`` (N,) of the image."""
     side = (areas.sqrt() * size).round().clamp(1, size).long()
-    out = torch.zeros(len(areas), 1, size, size)
+    out = torch.zeros(len(areas), 1, size, size, device=areas.device)
     for i, s in enumerate(side.tolist()):
         lo = (size - s) // 2
         out[i, :, lo:lo + s, lo:lo + s] = 1.0
@@ -57,13 +61,12 @@ def binarise(maps: torch.Tensor) -> torch.Tensor:
     return out.view_as(maps)
 
 
-def table_row(kind: str, r: np.ndarray) -> str:
-    """One Markdown row from per-image [area, keep, remove, box keep, box remove] rows."""
+def table_row(kind: str, r: np.ndarray) -> list:
+    """One row of the table from per-image [area, keep, remove, box keep, box remove] rows."""
     area, rk, rr, bk, br = r.T
     kept, removed = (rk > bk).sum(), (rr < br).sum()
-    return (f"| {kind} | {area.mean():.3f} | {rk.mean():.3f} | {rr.mean():.3f} | "
-            f"{bk.mean():.3f} | {br.mean():.3f} | {100 * kept / len(r):.1f}% ({kept}) / "
-            f"{100 * removed / len(r):.1f}% ({removed}) |")
+    return [kind, area.mean(), rk.mean(), rr.mean(), bk.mean(), br.mean(),
+            f"{100 * kept / len(r):.1f}% ({kept}) / {100 * removed / len(r):.1f}% ({removed})"]
 
 
 def removal_losses(r: np.ndarray, small: float = 0.05) -> str:
@@ -106,8 +109,7 @@ def evaluate(model, rts: RTS, samples: list, batch_size: int, sigma: float
     clean: list[float] = []
     for lo in range(0, len(samples), batch_size):
         part = samples[lo:lo + batch_size]
-        x = to_tensor(np.stack([s.image for s in part]))
-        y = torch.tensor([s.label for s in part])
+        x, y = stacked(model, part)
         with torch.no_grad():
             logits, z = rts.net.mask_logits(x, y)
             gate = torch.sigmoid(untrained.mask_logits(x, y)[1])
@@ -161,16 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sigma", type=float, default=11.0, help="blur of removed regions")
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu",
+                        help="the torch device everything runs on (e.g. cuda)")
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
     args = parser.parse_args(argv)
-    if not args.images.is_dir():
-        print(f"{args.images} not found: the report needs the ImageNet sample", file=sys.stderr)
+    if images_missing(args.images, "the report"):
         return 1
     torch.set_num_threads(args.threads)
     started = time.time()
-    model = load_model()
+    model = load_model(device=args.device)
     everything = load_dataset(args.images).samples
-    table = []
+    table = Table("rts-quality", "RTS mask quality", COLUMNS,
+                  ["", *[".3f"] * 5, ""], aligned=False)
     made = []
     for checkpoint in args.checkpoints:
         rts = RTS(model, checkpoint)
@@ -183,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         made.append(f"- {describe(rts)}. Unseen images: {len(samples)}, of which the model "
                     f"classifies {len(clean)} correctly (scored); their clean p(y) "
                     f"{np.mean(clean):.3f}.")
-        table += [table_row(f"{rts.checkpoint.name}: {kind}", np.array(r))
-                  for kind, r in rows.items()]
+        table.rows += [table_row(f"{rts.checkpoint.name}: {kind}", np.array(r))
+                       for kind, r in rows.items()]
         trained = next(iter(rows))
         made.append(f"  - {trained.split(' (')[0]}: {removal_losses(np.array(rows[trained]))}.")
     lines = [
@@ -192,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Command: `python benchmarks/rts_quality.py"
         + (f" --checkpoints {' '.join(args.checkpoints)}"
-           if args.checkpoints != list(SHIPPED_FILES) else "") + "`",
+           if args.checkpoints != list(SHIPPED_FILES) else "")
+        + (f" --device {args.device}" if args.device != "cpu" else "") + "`",
         "",
         "Each checkpoint is scored on the images of the folder it was not trained on (it lists "
         "its training images), those the model classifies correctly. Masks are of the true "
@@ -213,20 +218,12 @@ def main(argv: list[str] | None = None) -> int:
         "the original's schedule was 8500 selector steps of 128 and 3000 decoder steps of 64 "
         "ImageNet images.",
         "",
-        f"Machine: {platform.machine()}, {args.threads} torch thread(s), CPU; "
-        f"{time.time() - started:.0f} s.",
+        f"Machine: {platform.machine()}, {args.threads} torch thread(s), "
+        f"{describe_device(args.device)}; {time.time() - started:.0f} s.",
         "",
-        "| checkpoint: mask | area | p(y), only the mask kept ↑ | p(y), mask removed ↓ | "
-        "centred box of the same area: kept ↑ | box removed ↓ | mask beats box per image: "
-        "kept / removed |",
-        "|---|---|---|---|---|---|---|",
-        *table,
-        "",
+        table.markdown(),
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    publish("\n".join(lines), args.out)
     return 0
 
 

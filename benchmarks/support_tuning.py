@@ -19,16 +19,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
-import torch
-from attack_benchmark import (DEFAULT_IMAGES, benign_and_floors, error_by_support, image_targets,
-                              pick_images, run_batches, support_fractions)
-
 from adv2 import pipeline
-from adv2.cli import parse_setting
-from adv2.data import to_tensor
+from adv2.benchmarking import (benign_and_floors, default_images, error_by_support,
+                               image_targets, pick_images, run_batches, stacked,
+                               support_fractions)
 from adv2.interpreters import build_interpreter
+from adv2.key_value import parse_setting
 from adv2.models import load_model
+
+DEFAULT_IMAGES = default_images(__file__)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,13 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interpreter-setting", action="append", default=[],
                         metavar="KEY=VALUE", dest="interpreter_settings",
                         help="keyword of the interpreter's class (e.g. MASK's strategy=alt)")
+    parser.add_argument("--device", default="cpu",
+                        help="the torch device everything runs on (e.g. cuda)")
     parser.add_argument("--floors", action="store_true",
                         help="print the interpreter's noise floors on these images, no attack")
     args = parser.parse_intermixed_args(argv)  # KEY=VALUE before or after the options
     overrides = dict(map(parse_setting, args.settings))
     if "lam" in overrides:  # a schedule text, even when it reads as a number
         overrides["lam"] = str(overrides["lam"])
-    model = load_model()
+    model = load_model(device=args.device)
     own = dict(map(parse_setting, args.interpreter_settings))
     interpreter = build_interpreter(args.interpreter, model, **own)
     # the benchmark's pool for this interpreter: never the images it was trained on
@@ -59,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     samples = pool[args.offset:]
     targets = image_targets(model, samples, args.seed)  # each image's own, as adv2 attack's
     if args.floors:
-        x = to_tensor(np.stack([s.image for s in samples])).to(model.device)
-        labels = torch.tensor([s.label for s in samples], device=model.device)
+        x, labels = stacked(model, samples)
         _, floors = benign_and_floors(interpreter, x, labels, [s.key for s in samples],
                                       args.seed)
         for label, l1, iou in floors:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -28,6 +30,16 @@ needs_shared = pytest.mark.skipif(
 
 N_CLASSES = 10
 SIZE = 32
+
+
+def load_file(relative: str) -> ModuleType:
+    """A script of the repository (``benchmarks/...``, ``tools/...``) as a module, loaded from
+    its file as ``python <file>`` or mkdocs.yml's ``hooks`` would."""
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_tiny_model(seed: int = 0, n_classes: int = N_CLASSES) -> Classifier:

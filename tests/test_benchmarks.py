@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +15,14 @@ import torch
 from PIL import Image
 
 from adv2 import cli, pipeline
+from adv2.benchmarking import image_targets, pick_images, run_batches
 from adv2.interpreters import build_interpreter
 from adv2.models import load_model
 from adv2.target_classes import choose_targets
-from conftest import IMAGENET_SAMPLE, needs_shared
+from conftest import IMAGENET_SAMPLE, load_file, needs_shared
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from attack_benchmark import image_targets, pick_images, run_batches  # noqa: E402
-from detection_report import split  # noqa: E402
-from rts_quality import removal_losses  # noqa: E402
+split = load_file("benchmarks/detection_report.py").split
+removal_losses = load_file("benchmarks/rts_quality.py").removal_losses
 
 
 def test_detection_split_without_trained_interpreters_is_the_permutation_tail() -> None:

@@ -4,21 +4,20 @@ benchmark pages, the command pages with the argparse parser, the README's links 
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_file
+
+from adv2.benchmarking import pages
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-
-import mkdocs_hooks  # noqa: E402
-import results_table  # noqa: E402
+mkdocs_hooks = load_file("tools/mkdocs_hooks.py")  # the file mkdocs.yml's hooks load
 
 
 def test_readme_results_table_matches_the_benchmark_pages() -> None:
     readme = (ROOT / "README.md").read_text()
-    assert results_table.with_table(readme, results_table.results_table()) == readme
+    assert pages.with_table(readme, pages.results_table(ROOT)) == readme
 
 
 def test_results_table_reads_a_page_row() -> None:
@@ -30,11 +29,11 @@ def test_results_table_reads_a_page_row() -> None:
             "| x | PGD | 2 | 1.000 | 0.300 | 101.0 |\n"
             "| x | ADV² | 2 | 0.500 | 0.800 | 250.0 |\n\n"
             "| interpreter | ADV² step / PGD step |\n|---|---|\n| x | 2.50 |\n")
-    assert results_table.page_row("x", page) == (
+    assert pages.page_row("x", page) == (
         "| [x (layer=a.b)](docs/benchmarks/x.md) | 2 | 0.700 | 0.300 | 0.800 | 0.500 | "
         "250.0 | 2.50 |")
     with pytest.raises(ValueError, match="lacks"):
-        results_table.page_row("x", page.replace("| x | PGD |", "| y | PGD |"))
+        pages.page_row("x", page.replace("| x | PGD |", "| y | PGD |"))
 
 
 def test_command_pages_list_every_option_of_the_parser() -> None:

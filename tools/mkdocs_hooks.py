@@ -13,15 +13,13 @@ import argparse
 import html
 import inspect
 import re
-import sys
 from pathlib import Path
 
+from adv2.benchmarking.pages import HEADER, page_row
 from adv2.cli import build_parser, shown
 from adv2.interpreters import INTERPRETERS
 
-sys.path.insert(0, str(Path(__file__).parent))
-import results_table  # noqa: E402
-
+ROOT = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"<!-- adv2-cli: ([a-z -]+?) -->")
 INTERPRETER = re.compile(r"<!-- adv2-interpreter: ([a-z_]+) -->")
 
@@ -61,7 +59,7 @@ def options_table(parser: argparse.ArgumentParser) -> str:
     return f"```text\n{usage}\n```\n\n" + "\n".join(rows) + "\n"
 
 
-def interpreter_tables(name: str, root: Path = results_table.ROOT) -> str:
+def interpreter_tables(name: str, root: Path = ROOT) -> str:
     """The settings, ADV² defaults and measured row of the built-in interpreter ``name``."""
     cls = INTERPRETERS[name]  # KeyError naming an interpreter the registry does not have
     params = list(inspect.signature(cls.__init__).parameters.values())[2:]
@@ -81,9 +79,8 @@ def interpreter_tables(name: str, root: Path = results_table.ROOT) -> str:
         out.append(f"| `{key}` | `{shown(base, 'none')}` | `{shown(confined, 'none')}` |")
     page = root / "docs" / "benchmarks" / f"{name}.md"
     if page.exists():
-        row = results_table.page_row(name, page.read_text()).replace("docs/benchmarks/",
-                                                                     "../benchmarks/")
-        out += ["", "### Measured", "", results_table.HEADER, row]
+        row = page_row(name, page.read_text()).replace("docs/benchmarks/", "../benchmarks/")
+        out += ["", "### Measured", "", HEADER, row]
     return "\n".join(out) + "\n"
 
 

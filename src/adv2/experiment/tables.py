@@ -23,7 +23,15 @@ def latex_escape(text: str) -> str:
 @dataclass
 class Table:
     """A titled table. ``formats``: a format spec per column (``".3f"``; ``""`` for text);
-    cells may be None (shown as "–" and left empty in CSV)."""
+    cells may be None (shown as ``blank``, "–" unless told, and left empty in CSV). In
+    Markdown, numeric columns are right-aligned unless ``aligned`` is False, and an empty cell
+    is written ``| |``.
+
+    Example:
+        >>> Table("t", "T", ["name", "IoU"], ["", ".3f"], [["a", 0.12345], ["b", None]],
+        ...       blank="", aligned=False).markdown()
+        '| name | IoU |\\n|---|---|\\n| a | 0.123 |\\n| b | |\\n'
+    """
 
     id: str
     title: str
@@ -31,16 +39,24 @@ class Table:
     formats: list[str]
     rows: list[list] = field(default_factory=list)
     note: str = ""
+    blank: str = "–"
+    aligned: bool = True
 
     def cells(self) -> list[list[str]]:
         """Rows as formatted text."""
-        return [[("–" if v is None else format(v, f)) for v, f in zip(row, self.formats)]
-                for row in self.rows]
+        return [self._texts(row) for row in self.rows]
+
+    def _texts(self, row: list) -> list[str]:
+        return [(self.blank if v is None else format(v, f)) for v, f in zip(row, self.formats)]
+
+    def line(self, row: list) -> str:
+        """One row (values, as in :attr:`rows`) as a Markdown line."""
+        return _markdown_line(self._texts(row))
 
     def markdown(self) -> str:
-        lines = ["| " + " | ".join(self.columns) + " |",
-                 "|" + "|".join("---" if f == "" else "---:" for f in self.formats) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in self.cells()]
+        rule = ("---" if f == "" or not self.aligned else "---:" for f in self.formats)
+        lines = [_markdown_line(self.columns), "|" + "|".join(rule) + "|"]
+        lines += [_markdown_line(row) for row in self.cells()]
         return "\n".join(lines) + "\n"
 
     def csv(self) -> str:
@@ -68,3 +84,7 @@ class Table:
                        for row in self.cells())
         return (f'<table id="table-{self.id}"><thead><tr>{head}</tr></thead>'
                 f"<tbody>{body}</tbody></table>")
+
+
+def _markdown_line(cells: list[str]) -> str:
+    return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
