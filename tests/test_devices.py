@@ -9,12 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_images, make_tiny_model
+from conftest import load_file, make_images, make_tiny_model
 from torch.overrides import TorchFunctionMode
 
 import adv2
 from adv2 import cli, pipeline, target_maps
 from adv2.attacks import ADV2, PGD, AdaptiveADV2
+from adv2.benchmarking import (benign_and_floors, error_by_support, image_targets, run_batches,
+                               stacked, step_cost, support_fractions, surrogate_unit_costs)
+from adv2.data import Sample
 from adv2.detection import EnsembleDetector, FeatureSqueezingDetector
 from adv2.interpreters import CAM, GRAD, IG, MASK, RTS, GradCAM, Interpreter, SmoothGrad
 from adv2.rts import TrainConfig, TrainSettings, train
@@ -27,10 +30,12 @@ FACTORIES = {torch.zeros, torch.ones, torch.full, torch.empty, torch.arange, tor
 
 
 class FactoryRecorder(TorchFunctionMode):
-    """Records the tensor factory calls made by adv2's own code without a ``device``."""
+    """Records the tensor factory calls made by adv2's own code (and the files under ``roots``)
+    without a ``device``."""
 
-    def __init__(self) -> None:
+    def __init__(self, roots: tuple[str, ...] = (SRC,)) -> None:
         super().__init__()
+        self.roots = roots
         self.calls: list[str] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -39,7 +44,7 @@ class FactoryRecorder(TorchFunctionMode):
             frame = sys._getframe(1)
             while frame is not None and frame.f_code.co_filename.startswith(TORCH):
                 frame = frame.f_back
-            if frame is not None and frame.f_code.co_filename.startswith(SRC):
+            if frame is not None and frame.f_code.co_filename.startswith(self.roots):
                 where = f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno}"
                 self.calls.append(f"{where} torch.{func.__name__}")
         return func(*args, **kwargs)
@@ -95,6 +100,41 @@ def test_no_tensor_is_made_without_a_device(tmp_path) -> None:
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
         targets = (tiny(x).argmax(dim=1) + 1) % 10
         AdaptiveADV2(attack, [squeeze, ensemble], steps=2)(images, targets)
+    assert recorder.calls == [], "\n".join(sorted(set(recorder.calls)))
+
+
+def test_the_benchmarks_make_no_tensor_without_a_device() -> None:
+    """The benchmarks' shared code (targets, floors of a plain and a stochastic interpreter, a
+    supported ADV² over batches and its texts, the step cost, GRAD's unit costs) and the
+    scripts' own tensors (the detection report's detectors, RTS quality's boxes) on a tiny
+    model make no tensor without a device."""
+    model = make_tiny_model(0)
+    images = make_images(3, seed=4)
+    preds = model(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).argmax(dim=1)
+    samples = [Sample(f"sub/{i}.png", None, image, int(p)) for i, (image, p)
+               in enumerate(zip(images, preds))]
+    keys = [s.key for s in samples]
+    detection = load_file("benchmarks/detection_report.py")
+    rts_quality = load_file("benchmarks/rts_quality.py")
+    recorder = FactoryRecorder((SRC, str(Path(detection.__file__).parent) + "/"))
+    with recorder:
+        x, labels = stacked(model, samples)
+        tgts = image_targets(model, samples, 0)
+        benign_and_floors(SmoothGrad(model, **SETTINGS["smoothgrad"]), x, labels, keys, 0)
+        cam, grad = CAM(model), GRAD(model)
+        benign, _ = benign_and_floors(cam, x, labels, keys, 0)
+        cfg = pipeline.AttackConfig(interpreter="cam", attack="adv2", seed=0, steps=2,
+                                    warm_steps=2, support="edges")
+        out, _ = run_batches(cfg, model, cam, pipeline.build_attack(cfg, model, cam), samples,
+                             tgts, 2)
+        support_fractions(out), error_by_support(out)
+        step_cost(model, cam, x, tgts, benign, repeats=1)
+        surrogate_unit_costs(grad, x, tgts, target_maps.benign(grad, x, labels), {}, repeats=1)
+        detectors = detection.Detectors(model, ["bit-4", "median-2x2"], make_images(6, seed=5),
+                                        0.2, 2, 0)
+        detectors.flags(out["adv"])
+        masks = rts_quality.centred_boxes(torch.full((3,), 0.25, device=x.device), x.shape[-1])
+        rts_quality.probabilities(model, x, masks, labels, 2.0)
     assert recorder.calls == [], "\n".join(sorted(set(recorder.calls)))
 
 
