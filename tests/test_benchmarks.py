@@ -19,7 +19,7 @@ from adv2.benchmarking import image_targets, pick_images, run_batches
 from adv2.interpreters import build_interpreter
 from adv2.models import load_model
 from adv2.target_classes import choose_targets
-from conftest import IMAGENET_SAMPLE, load_file, needs_shared
+from conftest import IMAGENET_SAMPLE, REPO, load_file, needs_shared
 
 split = load_file("benchmarks/detection_report.py").split
 removal_losses = load_file("benchmarks/rts_quality.py").removal_losses
@@ -97,3 +97,25 @@ def test_a_benchmark_row_of_one_image_is_adv2_attack_on_that_image(tmp_path: Pat
     assert summary["l2_mean"] == row["l2"][0].item()
     adv = np.asarray(Image.open(out / "samples" / samples[0].name / "adv.png"))
     assert np.array_equal(adv, row["adv"][0])
+
+
+def test_the_scripts_tables_write_the_published_rows() -> None:
+    """The attack benchmark's and the detection report's tables (``Table`` with blank cells
+    and unaligned rules) write the lines of their published pages, character for character."""
+    attack = load_file("benchmarks/attack_benchmark.py").Results().table
+    page = (REPO / "docs" / "benchmarks" / "cam.md").read_text()
+    floor = ["cam", "floor (±1/255 noise)", 20, None, None, torch.tensor(0.0097),
+             torch.tensor(0.959), "0.97/0.94/0.96/0.96/0.97", None, None, None, None]
+    pgd = ["cam", "PGD", 20, torch.tensor(1.0), torch.tensor(1.0), torch.tensor(0.2648),
+           torch.tensor(0.320), "0.15/0.26/0.33/0.40/0.46", 5.87, torch.tensor(101.0),
+           torch.tensor(0.999), torch.tensor(7.83)]
+    attack.rows = [floor, pgd]
+    assert attack.markdown() in page
+    detection = load_file("benchmarks/detection_report.py")
+    table4, table5 = detection.tables(detection.build_parser().parse_args(["--specific", "bit-2"]))
+    table4.rows = [["cam", "bit-2", 1.382, "5.2% (23/440)", "100.0%", "100.0%", "0.0%", "0.0%"]]
+    table5.rows = [["cam", "PGD", 20, 1.0, 0.2854, 0.261, "100.0%", 4.2]]
+    text = (REPO / "docs" / "benchmarks" / "detection-cam.md").read_text()
+    for table in (table4, table5):
+        head, rule, row = table.markdown().splitlines()
+        assert f"{head}\n{rule}\n" in text and f"\n{row}\n" in text
