@@ -183,7 +183,7 @@ def report(args: argparse.Namespace, plan: list[tuple[str, int]], results: Resul
         "interpreter on the final uint8 images; L1 and IoU (top-k%, mean over k) against the "
         "benign map. The floor row compares the benign map with the map of the clean image "
         "plus seeded uniform noise in {−1, 0, +1}/255 (same class, settings and noise seed). "
-        "A stochastic interpreter (SmoothGrad) attacks with each image's seed and is judged, "
+        "A stochastic interpreter (SmoothGrad, MASK) attacks with each image's seed and is judged, "
         "as a defender who redraws would, under another seed the attack never saw: its "
         "ADV² and PGD rows compare the map of the adversarial image with the benign map, "
         "both drawn under that seed, and its 'another seed' floor compares the benign maps "

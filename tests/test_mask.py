@@ -94,18 +94,42 @@ def test_seed_determinism_and_jitter() -> None:
     assert torch.allclose(single, a[1:], atol=1e-6)
 
 
+
+def test_each_image_jitters_with_its_own_seed() -> None:
+    """With per-image seeds, an image's map depends on its own seed only: the same as alone
+    with that seed, whatever the other rows' seeds, and a subset of rows (as the engine judges
+    one) gets its rows' seeds; without seeds, every image uses the ``seed`` setting."""
+    model = make_tiny_model(0)
+    x = to_tensor(make_images(3, seed=3))
+    y = model(x).argmax(1)
+    mask = MASK(model, iterations=12, jitter=2)
+    mask.use_seeds([5, 6, 7])
+    seeded = mask(x, y)
+    for j, seed in enumerate([5, 6, 7]):
+        alone = MASK(model, iterations=12, jitter=2, seed=seed)(x[j:j + 1], y[j:j + 1])
+        assert torch.allclose(seeded[j:j + 1], alone, atol=1e-6)
+    rows = torch.tensor([2, 0])
+    _, subset = mask.explain_rows(x[rows], y[rows], rows)
+    assert torch.allclose(subset, seeded[rows], atol=1e-6)
+    mask.use_seeds([5, 9, 7])  # another seed for row 1 changes row 1 only
+    redrawn = mask(x, y)
+    assert torch.equal(redrawn[[0, 2]], seeded[[0, 2]]) and not torch.equal(redrawn[1], seeded[1])
+    assert MASK.stochastic
+
 def test_lookahead_gradient_matches_finite_differences() -> None:
     model = make_tiny_model(0).double()
     x = to_tensor(make_images(1, seed=5)).double()
     y = model(x).argmax(1)
     interp = MASK(model, iterations=5, lr=0.02, jitter=0, mask_sigma=1.0, null_sigma=2.0,
                   l1=1e-3, tv=1e-3)
+    offsets = interp.offsets([0])
     state = interp.adam_steps(AdamState.start(torch.full((1, 1, 4, 4), 0.5, dtype=torch.double)),
-                              x, blur(x, 2.0), y, 5, 0, create_graph=False)
+                              x, blur(x, 2.0), y, offsets, 5, 0, create_graph=False)
     target = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(0)).double()
 
     def loss(inp: torch.Tensor) -> torch.Tensor:
-        ahead = interp.adam_steps(state, inp, blur(inp, 2.0), y, 2, 5, create_graph=True)
+        ahead = interp.adam_steps(state, inp, blur(inp, 2.0), y, offsets, 2, 5,
+                                  create_graph=True)
         return ((1 - ahead.mask) - target).square().sum()
 
     xg = x.clone().requires_grad_(True)
@@ -156,7 +180,7 @@ def test_alt_strategy_is_the_objective_at_the_target_mask() -> None:
     assert interp.start_attack(x.detach(), y) == 0
     for k in range(2):
         logits, loss = interp.attack_loss(x, y, target, lambda a, b: None, 0.5)
-        expected = interp.objective(1 - target, x, blur(x, 2.0), y, interp._offsets[k])
+        expected = interp.objective(1 - target, x, blur(x, 2.0), y, interp.offsets([0, 0])[:, k])
         assert torch.allclose(loss, expected) and torch.allclose(logits, model(x))
     (grad,) = torch.autograd.grad(loss.sum(), x)
     assert grad.abs().sum() > 0

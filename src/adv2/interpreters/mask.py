@@ -9,15 +9,16 @@ p_c the softmax probability of class c, and the perturbed image jittered by a ra
 to ``jitter`` pixels per iteration. Adam (``lr``) for ``iterations`` steps from a constant
 ``init``, clamped to [0,1] after each step. Defaults are the original paper's (300 iterations,
 Adam 0.1, l1 1e-4 on the sum, tv 1e-2 with β = 3, 1/8 resolution, mask blur σ 5, null image
-blur σ 10, jitter 4), with an isotropic TV and init 0.5. Jitter offsets come from
-``torch.Generator(seed)``, the same sequence for every run, so a run is deterministic and the
-same for every image whatever the batch.
+blur σ 10, jitter 4), with an isotropic TV and init 0.5. Each image's jitter offsets come
+from ``torch.Generator`` seeded with that image's seed (:meth:`Interpreter.use_seeds`; the
+``seed`` setting until seeds are set), so a map is a function of the image, the class and its
+seed, whatever the batch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -82,8 +83,9 @@ class MASK(Interpreter):
 
     Arguments:
         model: the classifier. iterations, lr, l1, tv, tv_beta, scale, mask_sigma, null_sigma,
-            jitter, init, seed: the inner problem (module docstring). track_steps, lookahead,
-            verify_every, strategy: how ADV² differentiates it (above).
+            jitter, init: the inner problem (module docstring). seed: every image's jitter
+            seed until :meth:`use_seeds` sets them. track_steps, lookahead, verify_every,
+            strategy: how ADV² differentiates it (above).
 
     Shape:
         x: float N×3×H×W in [0,1] on the model's device; classes: (N,) long.
@@ -97,6 +99,7 @@ class MASK(Interpreter):
     """
 
     name = "mask"
+    stochastic = True
     attack_defaults = {"steps": 100, "warm_steps": 50, "optimizer": "adam", "lr": 1 / 255,
                        "lr_decay": 1.0, "lam": "5:10", "pred_loss": "ce", "map_loss": "mse",
                        "patience": 20, "step_search": True}
@@ -139,13 +142,18 @@ class MASK(Interpreter):
         self.explain_passes = iterations
         self._state: AdamState | None = None
         self._alt_calls = 0
-        self._offsets = self._draw_offsets(iterations + track_steps + lookahead)
+        self._drawn: dict[int, torch.Tensor] = {}
 
-    def _draw_offsets(self, count: int) -> torch.Tensor:
-        """Jitter offsets, drawn on the host from the seed (the same on every device) and kept
-        there: each step reads one as Python ints without a device sync."""
-        gen = torch.Generator().manual_seed(self.seed)
-        return torch.randint(0, 2 * self.jitter + 1, (count, 2), generator=gen, device="cpu")
+    def offsets(self, seeds: Sequence[int]) -> torch.Tensor:
+        """Each image's jitter offsets (N×count×2, count = iterations + track_steps +
+        lookahead), drawn on the host from its seed (the same on every device) and kept there:
+        each step reads them as Python ints without a device sync."""
+        count = self.iterations + self.track_steps + self.lookahead
+        for seed in set(seeds) - self._drawn.keys():
+            gen = torch.Generator().manual_seed(seed)
+            self._drawn[seed] = torch.randint(0, 2 * self.jitter + 1, (count, 2), generator=gen,
+                                              device="cpu")
+        return torch.stack([self._drawn[seed] for seed in seeds])
 
     def resolution(self, height: int, width: int) -> tuple[int, int]:
         return height // self.scale, width // self.scale
@@ -160,33 +168,39 @@ class MASK(Interpreter):
         self, mask: torch.Tensor, x: torch.Tensor, null: torch.Tensor, classes: torch.Tensor,
         offset: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Per-sample MASK objective (N,) of masks N×1×h×w for images x and null images."""
+        """Per-sample MASK objective (N,) of masks N×1×h×w for images x and null images,
+        each perturbed image shifted by its row of the host offsets (N×2)."""
         up = F.interpolate(mask, size=x.shape[-2:], mode="bilinear", align_corners=False)
         up = blur(up, self.mask_sigma)
         perturbed = up * x + (1 - up) * null
         if offset is not None and self.jitter > 0:
-            j = self.jitter
+            j, (h, w) = self.jitter, x.shape[-2:]
             padded = F.pad(perturbed, (j, j, j, j), mode="reflect")
-            dy, dx = int(offset[0]), int(offset[1])
-            perturbed = padded[..., dy:dy + x.shape[-2], dx:dx + x.shape[-1]]
+            shifts = offset.tolist()
+            if all(s == shifts[0] for s in shifts):  # one shift for the batch
+                (dy, dx) = shifts[0]
+                perturbed = padded[..., dy:dy + h, dx:dx + w]
+            else:
+                perturbed = torch.cat([padded[i:i + 1, :, dy:dy + h, dx:dx + w]
+                                       for i, (dy, dx) in enumerate(shifts)])
         prob = self.model(perturbed).softmax(dim=1).gather(1, classes.view(-1, 1)).squeeze(1)
         area = (1 - mask).abs().flatten(1).sum(dim=1)
         return self.l1 * area + self.tv * tv_norm(mask, self.tv_beta) + prob
 
     def adam_steps(
         self, state: AdamState, x: torch.Tensor, null: torch.Tensor, classes: torch.Tensor,
-        steps: int, first: int, create_graph: bool,
+        offsets: torch.Tensor, steps: int, first: int, create_graph: bool,
     ) -> AdamState:
-        """``steps`` Adam steps (β 0.9/0.999) on the masks, clamped to [0,1]; jitter offsets
-        ``first``, ``first`` + 1, ... With ``create_graph`` the steps stay differentiable with
-        respect to x (and the starting state)."""
+        """``steps`` Adam steps (β 0.9/0.999) on the masks, clamped to [0,1]; each image's
+        jitter offsets (:meth:`offsets`) ``first``, ``first`` + 1, ... With ``create_graph``
+        the steps stay differentiable with respect to x (and the starting state)."""
         b1, b2 = 0.9, 0.999
         for k in range(steps):
             mask = state.mask
             if not (create_graph and mask.requires_grad):
                 mask = mask.detach().requires_grad_(True)
             with torch.enable_grad():
-                loss = self.objective(mask, x, null, classes, self._offsets[first + k]).sum()
+                loss = self.objective(mask, x, null, classes, offsets[:, first + k]).sum()
                 (grad,) = torch.autograd.grad(loss, mask, create_graph=create_graph)
             t = state.t + 1
             m1 = b1 * state.m1 + (1 - b1) * grad
@@ -200,21 +214,29 @@ class MASK(Interpreter):
                 state = state.detach()
         return state
 
-    def cold_start(self, x: torch.Tensor, classes: torch.Tensor) -> AdamState:
-        """A full run from the constant init, as a user runs the interpreter."""
+    def cold_start(self, x: torch.Tensor, classes: torch.Tensor,
+                   rows: torch.Tensor | None = None) -> AdamState:
+        """A full run from the constant init, as a user runs the interpreter, with the
+        jitter of the seeded batch's ``rows`` (all of it when None)."""
         h, w = self.resolution(*x.shape[-2:])
         start = AdamState.start(torch.full((x.shape[0], 1, h, w), float(self.init),
                                            device=x.device))
         x = x.detach()
-        return self.adam_steps(start, x, blur(x, self.null_sigma), classes, self.iterations, 0,
+        return self.adam_steps(start, x, blur(x, self.null_sigma), classes,
+                               self.offsets(self.image_seeds(len(x), rows)), self.iterations, 0,
                                create_graph=False)
 
     # ------------------------------------------------------------------ the interface
     def explain(self, x: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and 1 − m of a cold-start run (not differentiable with respect to x)."""
+        return self.explain_rows(x, classes, None)
+
+    def explain_rows(self, x: torch.Tensor, classes: torch.Tensor,
+                     rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`explain` of the seeded batch's ``rows``, with their seeds' jitter."""
         with torch.no_grad():
             logits = self.model(x)
-        return logits, 1 - self.cold_start(x, classes).mask
+        return logits, 1 - self.cold_start(x, classes, rows).mask
 
     def start_attack(self, x: torch.Tensor, classes: torch.Tensor) -> int:
         """Reset the attack state. Tracking starts from the engine's first verification (a
@@ -243,10 +265,10 @@ class MASK(Interpreter):
         """``track``: ``map_loss`` on the lookahead maps of :meth:`attack_forward`. ``alt`` (the
         authors' cheap variant): the inner objective at the target mask 1 − target_maps, whose
         only term that depends on x is p_c(Φ(x; m_t)): deleting the target's important region
-        must destroy the class. Its jitter offset cycles through the interpreter's sequence."""
+        must destroy the class. Each image's jitter offset cycles through its sequence."""
         if self.strategy == "track":
             return super().attack_loss(x, classes, target_maps, map_loss, progress, rows)
-        offset = self._offsets[self._alt_calls % self.iterations]
+        offset = self.offsets(self.image_seeds(len(x), rows))[:, self._alt_calls % self.iterations]
         self._alt_calls += 1
         loss = self.objective(1 - target_maps, x, blur(x, self.null_sigma), classes, offset)
         return self.model(x), loss
@@ -257,11 +279,12 @@ class MASK(Interpreter):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self._state is None:
             raise RuntimeError("MASK.attack_forward needs start_attack() first")
+        offsets = self.offsets(self.image_seeds(len(x), rows))
         rows = torch.arange(x.shape[0], device=x.device) if rows is None else rows
         null = blur(x, self.null_sigma)
         state = self.adam_steps(self._state.rows(rows), x.detach(), null.detach(), classes,
-                                self.track_steps, self.iterations, create_graph=False)
+                                offsets, self.track_steps, self.iterations, create_graph=False)
         self._state.store(rows, state)
-        ahead = self.adam_steps(state, x, null, classes, self.lookahead,
+        ahead = self.adam_steps(state, x, null, classes, offsets, self.lookahead,
                                 self.iterations + self.track_steps, create_graph=True)
         return self.model(x), 1 - ahead.mask
