@@ -8,14 +8,15 @@ from adv2.detection.detector import (Detection, Detector, NotFittedError, Thresh
 from adv2.detection.ensemble import EnsembleDetector, EnsembleGuard
 from adv2.detection.guard import Guard
 from adv2.detection.registry import DETECTORS, build_detector, detector_class, load_detector
+from adv2.detection.roc import auroc, wilson_interval
 from adv2.detection.squeezers import (SQUEEZER_NAMES, BitDepth, MedianSmoothing, NonLocalMeans,
                                       Squeezer, build_squeezer, nlm_uint8)
 from adv2.detection.squeezing import FeatureSqueezingDetector, SqueezeGuard, softmax_l1
 
 __all__ = ["DETECTORS", "SQUEEZER_NAMES", "BitDepth", "Detection", "Detector", "EnsembleDetector",
            "EnsembleGuard", "FeatureSqueezingDetector", "Guard", "MedianSmoothing",
-           "NonLocalMeans", "NotFittedError", "SqueezeGuard", "Squeezer", "Thresholds",
+           "NonLocalMeans", "NotFittedError", "SqueezeGuard", "Squeezer", "Thresholds", "auroc",
            "build_detector",
            "build_squeezer", "cross_validated_flags", "detector_class", "inconsistency",
            "load_detector", "nlm_uint8", "pooled", "soft_inconsistency", "softmax_l1",
-           "threshold_at_fpr", "with_joint"]
+           "threshold_at_fpr", "wilson_interval", "with_joint"]
