@@ -625,7 +625,7 @@ class _ScriptedDescent:
         self.outcomes, self.scales = iter(outcomes), []
 
     def run(self, x0, x_start, targets, target_maps, support=None, lam_scale=None):
-        from adv2.attacks.engine import Trajectory
+        from adv2.attacks.iterates import Trajectory
 
         found, improved, distance = next(self.outcomes)
         self.scales.append(None if lam_scale is None else lam_scale.tolist())

@@ -7,7 +7,8 @@ success criteria; PGD, ADV² and adaptive ADV² share one call shape (:class:`At
 from adv2.attacks.adaptive import AdaptiveADV2
 from adv2.attacks.adv2 import ADV2
 from adv2.attacks.criteria import Both, Criterion, TargetPredicted
-from adv2.attacks.engine import Descent, Judgement, Objective, Stop
+from adv2.attacks.engine import Descent, Objective
+from adv2.attacks.iterates import Judgement, Stop
 from adv2.attacks.lattice import project, quantise
 from adv2.attacks.losses import (MAP_LOSSES, PREDICTION_LOSSES, CrossEntropy, CWMargin,
                                  LabelSmoothing, MapL1, MapLogitMSE, MapMSE)

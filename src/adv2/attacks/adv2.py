@@ -9,7 +9,8 @@ import torch
 
 from adv2 import target_maps as target_maps_mod
 from adv2.attacks.criteria import Criterion, TargetPredicted
-from adv2.attacks.engine import Descent, Judgement, Objective, Penalty, Stop
+from adv2.attacks.engine import Descent, Objective, Penalty
+from adv2.attacks.iterates import Judgement, Stop
 from adv2.attacks.lam_search import LamSearch
 from adv2.attacks.losses import (MAP_LOSSES, PREDICTION_LOSSES, CrossEntropy, MapLoss, MapMSE,
                                  PredictionLoss)
@@ -140,12 +141,12 @@ class ADV2:
         warm = PGD(self.model, eps=self.eps, steps=self.warm_steps, stop_on_success=True,
                    min_confidence=self.warm_confidence, loss=self.pred_loss).run(x0, targets,
                                                                                  support)
-        descent = Descent(
-            self.model,
-            Objective(self.pred_loss, self.map_loss, self.lam, self.penalties, self.criterion),
-            self.optimizer, self.steps, self.eps, Stop(patience=self.patience),
-            self.interpreter, self.step_scale, self.step_search, self.observer,
-        )
+        objective = Objective(self.pred_loss, map_loss=self.map_loss, lam=self.lam,
+                              penalties=self.penalties, criterion=self.criterion)
+        descent = Descent(self.model, objective, optimizer=self.optimizer, steps=self.steps,
+                          eps=self.eps, stop=Stop(patience=self.patience),
+                          interpreter=self.interpreter, step_scale=self.step_scale,
+                          step_search=self.step_search, observer=self.observer)
         if self.lam_search is None:
             joint = descent.run(x0, warm.x, targets, target_maps, support)
         else:

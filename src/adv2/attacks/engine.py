@@ -12,20 +12,21 @@ the loop makes takes its device from the images it attacks.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from adv2.attacks.criteria import Criterion, TargetPredicted
+from adv2.attacks.iterates import Best, Judgement, Stop, Trajectory
 from adv2.attacks.lattice import project, quantise
 from adv2.attacks.losses import MapLoss, PredictionLoss
+from adv2.attacks.map_side import InterpreterMaps, MapSide, PredictionOnly
 from adv2.attacks.optimizers import Optimizer
 from adv2.attacks.schedules import Schedule
 from adv2.attacks.step_search import MarginStepSearch
 from adv2.attacks.support import lattice_bound
-from adv2.interpreters import Interpreter, Verification
+from adv2.interpreters import Interpreter
 from adv2.metrics import margin
 
 #: ``penalty(x, logits, rows) -> (n,)`` extra loss terms (see :class:`Objective`)
@@ -52,100 +53,14 @@ class Objective:
 
 
 @dataclass
-class Stop:
-    """Per-sample stopping rule, checked after each judgement.
-
-    ``on_success``: stop as soon as the criterion holds (a warm start). Otherwise, with a map
-    loss, stop a successful sample once its best interpretation distance has not improved by a
-    relative ``min_gain`` for ``patience`` judgements.
-    """
-
-    on_success: bool = False
-    patience: int | None = None
-    min_gain: float = 1e-3
-
-
-@dataclass
-class Judgement:
-    """One judgement of iterates, as an observer of :func:`descend` sees it.
-
-    ``rows``: the judged images' indices in the batch and ``x`` their (quantised) iterates;
-    ``success`` (bool), ``distance`` (the map loss; 0 without one) and ``passes`` (spent so far
-    in this descent) per judged image; ``maps``: the true maps when the interpreter verified
-    them, None when the step's own values were judged.
-    """
-
-    step: int
-    rows: torch.Tensor
-    x: torch.Tensor
-    success: torch.Tensor
-    distance: torch.Tensor
-    passes: torch.Tensor
-    maps: torch.Tensor | None
-
-
-@dataclass
-class Best:
-    """Per-image state of one descent: the kept iterate and its distance, whether one was
-    found, how long it has been stale, whether the last judged iterate failed, passes spent,
-    and the distance of the first judged iterate (the start; inf if it failed, nan before)."""
-
-    chosen: torch.Tensor
-    found: torch.Tensor
-    distance: torch.Tensor
-    stale: torch.Tensor
-    failed: torch.Tensor
-    passes: torch.Tensor
-    first: torch.Tensor
-
-    @classmethod
-    def start(cls, x: torch.Tensor) -> Best:
-        n = x.shape[0]
-        flags = torch.zeros(n, dtype=torch.bool, device=x.device)
-        return cls(x.clone(), flags, torch.full((n,), math.inf, device=x.device),
-                   torch.zeros(n, dtype=torch.long, device=x.device), ~flags,
-                   torch.zeros(n, dtype=torch.long, device=x.device),
-                   torch.full((n,), math.nan, device=x.device))
-
-    def keep_best(self, rows: torch.Tensor, xs: torch.Tensor, ok: torch.Tensor,
-                  distance: torch.Tensor, min_gain: float) -> None:
-        """Keep each successful iterate that beats its image's best distance."""
-        first = self.first[rows]
-        self.first[rows] = torch.where(first.isnan(), torch.where(ok, distance, math.inf),
-                                       first)
-        better = ok & (distance < self.distance[rows])
-        gain = better & (distance < self.distance[rows] * (1 - min_gain))
-        self.stale[rows] = torch.where(gain, 0, self.stale[rows] + 1)
-        self.distance[rows] = torch.where(better, distance, self.distance[rows])
-        self.found[rows] |= ok
-        self.failed[rows] = ~ok
-        self.chosen[rows[better]] = xs[better]
-
-    def keep_last(self, rows: torch.Tensor, xs: torch.Tensor, ok: torch.Tensor) -> None:
-        """Keep the last iterate (no map loss)."""
-        self.chosen[rows] = xs
-        self.found[rows] = ok
-
-
-@dataclass
-class Trajectory:
-    """What one run of :func:`descend` leaves: the selected iterates and the cost."""
-
-    x: torch.Tensor  # float N×3×H×W on the uint8 lattice
-    found: torch.Tensor  # bool (N,): a successful iterate was selected
-    distance: torch.Tensor  # (N,) interpretation distance of the selected iterate (inf if none)
-    passes: torch.Tensor  # (N,) passes spent
-    #: bool (N,): with a map loss, a successful iterate beat the start (the first judged one)
-    improved: torch.Tensor | None = None
-
-
-@dataclass
 class Descent:
     """Minimise ``objective`` for up to ``steps`` updates per sample (see :meth:`run`).
 
     ``optimizer`` turns gradients into steps, ``step_scale`` (a schedule over progress)
     scales them, ``step_search`` shortens each image's step so that the target keeps winning
-    (its forward passes are counted); ``observer`` is told every :class:`Judgement`.
+    (its forward passes are counted); ``observer`` is told every :class:`Judgement`. The
+    objective's map loss chooses the map side once (:mod:`adv2.attacks.map_side`): none is
+    the prediction alone (PGD); one needs ``interpreter`` (a ValueError otherwise).
     """
 
     model: torch.nn.Module
@@ -158,6 +73,12 @@ class Descent:
     step_scale: Schedule | None = None
     step_search: MarginStepSearch | None = None
     observer: Callable[[Judgement], None] | None = None
+    side: MapSide = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        obj = self.objective
+        self.side = PredictionOnly(self.model, obj.pred_loss) if obj.map_loss is None \
+            else InterpreterMaps(self.interpreter, obj.pred_loss, obj.map_loss, obj.lam)
 
     def run(self, x0: torch.Tensor, x_start: torch.Tensor, targets: torch.Tensor,
             target_maps: torch.Tensor | None = None,
@@ -174,17 +95,13 @@ class Descent:
         interpreter whose :meth:`~Interpreter.verification` is not None has its iterates
         judged with :meth:`~Interpreter.explain_loss` on that schedule; patience counts judgements.
         """
-        use_maps = self.objective.map_loss is not None
-        if use_maps and (self.interpreter is None or target_maps is None):
-            raise ValueError("a map loss needs an interpreter and target maps")
-        policy = self.interpreter.verification() if use_maps else None
+        side, policy = self.side, self.side.policy
         bound = lattice_bound(self.eps, support)  # the largest lattice ball inside ε (·S)
         x = project(quantise(x_start), x0, bound)
         best = Best.start(x)
         active = torch.arange(x.shape[0], device=x.device)
         self.optimizer.reset(x)
-        if use_maps:
-            best.passes += self.interpreter.start_attack(x, targets)
+        best.passes += side.start(x, targets, target_maps)
         for step in range(self.steps + 1):
             if active.numel() == 0:
                 break
@@ -192,13 +109,13 @@ class Descent:
             xq = quantise(x[active]).requires_grad_(not last)
             scheduled = last or (policy is not None and step % policy.every == 0)
             # verify before stepping, so that a stateful interpreter restarts from the truth
-            judged = self._verify(step, xq, active, targets, target_maps, policy, best) \
+            judged = self._verify(step, xq, active, targets, target_maps, best) \
                 if scheduled else None
             if last:
-                self._keep(best, judged, xq, active, use_maps)
+                self._keep(best, judged, active)
                 break
             logits, dist, loss = self._loss(xq, active, targets, target_maps, step, lam_scale)
-            best.passes[active] += self.interpreter.passes_per_step if use_maps else 1
+            best.passes[active] += side.passes_per_step
             if policy is None:  # the step's own values are the true ones: judged for free
                 judged = self._judgement(step, active, xq, logits, dist, targets, best, None)
             elif judged is None and policy.on_success:
@@ -209,8 +126,8 @@ class Descent:
                     & best.failed[active]
                 if newly.any():
                     judged = self._verify(step, xq[newly], active[newly], targets,
-                                          target_maps, policy, best)
-            done = self._keep(best, judged, xq, active, use_maps)
+                                          target_maps, best)
+            done = self._keep(best, judged, active)
             (grad,) = torch.autograd.grad(loss.sum(), xq)
             keep = ~done
             rows = active[keep]  # the active set shrinks as images finish (a host sync)
@@ -218,11 +135,7 @@ class Descent:
                 x[rows] = self._step(x, x0, rows, grad[keep], logits.detach()[keep],
                                      targets, bound, support, step, best)
             active = rows
-        if not use_maps:
-            best.distance = torch.where(best.found, 0.0, math.inf)
-            return Trajectory(best.chosen, best.found, best.distance, best.passes)
-        return Trajectory(best.chosen, best.found, best.distance, best.passes,
-                          best.distance < best.first)
+        return side.leave(best)
 
     # ------------------------------------------------------------------ one step's parts
     def _progress(self, step: int) -> float:
@@ -232,38 +145,19 @@ class Descent:
               target_maps: torch.Tensor | None, step: int, lam_scale: torch.Tensor | None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits, interpretation distances and the loss at the quantised iterates."""
-        t, obj = targets[active], self.objective
-        if obj.map_loss is not None:
-            logits, dist = self.interpreter.attack_loss(xq, t, target_maps[active], obj.map_loss,
-                                                        self._progress(step), active)
-            lam = obj.lam(self._progress(step)) if obj.lam is not None else 1.0
-            if lam_scale is not None:
-                lam = lam * lam_scale[active]
-            loss = obj.pred_loss(logits, t) + lam * dist
-        else:
-            logits = self.model(xq)
-            dist = torch.zeros(len(active), device=xq.device)
-            loss = obj.pred_loss(logits, t)
-        for penalty in obj.penalties:
+        logits, dist, loss = self.side.evaluate(xq, active, targets, target_maps,
+                                                self._progress(step), lam_scale)
+        for penalty in self.objective.penalties:
             loss = loss + penalty(xq, logits, active)
         return logits, dist, loss
 
     def _verify(self, step: int, xs: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor,
-                target_maps: torch.Tensor | None, policy: Verification | None,
-                best: Best) -> Judgement:
+                target_maps: torch.Tensor | None, best: Best) -> Judgement:
         """Judge iterates ``xs`` of the batch ``rows`` with the true model and interpreter."""
         xs = xs.detach()
         with torch.no_grad():
-            if self.objective.map_loss is not None:
-                logits, maps, distance = self.interpreter.explain_loss(
-                    xs, targets[rows], target_maps[rows], self.objective.map_loss, rows)
-                if policy is not None and policy.after is not None:
-                    policy.after(rows, maps)
-                best.passes[rows] += self.interpreter.explain_passes
-            else:
-                logits, maps = self.model(xs), None
-                distance = torch.zeros(len(rows), device=xs.device)
-                best.passes[rows] += 1
+            logits, maps, distance, spent = self.side.verify(xs, rows, targets, target_maps)
+            best.passes[rows] += spent
         return self._judgement(step, rows, xs, logits, distance, targets, best, maps)
 
     def _judgement(self, step: int, rows: torch.Tensor, xs: torch.Tensor, logits: torch.Tensor,
@@ -273,24 +167,13 @@ class Descent:
         ok = self.objective.criterion(xs, logits.detach(), targets[rows], rows)
         return Judgement(step, rows, xs, ok, distance.detach(), best.passes[rows].clone(), maps)
 
-    def _keep(self, best: Best, judged: Judgement | None, xq: torch.Tensor,
-              active: torch.Tensor, use_maps: bool) -> torch.Tensor:
+    def _keep(self, best: Best, judged: Judgement | None, active: torch.Tensor) -> torch.Tensor:
         """Bookkeeping of a judgement; returns which active images are done."""
-        done = torch.zeros(len(active), dtype=torch.bool, device=xq.device)
         if judged is None:
-            return done
+            return torch.zeros_like(active, dtype=torch.bool)
         if self.observer is not None:
             self.observer(judged)
-        rows, ok, xs = judged.rows, judged.success, judged.x
-        if use_maps:
-            best.keep_best(rows, xs, ok, judged.distance, self.stop.min_gain)
-            if self.stop.patience is not None:
-                done = best.found[active] & (best.stale[active] >= self.stop.patience)
-        else:
-            best.keep_last(rows, xs, ok)
-            if self.stop.on_success:
-                done = ok
-        return done
+        return self.side.keep(best, judged, active, self.stop)
 
     def _step(self, x: torch.Tensor, x0: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor,
               logits: torch.Tensor, targets: torch.Tensor, bound: float | torch.Tensor,

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from adv2.attacks.engine import Descent, Trajectory
+    from adv2.attacks.engine import Descent
+    from adv2.attacks.iterates import Trajectory
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from adv2.attacks.criteria import TargetPredicted
-from adv2.attacks.engine import Descent, Objective, Stop, Trajectory
+from adv2.attacks.engine import Descent, Objective
+from adv2.attacks.iterates import Stop, Trajectory
 from adv2.attacks.lattice import project, quantise
 from adv2.attacks.losses import PREDICTION_LOSSES, CrossEntropy, PredictionLoss
 from adv2.attacks.optimizers import SignStep
@@ -97,8 +98,8 @@ class PGD:
         # with stop_on_success, an image stops once the target wins with min_confidence
         stop_rule = TargetPredicted(self.min_confidence)
         descent = Descent(self.model, Objective(self.loss, criterion=stop_rule),
-                          SignStep(self.step_size), self.steps, self.eps,
-                          Stop(on_success=self.stop_on_success))
+                          optimizer=SignStep(self.step_size), steps=self.steps, eps=self.eps,
+                          stop=Stop(on_success=self.stop_on_success))
         return descent.run(x0, start, targets, support=support)
 
     def __call__(self, x: Images, targets: torch.Tensor,
