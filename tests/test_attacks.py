@@ -13,7 +13,7 @@ from adv2 import metrics
 from adv2 import target_maps
 from adv2.attacks import (ADV2, PGD, Adam, Constant, CrossEntropy, CWMargin, LabelSmoothing,
                           Linear, MapL1, MapLogitMSE, MapMSE, Objective, Piecewise, SignStep, Stop,
-                          Descent, judge, parse_schedule, project, quantise)
+                          Descent, TargetPredicted, judge, parse_schedule, project, quantise)
 from adv2.data import to_tensor
 from adv2.interpreters import CAM, GRAD, Verification
 from adv2.target_classes import choose_targets
@@ -23,6 +23,12 @@ from conftest import N_CLASSES, make_images, make_tiny_model
 def _linf_uint8(adv: np.ndarray, clean: np.ndarray) -> np.ndarray:
     diff = np.abs(adv.astype(np.int32) - clean.astype(np.int32))
     return diff.reshape(len(adv), -1).max(axis=1)
+
+
+def _predicted(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The reported success of images with these logits: the criterion's, as floats."""
+    rows = torch.arange(len(logits))
+    return TargetPredicted()(torch.zeros(len(logits)), logits.detach(), targets, rows).float()
 
 
 @pytest.fixture
@@ -98,7 +104,7 @@ def test_pgd_uint8_invariants(random_start, tiny_model, saturated_images) -> Non
     with torch.no_grad():
         logits = tiny_model(to_tensor(adv))
     assert torch.equal(result.pred, logits.argmax(dim=1))
-    assert torch.equal(result.success, metrics.success(logits, targets))
+    assert torch.equal(result.success, _predicted(logits, targets))
     torch.testing.assert_close(result.confidence, metrics.confidence(logits, targets))
     assert torch.equal(result.passes, torch.full((4,), 11))  # 10 steps + final evaluation
 
@@ -349,7 +355,7 @@ def test_adv2_invariants(kind, setup, saturated_images) -> None:
     # everything reported is a re-evaluation of the returned uint8 images
     x = to_tensor(result.adv)
     logits, maps = interp.explain(x, targets)
-    assert torch.equal(result.success, metrics.success(logits.detach(), targets))
+    assert torch.equal(result.success, _predicted(logits, targets))
     torch.testing.assert_close(result.maps, maps.detach())
     torch.testing.assert_close(result.l1, metrics.l1(maps.detach(), tmaps))
     torch.testing.assert_close(result.iou, metrics.iou(maps.detach(), tmaps))

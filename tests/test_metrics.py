@@ -10,6 +10,7 @@ import torch
 from scipy.stats import spearmanr
 
 from adv2 import metrics
+from adv2.attacks import TargetPredicted
 
 
 def _map(values) -> torch.Tensor:
@@ -144,9 +145,13 @@ def test_spearman_constant_map_is_finite() -> None:
 
 
 def test_success_and_confidence() -> None:
+    """Success is the criterion's (the target wins; ties go to the lower class), confidence
+    the target's softmax probability."""
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 5.0], [1.0, 1.0, 0.0]])
     targets = torch.tensor([0, 1, 1])
-    torch.testing.assert_close(metrics.success(logits, targets), torch.tensor([1.0, 0.0, 0.0]))
+    x, rows = torch.zeros(3, 3, 2, 2), torch.arange(3)
+    assert TargetPredicted()(x, logits, targets, rows).tolist() == [True, False, False]
+    assert TargetPredicted(0.8)(x, logits, targets, rows).tolist() == [False, False, False]
     e2 = math.exp(2.0)
     e5 = math.exp(5.0)
     expected = torch.tensor([e2 / (e2 + 2), 1 / (2 + e5), math.e / (2 * math.e + 1)])

@@ -13,11 +13,6 @@ from scipy.stats import rankdata
 DEFAULT_KS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
 
 
-def success(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """1.0 where argmax(logits) equals the target class, else 0.0."""
-    return (logits.argmax(dim=1) == targets).float()
-
-
 def confidence(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Softmax probability of the target class."""
     return logits.softmax(dim=1).gather(1, targets.view(-1, 1)).squeeze(1)
