@@ -34,7 +34,7 @@ from adv2.attacks import AdaptiveADV2, Attack
 from adv2.benchmarking import (default_images, image_targets, images_missing, interpreter_plan,
                                publish, run_batches)
 from adv2.data import Sample, load_dataset
-from adv2.detection import SQUEEZER_NAMES, FeatureSqueezingDetector, cross_validated_flags
+from adv2.detection import SQUEEZER_NAMES, FeatureSqueezingDetector
 from adv2.experiment.tables import Table
 from adv2.interpreters import INTERPRETERS, Interpreter, build_interpreter
 from adv2.models import Classifier, describe_device, load_model
@@ -104,20 +104,19 @@ class Detectors:
                  folds: int, seed: int) -> None:
         self.detector = FeatureSqueezingDetector(model, squeezers)
         scores = self.detector.scores(benign)
-        self.detector.fit_scores(scores, fpr)
+        every = self.detector.fit_held_out(scores, fpr, folds, seed)
         self.joint_cols = [self.detector.names.index(n) for n in XU_JOINT
                            if n in self.detector.names]
         self.xu = FeatureSqueezingDetector(model, [self.detector.names[c]
                                                    for c in self.joint_cols])
-        self.xu.fit_scores(scores[:, self.joint_cols], fpr)
+        xu = self.xu.fit_held_out(scores[:, self.joint_cols], fpr, folds, seed)
         names = self.detector.names
         self.rows = [*names, f"joint: max over all {len(names)}",
                      "joint: " + ", ".join(self.xu.names) + " (Xu et al.)"]
         self.thresholds = [*self.detector.thresholds.tolist(), self.detector.joint_threshold,
                            self.xu.joint_threshold]
-        columns = torch.cat([scores, scores.amax(dim=1, keepdim=True),
-                             scores[:, self.joint_cols].amax(dim=1, keepdim=True)], dim=1)
-        self.benign_flags = cross_validated_flags(columns, fpr, folds, seed)
+        # a column's held-out flags depend on it alone: Xu et al.'s joint is its fit's last
+        self.benign_flags = torch.cat([every.held_out, xu.held_out[:, -1:]], dim=1)
 
     def flags(self, adv: np.ndarray | torch.Tensor) -> torch.Tensor:
         """n×(S+2) flags of images: each squeezer, the joint over all, Xu et al.'s joint."""
@@ -259,7 +258,10 @@ def report(args: argparse.Namespace, minutes: float, n_pool: int, any_fitted: bo
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 2 <= args.folds <= args.benign:
+        parser.error(f"--folds {args.folds}: need 2 ≤ folds ≤ --benign ({args.benign})")
     if images_missing(args.images, "the report"):
         return 1
     torch.manual_seed(args.seed)

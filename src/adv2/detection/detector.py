@@ -2,17 +2,14 @@
 the fitted state, and guard adaptive attacks.
 
 A detector's scores are n×S, one column per score it computes (a squeezer, the ensemble's
-inconsistency); the joint score is their maximum, and an input is *flagged* when its joint
-score is above the joint threshold. ``fit`` sets every threshold so that a chosen fraction (the
-false-positive rate) of benign inputs scores above it; :func:`cross_validated_flags` measures
-that rate held out.
+inconsistency); the thresholds, the joint score and the held-out false-positive rate are
+:mod:`adv2.detection.thresholds`'.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -23,6 +20,7 @@ import numpy as np
 import torch
 
 from adv2.data import to_tensor
+from adv2.detection.thresholds import Detection, ThresholdFit, Thresholds, fit_thresholds
 from adv2.errors import SettingError
 from adv2.models import device_of
 from adv2.records import write_json
@@ -33,84 +31,6 @@ if TYPE_CHECKING:
 
 class NotFittedError(RuntimeError):
     """The detector has no thresholds yet: call ``fit`` or ``load`` first."""
-
-
-def threshold_at_fpr(scores: torch.Tensor, fpr: float) -> float:
-    """The smallest observed score t with at most ⌊fpr·n⌋ of the n ``scores`` above it
-    (the ⌈(1 − fpr)·n⌉-th smallest score); ``fpr`` in [0, 1)."""
-    if not 0 <= fpr < 1:
-        raise ValueError(f"false-positive rate must be in [0, 1), got {fpr}")
-    if scores.numel() == 0:
-        raise ValueError("no benign scores to set a threshold from")
-    ordered = scores.flatten().sort().values
-    k = max(math.ceil((1 - fpr) * len(ordered) - 1e-9), 1)
-    return float(ordered[k - 1])
-
-
-def cross_validated_flags(scores: torch.Tensor, fpr: float, folds: int = 10,
-                          seed: int = 0) -> torch.Tensor:
-    """n×S bool: each benign image's flags under thresholds fitted (:func:`threshold_at_fpr`,
-    column by column) on the other folds of a seeded ``folds``-fold split of the n×S benign
-    ``scores``. Their column means are the held-out false-positive rates of the fitting
-    procedure, measured on every benign image once."""
-    n = len(scores)
-    if not 2 <= folds <= n:
-        raise ValueError(f"need 2 ≤ folds ≤ {n} benign images, got {folds} folds")
-    fold = torch.from_numpy(np.random.default_rng(seed).permutation(n) % folds).to(scores.device)
-    flags = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-    for k in range(folds):
-        held = fold == k
-        fit = scores[~held]
-        thresholds = torch.tensor([threshold_at_fpr(fit[:, j], fpr) for j in range(fit.shape[1])],
-                                  device=scores.device)
-        flags[held] = scores[held] > thresholds
-    return flags
-
-
-def with_joint(scores: torch.Tensor) -> torch.Tensor:
-    """n×(S+1): the n×S ``scores`` and their joint score (the maximum) as the last column, the
-    columns whose held-out rates :func:`cross_validated_flags` measures."""
-    return torch.cat([scores, scores.amax(dim=1, keepdim=True)], dim=1)
-
-
-@dataclass
-class Detection:
-    """``scores`` n×S (one column per score), ``joint`` (n,) their maximum, ``flags`` n×S and
-    ``joint_flag`` (n,) bool: score above the fitted threshold (``joint_flag``: flagged)."""
-
-    scores: torch.Tensor
-    joint: torch.Tensor
-    flags: torch.Tensor
-    joint_flag: torch.Tensor
-
-
-@dataclass
-class Thresholds:
-    """A fitted state: the (S,) thresholds of the score columns, the joint score's threshold and
-    the false-positive rate they were fitted at.
-
-    Example:
-        >>> Thresholds.fit(torch.arange(10.0)[:, None], 0.1).joint
-        8.0
-    """
-
-    columns: torch.Tensor
-    joint: float
-    fpr: float
-
-    @classmethod
-    def fit(cls, scores: torch.Tensor, fpr: float) -> Thresholds:
-        """Each column's threshold and the joint one (:func:`threshold_at_fpr`) for n×S benign
-        ``scores``."""
-        return cls(torch.tensor([threshold_at_fpr(scores[:, j], fpr)
-                                 for j in range(scores.shape[1])], device=scores.device),
-                   threshold_at_fpr(scores.amax(dim=1), fpr), float(fpr))
-
-    def decide(self, scores: torch.Tensor) -> Detection:
-        """Flags for n×S ``scores``."""
-        joint = scores.amax(dim=1)
-        return Detection(scores, joint, scores > self.columns.to(scores.device),
-                         joint > self.joint)
 
 
 class Detector(ABC):
@@ -218,10 +138,19 @@ class Detector(ABC):
     def fit_scores(self, scores: torch.Tensor, fpr: float = 0.05) -> Detector:
         """:meth:`fit` from precomputed n×S benign ``scores`` (columns in :attr:`names`
         order)."""
+        self.fit_held_out(scores, fpr, folds=0)
+        return self
+
+    def fit_held_out(self, scores: torch.Tensor, fpr: float = 0.05, folds: int = 10,
+                     seed: int = 0) -> ThresholdFit:
+        """:meth:`fit_scores`, returning the thresholds with each benign image's held-out flags
+        by a seeded ``folds``-fold cross-validation
+        (:func:`~adv2.detection.thresholds.fit_thresholds`; none for ``folds`` < 2)."""
         if scores.ndim != 2 or scores.shape[1] != len(self.names):
             raise ValueError(f"expected n×{len(self.names)} scores, got {tuple(scores.shape)}")
-        self.calibration = Thresholds.fit(scores, fpr)
-        return self
+        fit = fit_thresholds(scores, fpr, folds, seed)
+        self.calibration = fit.thresholds
+        return fit
 
     def set_thresholds(self, thresholds: Sequence[float], joint: float, fpr: float) -> None:
         """Install thresholds (one per column, in order) and the joint threshold."""

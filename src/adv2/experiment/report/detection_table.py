@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from adv2.attacks import DISPLAY_NAMES
-from adv2.detection import Thresholds, cross_validated_flags, with_joint
+from adv2.detection import fit_thresholds, held_out_folds
 from adv2.experiment import detection
 from adv2.experiment.config import ExperimentConfig
 from adv2.experiment.images import ImageSet
@@ -36,8 +36,8 @@ def detection_table(cfg: ExperimentConfig, store: Store, data: ImageSet,
                          if r.meta["success"]]
                 for i in cfg.interpreters for a in cfg.attacks_for(i)}
     columns = [f"benign (n={len(benign)})"]
-    folds = min(10, len(benign))
-    if folds >= 2:
+    folds = held_out_folds(len(benign), 10)
+    if folds:
         columns.append(f"benign held out ({folds}-fold)")
     columns += [f"{DISPLAY_NAMES[a]} {i} (n={len(ok)})" for (i, a), ok in attacked.items()]
     table = Table("detection", "Detection rate of successful adversarial images (thresholds at "
@@ -59,12 +59,13 @@ def detection_table(cfg: ExperimentConfig, store: Store, data: ImageSet,
             continue
         names = benign[0].meta["columns"][name]
         scores = _scores(benign, name)
-        fitted = Thresholds.fit(scores, fpr)
-        rates = [_rates(fitted, scores)]
-        if folds >= 2:  # held-out rate: each image against thresholds fitted without its fold
-            rates.append(cross_validated_flags(with_joint(scores), fpr, folds, cfg.seed)
-                         .float().mean(dim=0).tolist())
-        rates += [_rates(fitted, _scores(ok, name)) if ok else None for ok in attacked.values()]
+        fit = fit_thresholds(scores, fpr, folds, cfg.seed)
+        fitted = fit.thresholds
+        rates = [fitted.decide(scores).rates()]
+        if fit.held_out is not None:  # each image against thresholds fitted without its fold
+            rates.append(list(fit.held_out_fpr(names).values()))
+        rates += [fitted.decide(_scores(ok, name)).rates() if ok else None
+                  for ok in attacked.values()]
         rows = [*names, "joint"] if len(names) > 1 else names
         thresholds = [*fitted.columns.tolist(), fitted.joint]
         for j, row in enumerate(rows):
@@ -81,8 +82,3 @@ def detection_table(cfg: ExperimentConfig, store: Store, data: ImageSet,
 
 def _scores(records: list[Record], detector: str) -> torch.Tensor:
     return torch.tensor([r.meta["scores"][detector] for r in records], dtype=torch.float32)
-
-
-def _rates(fitted: Thresholds, scores: torch.Tensor) -> list[float]:
-    found = fitted.decide(scores)
-    return [*found.flags.float().mean(dim=0).tolist(), float(found.joint_flag.float().mean())]
