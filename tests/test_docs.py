@@ -61,7 +61,7 @@ def test_readme_is_short_and_its_links_exist() -> None:
 
 
 def test_the_experiment_page_documents_every_key() -> None:
-    from adv2.experiment.config import config_keys
+    from adv2.experiment.config_keys import config_keys
 
     page = (ROOT / "docs" / "experiment.md").read_text()
     rows = re.findall(r"^\| `([a-z_.]+)` \|", page, flags=re.M)
