@@ -170,7 +170,7 @@ def test_missing_images_and_only_corrupt_files(tmp_path, monkeypatch) -> None:
     from conftest import make_tiny_model
 
     # the exit codes do not depend on the model: a tiny one keeps this fast
-    monkeypatch.setattr(cli, "load_model", lambda *args: make_tiny_model(0, 1000))
+    monkeypatch.setattr(cli.attack, "load_model", lambda *args: make_tiny_model(0, 1000))
     assert cli.main(["attack", "--images", str(tmp_path / "absent"),
                      "--out", str(tmp_path / "o1")]) == 2
     bad = tmp_path / "bad"
@@ -194,7 +194,7 @@ def test_mask_strategy_and_interpreter_settings(tmp_path, monkeypatch, caplog) -
     unknown setting exits 2 naming it."""
     from conftest import make_tiny_model
 
-    monkeypatch.setattr(cli, "load_model", lambda *args: make_tiny_model(0, 1000))
+    monkeypatch.setattr(cli.attack, "load_model", lambda *args: make_tiny_model(0, 1000))
     images = _make_images(tmp_path / "images")
     common = ["attack", "--images", str(images), "--interpreter", "mask", "--limit", "1",
               "--steps", "2", "--warm-steps", "1", "--mask-strategy", "alt"]
@@ -216,7 +216,7 @@ def test_mask_strategy_and_interpreter_settings(tmp_path, monkeypatch, caplog) -
 
 
 def test_interpreter_settings_read_booleans_and_none_in_any_case() -> None:
-    parse_setting = cli.parse_setting
+    from adv2.key_value import parse_setting
     assert parse_setting("attack_exact=False") == ("attack_exact", False)
     assert parse_setting("relu=true") == ("relu", True)
     assert parse_setting("internal_batch_size=None") == ("internal_batch_size", None)

@@ -153,7 +153,7 @@ def test_python_api_and_cli_build_the_same_attack(name, tmp_path, monkeypatch) -
     model, interpreter = {p[1].name: p for p in _interpreters(tmp_path)}[name]
     args = cli.build_parser().parse_args(["attack", "--interpreter", name, "--images", "x",
                                           "--out", "y"])
-    from_cli = pipeline.build_attack(cli._config(args), model, interpreter)
+    from_cli = pipeline.build_attack(cli.attack.attack_config(args), model, interpreter)
     from_python = ADV2.for_interpreter(model, interpreter)
     assert from_cli.config() == from_python.config()
     assert from_python.steps == type(interpreter).attack_defaults["steps"]
@@ -161,7 +161,7 @@ def test_python_api_and_cli_build_the_same_attack(name, tmp_path, monkeypatch) -
     args = cli.build_parser().parse_args(["attack", "--interpreter", name, "--images", "x",
                                           "--out", "y", "--steps", "7", "--lam", "3",
                                           "--lam-search", "2"])
-    assert pipeline.build_attack(cli._config(args), model, interpreter).config() \
+    assert pipeline.build_attack(cli.attack.attack_config(args), model, interpreter).config() \
         == tuned.config()
 
 
@@ -172,7 +172,7 @@ def test_python_api_and_cli_apply_the_same_support_defaults(name, tmp_path) -> N
     for support in ("edges", "target-map:0.3"):
         args = cli.build_parser().parse_args(["attack", "--interpreter", name, "--images", "x",
                                               "--out", "y", "--support", support])
-        from_cli = pipeline.build_attack(cli._config(args), model, interpreter)
+        from_cli = pipeline.build_attack(cli.attack.attack_config(args), model, interpreter)
         from_python = ADV2.for_interpreter(model, interpreter, support=support)
         assert from_cli.config() == from_python.config()
         confined = {**cls.attack_defaults, **cls.support_attack_defaults}
@@ -184,7 +184,7 @@ def test_python_api_and_cli_apply_the_same_support_defaults(name, tmp_path) -> N
     tuned = ADV2.for_interpreter(model, interpreter, support="edges", steps=7)
     args = cli.build_parser().parse_args(["attack", "--interpreter", name, "--images", "x",
                                           "--out", "y", "--support", "edges", "--steps", "7"])
-    assert pipeline.build_attack(cli._config(args), model, interpreter).config() \
+    assert pipeline.build_attack(cli.attack.attack_config(args), model, interpreter).config() \
         == tuned.config()
     assert tuned.steps == 7
 

@@ -118,9 +118,9 @@ def toy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     (tmp_path / "plugin" / "toymod.py").write_text(TOY_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path / "plugin"))
     monkeypatch.delitem(sys.modules, "toymod", raising=False)
-    monkeypatch.setattr(cli, "load_model", lambda *args: make_tiny_model(0))
+    monkeypatch.setattr(cli.attack, "load_model", lambda *args: make_tiny_model(0))
     monkeypatch.setattr(runner, "load_model", lambda *args: make_tiny_model(0))
-    monkeypatch.setattr(cli, "load_dataset", functools.partial(load_dataset, size=32))
+    monkeypatch.setattr(cli.attack, "load_dataset", functools.partial(load_dataset, size=32))
     return TOY
 
 

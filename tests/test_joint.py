@@ -133,7 +133,7 @@ def test_the_command_line_reports_every_member(tmp_path, monkeypatch) -> None:
     """results.csv's iou_<name>/l1_<name> equal the single interpreter recomputed on adv.png;
     summary.json's per_interpreter their means."""
     model = make_tiny_model(0, 1000)
-    monkeypatch.setattr(cli, "load_model", lambda *args: model)
+    monkeypatch.setattr(cli.attack, "load_model", lambda *args: model)
     images, out = _images(tmp_path / "images"), tmp_path / "out"
     assert cli.main(["attack", "--images", str(images), "--out", str(out), "--interpreter",
                      "cam+grad", "--steps", "3", "--warm-steps", "2",
@@ -169,7 +169,7 @@ def test_the_command_line_reports_every_member(tmp_path, monkeypatch) -> None:
 ])
 def test_bad_members_exit_2_naming_them(tmp_path, monkeypatch, capsys, caplog, args,
                                        message) -> None:
-    monkeypatch.setattr(cli, "load_model", lambda *a: make_tiny_model(0, 1000))
+    monkeypatch.setattr(cli.attack, "load_model", lambda *a: make_tiny_model(0, 1000))
     images = _images(tmp_path / "images")
     try:
         code = cli.main(["attack", "--images", str(images), "--out", str(tmp_path / "o"),

@@ -53,9 +53,9 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 def tiny(monkeypatch: pytest.MonkeyPatch) -> None:
     """``adv2 attack`` and ``adv2 run`` on the tiny model (and ``adv2 attack`` on 32×32
     crops)."""
-    monkeypatch.setattr(cli, "load_model", lambda *args: make_tiny_model(0))
+    monkeypatch.setattr(cli.attack, "load_model", lambda *args: make_tiny_model(0))
     monkeypatch.setattr(runner, "load_model", lambda *args: make_tiny_model(0))
-    monkeypatch.setattr(cli, "load_dataset", functools.partial(load_dataset, size=32))
+    monkeypatch.setattr(cli.attack, "load_dataset", functools.partial(load_dataset, size=32))
 
 
 def _experiment(root: Path, **settings: object) -> Path:

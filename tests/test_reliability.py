@@ -83,7 +83,7 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny1000(monkeypatch) -> Classifier:
     model = make_tiny_model(0, 1000)
-    monkeypatch.setattr(cli, "load_model", lambda *args: model)
+    monkeypatch.setattr(cli.attack, "load_model", lambda *args: model)
     return model
 
 
@@ -184,7 +184,7 @@ def _nan_for_black(x: torch.Tensor) -> torch.Tensor:
 def test_non_finite_outputs_are_errors_never_metrics(tmp_path, monkeypatch) -> None:
     tiny = make_tiny_model(0, 1000)
     model = Classifier(tiny.body, tiny.head, tiny.linear, _nan_for_black, "broken")
-    monkeypatch.setattr(cli, "load_model", lambda *args: model)
+    monkeypatch.setattr(cli.attack, "load_model", lambda *args: model)
     images = tmp_path / "images"
     images.mkdir()
     pictures = make_images(3)

@@ -29,7 +29,7 @@ import sys, time
 from conftest import make_tiny_model
 from adv2 import cli, pipeline
 model = make_tiny_model(0, 1000)
-cli.load_model = lambda *args: model
+cli.attack.load_model = lambda *args: model
 real = pipeline.attack_batch
 def slow(*args):
     time.sleep(0.5)
@@ -42,7 +42,7 @@ sys.exit(cli.main(sys.argv[1:]))
 @pytest.fixture
 def tiny1000(monkeypatch):
     model = make_tiny_model(0, 1000)
-    monkeypatch.setattr(cli, "load_model", lambda *args: model)
+    monkeypatch.setattr(cli.attack, "load_model", lambda *args: model)
     monkeypatch.setattr(runner, "load_model", lambda *args: model)
     return model
 

@@ -106,7 +106,7 @@ def test_support_names_are_parsed_and_bad_ones_named(tmp_path) -> None:
 
 def test_cli_support_is_recorded_drawn_and_bad_ones_refused(tmp_path, monkeypatch,
                                                              caplog) -> None:
-    monkeypatch.setattr(cli, "load_model", lambda *args: make_tiny_model(0, 1000))
+    monkeypatch.setattr(cli.attack, "load_model", lambda *args: make_tiny_model(0, 1000))
     images = tmp_path / "images"
     (images / "sub").mkdir(parents=True)
     for name, picture in zip(["a.png", "sub/b.png"], make_images(2, seed=3, size=128)):

@@ -1,4 +1,5 @@
-"""Figures: grids of images and maps, shared by ``adv2 attack``, ``adv2 run`` and the demo."""
+"""Figures: grids of images and maps, shared by ``adv2 attack``, ``adv2 run`` and the demo, and
+the demo's figure."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from adv2.data import imagenet_classes  # noqa: E402
 
@@ -49,3 +51,23 @@ def figure(path: Path, clean: np.ndarray, adv: np.ndarray, maps: dict[str, np.nd
            title: str) -> None:
     """Clean image, adversarial image and each named map, in one row."""
     panel_grid(path, [[("clean", clean), ("adversarial", adv), *maps.items()]], title)
+
+
+def demo_figure(out: Path, names: list[str]) -> None:
+    """``out/demo.png``: one row per image attacked in both ``out/pgd`` and ``out/adv2`` (the
+    output folders of ``adv2 demo``): clean, PGD image, ADV² image, benign map, PGD map, ADV² map.
+    """
+    rows = []
+    for name in names:
+        pgd, adv = out / "pgd" / "samples" / name, out / "adv2" / "samples" / name
+        if not (pgd.is_dir() and adv.is_dir()):
+            continue
+        rows.append([
+            (name, np.asarray(Image.open(pgd / "clean.png"))),
+            ("PGD image", np.asarray(Image.open(pgd / "adv.png"))),
+            ("ADV² image", np.asarray(Image.open(adv / "adv.png"))),
+            ("benign CAM", np.load(adv / "benign_map.npy")),
+            ("PGD CAM", np.load(pgd / "adv_map.npy")),
+            ("ADV² CAM", np.load(adv / "adv_map.npy")),
+        ])
+    panel_grid(out / "demo.png", rows, dpi=70)
