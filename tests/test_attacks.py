@@ -856,3 +856,20 @@ def test_a_registered_toy_attack_is_built_from_settings(tiny_model, images, unmo
     targets = torch.arange(len(images)) % N_CLASSES
     result = built(images, targets)
     assert np.array_equal(result.adv, images) and result.linf.max() == 0
+
+
+def test_configs_record_their_settings_in_field_order(tiny_model) -> None:
+    """config() is the attack's recorded fields (settings.recorded), in the order of the
+    records: the model, the hooks and the warm start's knobs are no recorded setting."""
+    from adv2.attacks.settings import describe
+
+    pgd = PGD(tiny_model, CAM(tiny_model), stop_on_success=True)
+    assert list(pgd.config()) == ["attack", "eps", "step_size", "steps", "random_start",
+                                  "seed", "loss"]
+    assert pgd.config()["loss"] == {"name": "CrossEntropy"}
+    adv2 = ADV2(tiny_model, CAM(tiny_model), observer=print)
+    assert list(adv2.config()) == ["attack", "eps", "steps", "lam", "pred_loss", "map_loss",
+                                   "optimizer", "step_scale", "step_search", "warm_steps",
+                                   "warm_confidence", "patience", "lam_search", "interpreter"]
+    assert adv2.config()["lam"] == {"name": "Linear", "start": 5.0, "end": 10.0}
+    assert describe([adv2]) == [adv2.config()]  # a part with a config() describes itself

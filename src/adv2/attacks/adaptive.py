@@ -22,8 +22,8 @@ entry): settings with ``adaptive`` (detector files) build it from the ADV² they
 
 from __future__ import annotations
 
-from dataclasses import KW_ONLY, dataclass, replace
-from typing import TYPE_CHECKING, Any, Sequence
+from dataclasses import KW_ONLY, dataclass, field, replace
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -33,12 +33,10 @@ from adv2.attacks.criteria import Composable, TargetPredicted
 from adv2.attacks.pgd import PGD
 from adv2.attacks.result import AttackResult, Images, as_batch
 from adv2.attacks.schedules import Scaled
+from adv2.attacks.settings import NOT_RECORDED, AttackSettings, recorded
 from adv2.detection import BitDepth, Detector, Guard, SqueezeGuard, Squeezer, load_detector
 from adv2.interpreters import Interpreter
 from adv2.models import device_of
-
-if TYPE_CHECKING:
-    from adv2.attacks.settings import AttackSettings
 
 #: the joint stage of adaptive ADV²: longer, no early stop, and no λ search unless asked for
 #: (:meth:`AdaptiveADV2.settings_defaults`; the dataclass's own default ``steps`` is this one)
@@ -113,9 +111,9 @@ class AdaptiveADV2:
         >>> AdaptiveADV2(ADV2.for_interpreter(model, cam), [squeeze, ensemble])  # doctest: +SKIP
     """
 
-    attack: ADV2
-    detector: Detector | Sequence[Detector]
-    columns: Sequence[int] | None = None
+    attack: ADV2 = field(metadata=NOT_RECORDED)  # recorded as the base, the detectors' guards
+    detector: Detector | Sequence[Detector] = field(metadata=NOT_RECORDED)
+    columns: Sequence[int] | None = field(default=None, metadata=NOT_RECORDED)
     _: KW_ONLY
     margin: float = 0.9
     weight: float = 3.0
@@ -159,13 +157,10 @@ class AdaptiveADV2:
 
     def config(self) -> dict:
         """The attack's settings, as recorded beside its results."""
+        # two_stage, in its place among the fields: whether the bit-depth algorithm runs
         return {"attack": "adaptive-adv2", "base": self.attack.config(),
-                "guards": [guard.config() for guard in self.guards],
-                "margin": self.margin, "weight": self.weight,
-                "steps": self.steps, "patience": self.patience, "lam_scale": self.lam_scale,
-                "two_stage": self.two_stage and self.bit_depth is not None,
-                "match_weight": self.match_weight, "stage1_steps": self.stage1_steps,
-                "stage1_confidence": self.stage1_confidence}
+                "guards": [guard.config() for guard in self.guards], **recorded(self),
+                "two_stage": self.two_stage and self.bit_depth is not None}
 
     @property
     def bit_depth(self) -> BitDepth | None:

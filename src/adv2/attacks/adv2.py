@@ -18,7 +18,7 @@ from adv2.attacks.optimizers import OPTIMIZERS, Optimizer, SignStep
 from adv2.attacks.pgd import PGD
 from adv2.attacks.result import AttackResult, Images, as_batch, home_of, judge
 from adv2.attacks.schedules import Linear, Schedule, parse_schedule
-from adv2.attacks.settings import AttackSettings, describe
+from adv2.attacks.settings import NOT_RECORDED, AttackSettings, recorded
 from adv2.attacks.step_search import MarginStepSearch
 from adv2.interpreters import Interpreter
 from adv2.interpreters.plugins import require_differentiable
@@ -68,8 +68,8 @@ class ADV2:
         >>> result = attack(images, targets)                  # doctest: +SKIP
     """
 
-    model: torch.nn.Module
-    interpreter: Interpreter
+    model: torch.nn.Module = field(metadata=NOT_RECORDED)
+    interpreter: Interpreter = field(metadata=NOT_RECORDED)  # recorded last, by its config
     _: KW_ONLY
     eps: float = 8 / 255
     steps: int = 100
@@ -79,13 +79,13 @@ class ADV2:
     optimizer: Optimizer = field(default_factory=SignStep)
     step_scale: Schedule | None = None
     step_search: MarginStepSearch | None = None
-    penalties: tuple[Penalty, ...] = ()
-    criterion: Criterion = field(default_factory=TargetPredicted)
+    penalties: tuple[Penalty, ...] = field(default=(), metadata=NOT_RECORDED)
+    criterion: Criterion = field(default_factory=TargetPredicted, metadata=NOT_RECORDED)
     warm_steps: int = 50
     warm_confidence: float = 0.5
     patience: int | None = 20
     lam_search: LamSearch | None = None
-    observer: Callable[[Judgement], None] | None = None
+    observer: Callable[[Judgement], None] | None = field(default=None, metadata=NOT_RECORDED)
 
     def __post_init__(self) -> None:
         if self.interpreter is not None:
@@ -156,11 +156,4 @@ class ADV2:
 
     def config(self) -> dict:
         """The attack's settings, as recorded beside its results."""
-        return {"attack": "adv2", "eps": self.eps, "steps": self.steps,
-                "lam": describe(self.lam), "pred_loss": describe(self.pred_loss),
-                "map_loss": describe(self.map_loss), "optimizer": describe(self.optimizer),
-                "step_scale": describe(self.step_scale),
-                "step_search": describe(self.step_search), "warm_steps": self.warm_steps,
-                "warm_confidence": self.warm_confidence, "patience": self.patience,
-                "lam_search": describe(self.lam_search),
-                "interpreter": self.interpreter.config()}
+        return {"attack": "adv2", **recorded(self), "interpreter": self.interpreter.config()}

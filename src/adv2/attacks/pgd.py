@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -15,13 +15,10 @@ from adv2.attacks.lattice import project, quantise
 from adv2.attacks.losses import PREDICTION_LOSSES, CrossEntropy, PredictionLoss
 from adv2.attacks.optimizers import SignStep
 from adv2.attacks.result import AttackResult, Images, as_batch, home_of, judge
-from adv2.attacks.settings import describe
+from adv2.attacks.settings import NOT_RECORDED, AttackSettings, recorded
 from adv2.attacks.support import lattice_bound
 from adv2.interpreters import Interpreter
 from adv2.models import device_of
-
-if TYPE_CHECKING:
-    from adv2.attacks.settings import AttackSettings
 
 #: targeted PGD: 100 sign steps of 1/255 on the cross entropy
 PGD_DEFAULTS: dict[str, Any] = {"steps": 100, "optimizer": "sign", "lr": 1 / 255,
@@ -54,16 +51,16 @@ class PGD:
         >>> result = PGD(model, cam, eps=8 / 255)(images, targets, benign)  # doctest: +SKIP
     """
 
-    model: torch.nn.Module
-    interpreter: Interpreter | None = None
+    model: torch.nn.Module = field(metadata=NOT_RECORDED)
+    interpreter: Interpreter | None = field(default=None, metadata=NOT_RECORDED)
     _: KW_ONLY
     eps: float = 8 / 255
     step_size: float = 1 / 255
     steps: int = 100
     random_start: bool = False
     seed: int = 0
-    stop_on_success: bool = False
-    min_confidence: float = 0.0
+    stop_on_success: bool = field(default=False, metadata=NOT_RECORDED)  # a warm start's
+    min_confidence: float = field(default=0.0, metadata=NOT_RECORDED)
     loss: PredictionLoss = field(default_factory=CrossEntropy)
 
     @staticmethod
@@ -114,7 +111,5 @@ class PGD:
 
     def config(self) -> dict:
         """The attack's settings, as recorded beside its results."""
-        return {"attack": "pgd", "eps": self.eps, "step_size": self.step_size,
-                "steps": self.steps, "random_start": self.random_start, "seed": self.seed,
-                "loss": describe(self.loss)}
+        return {"attack": "pgd", **recorded(self)}
 

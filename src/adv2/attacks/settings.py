@@ -208,16 +208,34 @@ class AttackSettings:
         return self.entry().build(self, model, interpreter)
 
 
+#: the metadata of a dataclass field that is no recorded setting (an attack's model, its hooks,
+#: a part its ``config()`` records under another key): :func:`recorded` leaves it out
+NOT_RECORDED = {"recorded": False}
+
+
 def describe(part: Any) -> Any:
     """A JSON-ready description of an attack's component (loss, optimiser, schedule, ...):
-    its class name and settings, for the configuration an attack records."""
+    its class name and settings, for the configuration an attack records; a part with a
+    ``config()`` (an interpreter, a guard, an attack) describes itself by it."""
     if part is None or isinstance(part, (bool, int, float, str)):
         return part
     if isinstance(part, (tuple, list)):
         return [describe(p) for p in part]
+    if callable(getattr(part, "config", None)):
+        return part.config()
     if is_dataclass(part):
-        return {"name": type(part).__name__,
-                **{f.name: describe(getattr(part, f.name)) for f in fields(part)}}
+        return {"name": type(part).__name__, **recorded(part)}
     settings = {k: describe(v) for k, v in vars(part).items()
                 if not k.startswith("_") and isinstance(v, (bool, int, float, str, tuple))}
     return {"name": type(part).__name__, **settings}
+
+
+def recorded(part: Any) -> dict[str, Any]:
+    """The settings of a dataclass as its record holds them: each field's :func:`describe`,
+    in field order, but those whose metadata is :data:`NOT_RECORDED`.
+
+    Example:
+        >>> {"attack": "pgd", **recorded(PGD(model))}  # PGD.config()  # doctest: +SKIP
+    """
+    return {f.name: describe(getattr(part, f.name)) for f in fields(part)
+            if f.metadata.get("recorded", True)}

@@ -12,7 +12,7 @@ from adv2 import metrics
 from adv2.attacks.lattice import project, quantise
 from adv2.attacks.losses import MapLoss, MapMSE
 from adv2.attacks.result import Attack, AttackResult, Images, as_batch, home_of
-from adv2.attacks.settings import describe
+from adv2.attacks.settings import NOT_RECORDED, recorded
 from adv2.attacks.support import lattice_bound
 from adv2.blackbox.oracle import Answer, Oracle
 
@@ -52,10 +52,11 @@ class RandomSearch:
         and the start's included. lam: the weight of the map term. p_init: the first square's
         fraction of the image. kappa: how far beyond the decision boundary the margin still
         counts. stop_iou, patience: stopping (None: off). seed: the search's draws
-        (``torch.Generator`` on the host, so every device agrees). start: an attack on local
-        surrogates, never the attacked model (:class:`~adv2.blackbox.transfer.TransferAttack`),
-        whose images start the search (None: Square's vertical stripes); with ``queries`` 0
-        its images are the result (transfer alone). map_loss: the map distance.
+        (``torch.Generator`` on the host, so every device agrees). map_loss: the map
+        distance. start: an attack on local surrogates, never the attacked model
+        (:class:`~adv2.blackbox.transfer.TransferAttack`), whose images start the search
+        (None: Square's vertical stripes); with ``queries`` 0 its images are the result
+        (transfer alone).
 
     Shape:
         x: float N×3×H×W in [0,1], or uint8 N×H×W×3; targets: (N,) long; target_maps:
@@ -71,7 +72,7 @@ class RandomSearch:
         >>> result = RandomSearch(oracle, lam=100)(images, targets)   # doctest: +SKIP
     """
 
-    oracle: Oracle
+    oracle: Oracle = field(metadata=NOT_RECORDED)  # recorded by what it answers
     _: KW_ONLY
     eps: float = 8 / 255
     queries: int = 10_000
@@ -81,8 +82,8 @@ class RandomSearch:
     stop_iou: float | None = None
     patience: int | None = None
     seed: int = 0
-    start: Attack | None = None
     map_loss: MapLoss = field(default_factory=MapMSE)
+    start: Attack | None = None
 
     def __post_init__(self) -> None:
         if self.oracle.prediction == "label":
@@ -205,8 +206,4 @@ class RandomSearch:
 
     def config(self) -> dict:
         """The attack's settings, as recorded beside its results."""
-        return {"attack": "random-search", "answers": self.oracle.answers, "eps": self.eps,
-                "queries": self.queries, "lam": self.lam, "p_init": self.p_init,
-                "kappa": self.kappa, "stop_iou": self.stop_iou, "patience": self.patience,
-                "seed": self.seed, "map_loss": describe(self.map_loss),
-                "start": None if self.start is None else self.start.config()}
+        return {"attack": "random-search", "answers": self.oracle.answers, **recorded(self)}

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from adv2.attacks.lattice import project, quantise
 from adv2.attacks.losses import MapLoss, MapMSE
 from adv2.attacks.result import AttackResult, Images, as_batch, home_of, judge
-from adv2.attacks.settings import describe
+from adv2.attacks.settings import NOT_RECORDED, recorded
 from adv2.attacks.support import lattice_bound
 from adv2.interpreters import Interpreter
 from adv2.models import Classifier, device_of
@@ -52,7 +52,7 @@ class TransferAttack:
         >>> result = start(images, targets)                               # doctest: +SKIP
     """
 
-    surrogates: Sequence[Classifier]
+    surrogates: Sequence[Classifier] = field(metadata=NOT_RECORDED)  # recorded by name
     interpreters: Sequence[Interpreter] | None = None
     _: KW_ONLY
     eps: float = 8 / 255
@@ -132,8 +132,4 @@ class TransferAttack:
     def config(self) -> dict:
         """The attack's settings, as recorded beside its results."""
         return {"attack": "transfer", "surrogates": [m.name for m in self.surrogates],
-                "interpreters": None if self.interpreters is None
-                else [i.config() for i in self.interpreters],
-                "eps": self.eps, "steps": self.steps, "lr": self.lr, "momentum": self.momentum,
-                "diversity": self.diversity, "resize": self.resize, "lam": self.lam,
-                "seed": self.seed, "map_loss": describe(self.map_loss)}
+                **recorded(self)}
