@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import load_file, make_images, make_tiny_model
 from torch.overrides import TorchFunctionMode
 
@@ -19,8 +20,10 @@ from adv2.benchmarking import (benign_and_floors, error_by_support, image_target
                                stacked, step_cost, support_fractions, surrogate_unit_costs)
 from adv2.data import Sample
 from adv2.detection import EnsembleDetector, FeatureSqueezingDetector
+from adv2.experiment import load_config, run_experiment
 from adv2.interpreters import CAM, GRAD, IG, MASK, RTS, GradCAM, Interpreter, SmoothGrad
 from adv2.rts import TrainConfig, TrainSettings, train
+from test_experiment import _tiny_config
 from test_rts import make_deep_tiny_model
 
 SRC = str(Path(adv2.__file__).parent) + "/"
@@ -136,6 +139,23 @@ def test_the_benchmarks_make_no_tensor_without_a_device() -> None:
         masks = rts_quality.centred_boxes(torch.full((3,), 0.25, device=x.device), x.shape[-1])
         rts_quality.probabilities(model, x, masks, labels, 2.0)
     assert recorder.calls == [], "\n".join(sorted(set(recorder.calls)))
+
+
+def test_adv2_run_makes_no_tensor_without_a_device(tmp_path) -> None:
+    """A tiny ``adv2 run`` (the experiment runner: CAM and GRAD × PGD and ADV², the transfer
+    stage, detection by feature squeezing and the ensemble of interpreters, the report) makes
+    no tensor without a device."""
+    cfg = _tiny_config(tmp_path)
+    cfg["detection"]["detectors"] = ["squeeze", "ensemble"]
+    cfg["attacks"] = {"pgd": {"steps": 3, "lr": "4/255"}, "adv2": {"steps": 2, "warm_steps": 3}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    recorder = FactoryRecorder()
+    with recorder:
+        summary = run_experiment(load_config(path), tmp_path / "run", progress=False)
+    assert recorder.calls == [], "\n".join(sorted(set(recorder.calls)))
+    assert summary and (tmp_path / "run" / "report" / "tables" / "transfer_iou.csv").is_file()
+    assert (tmp_path / "run" / "report" / "tables" / "detection.csv").is_file()
 
 
 def test_the_recorder_sees_a_factory_call_without_a_device() -> None:

@@ -81,4 +81,6 @@ def detection_table(cfg: ExperimentConfig, store: Store, data: ImageSet,
 
 
 def _scores(records: list[Record], detector: str) -> torch.Tensor:
-    return torch.tensor([r.meta["scores"][detector] for r in records], dtype=torch.float32)
+    """One detector's scores of ``records`` (n×columns), read from their meta on the host."""
+    return torch.tensor([r.meta["scores"][detector] for r in records], dtype=torch.float32,
+                        device="cpu")
