@@ -4,10 +4,11 @@ The embedded EfficientNet-Lite0 is attacked through a query oracle (adv2.blackbo
 ε = 8/255, benign target maps, each image's target drawn by the rule of ``adv2 attack``
 (``target_classes.per_image_targets``), at most ``--queries`` queries per image. Rows per
 interpreter: white-box ADV² (for reference), the transfer start alone (the momentum +
-input-diversity attack on the ``--surrogate`` models), the score-based random search on the prediction alone, black-box ADV² from
-Square's random start and from the transfer start, and torchattacks.Square (targeted, margin
-loss, the same images, targets, ε and budget) as the peer. Every row is judged by the true
-interpreter on the final uint8 image. Writes one Markdown page with --out.
+input-diversity attack on the ``--surrogate`` models), the score-based random search on the
+prediction alone, black-box ADV² from Square's random start and from the transfer start, and
+torchattacks.Square (targeted, margin loss, the same images, targets, ε and budget) as the peer.
+Every row is judged by the true interpreter on the final uint8 image. Writes one Markdown page
+with --out.
 
     python benchmarks/blackbox_benchmark.py --interpreters cam:20 grad:8 \
         --out docs/benchmarks/blackbox.md
@@ -21,6 +22,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -38,11 +40,23 @@ from adv2.models import describe_device, load_model
 
 DEFAULT_IMAGES = default_images(__file__)
 
+
+@dataclass(frozen=True)
+class Scored:
+    """One image's numbers in a row: success, IoU (per k), L1 and the queries it spent (None:
+    a white-box attack), judged by the true interpreter on the uint8 image."""
+
+    success: bool
+    iou: list[float]
+    l1: float
+    queries: int | None
+
 EXPLANATION = (
     "White-box ADV² differentiates the model and the interpreter (`adv2 attack`, its default "
     "settings) and is the reference. Every other row sees only the oracle: the probabilities "
     "(`--answers scores`, the random search and Square) or the probabilities and the map of "
-    "the predicted class (`scores+map`, black-box ADV²). The transfer start is a targeted momentum + input-diversity "
+    "the predicted class (`scores+map`, black-box ADV²). The transfer start is a targeted "
+    "momentum + input-diversity "
     "attack on the surrogate models (`adv2.blackbox.TransferAttack`, 100 steps); alone it "
     "costs no query. Queries count every image the oracle answered, the start "
     "included; an image that misses its target has spent the whole budget. The random search "
@@ -52,13 +66,13 @@ EXPLANATION = (
 
 
 def attack_rows(cfg: pipeline.AttackConfig, model, interpreter, samples: list[Sample],
-                tgts: torch.Tensor, batch_size: int) -> tuple[list[dict], float]:
+                tgts: torch.Tensor, batch_size: int) -> tuple[list[Scored], float]:
     """The attack ``cfg`` describes on ``samples`` as ``adv2 attack`` runs it: each image's
-    meta and the seconds per image."""
+    numbers (from its :class:`~adv2.outcome.Outcome`) and the seconds per image."""
     attack = pipeline.build_attack(cfg, model, interpreter)
-    outputs, seconds = attack_samples(cfg, model, interpreter, attack, samples, tgts,
-                                      batch_size)
-    return [meta for _, meta in outputs], seconds
+    outcomes, seconds = attack_samples(cfg, model, interpreter, attack, samples, tgts,
+                                       batch_size)
+    return [Scored(o.success, o.iou, o.l1, o.queries) for o in outcomes], seconds
 
 
 class Counted(torch.nn.Module):
@@ -74,13 +88,13 @@ class Counted(torch.nn.Module):
 
 
 def square_rows(model, interpreter, samples: list[Sample], tgts: torch.Tensor, benign,
-                eps: float, queries: int, seed: int) -> tuple[list[dict], float]:
+                eps: float, queries: int, seed: int) -> tuple[list[Scored], float]:
     """torchattacks.Square, targeted, margin loss, p_init 0.05, one image at a time: each
     image's success, L1, IoU (the true interpreter on the uint8 image) and queries."""
     import torchattacks
 
     counted = Counted(model).eval()
-    metas, start = [], time.time()
+    scored, start = [], time.time()
     for j, s in enumerate(samples):
         x = to_tensor(s.image).to(model.device)
         t = tgts[j:j + 1]
@@ -92,22 +106,21 @@ def square_rows(model, interpreter, samples: list[Sample], tgts: torch.Tensor, b
         spent = counted.images
         result = judge(adv, x, t, model, torch.zeros(1, device=x.device), interpreter,
                        benign[j:j + 1])
-        metas.append({"success": bool(result.success[0]), "l1": float(result.l1[0]),
-                      "iou": result.iou[0].tolist(), "queries": spent,
-                      "linf": int(result.linf[0])})
+        scored.append(Scored(bool(result.success[0]), result.iou[0].tolist(),
+                            float(result.l1[0]), spent))
     model.eval()
-    return metas, (time.time() - start) / len(samples)
+    return scored, (time.time() - start) / len(samples)
 
 
-def row(name: str, label: str, metas: list[dict], seconds: float | None) -> str:
+def row(name: str, label: str, scored: list[Scored], seconds: float | None) -> str:
     """One table row: success, IoU, L1, queries (median, mean), seconds per image."""
-    iou = [float(np.mean(m["iou"])) for m in metas]
-    spent = [m["queries"] for m in metas] if "queries" in metas[0] else None
+    iou = [float(np.mean(m.iou)) for m in scored]
+    spent = [m.queries for m in scored] if scored[0].queries is not None else None
     queries = (f"{statistics.median(spent):.0f} | {statistics.mean(spent):.0f}" if spent
                else "| ")
-    return (f"| {name} | {label} | {len(metas)} | "
-            f"{np.mean([float(m['success']) for m in metas]):.3f} | {np.mean(iou):.3f} | "
-            f"{np.mean([m['l1'] for m in metas]):.4f} | {queries} | "
+    return (f"| {name} | {label} | {len(scored)} | "
+            f"{np.mean([float(m.success) for m in scored]):.3f} | {np.mean(iou):.3f} | "
+            f"{np.mean([m.l1 for m in scored]):.4f} | {queries} | "
             + (f"{seconds:.1f} |" if seconds is not None else " |"))
 
 
@@ -125,8 +138,9 @@ def runs(surrogate: str, queries: int, seed: int) -> list[tuple[str, dict | None
     ]
 
 
-def measure(args: argparse.Namespace, name: str, n: int, label: str) -> tuple[list[dict], float]:
-    """One row on the first ``n`` selected images: each image's meta, seconds per image (in a
+def measure(args: argparse.Namespace, name: str, n: int,
+            label: str) -> tuple[list[Scored], float]:
+    """One row on the first ``n`` selected images: each image's numbers, seconds per image (in a
     worker process of its own with ``--jobs`` > 1, one torch thread each)."""
     if args.jobs > 1:
         torch.set_num_threads(1)
@@ -191,22 +205,22 @@ def main(argv: list[str] | None = None) -> int:
     for name, n in plan:
         lines += floors(args, name, n)
         for label, _ in runs(args.surrogate, args.queries, args.seed):
-            metas, seconds = measured[name, n, label]
-            lines.append(row(name, label, metas, seconds))
+            scored, seconds = measured[name, n, label]
+            lines.append(row(name, label, scored, seconds))
         ours = measured[name, n, "random search (prediction only)"][0]
         square = measured[name, n, "torchattacks.Square (prediction only)"][0]
-        both = [(a["queries"], b["queries"]) for a, b in zip(ours, square)
-                if a["success"] and b["success"]]
+        both = [(a.queries, b.queries) for a, b in zip(ours, square)
+                if a.success and b.success]
         if both:
             ratio = statistics.median(a / b for a, b in both)
             notes.append(f"{name}: random search / torchattacks.Square queries per image, on "
                          f"the {len(both)} images both attacks fooled: median ratio {ratio:.2f}")
         for label, _ in runs(args.surrogate, args.queries, args.seed)[1:]:
-            metas = measured[name, n, label][0]
+            scored = measured[name, n, label][0]
             notes.append(f"{name} {label}, per image: success " + "".join(
-                str(int(m["success"])) for m in metas) + "; IoU " + " ".join(
-                f"{np.mean(m['iou']):.2f}" for m in metas) + "; queries " + " ".join(
-                str(m["queries"]) for m in metas))
+                str(int(m.success)) for m in scored) + "; IoU " + " ".join(
+                f"{np.mean(m.iou):.2f}" for m in scored) + "; queries " + " ".join(
+                str(m.queries) for m in scored))
 
     report = [
         "# Black-box attacks: " + ", ".join(name for name, _ in plan),

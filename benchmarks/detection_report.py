@@ -38,6 +38,7 @@ from adv2.detection import SQUEEZER_NAMES, FeatureSqueezingDetector
 from adv2.experiment.tables import Table
 from adv2.interpreters import INTERPRETERS, Interpreter, build_interpreter
 from adv2.models import Classifier, describe_device, load_model
+from adv2.preparation import predict
 
 DEFAULT_IMAGES = default_images(__file__)
 #: Xu et al.'s (NDSS 2018) joint detector for ImageNet
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     benign_idx, pool_idx = split(len(samples), args.benign, args.seed, fitted)
     detectors = Detectors(model, args.squeezers, images[benign_idx], args.fpr, args.folds,
                           args.seed)
-    pool_pred = pipeline.predict(model, images[pool_idx], 25).argmax(1).cpu().numpy()
+    pool_pred = predict(model, images[pool_idx], 25).argmax(1).cpu().numpy()
     correct = pool_idx[pool_pred == labels[pool_idx]]
     table4, table5 = tables(args)
     for spec, (name, n) in zip(args.interpreters, interpreter_plan(args.interpreters)):

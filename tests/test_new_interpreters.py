@@ -19,6 +19,7 @@ from adv2.interpreters import gradcam as gradcam_module
 from adv2.interpreters.grad import gradient_map
 from adv2.interpreters.smoothgrad import gaussian_noise
 from adv2.models import Classifier, PoolLinear, load_model
+from adv2.outcome import Outcome
 from adv2.target_classes import choose_targets, interpreter_seeds
 from conftest import IMAGENET_SAMPLE, N_CLASSES, make_images, make_tiny_model
 
@@ -295,37 +296,37 @@ def test_attack_batch_seeds_and_rejudges_smoothgrad() -> None:
     attack_seeds = interpreter_seeds(cfg.seed, keys)
     judge_seeds = interpreter_seeds(cfg.seed, keys, judge=True)
     assert len(set(attack_seeds) | set(judge_seeds)) == 6
-    adv = np.stack([arrays["adv"] for arrays, _ in out])
-    for j, (_, meta) in enumerate(out):
-        assert meta["interpreter_seed"] == attack_seeds[j]
-        assert meta["judge_seed"] == judge_seeds[j] != attack_seeds[j]
+    adv = np.stack([o.adv for o in out])
+    for j, o in enumerate(out):
+        assert o.seeds.attack == attack_seeds[j]
+        assert o.seeds.judge == judge_seeds[j] != attack_seeds[j]
     # the reported maps are the judge's: the interpreter's maps under the judge seeds
     judge = SmoothGrad(make_tiny_model(0), **cfg.interpreter_settings)
-    judge.use_seeds([meta["judge_seed"] for _, meta in out])
+    judge.use_seeds([o.seeds.judge for o in out])
     maps = judge(to_tensor(adv), targets)
     benign = judge(to_tensor(images), labels)
-    for j, (arrays, meta) in enumerate(out):
-        np.testing.assert_allclose(arrays["map"], maps[j, 0].numpy(), atol=1e-6, rtol=0)
-        np.testing.assert_allclose(arrays["benign"], benign[j, 0].numpy(), atol=1e-6, rtol=0)
+    for j, o in enumerate(out):
+        np.testing.assert_allclose(o.map, maps[j, 0].numpy(), atol=1e-6, rtol=0)
+        np.testing.assert_allclose(o.benign, benign[j, 0].numpy(), atol=1e-6, rtol=0)
         # judged against the redrawn benign map
-        assert meta["l1"] == pytest.approx(float(metrics.l1(maps[j:j + 1], benign[j:j + 1])),
+        assert o.l1 == pytest.approx(float(metrics.l1(maps[j:j + 1], benign[j:j + 1])),
                                            abs=1e-6)
     # ... not the attack's draws, which made the target map the attack had (recorded)
     judge.use_seeds(attack_seeds)
     assert (judge(to_tensor(adv), targets) - maps).abs().amax() > 1e-2
     attacked = judge(to_tensor(images), labels)
-    for j, (arrays, _) in enumerate(out):
-        np.testing.assert_allclose(arrays["target_map"], attacked[j, 0].numpy(), atol=1e-6,
-                                   rtol=0)
-        assert np.abs(arrays["target_map"] - arrays["benign"]).max() > 1e-2
+    for j, o in enumerate(out):
+        np.testing.assert_allclose(o.target_map, attacked[j, 0].numpy(), atol=1e-6, rtol=0)
+        assert np.abs(o.target_map - o.benign).max() > 1e-2
     # a rerun records the same
     again = _pipeline_batch()[0]
-    for (arrays, meta), (arrays2, meta2) in zip(out, again):
+    for (arrays, meta), (arrays2, meta2) in (
+            (o.to_record(), o2.to_record()) for o, o2 in zip(out, again)):
         assert meta == meta2
         assert arrays.keys() == arrays2.keys()
         assert all(np.array_equal(arrays[k], arrays2[k]) for k in arrays)
     # another run seed, other seeds
-    assert _pipeline_batch(seed=4)[0][0][1]["judge_seed"] != out[0][1]["judge_seed"]
+    assert _pipeline_batch(seed=4)[0][0].seeds.judge != out[0].seeds.judge
 
 
 def test_attack_batch_with_other_target_maps_and_a_stochastic_interpreter() -> None:
@@ -342,7 +343,7 @@ def test_attack_batch_with_other_target_maps_and_a_stochastic_interpreter() -> N
     out = pipeline.attack_batch(cfg, model, interp, attack, images, labels, labels.flip(0),
                                 ["a.png", "b.png", "c.png", "d.png"],
                                 pipeline.Pool(x, labels, labels))
-    assert len(out) == 4 and all(isinstance(o, tuple) for o in out)
+    assert len(out) == 4 and all(isinstance(o, Outcome) for o in out)
 
 
 # ----------------------------------------------------------- attack values and gradients

@@ -33,8 +33,8 @@ from adv2.errors import SettingError
 from adv2.figures import class_name, figure
 from adv2.lock import FolderLock
 from adv2.provenance import versions
-from adv2.records import (Failed, Output, Record, Store, changed_keys, to_json, write_bytes,
-                          write_json)
+from adv2.outcome import Distance, Outcome
+from adv2.records import Failed, Store, changed_keys, to_json, write_bytes, write_json
 
 FIELDS = ["file", "label", "clean_pred", "target", "pred", "confidence", "success", "l1", "iou",
           "changed", "l2", "queries"]
@@ -126,95 +126,95 @@ class RunWriter:
         """The attacked images, in the order of results.csv."""
         self.names = list(names)
 
-    def save_samples(self, names: list[str], clean: np.ndarray, outputs: list[Output],
-                     attack: str) -> None:
+    def save_samples(self, names: list[str], clean: np.ndarray,
+                     outcomes: list[Outcome | Failed], attack: str) -> None:
         """Write the sample folder of each finished image of a unit (before its record)."""
-        for name, image, output in zip(names, clean, outputs):
-            if isinstance(output, Failed):
+        for name, image, outcome in zip(names, clean, outcomes):
+            if isinstance(outcome, Failed):
                 continue
-            arrays, meta = output
             folder = self.out / "samples" / name
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(folder / "clean.png")
-            Image.fromarray(arrays["adv"]).save(folder / "adv.png")
-            maps = self._panels(arrays, meta, attack)
-            if "support" in arrays:
-                maps["support"] = arrays["support"]
-                np.save(folder / "support.npy", arrays["support"])
-            np.save(folder / "benign_map.npy", arrays["benign"])
-            np.save(folder / "adv_map.npy", arrays["map"])
-            np.save(folder / "target_map.npy", arrays["target_map"])
-            row = self._row(name, meta)
+            Image.fromarray(outcome.adv).save(folder / "adv.png")
+            maps = self._panels(outcome, attack)
+            if outcome.support is not None:
+                maps["support"] = outcome.support
+                np.save(folder / "support.npy", outcome.support)
+            np.save(folder / "benign_map.npy", outcome.benign)
+            np.save(folder / "adv_map.npy", outcome.map)
+            np.save(folder / "target_map.npy", outcome.target_map)
+            row = self._row(name, outcome)
             title = (f"{name}: {class_name(row['label'])} → target {class_name(row['target'])}; "
                      f"pred {class_name(row['pred'])} ({row['confidence']:.2f}), "
                      f"L1 {row['l1']:.3f}, IoU {row['iou']:.3f}")
-            figure(folder / "figure.png", image, arrays["adv"], maps, title)
+            figure(folder / "figure.png", image, outcome.adv, maps, title)
 
     def fields(self) -> list[str]:
         """The columns of results.csv: :data:`FIELDS`, then ``iou_<name>`` and ``l1_<name>``
         of each interpreter the maps hold."""
         return FIELDS + [f"{m}_{n}" for n in self.parts for m in ("iou", "l1")]
 
-    def _panels(self, arrays: dict[str, np.ndarray], meta: dict,
-                attack: str) -> dict[str, np.ndarray]:
+    def _panels(self, outcome: Outcome, attack: str) -> dict[str, np.ndarray]:
         """The figure's maps: benign, adversarial and target map, for each member of a joint
         interpreter (its part of the concatenated maps, at its own h×w)."""
-        names = {"benign": "benign map", "map": f"{attack} map", "target_map": "target map"}
+        titles = {"benign map": outcome.benign, f"{attack} map": outcome.map,
+                  "target map": outcome.target_map}
         if len(self.parts) == 1:
-            return {title: arrays[key] for key, title in names.items()}
-        shapes = [meta["per_interpreter"][n]["shape"] for n in self.parts]
+            return titles
+        shapes = [outcome.per_interpreter[n].shape for n in self.parts]
         ends = np.cumsum([h * w for h, w in shapes])[:-1]
         panels = {}
         for name, (h, w), *pieces in zip(self.parts, shapes,
-                                         *(np.split(arrays[k].ravel(), ends) for k in names)):
+                                         *(np.split(m.ravel(), ends) for m in titles.values())):
             panels |= {f"{title} ({name})": piece.reshape(h, w)
-                       for title, piece in zip(names.values(), pieces)}
+                       for title, piece in zip(titles, pieces)}
         return panels
 
-    def _per_interpreter(self, meta: dict) -> dict[str, dict]:
-        """A record's distances per interpreter (a record written before they were kept: its
-        single interpreter's ``l1`` and ``iou``)."""
-        return meta.get("per_interpreter") or {self.parts[0]: {"l1": meta["l1"],
-                                                               "iou": meta["iou"]}}
+    def _distances(self, outcome: Outcome) -> dict[str, Distance]:
+        """An outcome's distances per interpreter (:meth:`Outcome.distances`)."""
+        return outcome.distances(self.parts[0])
 
-    def _row(self, name: str, meta: dict) -> dict:
-        parts = self._per_interpreter(meta)
-        return {"file": name, "label": meta["label"], "clean_pred": meta["clean_pred"],
-                "target": meta["target"], "pred": meta["pred"],
-                "confidence": round(meta["confidence"], 6), "success": int(meta["success"]),
-                "l1": round(meta["l1"], 6), "iou": round(float(np.mean(meta["iou"])), 6),
-                "changed": round(meta["changed"], 6), "l2": round(meta["l2"], 6),
-                "queries": meta.get("queries", ""),
-                **{f"iou_{n}": round(float(np.mean(parts[n]["iou"])), 6) for n in self.parts},
-                **{f"l1_{n}": round(parts[n]["l1"], 6) for n in self.parts}}
+    def _row(self, name: str, outcome: Outcome) -> dict:
+        parts = self._distances(outcome)
+        return {"file": name, "label": outcome.label, "clean_pred": outcome.clean_pred,
+                "target": outcome.target, "pred": outcome.pred,
+                "confidence": round(outcome.confidence, 6), "success": int(outcome.success),
+                "l1": round(outcome.l1, 6), "iou": round(outcome.iou_mean, 6),
+                "changed": round(outcome.changed, 6), "l2": round(outcome.l2, 6),
+                "queries": "" if outcome.queries is None else outcome.queries,
+                **{f"iou_{n}": round(parts[n].iou_mean, 6) for n in self.parts},
+                **{f"l1_{n}": round(parts[n].l1, 6) for n in self.parts}}
 
-    def _records(self) -> dict[str, Record]:
-        return self.store.records("", self.names)
+    def _outcomes(self) -> tuple[dict[str, Outcome], list[dict]]:
+        """The recorded outcomes in image order, and the recorded errors (file, error)."""
+        records = self.store.records("", self.names)
+        return ({n: Outcome.from_record(r) for n, r in records.items() if r.error is None},
+                [{"file": n, "error": r.error} for n, r in records.items()
+                 if r.error is not None])
 
-    def write_results(self) -> None:
-        """Rewrite results.csv from the records, in image order (atomically)."""
+    def write_results(self, outcomes: dict[str, Outcome] | None = None) -> None:
+        """Rewrite results.csv from the records (or their ``outcomes``), in image order
+        (atomically)."""
         buf = io.StringIO()
         writer = csv.DictWriter(buf, self.fields(), lineterminator="\n")
         writer.writeheader()
-        for name, record in self._records().items():
-            if record.error is None:
-                writer.writerow(self._row(name, record.meta))
+        for name, outcome in (self._outcomes()[0] if outcomes is None else outcomes).items():
+            writer.writerow(self._row(name, outcome))
         write_bytes(self.out / "results.csv", buf.getvalue().encode())
 
     def finish(self, seconds: float, ks: tuple[float, ...], clean_accuracy: float | None) -> dict:
         """Write results.csv and summary.json from the records; return the summary."""
-        self.write_results()
-        records = self._records()
-        done = [r.meta for r in records.values() if r.error is None]
-        errors = self.errors + [{"file": n, "error": r.error} for n, r in records.items()
-                                if r.error is not None]
+        outcomes, failed = self._outcomes()
+        self.write_results(outcomes)
+        done = list(outcomes.values())
+        errors = self.errors + failed
         n = len(done)
 
         def mean(values: list[float]) -> float | None:
             return float(np.mean(values)) if n else None
 
-        queries = [m["queries"] for m in done if "queries" in m]  # black-box attacks only
-        parts = [self._per_interpreter(m) for m in done]
+        queries = [o.queries for o in done if o.queries is not None]  # black-box attacks only
+        parts = [self._distances(o) for o in done]
 
         summary = {
             "model": self.config.get("model"),
@@ -222,20 +222,20 @@ class RunWriter:
             "attack": self.config.get("attack"),
             "n_images": n,
             "clean_accuracy": clean_accuracy,
-            "success_rate": mean([float(m["success"]) for m in done]),
-            "mean_confidence": mean([m["confidence"] for m in done]),
-            "l1_mean": mean([m["l1"] for m in done]),
-            "iou_mean": mean([float(np.mean(m["iou"])) for m in done]),
+            "success_rate": mean([float(o.success) for o in done]),
+            "mean_confidence": mean([o.confidence for o in done]),
+            "l1_mean": mean([o.l1 for o in done]),
+            "iou_mean": mean([o.iou_mean for o in done]),
             "iou_per_k": ({f"{k:g}": float(v) for k, v in
-                           zip(ks, np.mean([m["iou"] for m in done], axis=0))} if n else None),
+                           zip(ks, np.mean([o.iou for o in done], axis=0))} if n else None),
             "per_interpreter": {n: {
-                "iou_mean": mean([float(np.mean(p[n]["iou"])) for p in parts]),
-                "l1_mean": mean([p[n]["l1"] for p in parts])} for n in self.parts},
-            "passes_per_image": mean([m["passes"] for m in done]),
+                "iou_mean": mean([p[n].iou_mean for p in parts]),
+                "l1_mean": mean([p[n].l1 for p in parts])} for n in self.parts},
+            "passes_per_image": mean([o.passes for o in done]),
             "queries_mean": mean(queries) if queries else None,
             "queries_median": float(np.median(queries)) if queries else None,
-            "changed_mean": mean([m["changed"] for m in done]),
-            "l2_mean": mean([m["l2"] for m in done]),
+            "changed_mean": mean([o.changed for o in done]),
+            "l2_mean": mean([o.l2 for o in done]),
             "eps": self.config.get("eps"),
             "seed": self.config.get("seed"),
             "seconds": round(seconds, 2),

@@ -188,8 +188,27 @@ class Failed:
     error: str
 
 
-#: one unit of work produces, per image, (arrays, meta) or :class:`Failed`
-Output = tuple[dict[str, np.ndarray], dict] | Failed
+class Recordable(Protocol):
+    """What a unit of work produces per finished image: its record's arrays and JSON meta
+    (:class:`~adv2.outcome.Outcome`, :class:`Entry`)."""
+
+    def to_record(self) -> tuple[dict[str, np.ndarray], dict]: ...
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A finished image as a stage records it: ``arrays`` and JSON ``meta`` (the transfer and
+    detection stages' outcomes)."""
+
+    arrays: dict[str, np.ndarray]
+    meta: dict
+
+    def to_record(self) -> tuple[dict[str, np.ndarray], dict]:
+        return self.arrays, self.meta
+
+
+#: one unit of work produces, per image, a :class:`Recordable` or :class:`Failed`
+Output = Recordable | Failed
 
 
 class Shards(Protocol):
@@ -244,7 +263,7 @@ def run_units(ctx: Shards, store: Store, stage: str, units: list[list[str]],
                     log.error("%s: %s: %s", stage, name, output.error)
                     store.save_error(stage, name, output.error, {"input": digests[name]})
                 else:
-                    arrays, meta = output
+                    arrays, meta = output.to_record()
                     store.save(stage, name, arrays, {**meta, "input": digests[name]})
                     queries += meta.get("queries", 0)
             if after is not None:

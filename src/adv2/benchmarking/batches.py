@@ -9,37 +9,39 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from adv2 import pipeline
+from adv2.attack_config import AttackConfig
 from adv2.attacks import Attack
+from adv2.batch import attack_batch
 from adv2.data import Sample
 from adv2.interpreters import Interpreter
 from adv2.models import Classifier
+from adv2.outcome import Outcome
 from adv2.records import Failed
 
-#: the per-image numbers :func:`run_batches` stacks, and the arrays it keeps when present
+#: the outcomes' numbers :func:`run_batches` stacks, and the arrays it keeps when present
 NUMBERS = ("success", "confidence", "l1", "passes", "linf", "changed", "l2")
 ARRAYS = ("adv", "map", "target_map", "support")
 
 
-def attack_samples(cfg: pipeline.AttackConfig, model: Classifier, interpreter: Interpreter,
+def attack_samples(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,
                    attack: Attack, samples: list[Sample], tgts: torch.Tensor,
-                   batch_size: int) -> tuple[list[tuple[dict, dict]], float]:
-    """``pipeline.attack_batch`` (the batch body of ``adv2 attack`` and ``adv2 run``) over
-    batches of ``samples``.
+                   batch_size: int) -> tuple[list[Outcome], float]:
+    """:func:`~adv2.batch.attack_batch` (the batch body of ``adv2 attack`` and ``adv2 run``)
+    over batches of ``samples``.
 
     Arguments:
         cfg: the settings (target map, support, seed); attack: built from them; tgts: (N,)
         each sample's target class.
 
     Returns:
-        Each image's ``(arrays, meta)`` and the seconds per image. An image that failed
-        stops the benchmark (RuntimeError naming it and why).
+        Each image's :class:`~adv2.outcome.Outcome` and the seconds per image. An image that
+        failed stops the benchmark (RuntimeError naming it and why).
     """
     outputs = []
     start = time.time()
     for lo in range(0, len(samples), batch_size):
         batch = samples[lo:lo + batch_size]
-        outputs += pipeline.attack_batch(
+        outputs += attack_batch(
             cfg, model, interpreter, attack, np.stack([s.image for s in batch]),
             torch.tensor([s.label for s in batch], device=model.device), tgts[lo:lo + batch_size],
             [s.name for s in batch], None)
@@ -50,7 +52,7 @@ def attack_samples(cfg: pipeline.AttackConfig, model: Classifier, interpreter: I
     return outputs, seconds
 
 
-def run_batches(cfg: pipeline.AttackConfig, model: Classifier, interpreter: Interpreter,
+def run_batches(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,
                 attack: Attack, samples: list[Sample], tgts: torch.Tensor,
                 batch_size: int) -> tuple[dict, float]:
     """:func:`attack_samples`, each image's outcome stacked.
@@ -60,14 +62,14 @@ def run_batches(cfg: pipeline.AttackConfig, model: Classifier, interpreter: Inte
         and ``iou`` (N×k) host tensors; ``adv`` uint8 images, ``map``, ``target_map`` and, with
         a support, ``support`` arrays; and the seconds per image.
     """
-    outputs, seconds = attack_samples(cfg, model, interpreter, attack, samples, tgts,
-                                      batch_size)
-    metas = [meta for _, meta in outputs]
-    out = {k: torch.tensor([float(m[k]) for m in metas], device="cpu") for k in NUMBERS}
-    out["iou"] = torch.tensor([m["iou"] for m in metas], device="cpu")
+    outcomes, seconds = attack_samples(cfg, model, interpreter, attack, samples, tgts,
+                                       batch_size)
+    out = {k: torch.tensor([float(getattr(o, k)) for o in outcomes], device="cpu")
+           for k in NUMBERS}
+    out["iou"] = torch.tensor([o.iou for o in outcomes], device="cpu")
     for key in ARRAYS:
-        if key in outputs[0][0]:
-            out[key] = np.stack([arrays[key] for arrays, _ in outputs])
+        if getattr(outcomes[0], key) is not None:
+            out[key] = np.stack([getattr(o, key) for o in outcomes])
     return out, seconds
 
 

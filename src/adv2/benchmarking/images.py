@@ -11,7 +11,7 @@ import torch
 
 from adv2.data import Sample, load_dataset, to_tensor
 from adv2.models import Classifier
-from adv2.target_classes import per_image_targets
+from adv2.preparation import prepare_images
 
 
 def default_images(script: str | Path) -> Path:
@@ -63,22 +63,19 @@ def pick_images(model: Classifier, folder: Path, n: int, seed: int,
 
 def image_targets(model: Classifier, samples: list[Sample], seed: int) -> torch.Tensor:
     """Each sample's target class as ``adv2 attack`` and ``adv2 run`` draw it
-    (``pipeline.run``: ``per_image_targets`` of the sample keys, the labels, the number of
-    classes of the model's logits and the seed; no fixed class), on the model's device. The
-    samples come from ``load_dataset`` of the images folder, so their keys are those that
-    ``adv2 attack --images <folder>`` uses. An image without a target stops the benchmark.
+    (:func:`~adv2.preparation.prepare_images` with the seed, benign target maps and no fixed
+    class), on the model's device. The samples come from ``load_dataset`` of the images
+    folder, so their keys are those that ``adv2 attack --images <folder>`` uses. An image
+    without a target stops the benchmark.
 
     Shape:
         (N,) class indices for N samples.
     """
-    with torch.no_grad():
-        n_classes = model(to_tensor(samples[0].image).to(model.device)).shape[1]
-    labels = torch.tensor([s.label for s in samples], device=model.device)
-    tgts, why = per_image_targets([s.key for s in samples], labels, n_classes, seed, None)
-    if why:
+    prepared = prepare_images(samples, model, seed, None, "benign", 16, "benchmark")
+    if prepared.skipped:
         raise RuntimeError("images without a target class: " + "; ".join(
-            f"{samples[i].name}: {reason}" for i, reason in sorted(why.items())))
-    return tgts
+            f"{samples[i].name}: {reason}" for i, reason in sorted(prepared.skipped.items())))
+    return prepared.targets.to(model.device)
 
 
 def stacked(model: Classifier, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,7 @@ from adv2.interpreters.plugins import is_name, require_differentiable, resolve, 
 from adv2.attacks import ATTACKS
 from adv2.attacks.settings import ATTACK_KEYS
 from adv2.attacks.support import KINDS
-from adv2.pipeline import AttackConfig, build_attack, check_setting, parse_number
+from adv2.attack_config import AttackConfig, build_attack, check_setting, parse_number
 #: keys whose values are paths, resolved against the YAML file's directory
 PATH_KEYS = ("weights", "images", "labels", "benign_images", "checkpoint", "support")
 
@@ -118,7 +118,7 @@ class ExperimentConfig:
                      if "adv2" in self.attacks and i not in self.adv2_interpreters())
 
     def attack_config(self, interpreter: str, attack: str, seed: int) -> AttackConfig:
-        """The pipeline's AttackConfig for one (interpreter, attack), defaults resolved."""
+        """The AttackConfig of one (interpreter, attack), defaults resolved."""
         settings = {k: v for k, v in self.attacks[attack].items() if k in ATTACK_KEYS}
         settings |= self.attacks[attack].get(interpreter, {})
         return AttackConfig(model=self.model, weights=self.weights, interpreter=interpreter,

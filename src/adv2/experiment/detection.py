@@ -22,8 +22,9 @@ from adv2.detection import Detector, build_detector
 from adv2.experiment import distributed
 from adv2.experiment.config import ConfigError, ExperimentConfig
 from adv2.experiment.images import ImageSet
-from adv2.records import Output, Store, chunks, run_units
 from adv2.models import Classifier
+from adv2.outcome import Outcome
+from adv2.records import Entry, Store, chunks, run_units
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def benign_files(cfg: ExperimentConfig, data: ImageSet) -> dict[str, Path]:
 
 
 def _scores(detectors: list[Detector], images: np.ndarray,
-            cost: dict[str, list[float]]) -> list[Output]:
+            cost: dict[str, list[float]]) -> list[Entry]:
     """Every detector's scores of each image and its score columns; adds each detector's
     seconds and images to its ``cost`` entry."""
     scores = {}
@@ -63,8 +64,8 @@ def _scores(detectors: list[Detector], images: np.ndarray,
         spent = cost.setdefault(d.name, [0.0, 0])
         spent[0] += d.seconds_per_input * len(images)
         spent[1] += len(images)
-    return [({}, {"scores": {d.name: scores[d.name][i] for d in detectors},
-                  "columns": {d.name: d.names for d in detectors}})
+    return [Entry({}, {"scores": {d.name: scores[d.name][i] for d in detectors},
+                       "columns": {d.name: d.names for d in detectors}})
             for i in range(len(images))]
 
 
@@ -91,14 +92,15 @@ def run(ctx: distributed.Context, cfg: ExperimentConfig, model: Classifier, stor
               lambda u: _scores(detectors, np.stack([benign[n] for n in u]), cost), progress,
               {n: image_digest(image) for n, image in benign.items()})
 
-    def adversarial(stage_name: str, names: list[str]) -> list[Output]:
+    def adversarial(stage_name: str, names: list[str]) -> list[Entry]:
         records = [store.load(stage_name, n) for n in names]
         for name, record in zip(names, records):
             if record is None or record.error is not None:
                 raise RuntimeError(f"no adversarial image for {name}")
-        outputs = _scores(detectors, np.stack([r.arrays["adv"] for r in records]), cost)
-        for (_, meta), record in zip(outputs, records):
-            meta["success"] = record.meta["success"]
+        outcomes = [Outcome.from_record(r) for r in records]
+        outputs = _scores(detectors, np.stack([o.adv for o in outcomes]), cost)
+        for output, outcome in zip(outputs, outcomes):
+            output.meta["success"] = outcome.success
         return outputs
 
     units = chunks(data.attacked, cfg.batch_size)

@@ -1,6 +1,7 @@
-"""The attacked image set: loaded once, predicted, and given per-image seeded targets.
+"""The attacked image set: loaded once, then predicted and given per-image seeded targets as
+``adv2 attack`` prepares its images (:func:`adv2.preparation.prepare_images`).
 
-Every per-image random choice is seeded by :func:`adv2.pipeline.seed_of` (the experiment seed
+Every per-image random choice is seeded by :func:`adv2.target_classes.seed_of` (the experiment seed
 and the image's key), never by the batch, the process rank or the order of work, so resumed and
 sharded runs choose the same targets as an uninterrupted single-process run, and as
 ``adv2 attack`` with the same seed.
@@ -14,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adv2.data import load_dataset, sample_key, to_tensor
+from adv2.attack_maps import Pool
+from adv2.data import load_dataset, sample_key
+from adv2.errors import SettingError
 from adv2.experiment.config import ConfigError, ExperimentConfig
 from adv2.models import Classifier
-from adv2.pipeline import Pool, clean_accuracy, labels_of, per_image_targets, predict
+from adv2.preparation import prepare_images
 
 
 @dataclass
@@ -48,8 +51,7 @@ class ImageSet:
         """All images, labels and predictions on ``device``: the pool of ``other`` target
         maps (made once per device)."""
         if device not in self._pools:
-            self._pools[device] = Pool(to_tensor(self.images).to(device),
-                                       self.labels.to(device), self.preds.to(device))
+            self._pools[device] = Pool.of(self.images, self.labels, self.preds, device)
         return self._pools[device]
 
     def keys(self, names: list[str]) -> list[str]:
@@ -85,22 +87,12 @@ def prepare(cfg: ExperimentConfig, model: Classifier, chunk: int = 16) -> ImageS
     samples = data.samples
     if not samples:
         raise ConfigError(f"images: no readable image in {cfg.images}")
-    images = np.stack([s.image for s in samples])
-    logits = predict(model, images, chunk)
-    n_classes = logits.shape[1]
-    if cfg.target_class is not None and not 0 <= cfg.target_class < n_classes:
-        raise ConfigError(f"target_class: must be a class index in [0, {n_classes - 1}] of the "
-                          f"model, got {cfg.target_class}")
-    accuracy = clean_accuracy(logits, [s.label for s in samples], str(cfg.images))
-    preds = logits.argmax(dim=1)
-    labels = labels_of(samples, preds)
-    allowed = labels[preds == labels] if cfg.target_map == "other" else None
-    tgts, why = per_image_targets([s.key for s in samples], labels, n_classes, cfg.seed,
-                                  cfg.target_class, allowed)
-    for i, finite in enumerate(torch.isfinite(logits).all(dim=1).tolist()):
-        if not finite:
-            why[i] = "non-finite clean logits (NaN or infinity): the model is broken for it"
-    return ImageSet([s.name for s in samples], [str(s.path) for s in samples], images, labels,
-                    preds, tgts, {s.name: s.digest for s in samples},
-                    {samples[i].name: reason for i, reason in sorted(why.items())},
-                    data.errors, data.ignored, accuracy)
+    try:
+        p = prepare_images(samples, model, cfg.seed, cfg.target_class, cfg.target_map, chunk,
+                           str(cfg.images))
+    except SettingError as exc:  # a target class the model lacks
+        raise ConfigError(str(exc)) from None
+    return ImageSet([s.name for s in samples], [str(s.path) for s in samples], p.images,
+                    p.labels, p.preds, p.targets, {s.name: s.digest for s in samples},
+                    {samples[i].name: reason for i, reason in sorted(p.skipped.items())},
+                    data.errors, data.ignored, p.accuracy)

@@ -3,7 +3,7 @@
 Determinism, which resuming and sharding rest on: the unit of work is a fixed chunk of
 ``batch_size`` consecutive images of the image list (1 by default), the same for any number of
 processes; every random choice of a unit (target class, ``shape``/``other`` target map, PGD's
-random start) is seeded by :func:`~adv2.pipeline.seed_of` (the experiment seed and the
+random start) is seeded by :func:`~adv2.target_classes.seed_of` (the experiment seed and the
 image name), never by the batch, the rank or the order of work. A unit's record is written
 atomically when it finishes; a restarted run skips the units whose records exist.
 """
@@ -24,17 +24,19 @@ from adv2.experiment.images import ImageSet, prepare
 from adv2.interpreters import Interpreter, build_interpreter
 from adv2.lock import FolderLock
 from adv2.models import Classifier, ModelError, load_model
-from adv2.pipeline import attack_batch, build_attack, seed_of
-from adv2.records import (Output, Store, changed_keys, chunks, run_units, to_json,
-                          write_json)
+from adv2.attack_config import build_attack
+from adv2.batch import attack_batch
+from adv2.outcome import Outcome
 from adv2.provenance import versions
+from adv2.records import Failed, Store, changed_keys, chunks, run_units, to_json, write_json
+from adv2.target_classes import seed_of
 
 log = logging.getLogger(__name__)
 
 
 def attack_unit(cfg: ExperimentConfig, model: Classifier, interpreter: Interpreter,
-                attack_name: str, data: ImageSet, names: list[str]) -> list[Output]:
-    """Attack one unit of images (:func:`adv2.pipeline.attack_batch`)."""
+                attack_name: str, data: ImageSet, names: list[str]) -> list[Outcome | Failed]:
+    """Attack one unit of images (:func:`adv2.batch.attack_batch`)."""
     rows = data.index(names)
     keys = data.keys(names)
     settings = cfg.attack_config(interpreter.name, attack_name, seed_of(cfg.seed, keys[0]))
@@ -46,7 +48,7 @@ def attack_unit(cfg: ExperimentConfig, model: Classifier, interpreter: Interpret
 
 def resolved_settings(cfg: ExperimentConfig, interpreters: dict[str, Interpreter]) -> dict:
     """What the experiment's settings resolve to with this adv2's defaults, per interpreter and
-    attack (:meth:`adv2.pipeline.AttackConfig.recorded`, as ``adv2 attack`` records them), as
+    attack (:meth:`adv2.attack_config.AttackConfig.recorded`, as ``adv2 attack`` records them), as
     the JSON values ``experiment.json`` holds."""
     out = {name: {attack: cfg.attack_config(name, attack, cfg.seed).recorded(interpreter)
                   for attack in cfg.attacks_for(name)}

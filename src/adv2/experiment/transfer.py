@@ -20,8 +20,9 @@ from adv2.data import sample_key, to_tensor
 from adv2.experiment import distributed
 from adv2.experiment.config import ExperimentConfig
 from adv2.experiment.images import ImageSet
-from adv2.records import Output, Store, chunks, run_units
 from adv2.interpreters import Interpreter
+from adv2.outcome import Outcome
+from adv2.records import Entry, Store, chunks, run_units
 from adv2.target_classes import interpreter_seeds
 
 
@@ -36,12 +37,12 @@ def benign_stage(cfg: ExperimentConfig, interpreter: str) -> str:
 
 
 def transfer_unit(store: Store, source: str, interpreter: Interpreter, reference: str,
-                  seed: int, names: list[str]) -> list[Output]:
+                  seed: int, names: list[str]) -> list[Entry]:
     """Explain the source's ADV² images of ``names`` with ``interpreter`` (on its model's
     device, seeded with the judge's seeds of the experiment ``seed``); compare with its benign
     maps, from the records of the stage ``reference``. Raises when a source or benign record
     is missing or failed."""
-    adv, benign, tgts = [], [], []
+    sources, references = [], []
     for name in names:
         src = store.load(f"{source}/adv2", name)
         ref = store.load(reference, name)
@@ -49,21 +50,21 @@ def transfer_unit(store: Store, source: str, interpreter: Interpreter, reference
             if record is None or record.error is not None:
                 raise RuntimeError(f"no {what} for {name}: "
                                    f"{record.error if record else 'record missing'}")
-        adv.append(src.arrays["adv"])
-        benign.append(ref.arrays["benign"])
-        tgts.append(src.meta["target"])
+        sources.append(Outcome.from_record(src))
+        references.append(Outcome.from_record(ref))
     device = interpreter.model.device
-    x, targets = to_tensor(np.stack(adv)).to(device), torch.tensor(tgts, device=device)
+    x = to_tensor(np.stack([o.adv for o in sources])).to(device)
+    targets = torch.tensor([o.target for o in sources], device=device)
     interpreter.use_seeds(interpreter_seeds(seed, [sample_key(n) for n in names], judge=True))
     with torch.no_grad():  # GRAD enables the gradient it needs inside explain
         logits, maps = interpreter.explain(x, targets)
     success = TargetPredicted()(x, logits, targets, torch.arange(len(x), device=device)).cpu()
     maps = maps.cpu()
-    benign_maps = torch.from_numpy(np.stack(benign)).unsqueeze(1)
+    benign_maps = torch.from_numpy(np.stack([o.benign for o in references])).unsqueeze(1)
     mean, _ = distances(interpreter, maps, benign_maps, tuple(x.shape[-2:]))
     l1, iou = mean.l1, mean.iou
-    return [({"map": maps[j, 0].numpy()},
-             {"l1": float(l1[j]), "iou": iou[j].tolist(), "success": bool(success[j])})
+    return [Entry({"map": maps[j, 0].numpy()},
+                  {"l1": float(l1[j]), "iou": iou[j].tolist(), "success": bool(success[j])})
             for j in range(len(names))]
 
 
