@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from adv2.interpreters import GRAD
-from adv2.interpreters.grad_surrogate import DualReLU, FastSurrogate, FrozenSiLU
+from adv2.interpreters.grad_surrogate import FastSurrogate
+from adv2.interpreters.surrogate_layers import DualReLU, FrozenSiLU
 from adv2.models import Classifier, PoolLinear
 
 

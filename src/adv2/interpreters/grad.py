@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from adv2.interpreters.base import Interpreter, minmax
-from adv2.interpreters.grad_surrogate import FastSurrogate, beta_at, smooth_copy
+from adv2.interpreters.grad_surrogate import FastSurrogate, beta_at
+from adv2.interpreters.smooth_copy import smooth_copy
 from adv2.models import Classifier
 
 
