@@ -9,6 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from adv2 import pipeline
+from adv2.attack_config import AttackConfig, check_setting
 from adv2.attacks import ATTACKS, DISPLAY_NAMES, MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES
 from adv2.attacks.adaptive import ADAPTIVE_DEFAULTS
 from adv2.attacks.settings import THREATS
@@ -58,7 +59,7 @@ class _Setting(argparse.Action):
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """``adv2 attack``'s parser."""
     p = command_parser(sub, "attack", "attack a folder of images (or one image)")
-    d = pipeline.AttackConfig()
+    d = AttackConfig()
     model_options(p)
     p.add_argument("--interpreter", type=interpreter_name, default=d.interpreter, help=with_default(
         f"{plugins.forms()} (docs/interpreters-custom.md)", d.interpreter))
@@ -183,10 +184,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "start afresh in an --out made with other settings (deletes its results)", False))
 
 
-def attack_config(args: argparse.Namespace) -> pipeline.AttackConfig:
+def attack_config(args: argparse.Namespace) -> AttackConfig:
     """The attack's settings from the parsed options (an alias flag becomes its interpreter's
     setting)."""
-    names = {f.name for f in fields(pipeline.AttackConfig)}
+    names = {f.name for f in fields(AttackConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
     settings = dict(map(parse_setting, values.get("interpreter_settings", [])))
     for option, (interpreter, key) in ALIASES.items():  # a conflict was refused in parsing
@@ -199,7 +200,7 @@ def attack_config(args: argparse.Namespace) -> pipeline.AttackConfig:
     if values.get("adaptive") is not None:
         files = values["adaptive"]
         values["adaptive"] = files[0] if len(files) == 1 else tuple(files)
-    return pipeline.AttackConfig(**values)
+    return AttackConfig(**values)
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -207,7 +208,7 @@ def execute(args: argparse.Namespace) -> int:
     try:
         cfg = attack_config(args)
         cfg.validate()
-        pipeline.check_setting("limit", args.limit)
+        check_setting("limit", args.limit)
         model = load_model(args.model, args.weights, args.device)
         data = load_dataset(args.images, args.labels, args.limit)
         summary = pipeline.run(cfg, model, data.samples, args.out, data.errors,

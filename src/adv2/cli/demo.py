@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from adv2 import pipeline
+from adv2.attack_config import AttackConfig
 from adv2.cli.helptext import with_default
 from adv2.cli.options import command_parser
 from adv2.data import demo_images
@@ -30,7 +31,7 @@ def execute(args: argparse.Namespace) -> int:
     samples = demo_images()
     summaries = {}
     for attack in ("pgd", "adv2"):
-        cfg = pipeline.AttackConfig(interpreter="cam", attack=attack, seed=args.seed)
+        cfg = AttackConfig(interpreter="cam", attack=attack, seed=args.seed)
         summaries[attack] = pipeline.run(cfg, model, samples, out / attack)
     demo_figure(out, [s.name for s in samples])
     print(f"{'attack':8s} {'success':>8s} {'L1':>8s} {'IoU':>8s} {'passes':>8s}")

@@ -8,7 +8,7 @@ import logging
 
 import numpy as np
 
-from adv2 import pipeline
+from adv2.attack_config import AttackConfig, check_setting
 from adv2.attacks import SettingError
 from adv2.cli.helptext import shown, with_default
 from adv2.cli.options import command_parser, interpreter_name, model_options, usage_error
@@ -71,7 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="file written by 'adv2 detect fit' (required)")
     score.add_argument("--out", help=with_default(
         "also write per-image scores and flags here (CSV)", "print the rates only"))
-    device = pipeline.AttackConfig.device
+    device = AttackConfig.device
     for q in (fit, score):
         q.add_argument("--images", required=True,
                        help="an image file or a folder of images (required)")
@@ -99,7 +99,7 @@ def execute(args: argparse.Namespace) -> int:
     """Run ``adv2 detect fit`` (prints the fitted state and the held-out false-positive rates)
     or ``adv2 detect score`` (prints the detection rates). Returns the exit code."""
     try:
-        pipeline.check_setting("limit", args.limit)
+        check_setting("limit", args.limit)
         settings = _detector_settings(args) if args.action == "fit" else {}
         model = load_model(args.model, args.weights, args.device)
         samples = load_dataset(args.images, limit=args.limit).samples

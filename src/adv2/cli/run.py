@@ -10,7 +10,7 @@ import textwrap
 from dataclasses import MISSING
 from pathlib import Path
 
-from adv2 import pipeline
+from adv2.attack_config import AttackConfig
 from adv2.attacks import ATTACKS
 from adv2.attacks.settings import ATTACK_KEYS
 from adv2.cli.helptext import shown, with_default
@@ -34,7 +34,7 @@ def _experiment_keys() -> str:
         f"attacks.<{attacks}> and attacks.<{attacks}>.<interpreter> take {', '.join(ATTACK_KEYS)}; "
         "unset ones take the interpreter's defaults, which 'adv2 attack -h' lists.",
         f"batch_size: {ExperimentConfig.batch_size} (adv2 attack's --batch-size: "
-        f"{pipeline.AttackConfig.batch_size}). A unit of work is batch_size consecutive images: "
+        f"{AttackConfig.batch_size}). A unit of work is batch_size consecutive images: "
         "its records are written when the whole unit is done, torchrun's processes take the "
         "units in turn, and a unit that raises records an error for each of its images. With "
         "one image per unit a killed run redoes at most one image per process, the processes "

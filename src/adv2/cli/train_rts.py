@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from adv2 import pipeline
+from adv2.attack_config import check_setting
 from adv2.cli.helptext import with_default
 from adv2.cli.options import command_parser, model_options, usage_error
 from adv2.data import load_dataset
 from adv2.interpreters.rts import checkpoint_path
 from adv2.models import ModelError, load_model
+from adv2.preparation import labels_of, predict
 from adv2.rts import (DEFAULT_ENCODER, HoldOut, SaliencyLoss, TrainConfig, TrainSettings,
                       train)
 
@@ -74,7 +75,7 @@ def execute(args: argparse.Namespace) -> int:
     """Run ``adv2 train-rts`` on the images its hold-out leaves; prints where ``rts.pt`` is.
     Returns the exit code."""
     try:
-        pipeline.check_setting("limit", args.limit)
+        check_setting("limit", args.limit)
         init = checkpoint_path(args.init, args.model) if args.init else None
         if init is not None and not init.is_file():
             raise FileNotFoundError(f"--init: {init} not found")
@@ -89,7 +90,7 @@ def execute(args: argparse.Namespace) -> int:
         log.error("no training images left in %s", args.images)
         return 1
     images = np.stack([s.image for s in split.train])
-    labels = pipeline.labels_of(split.train, pipeline.predict(model, images, 32).argmax(dim=1))
+    labels = labels_of(split.train, predict(model, images, 32).argmax(dim=1))
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       checkpoint_every=args.checkpoint_every, area_warmup=args.area_warmup,
                       selector_steps=args.selector_steps,
