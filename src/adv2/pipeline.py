@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from adv2 import metrics
-from adv2.attack_config import AttackConfig, build_attack, check_setting, parse_number
+from adv2.attack_config import AttackConfig, build_attack
 from adv2.attack_maps import Pool
 from adv2.batch import attack_batch
 from adv2.data import Sample
@@ -18,12 +18,11 @@ from adv2.interpreters import build_interpreter
 from adv2.models import Classifier
 from adv2.output import RunWriter
 from adv2.outcome import Outcome
-from adv2.preparation import labels_of, predict, prepare_images
+from adv2.preparation import prepare_images
 from adv2.records import Alone, Failed, chunks, run_units
 
-#: the run, and the names its callers (the command line) take from here with it
-__all__ = ["AttackConfig", "attack_batch", "build_attack", "check_setting", "labels_of",
-           "parse_number", "predict", "run"]
+#: the run, with the attack's settings, builder, batch body and pool it is made of
+__all__ = ["AttackConfig", "Pool", "attack_batch", "build_attack", "run"]
 
 log = logging.getLogger(__name__)
 
