@@ -243,7 +243,7 @@ def run_units(ctx: Shards, store: Store, stage: str, units: list[list[str]],
     and the stage goes on; ``after`` runs once each unit is recorded. The bar shows the images
     done and, for a black-box attack, the queries they spent. Ctrl-C (or SIGTERM, see
     :mod:`adv2.interrupts`) raises :class:`~adv2.interrupts.Interrupted` counting the images
-    whose units are recorded."""
+    recorded."""
     mine = ctx.shard(units)
     todo = [u for u in mine if not all(store.done(stage, n, digests[n]) for n in u)]
     total = sum(len(u) for u in mine)
@@ -272,7 +272,8 @@ def run_units(ctx: Shards, store: Store, stage: str, units: list[list[str]],
             if queries:
                 bar.set_postfix_str(f"{queries} queries", refresh=False)
             bar.update(len(unit))
-    except KeyboardInterrupt as exc:
+    except KeyboardInterrupt as exc:  # counted on disk: it may come between two saves
+        done = sum(store.done(stage, n, digests[n]) for u in mine for n in u)
         raise Interrupted(exc, store.root, stage, done, total,
                           sum(len(u) for u in units)) from None
     finally:
