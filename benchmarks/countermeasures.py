@@ -34,8 +34,7 @@ from adv2.attacks.result import judge
 from adv2.benchmarking import (default_images, image_targets, images_missing, pick_images,
                                publish, run_batches, stacked)
 from adv2.data import Sample
-from adv2.detection import (DETECTORS, Detector, auroc, build_detector, cross_validated_flags,
-                            wilson_interval, with_joint)
+from adv2.detection import DETECTORS, Detector, auroc, build_detector, wilson_interval
 from adv2.experiment.tables import Table
 from adv2.interpreters import Interpreter, build_interpreter
 from adv2.key_value import parse_setting
@@ -127,9 +126,8 @@ def calibrate(args: argparse.Namespace, model: Classifier, benign: list[Sample]
     for name in args.detectors:
         detector = build_detector(name, model, batch_size=args.batch_size)
         scores = finite(detector.scores(images), f"the {name} detector's benign scores")
-        detector.fit_scores(scores, args.fpr)
-        held = cross_validated_flags(with_joint(scores), args.fpr, args.folds, args.seed)
-        fitted[name] = Calibrated(detector, scores.amax(dim=1), held[:, -1],
+        held_out = detector.fit_held_out(scores, args.fpr, args.folds, args.seed).held_out
+        fitted[name] = Calibrated(detector, scores.amax(dim=1), held_out[:, -1],
                                   detector.seconds_per_input)
     return fitted
 
