@@ -19,8 +19,8 @@ def default_images(script: str | Path) -> Path:
     repository root): ``../shared/data/imagenet-sample``.
 
     Example:
-        >>> default_images("/work/main/benchmarks/attack_benchmark.py")
-        PosixPath('/work/shared/data/imagenet-sample')
+        >>> default_images("/srv/adv2/benchmarks/attack_benchmark.py")
+        PosixPath('/srv/shared/data/imagenet-sample')
     """
     return Path(script).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
 
