@@ -66,12 +66,14 @@ EXPLANATION = (
 
 
 def attack_rows(cfg: pipeline.AttackConfig, model, interpreter, samples: list[Sample],
-                tgts: torch.Tensor, batch_size: int) -> tuple[list[Scored], float]:
+                tgts: torch.Tensor, batch_size: int,
+                work: Path | None = None) -> tuple[list[Scored], float]:
     """The attack ``cfg`` describes on ``samples`` as ``adv2 attack`` runs it: each image's
-    numbers (from its :class:`~adv2.outcome.Outcome`) and the seconds per image."""
+    numbers (from its :class:`~adv2.outcome.Outcome`) and the seconds per image (``work``:
+    the folder that keeps each image's outcome, :func:`~adv2.benchmarking.attack_samples`)."""
     attack = pipeline.build_attack(cfg, model, interpreter)
     outcomes, seconds = attack_samples(cfg, model, interpreter, attack, samples, tgts,
-                                       batch_size)
+                                       batch_size, work)
     return [Scored(o.success, o.iou, o.l1, o.queries) for o in outcomes], seconds
 
 
@@ -153,7 +155,7 @@ def measure(args: argparse.Namespace, name: str, n: int,
         return square_rows(model, interpreter, samples, tgts, benign,
                            pipeline.AttackConfig.eps, args.queries, args.seed)
     cfg = pipeline.AttackConfig(interpreter=name, seed=args.seed, **settings)
-    return attack_rows(cfg, model, interpreter, samples, tgts, args.batch_size)
+    return attack_rows(cfg, model, interpreter, samples, tgts, args.batch_size, args.work)
 
 
 def _chosen(args: argparse.Namespace, name: str, n: int) -> tuple:
@@ -184,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1,
                         help="rows measured at once, each in its own process on one thread")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--work", type=Path,
+                        help="keep each image's outcome here as it is made; the same command "
+                             "with the same --work resumes an interrupted run (the Square "
+                             "rows start again)")
     parser.add_argument("--out", type=Path, help="also write the Markdown page here")
     args = parser.parse_args(argv)
     if images_missing(args.images):

@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--device", default="cpu",
                         help="the torch device everything runs on (e.g. cuda)")
+    parser.add_argument("--work", type=Path,
+                        help="keep each attacked image's outcome here as it is made; the same "
+                             "command with the same --work resumes an interrupted run")
     parser.add_argument("--out", type=Path, help="also write the Markdown page here")
     return parser
 
@@ -207,7 +210,8 @@ def measure(args: argparse.Namespace, model: Classifier, row: Row, samples: list
                                 **settings)
     interpreter = build_interpreter(row.interpreter, model)
     attack = pipeline.build_attack(cfg, model, interpreter)
-    out, seconds = run_batches(cfg, model, interpreter, attack, samples, tgts, args.batch_size)
+    out, seconds = run_batches(cfg, model, interpreter, attack, samples, tgts, args.batch_size,
+                               args.work)
     assert out["linf"].max() <= round(255 * cfg.eps)
     values = judged(judges, model, samples, out["adv"], tgts, args.seed)
     cells = [row.label, len(samples), values["success"].mean()]
@@ -316,8 +320,10 @@ def main(argv: list[str] | None = None) -> int:
                                calibrated.detector.joint_threshold, rate(calibrated.held_out),
                                calibrated.seconds])
     notes = []
-    with tempfile.TemporaryDirectory() as folder:
-        files = {name: Path(folder) / f"{name}.json" for name in fitted}
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) if args.work is None else args.work / "detectors"
+        folder.mkdir(parents=True, exist_ok=True)  # a stable place: the rows' settings name it
+        files = {name: folder / f"{name}.json" for name in fitted}
         for name, calibrated in fitted.items():
             calibrated.detector.save(files[name])
         for row in plan(args):

@@ -1,0 +1,107 @@
+"""A benchmark row kept image by image in a work folder (``--work``): read back whole, only the
+missing images attacked again, and a changed row never read back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adv2 import pipeline
+from adv2.benchmarking import batches, image_targets, pick_images, run_batches
+from adv2.interpreters import build_interpreter
+from adv2.models import Classifier
+from conftest import make_tiny_model
+from test_countermeasures import labelled_images
+
+
+@pytest.fixture
+def row(tmp_path: Path):
+    """The tiny model, 3 correctly classified samples, their targets, and a row's runner."""
+    model = make_tiny_model(0, 1000)
+    samples = pick_images(model, labelled_images(tmp_path / "images", model, 3), 3, 0)
+    tgts = image_targets(model, samples, 0)
+
+    def run(work: Path | None, steps: int = 2) -> tuple[dict, float]:
+        cfg = pipeline.AttackConfig(interpreter="cam", seed=0, steps=steps, warm_steps=2)
+        interpreter = build_interpreter("cam", model)
+        attack = pipeline.build_attack(cfg, model, interpreter)
+        return run_batches(cfg, model, interpreter, attack, samples, tgts, 2, work)
+    return run, samples
+
+
+def attacked_names(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the images attacked from now on (filled as ``attack_batch`` runs)."""
+    names: list[str] = []
+    real = batches.attack_batch
+
+    def spy(*args, **kwargs):
+        names.extend(args[7])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(batches, "attack_batch", spy)
+    return names
+
+
+def same(a: dict, b: dict) -> bool:
+    return all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
+
+
+def test_a_finished_row_is_read_back_whole(row, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    run, samples = row
+    work = tmp_path / "work"
+    fresh, seconds = run(None)
+    kept, kept_seconds = run(work)
+    assert same(fresh, kept)
+    assert len(list(work.glob("rows/row-*/*.npz"))) == len(samples)
+    names = attacked_names(monkeypatch)
+    again, again_seconds = run(work)
+    assert names == [] and same(kept, again) and again_seconds == kept_seconds
+
+
+def test_an_interrupted_row_attacks_only_the_missing_images(row, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    run, samples = row
+    work = tmp_path / "work"
+    whole, _ = run(work)
+    next(work.glob(f"rows/row-*/{samples[2].key}.npz")).unlink()  # the run stopped there
+    names = attacked_names(monkeypatch)
+    resumed, _ = run(work)
+    assert names == [samples[2].name]
+    assert same(whole, resumed)
+
+
+def test_a_changed_row_is_recomputed(row, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    run, samples = row
+    work = tmp_path / "work"
+    run(work)
+    names = attacked_names(monkeypatch)
+    run(work, steps=3)
+    assert names == [s.name for s in samples]
+    assert len(list(work.glob("rows/row-*"))) == 2
+
+
+def test_the_countermeasures_page_resumes_from_its_work_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_countermeasures import script
+    model = make_tiny_model(0, 1000)
+    monkeypatch.setattr(script, "load_model", lambda device="cpu": model)
+    folder = labelled_images(tmp_path / "images", model, 5)
+    options = ["--images", str(folder), "--benign", "3", "--attacked", "2", "--fpr", "0.34",
+               "--folds", "2", "--detectors", "ensemble", "--attack-setting", "steps=2",
+               "--attack-setting", "warm_steps=2", "--batch-size", "2",
+               "--work", str(tmp_path / "work")]
+    first, second = tmp_path / "first.md", tmp_path / "second.md"
+    assert script.main([*options, "--out", str(first)]) == 0
+    names = attacked_names(monkeypatch)
+    assert script.main([*options, "--out", str(second)]) == 0
+    assert names == []
+
+    def tables(page: Path) -> list[str]:  # the attacks' rows and values (the calibration,
+        # and so its seconds per input, is made again)
+        return [line for line in page.read_text().splitlines()
+                if line.startswith(("|", "- ")) and not line.startswith("| ensemble |")]
+    assert tables(first) == tables(second)
