@@ -249,3 +249,39 @@ def test_black_box_attacks_make_no_tensor_without_a_device(setup) -> None:
         RandomSearch(Oracle(model, None, "logits"), eps=EPS, queries=5)(make_images(4, seed=3),
                                                                        targets)
     assert recorder.calls == [], "\n".join(sorted(set(recorder.calls)))
+
+
+def test_map_guided_squares_go_where_the_map_is_wrong(setup) -> None:
+    """With ``placement="map"`` an image that predicts its target gets squares over the map
+    cells whose error is large; one that does not gets Square's uniform squares."""
+    model = setup[0]
+    search = RandomSearch(Oracle(model, CAM(model)), placement="map")
+    error = torch.zeros(2, 1, 4, 4)
+    error[:, 0, 3, 0] = 1.0  # only the bottom-left cell (pixels 24–31, 0–7 of 32×32) is wrong
+    gen = torch.Generator().manual_seed(0)
+    tops, lefts = [], []
+    for _ in range(50):
+        top, left = search._corners(torch.arange(2), 6, (32, 32), error,
+                                    torch.tensor([True, False]), gen)
+        tops.append(top.flatten())
+        lefts.append(left.flatten())
+    top, left = torch.stack(tops), torch.stack(lefts)
+    # the guided image's squares (side 6) overlap the wrong cell every time (but for the
+    # 1e-6 weight every cell keeps), the unguided image's are spread over the image
+    assert ((top[:, 0] + 6 > 24) & (left[:, 0] < 8)).float().mean() > 0.95
+    assert top[:, 1].float().std() > 4 and left[:, 1].float().std() > 4
+    assert (top >= 0).all() and (top <= 26).all() and (left >= 0).all() and (left <= 26).all()
+
+
+def test_map_guided_search_keeps_the_ball_and_its_seed(setup) -> None:
+    model, x, _, targets = setup
+
+    def run() -> torch.Tensor:
+        return RandomSearch(Oracle(model, CAM(model)), eps=EPS, queries=30, lam=5.0,
+                            placement="map")(x, targets).x
+
+    first = run()
+    assert torch.equal(first, run())
+    assert (first - x).abs().max() <= EPS + 1e-6
+    with pytest.raises(ValueError, match="placement"):
+        RandomSearch(Oracle(model, CAM(model)), placement="edges")

@@ -24,6 +24,10 @@ _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 #: the loss offset of an iterate that misses its target (above any joint loss)
 UNSUCCESSFUL = 1e6
 
+#: where a square goes: anywhere (Square Attack's rule), or, for black-box ADV² once the
+#: target is predicted, centred on a pixel drawn in proportion to the oracle map's error there
+PLACEMENTS = ("uniform", "map")
+
 
 def square_fraction(p_init: float, query: int, budget: int) -> float:
     """The fraction of the image the square of query ``query`` covers (Square Attack's
@@ -56,7 +60,7 @@ class RandomSearch:
         distance. start: an attack on local surrogates, never the attacked model
         (:class:`~adv2.blackbox.transfer.TransferAttack`), whose images start the search
         (None: Square's vertical stripes); with ``queries`` 0 its images are the result
-        (transfer alone).
+        (transfer alone). placement: :data:`PLACEMENTS`.
 
     Shape:
         x: float N×3×H×W in [0,1], or uint8 N×H×W×3; targets: (N,) long; target_maps:
@@ -84,8 +88,12 @@ class RandomSearch:
     seed: int = 0
     map_loss: MapLoss = field(default_factory=MapMSE)
     start: Attack | None = None
+    placement: str = "uniform"
 
     def __post_init__(self) -> None:
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement: one of {', '.join(PLACEMENTS)}, got "
+                             f"{self.placement!r}")
         if self.oracle.prediction == "label":
             raise ValueError(f"answers {self.oracle.answers!r}: the random search needs the "
                              "scores (answers scores or logits, with +map for black-box ADV²)")
@@ -128,6 +136,28 @@ class RandomSearch:
         result = self.start(x0, targets, target_maps, support)
         return project(quantise(result.x.to(x0)), x0, bound)
 
+    def _corners(self, rows: torch.Tensor, side: int, shape: tuple[int, int],
+                 error: torch.Tensor | None, success: torch.Tensor,
+                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top-left corners (each len(rows)×1×1×1, on the host) of this query's squares:
+        uniform, or (``placement="map"``, images that predict their target) centred on a
+        pixel drawn with probability proportional to |oracle map − target map| there."""
+        h, w = shape
+        top = torch.randint(0, h - side + 1, (len(rows), 1, 1, 1), generator=gen, device="cpu")
+        left = torch.randint(0, w - side + 1, (len(rows), 1, 1, 1), generator=gen, device="cpu")
+        if self.placement == "uniform" or error is None:
+            return top, left
+        cells = error[rows].flatten(1).cpu().double() + 1e-6  # every cell stays reachable
+        drawn = torch.multinomial(cells, 1, generator=gen).flatten()
+        mh, mw = error.shape[-2:]
+        cy = (drawn // mw).double().add(torch.rand(len(rows), generator=gen, dtype=torch.double))
+        cx = (drawn % mw).double().add(torch.rand(len(rows), generator=gen, dtype=torch.double))
+        guided_top = (cy * h / mh - side / 2).round().long().clamp(0, h - side)
+        guided_left = (cx * w / mw - side / 2).round().long().clamp(0, w - side)
+        guided = success[rows].cpu()
+        return (torch.where(guided, guided_top, top.flatten()).view(-1, 1, 1, 1),
+                torch.where(guided, guided_left, left.flatten()).view(-1, 1, 1, 1))
+
     def _loss(self, answer: Answer, targets: torch.Tensor,
               target_maps: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor,
                                                         torch.Tensor]:
@@ -164,7 +194,10 @@ class RandomSearch:
                                - self.oracle.counts).to(x0.device)
         if (budget <= 0).any():
             return x
-        loss, success, iou = self._loss(self.oracle.query(x), targets, target_maps)
+        answer = self.oracle.query(x)
+        loss, success, iou = self._loss(answer, targets, target_maps)
+        error = None if target_maps is None or self.placement == "uniform" \
+            else (answer.maps - target_maps).abs()
         stale = torch.zeros(n, dtype=torch.long, device=x0.device)
         spent = torch.ones(n, dtype=torch.long, device=x0.device)
         area = h * w
@@ -178,8 +211,7 @@ class RandomSearch:
                 return x
             p = square_fraction(self.p_init, i, self.queries)
             side = min(max(int(round(math.sqrt(p * area))), 1), min(h, w) - 1)
-            top = torch.randint(0, h - side + 1, (len(rows), 1, 1, 1), generator=gen, device="cpu")
-            left = torch.randint(0, w - side + 1, (len(rows), 1, 1, 1), generator=gen, device="cpu")
+            top, left = self._corners(rows, side, (h, w), error, success, gen)
             signs = torch.randint(0, 2, (len(rows), c, 1, 1), generator=gen, device="cpu") * 2 - 1
             top, left, signs = top.to(x0.device), left.to(x0.device), signs.to(x0)
             ys = torch.arange(h, device=x0.device).view(1, 1, h, 1)
@@ -190,13 +222,15 @@ class RandomSearch:
             same = (proposal == x[rows]).flatten(1).all(dim=1)  # flip a window that is unchanged
             flipped = torch.where(window, (base - signs * bound[rows]).clamp(0, 1), x[rows])
             proposal = torch.where(same.view(-1, 1, 1, 1), flipped, proposal)
-            new_loss, new_success, new_iou = self._loss(self.oracle.query(proposal, rows),
-                                                        targets[rows],
+            answer = self.oracle.query(proposal, rows)
+            new_loss, new_success, new_iou = self._loss(answer, targets[rows],
                                                         None if target_maps is None
                                                         else target_maps[rows])
             better = new_loss < loss[rows]
             keep = rows[better]
             x[keep] = proposal[better]
+            if error is not None:
+                error[keep] = (answer.maps[better] - target_maps[keep]).abs()
             loss[keep], success[keep], iou[keep] = (new_loss[better], new_success[better],
                                                     new_iou[better])
             stale[rows] += 1
