@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from adv2.attack_config import AttackConfig
 from adv2.attacks import Attack
 from adv2.batch import attack_batch
-from adv2.data import Sample
+from adv2.data import Sample, image_digest
 from adv2.interpreters import Interpreter
 from adv2.models import Classifier, model_digest
 from adv2.outcome import Outcome
@@ -36,11 +36,6 @@ def row_stage(cfg: AttackConfig, model: Classifier, interpreter: Interpreter, at
                  interpreter.config() if interpreter is not None else None,
                  "targets": tgts.tolist(), "model": model_digest(model)}
     return "row-" + hashlib.sha256(to_json(described).encode()).hexdigest()[:16]
-
-
-def picture_digest(sample: Sample) -> str:
-    """The digest of a sample's pixels (its record is read back only for the same picture)."""
-    return hashlib.sha256(np.ascontiguousarray(sample.image).tobytes()).hexdigest()
 
 
 def attack_samples(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,
@@ -64,7 +59,7 @@ def attack_samples(cfg: AttackConfig, model: Classifier, interpreter: Interprete
     stage = None if store is None else row_stage(cfg, model, interpreter, attack, tgts)
     done: dict[int, tuple[Outcome, float]] = {}
     for i, s in enumerate(samples if store is not None else []):
-        record = store.load(stage, s.key, picture_digest(s))
+        record = store.load(stage, s.key, image_digest(s.image))
         if record is not None and record.error is None:
             done[i] = Outcome.from_record(record), float(record.meta["seconds"])
     todo = [i for i in range(len(samples)) if i not in done]
@@ -86,7 +81,7 @@ def attack_samples(cfg: AttackConfig, model: Classifier, interpreter: Interprete
             if store is not None:
                 arrays, meta = outcome.to_record()
                 store.save(stage, s.key, arrays, meta | {"seconds": seconds,
-                                                         "input": picture_digest(s)})
+                                                         "input": image_digest(s.image)})
     if failed:
         raise RuntimeError("failed images: " + "; ".join(failed))
     return ([done[i][0] for i in range(len(samples))],

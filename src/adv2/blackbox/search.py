@@ -150,8 +150,10 @@ class RandomSearch:
         cells = error[rows].flatten(1).cpu().double() + 1e-6  # every cell stays reachable
         drawn = torch.multinomial(cells, 1, generator=gen).flatten()
         mh, mw = error.shape[-2:]
-        cy = (drawn // mw).double().add(torch.rand(len(rows), generator=gen, dtype=torch.double))
-        cx = (drawn % mw).double().add(torch.rand(len(rows), generator=gen, dtype=torch.double))
+        cy = (drawn // mw).double().add(torch.rand(len(rows), generator=gen, dtype=torch.double,
+                                                        device="cpu"))
+        cx = (drawn % mw).double().add(torch.rand(len(rows), generator=gen, dtype=torch.double,
+                                                        device="cpu"))
         guided_top = (cy * h / mh - side / 2).round().long().clamp(0, h - side)
         guided_left = (cx * w / mw - side / 2).round().long().clamp(0, w - side)
         guided = success[rows].cpu()
