@@ -359,7 +359,7 @@ def map_term_gradient(interp, x: torch.Tensor, classes: torch.Tensor, target: to
     """∂/∂x of the map term alone (the logits unused) at the first step of an attack: the MSE
     of :meth:`attack_forward`'s maps to ``target``, or :meth:`attack_loss` (its estimator)."""
     xg = x.clone().requires_grad_(True)
-    interp.start_attack(xg, classes)
+    interp.start_attack(xg, classes, clean=x)
     if through_loss:
         _, dist = interp.attack_loss(xg, classes, target, MapMSE(), progress)
     else:
@@ -380,6 +380,11 @@ NEW = {
                                               estimator="halves"),
     "smoothgrad-independent-halves": lambda m: SmoothGrad(m, samples=8, attack_samples=3,
                                                           antithetic=False, estimator="halves"),
+    "ig-control": lambda m: IG(m, steps=8, attack_steps=3, estimator="control"),
+    "smoothgrad-control": lambda m: SmoothGrad(m, samples=8, attack_samples=4,
+                                               estimator="control"),
+    "smoothgrad-exact-control": lambda m: SmoothGrad(m, samples=8, attack_samples=2,
+                                                     attack_exact=True, estimator="control"),
     "gradcam": lambda m: GradCAM(m),
     "gradcam-inner": lambda m: GradCAM(m, layer="body.0"),
 }
@@ -397,6 +402,34 @@ def test_the_map_term_alone_has_a_finite_nonzero_gradient(name, tiny_model, x,
             g = map_term_gradient(interp, x, classes, target, progress, through_loss)
             assert torch.isfinite(g).all()
             assert (g.flatten(1).abs().sum(dim=1) > 0).all()  # every image its own
+
+
+@pytest.mark.parametrize("name", ["ig-control", "smoothgrad-control",
+                                  "smoothgrad-exact-control"])
+def test_the_control_estimate_is_the_true_map_at_the_clean_image(name, tiny_model, x) -> None:
+    """At the clean images and their predicted classes the controlled estimate is the exact
+    map whatever the step's points (the draws cancel), while far from them it is not; the
+    clean average costs one explain per image and each step the control's points."""
+    interp = NEW[name](tiny_model)
+    interp.use_seeds(range(len(x)))
+    with torch.no_grad():
+        predicted = tiny_model(x).argmax(dim=1)
+    exact = interp(x, predicted)
+    assert interp.start_attack(x, predicted, clean=x) == interp.explain_passes
+    for _ in range(3):  # three steps: three sets of points
+        _, maps = interp.attack_forward(x.clone().requires_grad_(True), predicted, 0.5)
+        assert torch.allclose(maps, exact, atol=1e-5)
+    rows = torch.tensor([2, 0])
+    _, maps = interp.attack_forward(x[rows], predicted[rows], 0.5, rows)
+    assert torch.allclose(maps, exact[rows], atol=1e-5)
+    far = (1 - x).clamp(0, 1)
+    _, maps = interp.attack_forward(far, predicted, 0.5)
+    assert not torch.allclose(maps, exact, atol=1e-2)
+    plain = NEW[name.replace("-control", "").replace("smoothgrad-exact", "smoothgrad")](
+        tiny_model)
+    assert interp.passes_per_step > plain.passes_per_step
+    with pytest.raises(ValueError, match="clean images"):
+        interp.start_attack(x, predicted)
 
 
 def test_gradcam_inner_gradient_comes_through_the_surrogate_weights(tiny_model, x, classes,
@@ -636,7 +669,8 @@ def test_ig_rejects_unknown_settings(tiny_model) -> None:
         IG(tiny_model, attack_steps=0)
     with pytest.raises(ValueError, match="attack_steps must be ≥ 2"):
         IG(tiny_model, attack_steps=1, estimator="halves")
-    with pytest.raises(ValueError, match=r"estimator must be one of \('mean', 'halves'\)"):
+    with pytest.raises(ValueError,
+                       match=r"estimator must be one of \('mean', 'halves', 'control'\)"):
         IG(tiny_model, estimator="median")
     with pytest.raises(ValueError, match="internal_batch_size must be ≥ 1 or None"):
         IG(tiny_model, internal_batch_size=0)

@@ -101,7 +101,7 @@ class Descent:
         best = Best.start(x)
         active = torch.arange(x.shape[0], device=x.device)
         self.optimizer.reset(x)
-        best.passes += side.start(x, targets, target_maps)
+        best.passes += side.start(x, x0, targets, target_maps)
         for step in range(self.steps + 1):
             if active.numel() == 0:
                 break

@@ -36,9 +36,10 @@ class MapSide(Protocol):
     def passes_per_step(self) -> int:
         """Passes per image one attack step costs."""
 
-    def start(self, x: torch.Tensor, targets: torch.Tensor,
+    def start(self, x: torch.Tensor, x0: torch.Tensor, targets: torch.Tensor,
               target_maps: torch.Tensor | None) -> int:
-        """Prepare a descent from iterates ``x``; returns the passes per image spent."""
+        """Prepare a descent from iterates ``x`` in the ball around ``x0``; returns the passes per
+        image spent."""
 
     def evaluate(self, xq: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor,
                  target_maps: torch.Tensor | None, progress: float,
@@ -72,7 +73,7 @@ class PredictionOnly:
     policy: Verification | None = None
     passes_per_step: int = 1
 
-    def start(self, x: torch.Tensor, targets: torch.Tensor,
+    def start(self, x: torch.Tensor, x0: torch.Tensor, targets: torch.Tensor,
               target_maps: torch.Tensor | None) -> int:
         return 0
 
@@ -124,11 +125,11 @@ class InterpreterMaps:
     def passes_per_step(self) -> int:
         return self.interpreter.passes_per_step
 
-    def start(self, x: torch.Tensor, targets: torch.Tensor,
+    def start(self, x: torch.Tensor, x0: torch.Tensor, targets: torch.Tensor,
               target_maps: torch.Tensor | None) -> int:
         if target_maps is None:
             raise ValueError("a map loss needs an interpreter and target maps")
-        return self.interpreter.start_attack(x, targets)
+        return self.interpreter.start_attack(x, targets, clean=x0)
 
     def evaluate(self, xq: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor,
                  target_maps: torch.Tensor, progress: float,

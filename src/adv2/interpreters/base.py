@@ -178,9 +178,12 @@ class Interpreter(ABC):
         """The maps that hold ``parts`` (the inverse of :meth:`parts`)."""
         return parts[self.name]
 
-    def start_attack(self, x: torch.Tensor, classes: torch.Tensor) -> int:
-        """Called by the attack engine before its first step on a batch; returns the passes
-        per image it spent (stateless by default: 0)."""
+    def start_attack(self, x: torch.Tensor, classes: torch.Tensor,
+                     clean: torch.Tensor | None = None) -> int:
+        """Called by the attack engine before its first step on a batch: ``x`` the first
+        iterates, ``classes`` the target classes, ``clean`` the images the ε-ball is centred
+        on (None when the caller has none); returns the passes per image it spent (stateless
+        by default: 0)."""
         return 0
 
     def verification(self) -> Verification | None:

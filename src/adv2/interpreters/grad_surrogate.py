@@ -100,6 +100,15 @@ class FastSurrogate:
                                                     xg, beta, exact)
         return logits, true_grad, smooth_grad
 
+    def values(self, x: torch.Tensor, classes: torch.Tensor, beta: float, score: Score,
+               exact: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The true gradient (None without ``exact``) and the surrogate's at β of
+        ``score(logits, classes)`` w.r.t. x, as values only (no graph): one pass each."""
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            return self.gradients(score(self.forward(xg), classes), xg, beta, exact,
+                                  create_graph=False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The surrogate's logits of x (the model's values), its graph ready for
         :meth:`gradients`; forward hooks on ``self.net``'s modules see its activations."""
@@ -107,16 +116,18 @@ class FastSurrogate:
             return self.net(x)
 
     def gradients(self, loss: torch.Tensor, wrt: torch.Tensor, beta: float,
-                  exact: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+                  exact: bool = True, create_graph: bool = True
+                  ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """The true gradient of ``loss`` (a scalar of :meth:`forward`'s graph) w.r.t. ``wrt``
-        (None without ``exact``) and the surrogate's at β, differentiable w.r.t. the input."""
+        (None without ``exact``) and the surrogate's at β, differentiable w.r.t. the input
+        with ``create_graph``."""
         with torch.enable_grad():
             true_grad = None
             if exact:
                 self.mode.smooth = False
                 (true_grad,) = torch.autograd.grad(loss, wrt, retain_graph=True)
             self.mode.smooth, self.mode.beta = True, beta
-            (smooth_grad,) = torch.autograd.grad(loss, wrt, create_graph=True)
+            (smooth_grad,) = torch.autograd.grad(loss, wrt, create_graph=create_graph)
         return true_grad, smooth_grad
 
 

@@ -90,7 +90,7 @@ class IG(SampledGradients):
         self.blur_sigma, self.attack_steps, self.seed = blur_sigma, attack_steps, seed
         self.n_points = steps
         self.stochastic = baseline == "uniform"
-        self.passes_per_step = (2 if self.attack_exact else 1) * attack_steps + 1
+        self.passes_per_step = self.attack_passes(attack_steps)
         self.explain_passes = steps + 1
 
     def baselines(self, x: torch.Tensor, seeds: list[int]) -> torch.Tensor:

@@ -201,11 +201,12 @@ class Joint(Interpreter):
         return outputs[0][0], self.join({n: maps for n, (_, maps)
                                          in zip(self.member_names, outputs)})
 
-    def start_attack(self, x: torch.Tensor, classes: torch.Tensor) -> int:
+    def start_attack(self, x: torch.Tensor, classes: torch.Tensor,
+                     clean: torch.Tensor | None = None) -> int:
         self.size = tuple(x.shape[-2:])
         for scales in (self.attack_scales, self.judge_scales):
             scales.reset(len(x), len(self.members), x)
-        return sum(m.start_attack(x, classes) for m in self.members)
+        return sum(m.start_attack(x, classes, clean) for m in self.members)
 
     def attack_forward(self, x: torch.Tensor, classes: torch.Tensor, progress: float,
                        rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -238,7 +238,8 @@ class MASK(Interpreter):
             logits = self.model(x)
         return logits, 1 - self.cold_start(x, classes, rows).mask
 
-    def start_attack(self, x: torch.Tensor, classes: torch.Tensor) -> int:
+    def start_attack(self, x: torch.Tensor, classes: torch.Tensor,
+                     clean: torch.Tensor | None = None) -> int:
         """Reset the attack state. Tracking starts from the engine's first verification (a
         cold-start run, see :meth:`sync`), so this costs no pass."""
         self._alt_calls = 0

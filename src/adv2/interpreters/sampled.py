@@ -9,6 +9,7 @@ over channels, ``pool``×``pool`` average pooling, per-image min–max.
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -22,7 +23,7 @@ from adv2.models import Classifier
 
 
 #: the attack's map-loss estimators (:meth:`SampledGradients.attack_loss`)
-ESTIMATORS = ("mean", "halves")
+ESTIMATORS = ("mean", "halves", "control")
 
 
 def logit_gradients(model: torch.nn.Module, points: torch.Tensor, classes: torch.Tensor,
@@ -50,12 +51,12 @@ class SampledGradients(Interpreter):
         attack_exact: the attack's map values from the exact gradients at its points (one
             more backward pass per step) rather than the surrogate's.
         estimator: the attack's map loss: ``mean`` (``map_loss`` of the estimate from all
-            its points) or ``halves`` (an estimate of the MSE, :meth:`attack_loss`).
+            its points), ``halves`` (an estimate of the MSE, :meth:`attack_loss`) or
+            ``control`` (``map_loss`` of the estimate with the clean image as control
+            variate, :meth:`start_attack`).
     """
 
     passes_per_step: int = 1
-    #: points per attack step (set by subclasses from their settings)
-    attack_size: int = 1
 
     def __init__(self, model: Classifier, pool: int = 4, internal_batch_size: int | None = 8,
                  beta_start: float = 10.0, beta_end: float = 60.0,
@@ -76,6 +77,7 @@ class SampledGradients(Interpreter):
         self.attack_exact, self.estimator = attack_exact, estimator
         self.fast = FastSurrogate(model) if not unsupported_layers(model) else None
         self._calls = 0  # attack_forward calls since start_attack: fresh points each step
+        self._control: _Control | None = None  # the clean batch (estimator "control")
 
     # ------------------------------------------------------------------ what subclasses say
     @abstractmethod
@@ -114,8 +116,18 @@ class SampledGradients(Interpreter):
 
     def explain_rows(self, x: torch.Tensor, classes: torch.Tensor,
                      rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        seeds = self.image_seeds(len(x), rows)
+        total = self.averaged(x, classes, seeds)
+        with torch.set_grad_enabled(x.requires_grad):
+            logits = self.model(x)
+        return logits, gradient_map(self.combine(x, seeds, total), self.pool)
+
+    def averaged(self, x: torch.Tensor, classes: torch.Tensor,
+                 seeds: list[int]) -> torch.Tensor:
+        """The weighted average (N×3×H×W) of the gradients (their magnitudes with
+        :attr:`absolute`) at all the :meth:`points` of each image; differentiable when x
+        requires grad."""
         n, m = len(x), self.n_points
-        seeds = self.image_seeds(n, rows)
         per_chunk = m if self.internal_batch_size is None \
             else max(1, self.internal_batch_size // n)
         create = x.requires_grad
@@ -132,13 +144,37 @@ class SampledGradients(Interpreter):
             if self.absolute:
                 grads = grads.abs()
             total = total + (grads * weights[lo:hi].view(k, 1, 1, 1, 1)).sum(0)
-        with torch.set_grad_enabled(create):
-            logits = self.model(x)
-        return logits, gradient_map(self.combine(x, seeds, total), self.pool)
+        return total
 
-    def start_attack(self, x: torch.Tensor, classes: torch.Tensor) -> int:
+    def attack_passes(self, points: int) -> int:
+        """Forward+backward passes of one attack step from ``points`` points: each point's
+        surrogate (and exact, with ``attack_exact``) gradient, the control's at the same
+        points (estimator ``control``), the logits."""
+        per_point = (2 if self.attack_exact else 1) * (2 if self.estimator == "control" else 1)
+        return per_point * points + 1
+
+    def start_attack(self, x: torch.Tensor, classes: torch.Tensor,
+                     clean: torch.Tensor | None = None) -> int:
+        """Restart the sequence of attack points. With estimator ``control``, also take the
+        clean images (``clean``, N×3×H×W) as control variate: their predicted classes and
+        exact average :meth:`averaged` (an :meth:`explain`'s passes per image). Each step's
+        estimate is then that average plus the mean difference between the attacked and the
+        clean images' gradients at the same points: unbiased for the attacked map's average
+        (up to the clean average's own draw), and its draws' noise cancels where the attacked
+        gradients follow the clean ones, as they must for a map that matches the benign one."""
         self._calls = 0
-        return 0
+        self._control = None
+        if self.estimator != "control":
+            return 0
+        if clean is None:
+            raise ValueError(f"{self.name}: the control estimator needs the clean images "
+                             "(start_attack's clean)")
+        clean = clean.detach()
+        with torch.no_grad():
+            reference = self.model(clean).argmax(dim=1)
+        seeds = self.image_seeds(len(clean))
+        self._control = _Control(clean, reference, self.averaged(clean, reference, seeds))
+        return self.explain_passes
 
     def attack_forward(self, x: torch.Tensor, classes: torch.Tensor, progress: float,
                        rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,7 +192,7 @@ class SampledGradients(Interpreter):
         over the map cells, A and B the maps of two independent halves of the points: an
         estimate of the squared distance (MSE) of the *expected* map to m without the
         estimate's own variance; otherwise ``map_loss`` of :meth:`attack_forward`'s map."""
-        if self.estimator == "mean":
+        if self.estimator != "halves":
             return super().attack_loss(x, classes, target_maps, map_loss, progress, rows)
         logits, (a, b) = self.attack_maps(x, classes, progress, rows, 2)
         return logits, ((a - target_maps) * (b - target_maps)).flatten(1).mean(1)
@@ -173,13 +209,15 @@ class SampledGradients(Interpreter):
         n = len(x)
         seeds = self.image_seeds(n, rows)
         pts, weights = self.attack_points(x, seeds, self._calls)
-        self._calls += 1
         beta = beta_at(progress, self.beta_start, self.beta_end)
         true, smooth = [], []
         for point in pts:  # one batch of N rows per point: on CPUs much faster than k·N rows
             _, t, g = self.fast(point, classes, beta, score=logit_sum, exact=self.attack_exact)
-            true.append(t)
+            true.append(t.abs() if self.absolute and t is not None else t)
             smooth.append(g.abs() if self.absolute else g)
+        if self._control is not None:
+            true, smooth = self._controlled(true, smooth, weights, seeds, rows, beta)
+        self._calls += 1
         maps = []
         for part in torch.arange(len(weights), device=x.device).chunk(groups):
             w = weights.to(x)[part]
@@ -190,10 +228,28 @@ class SampledGradients(Interpreter):
                                                   zip(w, part.tolist())))
 
             sur = gradient_map(attribution(smooth), self.pool)
-            value = sur if not self.attack_exact else gradient_map(attribution(
-                [t.abs() if self.absolute else t for t in true]), self.pool)
+            value = sur if not self.attack_exact else gradient_map(attribution(true), self.pool)
             maps.append(value.detach() + (sur - sur.detach()))
         return self.model(x), maps
+
+    def _controlled(self, true: list[torch.Tensor | None], smooth: list[torch.Tensor],
+                    weights: torch.Tensor, seeds: list[int], rows: torch.Tensor | None,
+                    beta: float) -> tuple[list[torch.Tensor | None], list[torch.Tensor]]:
+        """The point gradients shifted by the control variate: each minus the clean image's
+        at the same point (the same function: exact or surrogate), plus the clean image's
+        exact average, so that any weighted average of them is the controlled estimate."""
+        control = self._control.rows(rows)
+        points, _ = self.attack_points(control.clean, seeds, self._calls)
+        shifted_true, shifted_smooth = [], []
+        for point, t, g in zip(points, true, smooth):
+            ref_true, ref_smooth = self.fast.values(point, control.classes, beta, logit_sum,
+                                                    self.attack_exact)
+            if self.absolute:
+                ref_true = None if ref_true is None else ref_true.abs()
+                ref_smooth = ref_smooth.abs()
+            shifted_smooth.append(g - ref_smooth + control.average)
+            shifted_true.append(None if t is None else t - ref_true + control.average)
+        return shifted_true, shifted_smooth
 
     def verification(self) -> Verification:
         return Verification(self.verify_every)
@@ -202,3 +258,19 @@ class SampledGradients(Interpreter):
         return {"name": self.name, "pool": self.pool, "beta_start": self.beta_start,
                 "beta_end": self.beta_end, "attack_exact": self.attack_exact,
                 "estimator": self.estimator, "verify_every": self.verify_every}
+
+
+@dataclass
+class _Control:
+    """The clean batch of estimator ``control``: images (N×3×H×W), predicted classes (N,) and
+    exact averaged gradients (N×3×H×W)."""
+
+    clean: torch.Tensor
+    classes: torch.Tensor
+    average: torch.Tensor
+
+    def rows(self, rows: torch.Tensor | None) -> "_Control":
+        """The control of the batch's images ``rows`` (all with None)."""
+        if rows is None:
+            return self
+        return _Control(self.clean[rows], self.classes[rows], self.average[rows])

@@ -70,7 +70,7 @@ class SmoothGrad(SampledGradients):
         self.attack_samples, self.antithetic = attack_samples, antithetic
         self.n_points = samples
         self._noise: tuple[tuple, torch.Tensor] | None = None
-        self.passes_per_step = (2 if self.attack_exact else 1) * attack_samples + 1
+        self.passes_per_step = self.attack_passes(attack_samples)
         self.explain_passes = samples + 1
 
     def points(self, x: torch.Tensor, seeds: list[int], lo: int, hi: int) -> torch.Tensor:
