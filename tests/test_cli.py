@@ -13,6 +13,7 @@ from PIL import Image
 
 from adv2 import cli
 from adv2.data import load_image
+from adv2.errors import SettingError
 from adv2.output import FIELDS
 
 STEMS = ["img_a", "img_b", "img_c"]
@@ -234,6 +235,17 @@ def test_black_box_attack_counts_queries_and_refuses_what_cannot_work(tmp_path, 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["queries_median"] == float(np.median([int(r["queries"]) for r in rows]))
     assert json.loads((out / "config.json").read_text())["attack_config"]["queries"] == 12
+    assert json.loads((out / "config.json").read_text())["attack_config"]["placement"] \
+        == "uniform"
+    guided = tmp_path / "guided"
+    assert _attack(images, guided, "--threat", "black-box", "--attack", "adv2",
+                   "--queries", "12", "--placement", "map") == 0
+    assert json.loads((guided / "config.json").read_text())["attack_config"]["placement"] \
+        == "map"
+    from adv2.attack_config import check_setting
+    with pytest.raises(SettingError, match="unknown value 'edges'") as info:
+        check_setting("placement", "edges")
+    assert info.value.key == "placement"
     caplog.clear()
     assert _attack(images, tmp_path / "o1", "--threat", "black-box", "--answers", "label") == 2
     assert "--answers" in caplog.text and "needs the scores" in caplog.text

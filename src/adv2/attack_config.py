@@ -15,7 +15,7 @@ from adv2.attacks import (ATTACKS, MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES, At
                           AttackSettings, SettingError, parse_schedule)
 from adv2.attacks import support as support_mod
 from adv2.attacks.settings import THREATS
-from adv2.blackbox import ANSWERS
+from adv2.blackbox import ANSWERS, PLACEMENTS
 from adv2.interpreters import Interpreter
 from adv2.interpreters.plugins import require_differentiable, resolve
 from adv2.models import Classifier
@@ -108,7 +108,8 @@ def check_setting(key: str, value: Any) -> None:
         return
     registries = {"optimizer": OPTIMIZERS, "pred_loss": PREDICTION_LOSSES,
                   "map_loss": MAP_LOSSES, "attack": ATTACKS,
-                  "target_map": target_maps.KINDS, "threat": THREATS, "answers": ANSWERS}
+                  "target_map": target_maps.KINDS, "threat": THREATS, "answers": ANSWERS,
+                  "placement": PLACEMENTS}
     if key in registries and value not in registries[key]:
         raise SettingError(key, f"unknown value {value!r}; choose from {sorted(registries[key])}")
     if key == "support":

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 #: the attack settings an experiment may set per attack (and per interpreter inside one)
 ATTACK_KEYS = ("steps", "warm_steps", "lam", "optimizer", "lr", "lr_decay", "pred_loss",
                "map_loss", "patience", "random_start", "step_search", "lam_search", "threat",
-               "answers", "queries", "surrogate", "stop_iou")
+               "answers", "queries", "surrogate", "stop_iou", "placement")
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,8 @@ class AttackSettings:
         them starts the search, :func:`adv2.blackbox.build.transfer_start`; None: Square's
         random start), stop_iou
         (black-box ADV² stops an image that predicts its target with this IoU of the oracle's
-        map to the target map); under it ``lam`` is the weight of the map term and
+        map to the target map), placement (where the search's squares go,
+        :data:`adv2.blackbox.search.PLACEMENTS`); under it ``lam`` is the weight of the map term and
         ``patience`` counts queries.
         adaptive: fitted detector files (``adv2 detect fit``; one, or several): the attack's
         adaptive form (:attr:`AttackEntry.adaptive`), which also evades every one.
@@ -173,6 +174,7 @@ class AttackSettings:
     queries: int = 10_000
     surrogate: str | None = None
     stop_iou: float | None = None
+    placement: str = "uniform"
     adaptive: str | tuple[str, ...] | None = None
 
     def entry(self) -> AttackEntry:

@@ -5,8 +5,8 @@ from Square's stripes or from the images of a :class:`TransferAttack` on local s
 
 import adv2.attacks  # noqa: F401  first: its registry enters this package's attacks
 from adv2.blackbox.oracle import ANSWERS, Answer, BudgetExceeded, Oracle
-from adv2.blackbox.search import RandomSearch, square_fraction
+from adv2.blackbox.search import PLACEMENTS, RandomSearch, square_fraction
 from adv2.blackbox.transfer import TransferAttack
 
-__all__ = ["ANSWERS", "Answer", "BudgetExceeded", "Oracle", "RandomSearch", "TransferAttack",
-           "square_fraction"]
+__all__ = ["ANSWERS", "PLACEMENTS", "Answer", "BudgetExceeded", "Oracle", "RandomSearch",
+           "TransferAttack", "square_fraction"]

@@ -56,7 +56,8 @@ def _search(settings: AttackSettings, model: Classifier, interpreter: Interprete
         return RandomSearch(Oracle(model, interpreter, settings.answers, settings.queries),
                             eps=settings.eps, queries=settings.queries, lam=lam,
                             stop_iou=settings.stop_iou, patience=settings.patience or None,
-                            seed=settings.seed, start=transfer_start(settings, model))
+                            seed=settings.seed, start=transfer_start(settings, model),
+                            placement=settings.placement)
     except SettingError:
         raise
     except ValueError as exc:

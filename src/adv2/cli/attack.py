@@ -13,7 +13,7 @@ from adv2.attack_config import AttackConfig, check_setting
 from adv2.attacks import ATTACKS, DISPLAY_NAMES, MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES
 from adv2.attacks.adaptive import ADAPTIVE_DEFAULTS
 from adv2.attacks.settings import THREATS
-from adv2.blackbox import ANSWERS
+from adv2.blackbox import ANSWERS, PLACEMENTS
 from adv2.cli.helptext import attack_defaults, shown, with_default
 from adv2.cli.options import (command_parser, interpreter_name, model_options, number,
                               usage_error)
@@ -141,6 +141,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "oracle's map and the target map", ", ".join(
             f"{name} {shown(cls.blackbox_attack_defaults.get('stop_iou'), none='off')}"
             for name, cls in sorted(INTERPRETERS.items()))))
+    p.add_argument("--placement", choices=list(PLACEMENTS), default=d.placement,
+                   help=with_default(
+                       "black-box: where the search's squares go: uniform (Square's), or map "
+                       "(on an image that predicts its target, centred where the oracle's map "
+                       "is drawn in proportion to its distance from the target map)",
+                       d.placement))
     p.add_argument("--rts-checkpoint", action=_Alias, help=with_default(
         "RTS: checkpoint from 'adv2 train-rts'; the same as --interpreter-setting "
         "checkpoint=... (giving both is an error)", "the one shipped for the model"))
