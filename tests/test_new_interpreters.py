@@ -407,9 +407,9 @@ def test_the_map_term_alone_has_a_finite_nonzero_gradient(name, tiny_model, x,
 @pytest.mark.parametrize("name", ["ig-control", "smoothgrad-control",
                                   "smoothgrad-exact-control"])
 def test_the_control_estimate_is_the_true_map_at_the_clean_image(name, tiny_model, x) -> None:
-    """At the clean images and their predicted classes the controlled estimate is the exact
-    map whatever the step's points (the draws cancel), while far from them it is not; the
-    clean average costs one explain per image and each step the control's points."""
+    """At the clean images the controlled estimate is the exact map of the attack's classes
+    whatever the step's points (the draws cancel), while far from them it is not; the clean
+    average costs one explain per image and each step the control's points."""
     interp = NEW[name](tiny_model)
     interp.use_seeds(range(len(x)))
     with torch.no_grad():

@@ -156,12 +156,13 @@ class SampledGradients(Interpreter):
     def start_attack(self, x: torch.Tensor, classes: torch.Tensor,
                      clean: torch.Tensor | None = None) -> int:
         """Restart the sequence of attack points. With estimator ``control``, also take the
-        clean images (``clean``, N×3×H×W) as control variate: their predicted classes and
-        exact average :meth:`averaged` (an :meth:`explain`'s passes per image). Each step's
-        estimate is then that average plus the mean difference between the attacked and the
-        clean images' gradients at the same points: unbiased for the attacked map's average
-        (up to the clean average's own draw), and its draws' noise cancels where the attacked
-        gradients follow the clean ones, as they must for a map that matches the benign one."""
+        clean images (``clean``, N×3×H×W) as control variate: their exact average
+        :meth:`averaged` for the attack's ``classes`` (an :meth:`explain`'s passes per image).
+        Each step's estimate is then that average plus the mean difference between the
+        attacked and the clean images' gradients of the same class at the same points:
+        unbiased for the attacked map's average (up to the clean average's own draw), with
+        the draws' noise cancelled in so far as the two gradients move together, as they do
+        for a perturbation small beside the draws' spread."""
         self._calls = 0
         self._control = None
         if self.estimator != "control":
@@ -170,10 +171,8 @@ class SampledGradients(Interpreter):
             raise ValueError(f"{self.name}: the control estimator needs the clean images "
                              "(start_attack's clean)")
         clean = clean.detach()
-        with torch.no_grad():
-            reference = self.model(clean).argmax(dim=1)
         seeds = self.image_seeds(len(clean))
-        self._control = _Control(clean, reference, self.averaged(clean, reference, seeds))
+        self._control = _Control(clean, classes, self.averaged(clean, classes, seeds))
         return self.explain_passes
 
     def attack_forward(self, x: torch.Tensor, classes: torch.Tensor, progress: float,
@@ -262,8 +261,8 @@ class SampledGradients(Interpreter):
 
 @dataclass
 class _Control:
-    """The clean batch of estimator ``control``: images (N×3×H×W), predicted classes (N,) and
-    exact averaged gradients (N×3×H×W)."""
+    """The clean batch of estimator ``control``: images (N×3×H×W), the attack's classes (N,)
+    and their exact averaged gradients (N×3×H×W)."""
 
     clean: torch.Tensor
     classes: torch.Tensor
