@@ -38,8 +38,8 @@ class MapSide(Protocol):
 
     def start(self, x: torch.Tensor, x0: torch.Tensor, targets: torch.Tensor,
               target_maps: torch.Tensor | None) -> int:
-        """Prepare a descent from iterates ``x`` in the ball around ``x0``; returns the passes per
-        image spent."""
+        """Prepare a descent from iterates ``x`` in the ball around ``x0``; returns the passes
+        per image spent."""
 
     def evaluate(self, xq: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor,
                  target_maps: torch.Tensor | None, progress: float,

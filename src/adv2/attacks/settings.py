@@ -141,8 +141,8 @@ class AttackSettings:
         random start), stop_iou
         (black-box ADV² stops an image that predicts its target with this IoU of the oracle's
         map to the target map), placement (where the search's squares go,
-        :data:`adv2.blackbox.search.PLACEMENTS`); under it ``lam`` is the weight of the map term and
-        ``patience`` counts queries.
+        :data:`adv2.blackbox.search.PLACEMENTS`); under it ``lam`` is the weight of the map
+        term and ``patience`` counts queries.
         adaptive: fitted detector files (``adv2 detect fit``; one, or several): the attack's
         adaptive form (:attr:`AttackEntry.adaptive`), which also evades every one.
         support: where the perturbation may live (:func:`adv2.attacks.support.parse`; the

@@ -150,10 +150,8 @@ class RandomSearch:
         cells = error[rows].flatten(1).cpu().double() + 1e-6  # every cell stays reachable
         drawn = torch.multinomial(cells, 1, generator=gen).flatten()
         mh, mw = error.shape[-2:]
-        cy = (drawn // mw).double().add(torch.rand(len(rows), generator=gen, dtype=torch.double,
-                                                        device="cpu"))
-        cx = (drawn % mw).double().add(torch.rand(len(rows), generator=gen, dtype=torch.double,
-                                                        device="cpu"))
+        jitter = torch.rand((2, len(rows)), generator=gen, dtype=torch.double, device="cpu")
+        cy, cx = (drawn // mw).double() + jitter[0], (drawn % mw).double() + jitter[1]
         guided_top = (cy * h / mh - side / 2).round().long().clamp(0, h - side)
         guided_left = (cx * w / mw - side / 2).round().long().clamp(0, w - side)
         guided = success[rows].cpu()

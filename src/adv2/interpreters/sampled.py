@@ -215,7 +215,7 @@ class SampledGradients(Interpreter):
             true.append(t.abs() if self.absolute and t is not None else t)
             smooth.append(g.abs() if self.absolute else g)
         if self._control is not None:
-            true, smooth = self._controlled(true, smooth, weights, seeds, rows, beta)
+            true, smooth = self._controlled(true, smooth, seeds, rows, beta)
         self._calls += 1
         maps = []
         for part in torch.arange(len(weights), device=x.device).chunk(groups):
@@ -232,8 +232,7 @@ class SampledGradients(Interpreter):
         return self.model(x), maps
 
     def _controlled(self, true: list[torch.Tensor | None], smooth: list[torch.Tensor],
-                    weights: torch.Tensor, seeds: list[int], rows: torch.Tensor | None,
-                    beta: float) -> tuple[list[torch.Tensor | None], list[torch.Tensor]]:
+                    seeds: list[int], rows: torch.Tensor | None, beta: float) -> tuple[list[torch.Tensor | None], list[torch.Tensor]]:
         """The point gradients shifted by the control variate: each minus the clean image's
         at the same point (the same function: exact or surrogate), plus the clean image's
         exact average, so that any weighted average of them is the controlled estimate."""
