@@ -5,7 +5,7 @@ While :func:`sigterm_raises` is active, SIGTERM raises :class:`Terminated`, a
 :func:`adv2.records.run_units` records ``Exception`` only). The loop that was running turns the
 interrupt into :class:`Interrupted`, which says how many images are done and where.
 
-Example:
+Examples:
     >>> with sigterm_raises():
     ...     try:
     ...         run()

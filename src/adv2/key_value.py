@@ -10,7 +10,7 @@ def parse_setting(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` with VALUE a JSON literal (number, true/false, null, "string"), a boolean
     or none in any case (``False``, ``None``), or a bare string.
 
-    Example:
+    Examples:
         >>> parse_setting("steps=50"), parse_setting("fast=False"), parse_setting("layer=a.b")
         (('steps', 50), ('fast', False), ('layer', 'a.b'))
     """

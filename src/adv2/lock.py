@@ -81,7 +81,7 @@ class FolderLock:
         FolderBusy: on entering (or :meth:`acquire`), when another live process holds the
             folder.
 
-    Example:
+    Examples:
         >>> with FolderLock("out"):
         ...     write_results()
     """

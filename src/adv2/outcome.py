@@ -96,7 +96,7 @@ class Outcome:
     def to_record(self) -> tuple[dict[str, np.ndarray], dict]:
         """The record's arrays and JSON meta (:meth:`adv2.records.Store.save`).
 
-        Example:
+        Examples:
             >>> arrays, meta = outcome.to_record()
             >>> Outcome.from_record(Record(name, meta, arrays)).to_record()[1] == meta
             True

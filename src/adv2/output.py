@@ -57,7 +57,7 @@ class RunWriter:
     Raises:
         FolderBusy: another running process holds the folder.
 
-    Example:
+    Examples:
         >>> with RunWriter("out", settings) as writer:
         ...     writer.finish(seconds, ks, accuracy)
     """

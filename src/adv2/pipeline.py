@@ -49,7 +49,7 @@ def run(
     ``skipped`` (files that could not be read), ``ignored`` (other files passed over) and
     ``warnings``: (file, message) pairs named in summary.json too.
 
-    Example:
+    Examples:
         >>> run(AttackConfig(interpreter="cam", attack="adv2"), model, samples, "runs/cam")
     """
     start = time.time()

@@ -48,7 +48,7 @@ def prepare_images(samples: list[Sample], model: Classifier, seed: int,
     Raises:
         SettingError: ``target_class`` is not a class of the model.
 
-    Example:
+    Examples:
         >>> prepared = prepare_images(data.samples, model, 0, None, "benign", 8, "photos")
     """
     images = np.stack([s.image for s in samples])

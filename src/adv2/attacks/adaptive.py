@@ -107,7 +107,7 @@ class AdaptiveADV2:
     and matching the map at once needs a longer joint stage, and the map term must keep its
     weight against the penalties. The base attack's per-example step search is dropped.
 
-    Example:
+    Examples:
         >>> AdaptiveADV2(ADV2.for_interpreter(model, cam), [squeeze, ensemble])  # doctest: +SKIP
     """
 

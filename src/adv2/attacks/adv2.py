@@ -63,7 +63,7 @@ class ADV2:
     Returns:
         :class:`AttackResult` on the input's device.
 
-    Example:
+    Examples:
         >>> attack = ADV2.for_interpreter(model, CAM(model))  # doctest: +SKIP
         >>> result = attack(images, targets)                  # doctest: +SKIP
     """

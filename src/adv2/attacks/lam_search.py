@@ -33,7 +33,7 @@ class LamSearch:
         runs: reruns after the first run (each costs about one joint stage); factor: how far
         an image's λ moves while only successes or only failures are known.
 
-    Example:
+    Examples:
         >>> ADV2(model, cam, lam_search=LamSearch(runs=2))  # doctest: +SKIP
     """
 

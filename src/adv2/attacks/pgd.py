@@ -47,7 +47,7 @@ class PGD:
     Returns:
         :class:`AttackResult` on the input's device.
 
-    Example:
+    Examples:
         >>> result = PGD(model, cam, eps=8 / 255)(images, targets, benign)  # doctest: +SKIP
     """
 

@@ -48,7 +48,7 @@ class AttackEntry:
         adaptive: the entry of its adaptive form, which wraps it and also evades the
             detectors fitted in the files of the ``adaptive`` setting (None: none).
 
-    Example:
+    Examples:
         >>> ATTACKS["pgd"].display_name
         'PGD'
     """
@@ -149,7 +149,7 @@ class AttackSettings:
         support itself is built per batch and passed to the attack's call): any but ``full``
         takes the interpreter's ``support_attack_defaults`` over its ``attack_defaults``.
 
-    Example:
+    Examples:
         >>> AttackSettings(steps=50).resolved(cam).build(model, cam)  # doctest: +SKIP
     """
 
@@ -236,7 +236,7 @@ def recorded(part: Any) -> dict[str, Any]:
     """The settings of a dataclass as its record holds them: each field's :func:`describe`,
     in field order, but those whose metadata is :data:`NOT_RECORDED`.
 
-    Example:
+    Examples:
         >>> {"attack": "pgd", **recorded(PGD(model))}  # PGD.config()  # doctest: +SKIP
     """
     return {f.name: describe(getattr(part, f.name)) for f in fields(part)

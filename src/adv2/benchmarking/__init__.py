@@ -4,7 +4,7 @@ interpreters' noise floors (:mod:`~adv2.benchmarking.floors`), attacks over batc
 samples (:mod:`~adv2.benchmarking.batches`), step costs (:mod:`~adv2.benchmarking.costs`) and
 the pages they write and the README reads (:mod:`~adv2.benchmarking.pages`).
 
-Example:
+Examples:
     >>> from adv2.benchmarking import image_targets, pick_images, run_batches
     >>> samples = pick_images(model, folder, 8, seed=0)
     >>> out, seconds = run_batches(cfg, model, interpreter, attack, samples,

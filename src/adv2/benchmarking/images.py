@@ -18,7 +18,7 @@ def default_images(script: str | Path) -> Path:
     """The ImageNet sample beside the checkout that holds ``script`` (a file in a folder of the
     repository root): ``../shared/data/imagenet-sample``.
 
-    Example:
+    Examples:
         >>> default_images("/srv/adv2/benchmarks/attack_benchmark.py")
         PosixPath('/srv/shared/data/imagenet-sample')
     """
@@ -36,7 +36,7 @@ def images_missing(folder: Path, needs: str = "the benchmark") -> bool:
 def interpreter_plan(specs: list[str]) -> list[tuple[str, int]]:
     """``NAME:N`` texts as (interpreter name, number of images) pairs.
 
-    Example:
+    Examples:
         >>> interpreter_plan(["cam:20", "grad:8"])
         [('cam', 20), ('grad', 8)]
     """

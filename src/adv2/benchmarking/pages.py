@@ -26,7 +26,7 @@ def publish(text: str, out: Path | None, heading: str = "") -> None:
 def table_rows(text: str) -> list[list[str]]:
     """The cells of every Markdown table row of ``text``, in order.
 
-    Example:
+    Examples:
         >>> table_rows("| a | b |\\n|---|---|\\n| 1 | |")
         [['a', 'b'], ['1', '']]
     """

@@ -64,7 +64,7 @@ class Oracle:
     Returns:
         :class:`Answer` on x's device (the CPU for numpy images).
 
-    Example:
+    Examples:
         >>> oracle = Oracle(model, CAM(model), answers="scores+map", budget=10_000)
         >>> oracle.open(len(x))
         >>> answer = oracle.query(x)          # one query per image

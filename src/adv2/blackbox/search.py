@@ -71,7 +71,7 @@ class RandomSearch:
         :class:`~adv2.attacks.result.AttackResult` on the input's device, judged by the true
         model and interpreter; ``queries`` and ``passes`` are the queries per image.
 
-    Example:
+    Examples:
         >>> oracle = Oracle(model, CAM(model), "scores+map")         # doctest: +SKIP
         >>> result = RandomSearch(oracle, lam=100)(images, targets)   # doctest: +SKIP
     """

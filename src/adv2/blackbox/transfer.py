@@ -46,7 +46,7 @@ class TransferAttack:
         surrogate (and its interpreter, given target maps): the attacked system judges the
         images it is given.
 
-    Example:
+    Examples:
         >>> start = TransferAttack([load_model("efficientnet_lite1"),
         ...                         load_model("efficientnet_lite2")])    # doctest: +SKIP
         >>> result = start(images, targets)                               # doctest: +SKIP

@@ -20,7 +20,7 @@ from adv2.interpreters import minmax
 def pooled(maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Every N×1×h×w map average-pooled to the resolution of the map with the fewest pixels.
 
-    Example:
+    Examples:
         >>> [m.shape[-1] for m in pooled([torch.rand(2, 1, 7, 7, device="cpu"),
         ...                                torch.rand(2, 1, 56, 56, device="cpu")])]
         [7, 7]

@@ -47,7 +47,7 @@ class Detector(ABC):
     Shape:
         images: uint8 n×H×W×3 arrays or float n×3×H×W tensors in [0,1]; scores n×S.
 
-    Example:
+    Examples:
         >>> detector = DETECTORS["squeeze"](model, ["bit-3"]).fit(benign)  # doctest: +SKIP
         >>> detector.detect(images).joint_flag                             # doctest: +SKIP
     """

@@ -35,7 +35,7 @@ class EnsembleDetector(Detector):
         images: uint8 n×H×W×3 arrays or float n×3×H×W tensors in [0,1]; scores n×1 in [0, 1]
         (the column ``inconsistency``).
 
-    Example:
+    Examples:
         >>> EnsembleDetector(model, ["cam", "grad"]).fit(benign, fpr=0.05)  # doctest: +SKIP
     """
 

@@ -37,7 +37,7 @@ def build_detector(name: str, model: torch.nn.Module | None,
     """An unfitted detector ``name`` for ``model`` with ``settings`` (keywords of its class)
     over its defaults; a :class:`~adv2.errors.SettingError` naming a bad key.
 
-    Example:
+    Examples:
         >>> build_detector("ensemble", model, {"interpreters": ["cam", "rts"]})  # doctest: +SKIP
     """
     cls = detector_class(name)

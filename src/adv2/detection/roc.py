@@ -23,7 +23,7 @@ def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
         A number in [0, 1]: 1 when every positive scores above every negative, 0.5 when the
         scores do not separate them.
 
-    Example:
+    Examples:
         >>> auroc(torch.tensor([0.9, 0.4]), torch.tensor([0.1, 0.4, 0.5]))
         0.75
     """
@@ -48,7 +48,7 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     Returns:
         (low, high) in [0, 1]; a ValueError unless 0 ≤ k ≤ n, n ≥ 1 and 0 < confidence < 1.
 
-    Example:
+    Examples:
         >>> [round(v, 4) for v in wilson_interval(5, 10)]
         [0.2366, 0.7634]
     """

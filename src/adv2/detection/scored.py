@@ -14,7 +14,7 @@ def write_scores(path: str | Path, files: Sequence[str], columns: Sequence[str],
     """One row per image: its file name, each score column (named by ``columns``), the joint
     score and ``flagged`` (1: the joint score is above its threshold).
 
-    Example:
+    Examples:
         >>> write_scores("scores.csv", ["a.png"], ["bit-4"], detector.detect(x))  # doctest: +SKIP
     """
     with open(path, "w", newline="") as fh:

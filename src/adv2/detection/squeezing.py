@@ -33,7 +33,7 @@ class FeatureSqueezingDetector(Detector):
         images: uint8 n×H×W×3 arrays or float n×3×H×W tensors in [0,1]; scores n×S, one column
         per squeezer, in [0, 2].
 
-    Example:
+    Examples:
         >>> FeatureSqueezingDetector(model, ["bit-2"]).fit(benign, fpr=0.05)  # doctest: +SKIP
     """
 

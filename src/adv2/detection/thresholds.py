@@ -81,7 +81,7 @@ class Thresholds:
     """A fitted state: the (S,) thresholds of the score columns, the joint score's threshold and
     the false-positive rate they were fitted at.
 
-    Example:
+    Examples:
         >>> Thresholds.fit(torch.arange(10.0)[:, None], 0.1).joint
         8.0
     """
@@ -127,7 +127,7 @@ def fit_thresholds(scores: torch.Tensor, fpr: float, folds: int = 10,
     """Thresholds at ``fpr`` fitted on all n×S benign ``scores`` and their held-out flags by a
     seeded cross-validation of :func:`held_out_folds` (``folds``, at most n) folds.
 
-    Example:
+    Examples:
         >>> c = fit_thresholds(torch.arange(4.0)[:, None], 0.25, folds=4)
         >>> c.thresholds.joint, c.held_out_fpr(["s"])
         (2.0, {'s': 0.25, 'joint': 0.25})

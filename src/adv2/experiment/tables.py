@@ -27,7 +27,7 @@ class Table:
     Markdown, numeric columns are right-aligned unless ``aligned`` is False, and an empty cell
     is written ``| |``.
 
-    Example:
+    Examples:
         >>> Table("t", "T", ["name", "IoU"], ["", ".3f"], [["a", 0.12345], ["b", None]],
         ...       blank="", aligned=False).markdown()
         '| name | IoU |\\n|---|---|\\n| a | 0.123 |\\n| b | |\\n'

@@ -83,7 +83,7 @@ class Interpreter(ABC):
         explain or attack, in its row order (None: the interpreter's own ``seed`` for every
         image). Deterministic interpreters keep them unused.
 
-        Example:
+        Examples:
             >>> smoothgrad.use_seeds([11, 12])   # doctest: +SKIP
             >>> maps = smoothgrad(x[:2], classes[:2])
         """

@@ -23,7 +23,7 @@ class CAM(Interpreter):
     Returns:
         ``cam(x, classes)``: N×1×h×w maps in [0,1]; ``cam.explain`` also the logits.
 
-    Example:
+    Examples:
         >>> maps = CAM(model)(x, labels)  # doctest: +SKIP
     """
 

@@ -18,7 +18,7 @@ attributions (:data:`STOCHASTIC`) draw each image's samples from its own seed
 (:meth:`~adv2.interpreters.Interpreter.use_seeds`), one image at a time. Captum is optional:
 ``pip install captum``.
 
-Example:
+Examples:
     >>> ig = build_interpreter("captum:IntegratedGradients", model, n_steps=32)  # doctest: +SKIP
     >>> logits, maps = ig.explain(x, classes)                  # N×1×H/4×W/4 in [0,1]
 """

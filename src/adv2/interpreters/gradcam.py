@@ -61,7 +61,7 @@ class GradCAM(Interpreter):
     Shape:
         x: N×3×H×W in [0,1]; classes: (N,). Maps: N×1×h×w in [0,1], h×w the layer's.
 
-    Example:
+    Examples:
         >>> maps = GradCAM(model, layer="body.inner.blocks.4")(x, labels)  # doctest: +SKIP
     """
 

@@ -61,7 +61,7 @@ class IG(SampledGradients):
     Shape:
         x: N×3×H×W in [0,1]; classes: (N,). Maps: N×1×(H/pool)×(W/pool) in [0,1].
 
-    Example:
+    Examples:
         >>> maps = IG(model, steps=50)(x, labels)  # doctest: +SKIP
     """
 

@@ -18,7 +18,7 @@ explained, attacked and verified by itself; the joint interpreter only combines:
 - reports give each member's L1 and IoU (:func:`adv2.attacks.result.distances`); the joint's
   ``l1`` and ``iou`` are their means over the members.
 
-Example:
+Examples:
     >>> joint = build_interpreter("cam+grad", model)  # doctest: +SKIP
     >>> logits, maps = joint.explain(x, classes)       # maps: N×1×1×(7·7 + 56·56)
     >>> joint.parts(maps, (224, 224))["grad"].shape    # doctest: +SKIP

@@ -94,7 +94,7 @@ class MASK(Interpreter):
         ``mask(x, classes)``: N×1×H/scale×W/scale maps 1 − m in [0,1] (a cold-start run,
         not differentiable in x); ``mask.explain`` also the logits.
 
-    Example:
+    Examples:
         >>> maps = MASK(model, iterations=300)(x, labels)  # doctest: +SKIP
     """
 

@@ -7,7 +7,7 @@ Every place that takes an interpreter's name (``adv2 attack --interpreter``, an 
 file's ``interpreters``, :func:`adv2.interpreters.build_interpreter`) resolves it here; a name
 that does not resolve raises a ValueError naming it and the problem (docs/interpreters-custom.md).
 
-Example:
+Examples:
     >>> resolve("cam").__name__
     'CAM'
     >>> resolve("adv2.interpreters.grad:GRAD").name

@@ -69,7 +69,7 @@ class RTS(Interpreter):
     Returns:
         ``rts(x, classes)``: N×1×H/4×W/4 maps in [0,1]; ``rts.explain`` also the logits.
 
-    Example:
+    Examples:
         >>> maps = RTS(model)(x, labels)  # doctest: +SKIP
     """
 

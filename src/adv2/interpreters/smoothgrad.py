@@ -37,7 +37,7 @@ class SmoothGrad(SampledGradients):
     Shape:
         x: N×3×H×W in [0,1]; classes: (N,). Maps: N×1×(H/pool)×(W/pool) in [0,1].
 
-    Example:
+    Examples:
         >>> sg = SmoothGrad(model, samples=50)  # doctest: +SKIP
         >>> sg.use_seeds([3, 4]); maps = sg(x[:2], labels[:2])  # doctest: +SKIP
     """

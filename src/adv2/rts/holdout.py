@@ -16,7 +16,7 @@ class HoldOut:
     """A split of the training images: ``train``, the samples trained on (in their order), and
     ``held``, the sorted keys of those left out for evaluating the masks.
 
-    Example:
+    Examples:
         >>> split = HoldOut.split(samples, 2, seed=0)  # doctest: +SKIP
         >>> split.meta("adv2 train-rts ...", "photos", 0)["holdout"]  # doctest: +SKIP
         ['img_2', 'img_3']

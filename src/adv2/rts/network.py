@@ -128,7 +128,7 @@ class SaliencyNet(nn.Module):
         ``net(x, classes)``: (logits N×C of ``model``, masks N×1×H/4×W/4 in [0,1], high = the
         region that explains the class).
 
-    Example:
+    Examples:
         >>> net = SaliencyNet(model, load_model("efficientnet_lite1"))  # doctest: +SKIP
     """
 

@@ -71,7 +71,7 @@ class TrainSettings:
             its file digest and metadata are recorded, ``config.selector_steps=0`` keeps its
             selector).
 
-    Example:
+    Examples:
         ``TrainSettings(TrainConfig(steps=100), progress=False)``
     """
 
@@ -314,7 +314,7 @@ def train(model: Classifier, images: np.ndarray, labels: torch.Tensor, out: str 
     Returns:
         The trained network, in eval mode.
 
-    Example:
+    Examples:
         ``train(model, images, labels, "rts", TrainSettings(TrainConfig(steps=100)))``
     """
     settings = settings or TrainSettings()
