@@ -69,3 +69,13 @@ def test_the_experiment_page_documents_every_key() -> None:
         top, _, inner = key.partition(".")
         assert top in rows or any(row.startswith(top + ".") for row in rows), key
         assert not inner or inner in page, key
+
+
+def test_docstring_examples_are_sections_the_api_reference_renders_as_code() -> None:
+    # griffe's Google style reads "Examples:" as doctest code; "Example:" is an admonition of
+    # nested quotes whose brackets Markdown takes for links
+    singular = [f"{path.relative_to(ROOT)}:{i}"
+                for path in sorted((ROOT / "src" / "adv2").rglob("*.py"))
+                for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                if line.strip() == "Example:"]
+    assert not singular, singular

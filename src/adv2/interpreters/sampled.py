@@ -232,7 +232,8 @@ class SampledGradients(Interpreter):
         return self.model(x), maps
 
     def _controlled(self, true: list[torch.Tensor | None], smooth: list[torch.Tensor],
-                    seeds: list[int], rows: torch.Tensor | None, beta: float) -> tuple[list[torch.Tensor | None], list[torch.Tensor]]:
+                    seeds: list[int], rows: torch.Tensor | None,
+                    beta: float) -> tuple[list[torch.Tensor | None], list[torch.Tensor]]:
         """The point gradients shifted by the control variate: each minus the clean image's
         at the same point (the same function: exact or surrogate), plus the clean image's
         exact average, so that any weighted average of them is the controlled estimate."""
