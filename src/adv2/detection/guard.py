@@ -82,5 +82,5 @@ class Guard(ABC):
         """The guard's settings, as an adaptive attack records them."""
         return {"detector": self.detector.name,
                 "columns": [self.detector.names[c] for c in self.columns],
-                "margin": self.margin, "weight": self.weight,
-                "accept_margin": self.accept_margin}
+                "thresholds": self.thresholds.tolist(), "margin": self.margin,
+                "weight": self.weight, "accept_margin": self.accept_margin}
