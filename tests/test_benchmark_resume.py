@@ -12,7 +12,7 @@ from adv2 import pipeline
 from adv2.benchmarking import batches, image_targets, pick_images, run_batches
 from adv2.interpreters import build_interpreter
 from adv2.models import Classifier
-from conftest import make_tiny_model
+from conftest import load_file, make_tiny_model
 from test_countermeasures import labelled_images
 
 
@@ -105,3 +105,49 @@ def test_the_countermeasures_page_resumes_from_its_work_folder(
         return [line for line in page.read_text().splitlines()
                 if line.startswith(("|", "- ")) and not line.startswith("| ensemble |")]
     assert tables(first) == tables(second)
+
+
+def test_the_mask_budget_page_resumes_at_the_first_batch_it_lacks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    budget = load_file("benchmarks/mask_budget.py")
+    model = make_tiny_model(0, 1000)
+    monkeypatch.setattr(budget, "load_model", lambda device="cpu": model)
+    folder = labelled_images(tmp_path / "images", model, 3)
+    made: list[list[str]] = []
+
+    def measured(args, model, chosen) -> dict:  # a batch's numbers, from its images' names
+        made.append([s.name for s in chosen])
+        n, v = len(chosen), len(made[-1][0]) / 100
+        return {"names": made[-1], "floor_iou": [v] * n, "floor_l1": v,
+                "curve": [[300.0, v, v, None, None], [2900.0, v, v, v, v]],
+                "success": [1.0] * n, "iou": [v] * n, "l1": [v] * n, "passes": 2900.0,
+                "minutes": 1.0, "threads": 1}
+    monkeypatch.setattr(budget, "measure_batch", measured)
+    work = tmp_path / "work"
+    options = ["--images", str(folder), "--n", "3", "--batch-size", "2", "--work", str(work)]
+    first, second = tmp_path / "first.md", tmp_path / "second.md"
+    assert budget.main([*options, "--out", str(first)]) == 0
+    kept = sorted(work.glob("batch-*.json"), key=lambda f: f.stat().st_mtime_ns)
+    assert [len(b) for b in made] == [2, 1] and len(kept) == 2
+    kept[1].unlink()  # the run stopped after its first batch
+    assert budget.main([*options, "--out", str(second)]) == 0
+    assert made[2:] == [made[1]]  # only the lost batch is measured again
+    assert first.read_text() == second.read_text()
+    assert "## Images 1–2: " in first.read_text() and "## Image 3: " in first.read_text()
+
+
+def test_the_detection_report_resumes_from_its_work_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    report = load_file("benchmarks/detection_report.py")
+    model = make_tiny_model(0, 1000)
+    monkeypatch.setattr(report, "load_model", lambda device="cpu": model)
+    folder = labelled_images(tmp_path / "images", model, 6)
+    options = ["--images", str(folder), "--interpreters", "cam:1", "--benign", "4", "--folds",
+               "2", "--fpr", "0.25", "--squeezers", "bit-4", "median-2x2", "--specific",
+               "--no-all", "--work", str(tmp_path / "work")]
+    first, second = tmp_path / "first.md", tmp_path / "second.md"
+    assert report.main([*options, "--out", str(first)]) == 0
+    names = attacked_names(monkeypatch)
+    assert report.main([*options, "--out", str(second)]) == 0
+    assert names == []
+    assert first.read_text() == second.read_text()
