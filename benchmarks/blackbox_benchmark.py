@@ -17,6 +17,9 @@ with --out.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import json
 import platform
 import statistics
 import sys
@@ -34,9 +37,10 @@ from adv2.attacks.result import judge
 from adv2.benchmarking import (attack_samples, benign_and_floors, default_images,
                                image_targets, images_missing, interpreter_plan, pick_images,
                                publish, stacked)
-from adv2.data import Sample, to_tensor
+from adv2.data import Sample, image_digest, to_tensor
 from adv2.interpreters import build_interpreter
-from adv2.models import describe_device, load_model
+from adv2.models import describe_device, load_model, model_digest
+from adv2.records import to_json, write_json
 
 DEFAULT_IMAGES = default_images(__file__)
 
@@ -90,16 +94,29 @@ class Counted(torch.nn.Module):
 
 
 def square_rows(model, interpreter, samples: list[Sample], tgts: torch.Tensor, benign,
-                eps: float, queries: int, seed: int) -> tuple[list[Scored], float]:
+                eps: float, queries: int, seed: int,
+                work: Path | None = None) -> tuple[list[Scored], float]:
     """torchattacks.Square, targeted, margin loss, p_init 0.05, one image at a time: each
-    image's success, L1, IoU (the true interpreter on the uint8 image) and queries."""
+    image's success, L1, IoU (the true interpreter on the uint8 image) and queries, and the
+    seconds per image (``work``: a folder that keeps each image's numbers and seconds, read
+    back by a rerun of the same settings)."""
     import torchattacks
 
     counted = Counted(model).eval()
-    scored, start = [], time.time()
+    scored, seconds = [], []
     for j, s in enumerate(samples):
-        x = to_tensor(s.image).to(model.device)
         t = tgts[j:j + 1]
+        kept = None if work is None else work / "square" / (hashlib.sha256(to_json({
+            "eps": eps, "queries": queries, "seed": seed, "p_init": 0.05, "image": s.key,
+            "input": image_digest(s.image), "target": int(t), "model": model_digest(model),
+            "interpreter": interpreter.config()}).encode()).hexdigest()[:16] + ".json")
+        if kept is not None and kept.exists():
+            record = json.loads(kept.read_text())
+            scored.append(Scored(**record["scored"]))
+            seconds.append(record["seconds"])
+            continue
+        start = time.time()
+        x = to_tensor(s.image).to(model.device)
         attack = torchattacks.Square(counted, norm="Linf", eps=eps, n_queries=queries,
                                      p_init=0.05, loss="margin", seed=seed)
         attack.set_mode_targeted_by_label(quiet=True)
@@ -110,8 +127,11 @@ def square_rows(model, interpreter, samples: list[Sample], tgts: torch.Tensor, b
                        benign[j:j + 1])
         scored.append(Scored(bool(result.success[0]), result.iou[0].tolist(),
                             float(result.l1[0]), spent))
+        seconds.append(time.time() - start)
+        if kept is not None:
+            write_json(kept, {"scored": dataclasses.asdict(scored[-1]), "seconds": seconds[-1]})
     model.eval()
-    return scored, (time.time() - start) / len(samples)
+    return scored, sum(seconds) / len(samples)
 
 
 def row(name: str, label: str, scored: list[Scored], seconds: float | None) -> str:
@@ -153,7 +173,7 @@ def measure(args: argparse.Namespace, name: str, n: int,
         benign, _ = benign_and_floors(interpreter, x, labels, [s.key for s in samples],
                                       args.seed)
         return square_rows(model, interpreter, samples, tgts, benign,
-                           pipeline.AttackConfig.eps, args.queries, args.seed)
+                           pipeline.AttackConfig.eps, args.queries, args.seed, args.work)
     cfg = pipeline.AttackConfig(interpreter=name, seed=args.seed, **settings)
     return attack_rows(cfg, model, interpreter, samples, tgts, args.batch_size, args.work)
 
@@ -188,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path,
                         help="keep each image's outcome here as it is made; the same command "
-                             "with the same --work resumes an interrupted run (the Square "
-                             "rows start again)")
+                             "with the same --work resumes an interrupted run")
     parser.add_argument("--out", type=Path, help="also write the Markdown page here")
     args = parser.parse_args(argv)
     if images_missing(args.images):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -38,6 +39,7 @@ def load_file(relative: str) -> ModuleType:
     path = REPO / relative
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as python registers __main__ (dataclasses look it up)
     spec.loader.exec_module(module)
     return module
 

@@ -3,13 +3,15 @@ missing images attacked again, and a changed row never read back."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from adv2 import pipeline
-from adv2.benchmarking import batches, image_targets, pick_images, run_batches
+from adv2 import pipeline, target_maps
+from adv2.benchmarking import batches, image_targets, pick_images, run_batches, stacked
 from adv2.interpreters import build_interpreter
 from adv2.models import Classifier
 from conftest import load_file, make_tiny_model
@@ -151,3 +153,38 @@ def test_the_detection_report_resumes_from_its_work_folder(
     assert report.main([*options, "--out", str(second)]) == 0
     assert names == []
     assert first.read_text() == second.read_text()
+
+
+def test_the_square_rows_are_read_back_from_the_work_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The black-box page's peer rows (torchattacks.Square, here a stand-in that spends a
+    few queries on an unchanged image) keep each image's numbers: a rerun runs nothing."""
+    blackbox = load_file("benchmarks/blackbox_benchmark.py")
+    model = make_tiny_model(0, 1000)
+    samples = pick_images(model, labelled_images(tmp_path / "images", model, 2), 2, 0)
+    tgts = image_targets(model, samples, 0)
+    runs: list[int] = []
+
+    class Square:  # the interface the benchmark uses
+        def __init__(self, model, **settings) -> None:
+            self.model = model
+
+        def set_mode_targeted_by_label(self, quiet: bool) -> None:
+            pass
+
+        def __call__(self, x, t):
+            runs.append(len(x))
+            for _ in range(3):
+                self.model(x)
+            return x
+    monkeypatch.setitem(sys.modules, "torchattacks", SimpleNamespace(Square=Square))
+    cam = build_interpreter("cam", model)
+    x, labels = stacked(model, samples)
+    benign = target_maps.benign(cam, x, labels)
+    work = tmp_path / "work"
+    first = blackbox.square_rows(model, cam, samples, tgts, benign, 8 / 255, 100, 0, work)
+    assert runs == [1, 1] and [s.queries for s in first[0]] == [3, 3]
+    again = blackbox.square_rows(model, cam, samples, tgts, benign, 8 / 255, 100, 0, work)
+    assert runs == [1, 1] and again == first
+    blackbox.square_rows(model, cam, samples, tgts, benign, 8 / 255, 50, 0, work)
+    assert runs == [1, 1, 1, 1]  # another budget is another row
