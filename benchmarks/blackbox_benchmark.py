@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import platform
 import statistics
@@ -36,11 +35,11 @@ from adv2 import pipeline
 from adv2.attacks.result import judge
 from adv2.benchmarking import (attack_samples, benign_and_floors, default_images,
                                image_targets, images_missing, interpreter_plan, pick_images,
-                               publish, stacked)
+                               publish, settings_digest, stacked)
 from adv2.data import Sample, image_digest, to_tensor
 from adv2.interpreters import build_interpreter
 from adv2.models import describe_device, load_model, model_digest
-from adv2.records import to_json, write_json
+from adv2.records import write_json
 
 DEFAULT_IMAGES = default_images(__file__)
 
@@ -106,10 +105,10 @@ def square_rows(model, interpreter, samples: list[Sample], tgts: torch.Tensor, b
     scored, seconds = [], []
     for j, s in enumerate(samples):
         t = tgts[j:j + 1]
-        kept = None if work is None else work / "square" / (hashlib.sha256(to_json({
+        kept = None if work is None else work / "square" / (settings_digest({
             "eps": eps, "queries": queries, "seed": seed, "p_init": 0.05, "image": s.key,
             "input": image_digest(s.image), "target": int(t), "model": model_digest(model),
-            "interpreter": interpreter.config()}).encode()).hexdigest()[:16] + ".json")
+            "interpreter": interpreter.config()}) + ".json")
         if kept is not None and kept.exists():
             record = json.loads(kept.read_text())
             scored.append(Scored(**record["scored"]))

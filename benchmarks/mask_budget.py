@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import platform
 import sys
@@ -32,12 +31,12 @@ import torch
 from adv2 import metrics, pipeline, target_maps
 from adv2.attacks import Judgement
 from adv2.benchmarking import (default_images, image_targets, images_missing, noise_floor,
-                               pick_images, publish, stacked)
+                               pick_images, publish, settings_digest, stacked)
 from adv2.data import Sample, image_digest
 from adv2.experiment.tables import Table
 from adv2.interpreters import build_interpreter
 from adv2.models import Classifier, describe_device, load_model, model_digest
-from adv2.records import to_json, write_json
+from adv2.records import write_json
 
 DEFAULT_IMAGES = default_images(__file__)
 
@@ -121,7 +120,7 @@ def batch_key(args: argparse.Namespace, model: Classifier, samples: list[Sample]
     described = {"settings": {k: getattr(args, k) for k in SETTINGS},
                  "images": [[s.key, image_digest(s.image)] for s in samples],
                  "model": model_digest(model)}
-    return "batch-" + hashlib.sha256(to_json(described).encode()).hexdigest()[:16] + ".json"
+    return f"batch-{settings_digest(described)}.json"
 
 
 #: the arguments one batch's results depend on

@@ -12,7 +12,7 @@ Examples:
 """
 
 from adv2.benchmarking.batches import (attack_samples, error_by_support, run_batches,
-                                       support_fractions)
+                                       settings_digest, support_fractions)
 from adv2.benchmarking.costs import (chooses_surrogate, step_cost, surrogate_unit_costs,
                                      timed)
 from adv2.benchmarking.floors import Floor, benign_and_floors, noise_floor
@@ -23,4 +23,5 @@ from adv2.benchmarking.pages import publish
 __all__ = ["Floor", "attack_samples", "benign_and_floors", "chooses_surrogate",
            "default_images", "error_by_support", "image_targets", "images_missing",
            "interpreter_plan", "noise_floor", "pick_images", "publish", "run_batches",
-           "stacked", "step_cost", "support_fractions", "surrogate_unit_costs", "timed"]
+           "settings_digest", "stacked", "step_cost", "support_fractions",
+           "surrogate_unit_costs", "timed"]

@@ -27,6 +27,12 @@ NUMBERS = ("success", "confidence", "l1", "passes", "linf", "changed", "l2")
 ARRAYS = ("adv", "map", "target_map", "support")
 
 
+def settings_digest(described: object) -> str:
+    """A short stable name for everything a kept result depends on (16 hex digits of the
+    SHA-256 of its strict JSON)."""
+    return hashlib.sha256(to_json(described).encode()).hexdigest()[:16]
+
+
 def row_stage(cfg: AttackConfig, model: Classifier, interpreter: Interpreter, attack: Attack,
               tgts: torch.Tensor) -> str:
     """The name a row's records go by in a work folder: a digest of everything its results
@@ -35,7 +41,7 @@ def row_stage(cfg: AttackConfig, model: Classifier, interpreter: Interpreter, at
     described = {"cfg": asdict(cfg), "attack": attack.config(), "interpreter":
                  interpreter.config() if interpreter is not None else None,
                  "targets": tgts.tolist(), "model": model_digest(model)}
-    return "row-" + hashlib.sha256(to_json(described).encode()).hexdigest()[:16]
+    return "row-" + settings_digest(described)
 
 
 def attack_samples(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,
