@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ADV² rows, one per support (full, edges, target-map:q, ...)")
     parser.add_argument("--device", default="cpu",
                         help="the torch device everything runs on (e.g. cuda)")
+    parser.add_argument("--work", type=Path,
+                        help="keep each image's outcome here as it is made; the same command "
+                             "with the same --work resumes an interrupted run")
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
     return parser
 
@@ -122,7 +125,8 @@ def measure(results: Results, args: argparse.Namespace, model, pool: list, name:
         attacked = (build_interpreter(name, model, **settings, strategy=strategy)
                     if strategy else interpreter)
         attack = pipeline.build_attack(cfg, model, attacked)
-        cat, seconds = run_batches(cfg, model, attacked, attack, samples, tgts, args.batch_size)
+        cat, seconds = run_batches(cfg, model, attacked, attack, samples, tgts, args.batch_size,
+                                   args.work)
         assert cat["linf"].max() <= round(255 * cfg.eps)
         tags = [t for t in (strategy, None if support == "full" else f"{support} support") if t]
         label = DISPLAY_NAMES[attack_name] + (f" ({', '.join(tags)})" if tags else "")

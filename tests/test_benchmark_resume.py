@@ -188,3 +188,24 @@ def test_the_square_rows_are_read_back_from_the_work_folder(
     assert runs == [1, 1] and again == first
     blackbox.square_rows(model, cam, samples, tgts, benign, 8 / 255, 50, 0, work)
     assert runs == [1, 1, 1, 1]  # another budget is another row
+
+
+def test_the_attack_benchmark_resumes_from_its_work_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attack page's rows run again with the same --work attack nothing and come back the
+    same, seconds per image included (only the step costs are timed anew)."""
+    benchmark = load_file("benchmarks/attack_benchmark.py")
+    model = make_tiny_model(0, 1000)
+    monkeypatch.setattr(benchmark, "load_model", lambda device="cpu": model)
+    folder = labelled_images(tmp_path / "images", model, 2)
+    options = ["--images", str(folder), "--interpreters", "cam:2", "--batch-size", "1",
+               "--work", str(tmp_path / "work")]
+    first, second = tmp_path / "first.md", tmp_path / "second.md"
+    assert benchmark.main([*options, "--out", str(first)]) == 0
+    names = attacked_names(monkeypatch)
+    assert benchmark.main([*options, "--out", str(second)]) == 0
+    assert names == []
+
+    def rows(page: Path) -> list[str]:
+        return [line for line in page.read_text().splitlines() if line.count("|") == 13]
+    assert len(rows(first)) == 5 and rows(first) == rows(second)  # header, floor, PGD, ADV²
