@@ -235,6 +235,22 @@ def test_settings_build_the_black_box_forms_and_refuse_what_cannot_work(setup) -
         pipeline.AttackConfig(threat="black-box", adaptive="t.json").validate()
 
 
+def test_the_first_square_is_squares_for_the_baseline_and_the_interpreters_for_adv2(
+        setup) -> None:
+    model, _, _, _ = setup
+    cam = CAM(model)
+
+    def built(**settings) -> RandomSearch:
+        return AttackSettings(threat="black-box", **settings).resolved(cam).build(model, cam)
+    assert built(attack="pgd").p_init == RandomSearch.p_init == 0.05  # Square Attack's
+    assert built(attack="adv2").p_init == CAM.blackbox_attack_defaults["p_init"]
+    assert built(attack="pgd", p_init=0.2).p_init == built(attack="adv2", p_init=0.2).p_init \
+        == 0.2
+    with pytest.raises(SettingError, match="p_init") as info:
+        pipeline.AttackConfig(threat="black-box", p_init=0.0).validate()
+    assert info.value.key == "p_init"
+
+
 def test_black_box_attacks_make_no_tensor_without_a_device(setup) -> None:
     """The oracle, the search and the transfer start under the recorder of factory calls that
     lack a device (tests/test_devices.py): adv2 makes none, so they follow the model."""

@@ -96,6 +96,7 @@ _RANGES: dict[str, tuple[str, Any]] = {
     "target_class": ("≥ 0", lambda v: v >= 0),
     "queries": ("≥ 0", lambda v: v >= 0),
     "stop_iou": ("in [0, 1]", lambda v: 0 <= v <= 1),
+    "p_init": ("in (0, 1]", lambda v: 0 < v <= 1),
 }
 
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 #: the attack settings an experiment may set per attack (and per interpreter inside one)
 ATTACK_KEYS = ("steps", "warm_steps", "lam", "optimizer", "lr", "lr_decay", "pred_loss",
                "map_loss", "patience", "random_start", "step_search", "lam_search", "threat",
-               "answers", "queries", "surrogate", "stop_iou", "placement")
+               "answers", "queries", "surrogate", "stop_iou", "placement", "p_init")
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,8 @@ class AttackSettings:
         random start), stop_iou
         (black-box ADV² stops an image that predicts its target with this IoU of the oracle's
         map to the target map), placement (where the search's squares go,
-        :data:`adv2.blackbox.search.PLACEMENTS`); under it ``lam`` is the weight of the map
+        :data:`adv2.blackbox.search.PLACEMENTS`), p_init (the fraction of the image the
+        search's first square covers; the square shrinks from it on Square's schedule); under it ``lam`` is the weight of the map
         term and ``patience`` counts queries.
         adaptive: fitted detector files (``adv2 detect fit``; one, or several): the attack's
         adaptive form (:attr:`AttackEntry.adaptive`), which also evades every one.
@@ -175,6 +176,7 @@ class AttackSettings:
     surrogate: str | None = None
     stop_iou: float | None = None
     placement: str = "uniform"
+    p_init: float | None = None
     adaptive: str | tuple[str, ...] | None = None
 
     def entry(self) -> AttackEntry:

@@ -20,8 +20,8 @@ from adv2.models import Classifier, load_model, model_digest
 
 def baseline_defaults(interpreter: type[Interpreter] | Interpreter,
                       support: str) -> Mapping[str, Any]:
-    """The prediction-only search's unset settings: none (its dataclass defaults)."""
-    return {}
+    """The prediction-only search's unset settings: Square Attack's first square."""
+    return {"p_init": RandomSearch.p_init}
 
 
 def adv2_defaults(interpreter: type[Interpreter] | Interpreter,
@@ -57,7 +57,7 @@ def _search(settings: AttackSettings, model: Classifier, interpreter: Interprete
                             eps=settings.eps, queries=settings.queries, lam=lam,
                             stop_iou=settings.stop_iou, patience=settings.patience or None,
                             seed=settings.seed, start=transfer_start(settings, model),
-                            placement=settings.placement)
+                            placement=settings.placement, p_init=settings.p_init)
     except SettingError:
         raise
     except ValueError as exc:

@@ -141,6 +141,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "oracle's map and the target map", ", ".join(
             f"{name} {shown(cls.blackbox_attack_defaults.get('stop_iou'), none='off')}"
             for name, cls in sorted(INTERPRETERS.items()))))
+    p.add_argument("--p-init", type=number, help=with_default(
+        "black-box: the fraction of the image the search's first square covers (it shrinks "
+        "on Square's schedule); the prediction-only search takes Square's 0.05", ", ".join(
+            f"{name} {shown(cls.blackbox_attack_defaults.get('p_init'))}"
+            for name, cls in sorted(INTERPRETERS.items()))))
     p.add_argument("--placement", choices=list(PLACEMENTS), default=d.placement,
                    help=with_default(
                        "black-box: where the search's squares go: uniform (Square's), or map "

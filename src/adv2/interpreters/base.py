@@ -53,8 +53,10 @@ class Interpreter(ABC):
     support_attack_defaults: ClassVar[dict[str, Any]] = {}
     #: black-box ADV²'s settings (``threat="black-box"``, :mod:`adv2.blackbox`): the weight λ
     #: of the map term against the log-probability margin, and the IoU of the oracle's map to
-    #: the target map at which an image stops (docs/benchmarks/blackbox.md)
-    blackbox_attack_defaults: ClassVar[dict[str, Any]] = {"lam": "50", "stop_iou": 0.9}
+    #: the target map at which an image stops, and the fraction of the image the first square
+    #: covers (Square Attack's 0.05) (docs/benchmarks/blackbox.md)
+    blackbox_attack_defaults: ClassVar[dict[str, Any]] = {"lam": "50", "stop_iou": 0.9,
+                                                          "p_init": 0.05}
     #: λ multiplier of adaptive ADV² against all squeezers (docs/detection*.md)
     adaptive_lam_scale: ClassVar[float] = 4.0
     #: ways ADV² can differentiate this interpreter (its ``strategy`` setting), if several
