@@ -143,7 +143,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             for name, cls in sorted(INTERPRETERS.items()))))
     p.add_argument("--p-init", type=number, help=with_default(
         "black-box: the fraction of the image the search's first square covers (it shrinks "
-        "on Square's schedule); the prediction-only search takes Square's 0.05", ", ".join(
+        "on Square's schedule); unset, the prediction-only search takes Square's 0.05 and "
+        "black-box ADV² its interpreter's", ", ".join(
             f"{name} {shown(cls.blackbox_attack_defaults.get('p_init'))}"
             for name, cls in sorted(INTERPRETERS.items()))))
     p.add_argument("--placement", choices=list(PLACEMENTS), default=d.placement,
