@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
@@ -49,6 +49,28 @@ def same(a: dict, b: dict) -> bool:
     return all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
 
 
+def tiny_page(script: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+              n_images: int) -> Path:
+    """Gives a benchmark script the tiny model (its ``load_model``) and returns a folder of
+    ``n_images`` labelled images the model classifies correctly."""
+    model = make_tiny_model(0, 1000)
+    monkeypatch.setattr(script, "load_model", lambda device="cpu": model)
+    return labelled_images(tmp_path / "images", model, n_images)
+
+
+def run_twice(script: ModuleType, options: list[str], tmp_path: Path,
+              monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """Runs a page's command twice with the same ``--work``; asserts the second run attacks
+    nothing. Returns the two pages."""
+    options = [*options, "--work", str(tmp_path / "work")]
+    first, second = tmp_path / "first.md", tmp_path / "second.md"
+    assert script.main([*options, "--out", str(first)]) == 0
+    names = attacked_names(monkeypatch)
+    assert script.main([*options, "--out", str(second)]) == 0
+    assert names == []
+    return first, second
+
+
 def test_a_finished_row_is_read_back_whole(row, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     run, samples = row
@@ -89,18 +111,11 @@ def test_a_changed_row_is_recomputed(row, tmp_path: Path,
 def test_the_countermeasures_page_resumes_from_its_work_folder(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from test_countermeasures import script
-    model = make_tiny_model(0, 1000)
-    monkeypatch.setattr(script, "load_model", lambda device="cpu": model)
-    folder = labelled_images(tmp_path / "images", model, 5)
-    options = ["--images", str(folder), "--benign", "3", "--attacked", "2", "--fpr", "0.34",
-               "--folds", "2", "--detectors", "ensemble", "--attack-setting", "steps=2",
-               "--attack-setting", "warm_steps=2", "--batch-size", "2",
-               "--work", str(tmp_path / "work")]
-    first, second = tmp_path / "first.md", tmp_path / "second.md"
-    assert script.main([*options, "--out", str(first)]) == 0
-    names = attacked_names(monkeypatch)
-    assert script.main([*options, "--out", str(second)]) == 0
-    assert names == []
+    folder = tiny_page(script, tmp_path, monkeypatch, 5)
+    first, second = run_twice(script, [
+        "--images", str(folder), "--benign", "3", "--attacked", "2", "--fpr", "0.34",
+        "--folds", "2", "--detectors", "ensemble", "--attack-setting", "steps=2",
+        "--attack-setting", "warm_steps=2", "--batch-size", "2"], tmp_path, monkeypatch)
 
     def tables(page: Path) -> list[str]:  # the attacks' rows and values (the calibration,
         # and so its seconds per input, is made again)
@@ -112,9 +127,7 @@ def test_the_countermeasures_page_resumes_from_its_work_folder(
 def test_the_mask_budget_page_resumes_at_the_first_batch_it_lacks(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     budget = load_file("benchmarks/mask_budget.py")
-    model = make_tiny_model(0, 1000)
-    monkeypatch.setattr(budget, "load_model", lambda device="cpu": model)
-    folder = labelled_images(tmp_path / "images", model, 3)
+    folder = tiny_page(budget, tmp_path, monkeypatch, 3)
     made: list[list[str]] = []
 
     def measured(args, model, chosen) -> dict:  # a batch's numbers, from its images' names
@@ -141,17 +154,11 @@ def test_the_mask_budget_page_resumes_at_the_first_batch_it_lacks(
 def test_the_detection_report_resumes_from_its_work_folder(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     report = load_file("benchmarks/detection_report.py")
-    model = make_tiny_model(0, 1000)
-    monkeypatch.setattr(report, "load_model", lambda device="cpu": model)
-    folder = labelled_images(tmp_path / "images", model, 6)
-    options = ["--images", str(folder), "--interpreters", "cam:1", "--benign", "4", "--folds",
-               "2", "--fpr", "0.25", "--squeezers", "bit-4", "median-2x2", "--specific",
-               "--no-all", "--work", str(tmp_path / "work")]
-    first, second = tmp_path / "first.md", tmp_path / "second.md"
-    assert report.main([*options, "--out", str(first)]) == 0
-    names = attacked_names(monkeypatch)
-    assert report.main([*options, "--out", str(second)]) == 0
-    assert names == []
+    folder = tiny_page(report, tmp_path, monkeypatch, 6)
+    first, second = run_twice(report, [
+        "--images", str(folder), "--interpreters", "cam:1", "--benign", "4", "--folds", "2",
+        "--fpr", "0.25", "--squeezers", "bit-4", "median-2x2", "--specific", "--no-all"],
+        tmp_path, monkeypatch)
     assert first.read_text() == second.read_text()
 
 
@@ -195,16 +202,10 @@ def test_the_attack_benchmark_resumes_from_its_work_folder(
     """The attack page's rows run again with the same --work attack nothing and come back the
     same, seconds per image included (only the step costs are timed anew)."""
     benchmark = load_file("benchmarks/attack_benchmark.py")
-    model = make_tiny_model(0, 1000)
-    monkeypatch.setattr(benchmark, "load_model", lambda device="cpu": model)
-    folder = labelled_images(tmp_path / "images", model, 2)
-    options = ["--images", str(folder), "--interpreters", "cam:2", "--batch-size", "1",
-               "--work", str(tmp_path / "work")]
-    first, second = tmp_path / "first.md", tmp_path / "second.md"
-    assert benchmark.main([*options, "--out", str(first)]) == 0
-    names = attacked_names(monkeypatch)
-    assert benchmark.main([*options, "--out", str(second)]) == 0
-    assert names == []
+    folder = tiny_page(benchmark, tmp_path, monkeypatch, 2)
+    first, second = run_twice(benchmark, [
+        "--images", str(folder), "--interpreters", "cam:2", "--batch-size", "1"],
+        tmp_path, monkeypatch)
 
     def rows(page: Path) -> list[str]:
         return [line for line in page.read_text().splitlines() if line.count("|") == 13]

@@ -138,12 +138,11 @@ class AttackSettings:
         settings: answers (what the oracle answers, :data:`adv2.blackbox.ANSWERS`), queries
         (the budget per image), surrogate (model names joined by ``+``: the transfer attack on
         them starts the search, :func:`adv2.blackbox.build.transfer_start`; None: Square's
-        random start), stop_iou
-        (black-box ADV² stops an image that predicts its target with this IoU of the oracle's
-        map to the target map), placement (where the search's squares go,
-        :data:`adv2.blackbox.search.PLACEMENTS`), p_init (the fraction of the image the
-        search's first square covers; the square shrinks from it on Square's schedule); under it ``lam`` is the weight of the map
-        term and ``patience`` counts queries.
+        random start), stop_iou (black-box ADV² stops an image that predicts its target with
+        this IoU of the oracle's map to the target map), placement (where the search's squares
+        go, :data:`adv2.blackbox.search.PLACEMENTS`), p_init (the fraction of the image the
+        search's first square covers; the square shrinks from it on Square's schedule); under
+        it ``lam`` is the weight of the map term and ``patience`` counts queries.
         adaptive: fitted detector files (``adv2 detect fit``; one, or several): the attack's
         adaptive form (:attr:`AttackEntry.adaptive`), which also evades every one.
         support: where the perturbation may live (:func:`adv2.attacks.support.parse`; the

@@ -13,7 +13,7 @@ from adv2.attack_config import AttackConfig, check_setting
 from adv2.attacks import ATTACKS, DISPLAY_NAMES, MAP_LOSSES, OPTIMIZERS, PREDICTION_LOSSES
 from adv2.attacks.adaptive import ADAPTIVE_DEFAULTS
 from adv2.attacks.settings import THREATS
-from adv2.blackbox import ANSWERS, PLACEMENTS
+from adv2.blackbox import ANSWERS, PLACEMENTS, RandomSearch
 from adv2.cli.helptext import attack_defaults, shown, with_default
 from adv2.cli.options import (command_parser, interpreter_name, model_options, number,
                               usage_error)
@@ -143,8 +143,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             for name, cls in sorted(INTERPRETERS.items()))))
     p.add_argument("--p-init", type=number, help=with_default(
         "black-box: the fraction of the image the search's first square covers (it shrinks "
-        "on Square's schedule); unset, the prediction-only search takes Square's 0.05 and "
-        "black-box ADV² its interpreter's", ", ".join(
+        "on Square's schedule); unset, the prediction-only search takes Square's "
+        f"{RandomSearch.p_init:g} and black-box ADV² its interpreter's", ", ".join(
             f"{name} {shown(cls.blackbox_attack_defaults.get('p_init'))}"
             for name, cls in sorted(INTERPRETERS.items()))))
     p.add_argument("--placement", choices=list(PLACEMENTS), default=d.placement,
