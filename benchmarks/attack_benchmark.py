@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-from pathlib import Path
 
 import torch
 
 from adv2 import pipeline
 from adv2.attacks import DISPLAY_NAMES
-from adv2.benchmarking import (benign_and_floors, chooses_surrogate, default_images,
+from adv2.benchmarking import (add_page_options, benign_and_floors, chooses_surrogate,
                                error_by_support, image_targets, images_missing,
                                interpreter_plan, pick_images, publish, run_batches, stacked,
                                step_cost, support_fractions, surrogate_unit_costs)
@@ -37,7 +36,6 @@ from adv2.key_value import parse_setting
 from adv2.models import describe_device, load_model
 from adv2.target_classes import interpreter_seeds
 
-DEFAULT_IMAGES = default_images(__file__)
 COLUMNS = ["interpreter", "attack", "n", "success", "confidence", "L1", "IoU mean",
            "IoU@10/20/30/40/50%", "s / image", "passes / image", "pixels changed", "‖δ‖₂"]
 FORMATS = ["", "", "d", ".3f", ".3f", ".4f", ".3f", "", ".2f", ".1f", ".3f", ".2f"]
@@ -48,8 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--interpreters", nargs="+", default=["cam:20", "grad:8"],
                         help="interpreter:n_images pairs")
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--mask-strategies", nargs="+", choices=MASK_STRATEGIES,
                         default=list(MASK_STRATEGIES), help="ADV² rows for MASK, one per strategy")
@@ -59,12 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "attacks alike (every interpreter of --interpreters takes it)")
     parser.add_argument("--supports", nargs="+", default=["full"],
                         help="ADV² rows, one per support (full, edges, target-map:q, ...)")
-    parser.add_argument("--device", default="cpu",
-                        help="the torch device everything runs on (e.g. cuda)")
-    parser.add_argument("--work", type=Path,
-                        help="keep each image's outcome here as it is made; the same command "
-                             "with the same --work resumes an interrupted run")
-    parser.add_argument("--out", type=Path, help="also write the Markdown report here")
+    add_page_options(parser, __file__)
     return parser
 
 

@@ -33,15 +33,13 @@ import torch
 
 from adv2 import pipeline
 from adv2.attacks.result import judge
-from adv2.benchmarking import (attack_samples, benign_and_floors, default_images,
+from adv2.benchmarking import (add_page_options, attack_samples, benign_and_floors,
                                image_targets, images_missing, interpreter_plan, pick_images,
                                publish, settings_digest, stacked)
 from adv2.data import Sample, image_digest, to_tensor
 from adv2.interpreters import build_interpreter
 from adv2.models import describe_device, load_model, model_digest
 from adv2.records import write_json
-
-DEFAULT_IMAGES = default_images(__file__)
 
 
 @dataclass(frozen=True)
@@ -197,18 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--interpreters", nargs="+", default=["cam:20", "grad:8"],
                         help="NAME:N, attacked on the first N selected images")
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--queries", type=int, default=10_000, help="budget per image")
     parser.add_argument("--surrogate", default="efficientnet_lite1+efficientnet_lite2")
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=1,
                         help="rows measured at once, each in its own process on one thread")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--work", type=Path,
-                        help="keep each image's outcome here as it is made; the same command "
-                             "with the same --work resumes an interrupted run")
-    parser.add_argument("--out", type=Path, help="also write the Markdown page here")
+    add_page_options(parser, __file__)
     args = parser.parse_args(argv)
     if images_missing(args.images):
         return 1

@@ -31,7 +31,7 @@ import torch
 
 from adv2 import pipeline, target_maps
 from adv2.attacks.result import judge
-from adv2.benchmarking import (default_images, image_targets, images_missing, pick_images,
+from adv2.benchmarking import (add_page_options, image_targets, images_missing, pick_images,
                                publish, run_batches, stacked)
 from adv2.data import Sample
 from adv2.detection import DETECTORS, Detector, auroc, build_detector, wilson_interval
@@ -42,7 +42,6 @@ from adv2.models import Classifier, describe_device, load_model
 from adv2.provenance import versions
 from adv2.target_classes import interpreter_seeds
 
-DEFAULT_IMAGES = default_images(__file__)
 EXPLANATION = (
     "Each detector scores the final uint8 image; it flags an image whose joint score (the "
     "maximum over its score columns) is above the threshold fitted on the benign images at the "
@@ -68,7 +67,6 @@ EXPLANATION = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
     parser.add_argument("--benign", type=int, default=100,
                         help="correctly classified benign images that calibrate the detectors")
     parser.add_argument("--attacked", type=int, default=20, help="images attacked by each row")
@@ -83,15 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="more joint interpreters attacked at once (e.g. cam+grad+rts)")
     parser.add_argument("--attack-setting", action="append", default=[], metavar="KEY=VALUE",
                         dest="settings", help="an attack setting for every row (e.g. steps=50)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--device", default="cpu",
-                        help="the torch device everything runs on (e.g. cuda)")
-    parser.add_argument("--work", type=Path,
-                        help="keep each attacked image's outcome here as it is made; the same "
-                             "command with the same --work resumes an interrupted run")
-    parser.add_argument("--out", type=Path, help="also write the Markdown page here")
+    add_page_options(parser, __file__)
     return parser
 
 

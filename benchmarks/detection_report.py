@@ -24,15 +24,14 @@ import argparse
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from adv2 import pipeline
 from adv2.attacks import AdaptiveADV2, Attack
-from adv2.benchmarking import (default_images, image_targets, images_missing, interpreter_plan,
-                               publish, run_batches)
+from adv2.benchmarking import (add_page_options, image_targets, images_missing,
+                               interpreter_plan, publish, run_batches)
 from adv2.data import Sample, load_dataset
 from adv2.detection import SQUEEZER_NAMES, FeatureSqueezingDetector
 from adv2.experiment.tables import Table
@@ -40,7 +39,6 @@ from adv2.interpreters import INTERPRETERS, Interpreter, build_interpreter
 from adv2.models import Classifier, describe_device, load_model
 from adv2.preparation import predict
 
-DEFAULT_IMAGES = default_images(__file__)
 #: Xu et al.'s (NDSS 2018) joint detector for ImageNet
 XU_JOINT = ("bit-5", "median-2x2", "nlm-11-3-4")
 PAPER_ROWS = ("bit-2", "bit-3", "median-3x3", "nlm-11-3-4")
@@ -51,7 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--interpreters", nargs="+", default=[f"{n}:20" for n in INTERPRETERS],
                         help="interpreter:n_images pairs (default: every interpreter, 20 images)")
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
     parser.add_argument("--benign", type=int, default=440,
                         help="benign images for the thresholds and the false-positive rate")
     parser.add_argument("--folds", type=int, default=10,
@@ -62,18 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="squeezers that also get their own adaptive attack A*(s)")
     parser.add_argument("--no-all", action="store_true",
                         help="skip A*(all), the adaptive attack against every squeezer")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--device", default="cpu",
-                        help="the torch device everything runs on (e.g. cuda)")
     parser.add_argument("--lam-scale", type=float,
                         help="the adaptive attacks' λ multiplier (default: the interpreter's "
                              "adaptive_lam_scale)")
-    parser.add_argument("--work", type=Path,
-                        help="keep each attacked image's outcome here as it is made; the same "
-                             "command with the same --work resumes an interrupted run")
-    parser.add_argument("--out", type=Path, help="also write the Markdown report here")
+    add_page_options(parser, __file__)
     return parser
 
 

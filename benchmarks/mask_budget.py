@@ -23,14 +23,13 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from adv2 import metrics, pipeline, target_maps
 from adv2.attacks import Judgement
-from adv2.benchmarking import (default_images, image_targets, images_missing, noise_floor,
+from adv2.benchmarking import (add_page_options, image_targets, images_missing, noise_floor,
                                pick_images, publish, settings_digest, stacked)
 from adv2.data import Sample, image_digest
 from adv2.experiment.tables import Table
@@ -38,7 +37,6 @@ from adv2.interpreters import build_interpreter
 from adv2.models import Classifier, describe_device, load_model, model_digest
 from adv2.records import write_json
 
-DEFAULT_IMAGES = default_images(__file__)
 
 #: the ADV² authors' multistep attack against MASK, in passes per image: 400 PGD steps, then
 #: 1000 outer steps of one prediction step, 4 tracking steps and 4 double-backprop lookaheads
@@ -267,22 +265,16 @@ def batch_at(args: argparse.Namespace, lo: int, model: Classifier | None = None)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
     parser.add_argument("--n", type=int, default=8, help="images, in batches of --batch-size")
     parser.add_argument("--batch-size", type=int, default=4, help="images per long attack")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=1000, help="ADV² joint steps")
     parser.add_argument("--lam", default="40:80", help="λ schedule, as `adv2 attack --lam`")
     parser.add_argument("--verify-every", type=int, default=50)
     parser.add_argument("--lookahead", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=1,
                         help="batches measured at once, each in its own process on one thread")
-    parser.add_argument("--device", default="cpu",
-                        help="the torch device everything runs on (e.g. cuda)")
-    parser.add_argument("--work", type=Path,
-                        help="keep each finished batch here; the same command with the same "
-                             "--work measures only the batches it lacks")
-    parser.add_argument("--out", type=Path, help="also write the Markdown report here")
+    add_page_options(parser, __file__, work="keep each finished batch here; the same "
+                     "command with the same --work measures only the batches it lacks")
     args = parser.parse_args(argv)
     if images_missing(args.images):
         return 1

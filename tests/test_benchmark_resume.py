@@ -13,7 +13,6 @@ import pytest
 from adv2 import pipeline, target_maps
 from adv2.benchmarking import batches, image_targets, pick_images, run_batches, stacked
 from adv2.interpreters import build_interpreter
-from adv2.models import Classifier
 from conftest import load_file, make_tiny_model
 from test_countermeasures import labelled_images
 

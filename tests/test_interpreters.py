@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adv2.data import to_tensor
 from adv2.interpreters import CAM, GRAD, SmoothReLU, build_interpreter, minmax
 from adv2.interpreters.smooth_copy import smooth_copy
 from adv2.models import Classifier, ModelError

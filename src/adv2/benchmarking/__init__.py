@@ -2,7 +2,8 @@
 seeded choice of images and their targets (:mod:`~adv2.benchmarking.images`), the
 interpreters' noise floors (:mod:`~adv2.benchmarking.floors`), attacks over batches of
 samples (:mod:`~adv2.benchmarking.batches`), step costs (:mod:`~adv2.benchmarking.costs`) and
-the pages they write and the README reads (:mod:`~adv2.benchmarking.pages`).
+the pages they write and the README reads (:mod:`~adv2.benchmarking.pages`) and the options
+of their commands (:mod:`~adv2.benchmarking.options`).
 
 Examples:
     >>> from adv2.benchmarking import image_targets, pick_images, run_batches
@@ -18,9 +19,10 @@ from adv2.benchmarking.costs import (chooses_surrogate, step_cost, surrogate_uni
 from adv2.benchmarking.floors import Floor, benign_and_floors, noise_floor
 from adv2.benchmarking.images import (default_images, image_targets, images_missing,
                                       interpreter_plan, pick_images, stacked)
+from adv2.benchmarking.options import add_page_options
 from adv2.benchmarking.pages import publish
 
-__all__ = ["Floor", "attack_samples", "benign_and_floors", "chooses_surrogate",
+__all__ = ["Floor", "add_page_options", "attack_samples", "benign_and_floors", "chooses_surrogate",
            "default_images", "error_by_support", "image_targets", "images_missing",
            "interpreter_plan", "noise_floor", "pick_images", "publish", "run_batches",
            "settings_digest", "stacked", "step_cost", "support_fractions",
