@@ -30,7 +30,8 @@ from adv2 import cli, metrics
 from adv2.attacks import ADV2, AttackSettings
 from adv2.data import load_dataset, to_tensor
 from adv2.experiment import ConfigError, parse_config, runner, transfer
-from adv2.interpreters import CAM, build_interpreter
+from adv2.interpreters import CAM, RTS, build_interpreter
+from adv2.interpreters.option_types import check_options
 from adv2.interpreters.grad import gradient_map
 from adv2.records import Store
 
@@ -267,6 +268,26 @@ def test_settings_a_class_rejects_are_named(plugin, tiny, tmp_path, caplog) -> N
     with pytest.raises(ValueError, match="interpreter 'captum:LayerGradCam': missing a "
                                          "required argument: 'layer'"):
         build_interpreter("captum:LayerGradCam", make_tiny_model(0))
+
+
+def test_a_setting_of_the_wrong_kind_is_named_before_anything_runs(plugin, tiny, tmp_path,
+                                                                   caplog) -> None:
+    images = _make_images(tmp_path / "images")
+    assert _attack(images, tmp_path / "o", "--interpreter", plugin, "--interpreter-setting",
+                   "pool=abc") == 2
+    assert f"interpreter {plugin!r}: pool: expected int, got 'abc'" in caplog.text
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ConfigError, match=r"interpreter_settings\.grad\.fast: expected bool, "
+                                          "got 'yes'"):
+        parse_config({"images": "imgs", "interpreters": ["grad"],
+                      "interpreter_settings": {"grad": {"fast": "yes"}}})
+    with pytest.raises(ValueError, match="'grad': beta_end: expected float, got None"):
+        build_interpreter("cam+grad", make_tiny_model(0), **{"grad.beta_end": None})
+    joint = build_interpreter("cam+grad", make_tiny_model(0), **{"grad.beta_end": 60})
+    assert joint.members[1].beta_end == 60  # an int is a float
+    check_options(RTS, {"checkpoint": None}), check_options(RTS, {"checkpoint": "rts.pt"})
+    with pytest.raises(ValueError, match="checkpoint: expected str or Path or None, got 3"):
+        check_options(RTS, {"checkpoint": 3})
 
 
 def test_layer_and_random_captum_attributions() -> None:

@@ -110,6 +110,8 @@ def test_attack_names_every_bad_file_and_keeps_every_good_image_once(corpus, tmp
     assert any(Path(e["file"]).name == "again" for e in summary["errors"])  # the folder loop
     assert [Path(e["file"]).name for e in summary["ignored"]] == ["notes.txt"]
     assert [Path(w["file"]).name for w in summary["warnings"]] == ["tiny 1x1.png"]
+    listed = [e["file"] for key in ("errors", "ignored", "warnings") for e in summary[key]]
+    assert all(not Path(f).is_absolute() and os.path.lexists(corpus / f) for f in listed), listed
     rows = _rows(out)
     assert sorted(r["file"] for r in rows) == sorted(GOOD)  # each exactly once
     assert summary["n_images"] == len(GOOD)

@@ -256,18 +256,21 @@ def load_dataset(
     csv_labels = _read_label_csv(Path(labels_csv), classes) if labels_csv else {}
     listing = scan_images(root)
     data = Dataset([], [], [], [])
+    base = root if root.is_dir() else root.parent
+
+    def name(path: Path) -> str:  # a file's name in the results: its path in the folder
+        return path.relative_to(base).as_posix() if path.is_relative_to(base) else str(path)
     for file, reason in listing.skipped:
         if reason.startswith("not an image"):
             log.debug("passing over %s: %s", file, reason)
-            data.ignored.append((file, reason))
+            data.ignored.append((name(Path(file)), reason))
         else:
             log.error("skipping %s: %s", file, reason)
-            data.errors.append((file, reason))
-    base = root if root.is_dir() else root.parent
+            data.errors.append((name(Path(file)), reason))
     for path in listing.files:
         if limit is not None and len(data.samples) >= limit:
             break
-        rel = path.relative_to(base).as_posix()
+        rel = name(path)
         label = csv_labels.get(rel, csv_labels.get(str(path)))
         if label is None:
             label = _label_from_name(path, classes)
@@ -281,12 +284,12 @@ def load_dataset(
         except Exception as exc:  # noqa: BLE001 - any decoder failure skips this file only
             msg = f"cannot read image ({type(exc).__name__}: {exc})"
             log.error("skipping %s: %s", path, msg)
-            data.errors.append((str(path), msg))
+            data.errors.append((rel, msg))
             continue
         if 2 * min(w, h) < size:
             msg = f"only {w}×{h} pixels: upscaled to {size}×{size}"
             log.warning("%s is %s", path, msg)
-            data.warnings.append((str(path), msg))
+            data.warnings.append((rel, msg))
         data.samples.append(Sample(rel, path, image, label))
     if csv_labels:
         used = {s.name for s in data.samples} | {str(s.path) for s in data.samples}

@@ -163,7 +163,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--interpreter-setting", action=_Setting, default=[], metavar="KEY=VALUE",
                    dest="interpreter_settings", help=with_default(
                        "an interpreter setting other than its default, e.g. lr=0.05 or "
-                       "iterations=500 for MASK (repeatable; keyword arguments of its class)",
+                       "iterations=500 for MASK (repeatable; keyword arguments of its class; "
+                       "VALUE read as JSON, else a string, and checked against the keyword's "
+                       "type; grad.pool=8 sets one member of a joint interpreter)",
                        "the class's defaults"))
     p.add_argument("--step-search", action=argparse.BooleanOptionalAction, default=None,
                    help="ADV²: per-example step-length search that keeps the target winning "

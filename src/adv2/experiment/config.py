@@ -22,6 +22,7 @@ import yaml
 from adv2.detection import build_squeezer, detector_class
 from adv2.errors import SettingError
 from adv2.interpreters import INTERPRETERS
+from adv2.interpreters.option_types import check_options
 from adv2.interpreters.plugins import is_name, require_differentiable, resolve, setting_names
 from adv2.attacks import ATTACKS
 from adv2.attacks.settings import ATTACK_KEYS
@@ -256,6 +257,10 @@ def _check(cfg: ExperimentConfig) -> None:
         for option in settings:
             if valid is not None and option not in valid:
                 raise _unknown(str(option), key + ".", valid)
+        try:
+            check_options(resolve(name), settings)
+        except ValueError as exc:
+            raise ConfigError(f"{key}.{exc}") from None
     for attack, settings in cfg.attacks.items():  # an interpreter's overrides of an attack
         for name in settings:
             if name not in ATTACK_KEYS and name not in cfg.interpreters:

@@ -21,6 +21,7 @@ import inspect
 from collections.abc import Callable
 
 from adv2.interpreters.base import Interpreter
+from adv2.interpreters.option_types import check_options
 from adv2.models import Classifier
 
 
@@ -147,6 +148,10 @@ def build_interpreter(name: str, model: Classifier, **options) -> Interpreter:
     MASK's ``strategy``). The interpreter's ``name`` becomes ``name``, which reports and
     records go by."""
     cls = resolve(name)
+    try:
+        check_options(cls, options)
+    except ValueError as exc:
+        raise ValueError(f"interpreter {name!r}: {exc}") from None
     try:
         interpreter = cls(model, **options)
     except TypeError as exc:  # an unknown keyword
