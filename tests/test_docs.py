@@ -48,6 +48,8 @@ def test_command_pages_list_every_option_of_the_parser() -> None:
                     assert flag in table, (path, flag)
     page = mkdocs_hooks.on_page_markdown("x\n<!-- adv2-cli: detect fit -->\n")
     assert "--fpr" in page and "<!--" not in page
+    source = "<!-- adv2-cli: run -->\nOptions: `adv2 run -h` (listed here).\nnext"
+    assert mkdocs_hooks.on_page_markdown(source).endswith("|\n\nnext")  # the line replaced
     with pytest.raises(KeyError, match="no command"):
         mkdocs_hooks.on_page_markdown("<!-- adv2-cli: attak -->")
 
@@ -79,3 +81,4 @@ def test_docstring_examples_are_sections_the_api_reference_renders_as_code() -> 
                 for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
                 if line.strip() == "Example:"]
     assert not singular, singular
+

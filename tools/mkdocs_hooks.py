@@ -1,7 +1,9 @@
 """MkDocs hooks: tables generated from adv2 itself, so that no page keeps a copy.
 
 - ``<!-- adv2-cli: attack -->`` (or ``detect fit``, ``run``, ...): that command's options, from
-  the argparse parser; the build fails on a command the parser does not have.
+  the argparse parser; the build fails on a command the parser does not have. The line after
+  it, ``Options: `adv2 attack -h` ...``, is what a reader of the Markdown source sees instead;
+  the table replaces it too.
 - ``<!-- adv2-interpreter: cam -->``: the interpreter's settings (its class's keywords and their
   defaults), its ADV² defaults, and its row of the benchmark page, read from the registry and
   from ``docs/benchmarks/<name>.md``.
@@ -20,7 +22,7 @@ from adv2.cli import build_parser, shown
 from adv2.interpreters import INTERPRETERS
 
 ROOT = Path(__file__).resolve().parents[1]
-MARKER = re.compile(r"<!-- adv2-cli: ([a-z -]+?) -->")
+MARKER = re.compile(r"<!-- adv2-cli: ([a-z -]+?) -->(?:\nOptions: `adv2 [a-z -]+ -h`[^\n]*)?")
 INTERPRETER = re.compile(r"<!-- adv2-interpreter: ([a-z_]+) -->")
 
 

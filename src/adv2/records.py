@@ -256,7 +256,7 @@ def run_units(ctx: Shards, store: Store, stage: str, units: list[list[str]],
             try:
                 outputs = work(unit)
             except Exception as exc:
-                log.exception("%s: %s failed", stage, unit)
+                log.exception("%sfailed on %s", f"{stage}: " if stage else "", ", ".join(unit))
                 outputs = [Failed(f"{type(exc).__name__}: {exc}")] * len(unit)
             for name, output in zip(unit, outputs):
                 if isinstance(output, Failed):

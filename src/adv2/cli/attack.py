@@ -14,11 +14,12 @@ from adv2.attacks import ATTACKS, DISPLAY_NAMES, MAP_LOSSES, OPTIMIZERS, PREDICT
 from adv2.attacks.adaptive import ADAPTIVE_DEFAULTS
 from adv2.attacks.settings import THREATS
 from adv2.blackbox import ANSWERS, PLACEMENTS, RandomSearch
-from adv2.cli.helptext import attack_defaults, shown, with_default
+from adv2.cli.helptext import attack_defaults, blackbox_defaults, with_default
 from adv2.cli.options import (command_parser, interpreter_name, model_options, number,
                               usage_error)
 from adv2.data import load_dataset
 from adv2.interpreters import INTERPRETERS, MASK_STRATEGIES, plugins
+from adv2.interpreters.rts import SHIPPED
 from adv2.key_value import parse_setting
 from adv2.models import ModelError, load_model
 from adv2.target_maps import KINDS
@@ -138,15 +139,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "Square's random start"))
     p.add_argument("--stop-iou", type=number, help=with_default(
         "black-box ADV²: stop an image once it predicts its target with this IoU between the "
-        "oracle's map and the target map", ", ".join(
-            f"{name} {shown(cls.blackbox_attack_defaults.get('stop_iou'), none='off')}"
-            for name, cls in sorted(INTERPRETERS.items()))))
+        "oracle's map and the target map", blackbox_defaults("stop_iou", none="off")))
     p.add_argument("--p-init", type=number, help=with_default(
         "black-box: the fraction of the image the search's first square covers (it shrinks "
         "on Square's schedule); unset, the prediction-only search takes Square's "
-        f"{RandomSearch.p_init:g} and black-box ADV² its interpreter's", ", ".join(
-            f"{name} {shown(cls.blackbox_attack_defaults.get('p_init'))}"
-            for name, cls in sorted(INTERPRETERS.items()))))
+        f"{RandomSearch.p_init:g} and black-box ADV² its interpreter's",
+        blackbox_defaults("p_init")))
     p.add_argument("--placement", choices=list(PLACEMENTS), default=d.placement,
                    help=with_default(
                        "black-box: where the search's squares go: uniform (Square's), or map "
@@ -155,7 +153,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        d.placement))
     p.add_argument("--rts-checkpoint", action=_Alias, help=with_default(
         "RTS: checkpoint from 'adv2 train-rts'; the same as --interpreter-setting "
-        "checkpoint=... (giving both is an error)", "the one shipped for the model"))
+        "checkpoint=... (giving both is an error)", "the one shipped for the model: "
+        + ", ".join(sorted(SHIPPED)) + " has one"))
     p.add_argument("--mask-strategy", action=_Alias, choices=MASK_STRATEGIES, help=with_default(
         "MASK: track (warm-started inner masks + unrolled lookahead) or alt (the inner "
         "objective at the target mask, cheap); the same as --interpreter-setting strategy=... "

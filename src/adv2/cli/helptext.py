@@ -44,6 +44,26 @@ def with_default(text: str, default: object) -> str:
     return f"{text} (default: {default if isinstance(default, str) else shown(default)})"
 
 
+def per_interpreter(values: dict[str, str]) -> str:
+    """Each interpreter's value as help text, or one when they all agree.
+
+    Examples:
+        >>> per_interpreter({"cam": "0.9", "grad": "0.9"})
+        'every interpreter 0.9'
+        >>> per_interpreter({"cam": "1", "grad": "2"})
+        'cam 1, grad 2'
+    """
+    if len(set(values.values())) == 1:
+        return f"every interpreter {next(iter(values.values()))}"
+    return ", ".join(f"{name} {value}" for name, value in sorted(values.items()))
+
+
+def blackbox_defaults(key: str, none: str = "null") -> str:
+    """Each interpreter's ``blackbox_attack_defaults[key]``, as help text."""
+    return per_interpreter({name: shown(cls.blackbox_attack_defaults.get(key), none=none)
+                            for name, cls in INTERPRETERS.items()})
+
+
 def attack_defaults(key: str) -> str:
     """The defaults of an attack setting, as help text: PGD's and each interpreter's ADV²."""
     def adv2_default(cls: type[Interpreter]) -> str:
@@ -54,5 +74,5 @@ def attack_defaults(key: str) -> str:
 
     pgd = (f"{DISPLAY_NAMES['pgd']} {shown(PGD_DEFAULTS[key])}; " if key in PGD_DEFAULTS
            else "")
-    adv2 = ", ".join(f"{name} {adv2_default(cls)}" for name, cls in sorted(INTERPRETERS.items()))
+    adv2 = per_interpreter({name: adv2_default(cls) for name, cls in INTERPRETERS.items()})
     return f"default: {pgd}{DISPLAY_NAMES['adv2']} {adv2}"

@@ -59,7 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="experiment YAML file, its keys below (see configs/ and "
                                   "docs/experiment.md; required)")
     p.add_argument("--out", help=with_default(
-        "run directory; the same command resumes an interrupted run", "runs/<config name>"))
+        "run directory; the same command resumes an interrupted run",
+        "runs/<config name>, in the working directory"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=with_default(
         "override a key (the value read as YAML), e.g. --set limit=4 --set "
         "attacks.adv2.steps=20 (repeatable)", "none"))
