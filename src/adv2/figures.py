@@ -55,7 +55,8 @@ def figure(path: Path, clean: np.ndarray, adv: np.ndarray, maps: dict[str, np.nd
 
 def demo_figure(out: Path, names: list[str]) -> None:
     """``out/demo.png``: one row per image attacked in both ``out/pgd`` and ``out/adv2`` (the
-    output folders of ``adv2 demo``): clean, PGD image, ADV² image, benign map, PGD map, ADV² map.
+    output folders of ``adv2 demo``): clean (titled with its name), PGD image, ADV² image, benign
+    map, PGD map, ADV² map.
     """
     rows = []
     for name in names:
@@ -63,7 +64,7 @@ def demo_figure(out: Path, names: list[str]) -> None:
         if not (pgd.is_dir() and adv.is_dir()):
             continue
         rows.append([
-            (name, np.asarray(Image.open(pgd / "clean.png"))),
+            (f"clean: {name}", np.asarray(Image.open(pgd / "clean.png"))),
             ("PGD image", np.asarray(Image.open(pgd / "adv.png"))),
             ("ADV² image", np.asarray(Image.open(adv / "adv.png"))),
             ("benign CAM", np.load(adv / "benign_map.npy")),

@@ -18,7 +18,7 @@ from adv2.cli.helptext import attack_defaults, blackbox_defaults, with_default
 from adv2.cli.options import (command_parser, interpreter_name, model_options, number,
                               usage_error)
 from adv2.data import load_dataset
-from adv2.interpreters import INTERPRETERS, MASK_STRATEGIES, plugins
+from adv2.interpreters import MASK_STRATEGIES, plugins
 from adv2.interpreters.rts import SHIPPED
 from adv2.key_value import parse_setting
 from adv2.models import ModelError, load_model
@@ -86,9 +86,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                  "'1,2,4@0.3,0.6' piecewise over progress "
                                  f"({attack_defaults('lam')}); "
                                  "black-box ADV²: a constant, the map term's weight (default: "
-                                 + ", ".join(f"{name} {cls.blackbox_attack_defaults.get('lam')}"
-                                             for name, cls in sorted(INTERPRETERS.items()))
-                                 + ")")
+                                 f"{blackbox_defaults('lam')})")
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS),
                    help=f"update rule; PGD takes sign steps ({attack_defaults('optimizer')})")
     p.add_argument("--lr", type=number,
