@@ -10,6 +10,7 @@ from adv2 import pipeline, target_maps
 from adv2.attacks import PGD, AttackSettings, SettingError
 from adv2.blackbox import (ANSWERS, BudgetExceeded, Oracle, RandomSearch, TransferAttack,
                            square_fraction)
+from adv2.blackbox.search import improves
 from adv2.data import to_tensor
 from adv2.interpreters import CAM, GRAD
 
@@ -80,6 +81,30 @@ def test_the_oracle_refuses_bad_kinds_images_and_rows(setup) -> None:
         oracle.query(x + 0.3 / 255)
     with pytest.raises(ValueError, match="open"):
         oracle.query(x, torch.tensor([0, 1, 2, 4]))
+    with pytest.raises(ValueError, match="open"):
+        oracle.query(x, torch.tensor([0, 1, 2, -1]))
+    with pytest.raises(ValueError, match="uint8 lattice"):
+        oracle.query(torch.where(x > 0.5, torch.nan, x))
+    assert oracle.counts.tolist() == [0, 0, 0, 0]  # nothing refused was counted
+
+
+def test_the_oracle_answers_the_uint8_image_a_float_rounds_to(setup) -> None:
+    model, x, _, _ = setup
+    oracle = Oracle(model, CAM(model), "logits+map")
+    oracle.open(4)
+    exact, near = oracle.query(x), oracle.query(torch.where(x < 1, x + 1e-4 / 255, x))
+    assert torch.equal(exact.logits, near.logits) and torch.equal(exact.maps, near.maps)
+
+
+def test_a_step_toward_the_target_is_kept_however_small_beside_the_map_term() -> None:
+    """While an image misses its target, black-box ADV² ranks iterates by the margin alone,
+    exactly: a step of 0.01 counts (a float32 offset of 1e6 would round it away)."""
+    margin, step = torch.tensor([5.0]), torch.tensor([4.99])
+    miss, hit = torch.tensor([False]), torch.tensor([True])
+    assert improves(step, miss, margin, miss).item()
+    assert not improves(margin, miss, step, miss).item()
+    assert improves(torch.tensor([1e9]), hit, step, miss).item()  # a hit beats any miss
+    assert not improves(torch.tensor([-9.0]), miss, torch.tensor([1e9]), hit).item()
 
 
 class NoBackward(torch.nn.Module):
@@ -106,6 +131,13 @@ def test_the_search_never_differentiates_the_model(setup) -> None:
     result = RandomSearch(Oracle(model, cam, "scores+map"), eps=EPS, queries=30, lam=10.0)(
         x.clone().requires_grad_(True), targets, benign)
     assert result.queries.tolist() == [30] * 4
+
+
+def test_no_budget_means_no_query_and_the_start_is_the_result(setup) -> None:
+    model, x, _, targets = setup
+    oracle = Oracle(model, CAM(model), "scores+map", budget=0)
+    result = RandomSearch(oracle, eps=EPS, queries=0, lam=5.0)(x, targets)
+    assert result.queries.tolist() == [0] * 4 and oracle.counts.tolist() == [0] * 4
 
 
 def test_the_budget_holds_and_the_count_is_exact(setup) -> None:
@@ -229,6 +261,13 @@ def test_settings_build_the_black_box_forms_and_refuse_what_cannot_work(setup) -
     with pytest.raises(SettingError, match="answers"):
         AttackSettings(attack="adv2", threat="black-box", answers="scores").resolved(
             cam).build(model, cam)
+    with pytest.raises(SettingError, match="placement: map places squares by the oracle's maps"):
+        AttackSettings(attack="pgd", threat="black-box", answers="scores",
+                       placement="map").resolved(cam).build(model, cam)
+    with pytest.raises(SettingError, match="surrogate: unknown model 'no_such_net'") as info:
+        AttackSettings(attack="pgd", threat="black-box", surrogate="no_such_net").resolved(
+            cam).build(model, cam)
+    assert info.value.key == "surrogate"
     with pytest.raises(SettingError, match="threat: unknown value 'grey-box'"):
         pipeline.AttackConfig(threat="grey-box").validate()
     with pytest.raises(SettingError, match="adaptive"):

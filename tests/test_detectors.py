@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -113,6 +114,41 @@ def test_thresholds_at_fpr_on_hand_made_scores() -> None:
     detector = Brightness(None).fit_scores(torch.arange(20.0)[:, None], 0.1)
     assert detector.thresholds.tolist() == [17.0] and detector.joint_threshold == 17.0
     assert detector.decide(torch.tensor([[17.0], [17.5]])).joint_flag.tolist() == [False, True]
+
+
+def test_scores_that_are_not_finite_are_errors_not_values() -> None:
+    with pytest.raises(ValueError, match="1 of 4 scores are not finite"):
+        Thresholds.fit(torch.tensor([[0.1], [0.2], [torch.nan], [0.3]]), 0.25)
+    fitted = Thresholds.fit(torch.arange(4.0)[:, None], 0.25)
+    with pytest.raises(ValueError, match="not finite"):
+        fitted.decide(torch.tensor([[1.0], [torch.inf]]))
+
+
+class Dark(Brightness):
+    """The toy detector, whose score is NaN on dark images (mean below 0.45)."""
+
+    def score_batch(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(1, 2, 3))[:, None]
+        return torch.where(mean < 0.45, torch.nan, self.gain * mean)
+
+
+def test_cli_skips_the_images_whose_scores_are_not_finite(tmp_path, monkeypatch,
+                                                          caplog) -> None:
+    monkeypatch.setitem(DETECTORS, "toy", Dark)
+    folder = _folder(tmp_path / "images", 8, seed=7)
+    dark = {s.name for s in load_dataset(folder).samples
+            if to_tensor(s.image[None]).mean() < 0.45}
+    assert 0 < len(dark) < 8  # the images make both kinds
+    fitted, scores = tmp_path / "toy.json", tmp_path / "scores.csv"
+    assert cli.main(["detect", "fit", "--detector", "toy", "--images", str(folder), "--fpr",
+                     "0.2", "--folds", "0", "--out", str(fitted)]) == 0
+    assert cli.main(["detect", "score", "--images", str(folder), "--thresholds", str(fitted),
+                     "--out", str(scores)]) == 0
+    rows = list(csv.DictReader(scores.open()))
+    assert {r["file"] for r in rows}.isdisjoint(dark) and len(rows) == 8 - len(dark)
+    assert all(math.isfinite(float(r["brightness"])) for r in rows)
+    assert all(f"skipping {name}: its toy scores are not finite" in caplog.text
+               for name in dark)
 
 
 # ------------------------------------------------------------------------------ the ensemble

@@ -94,8 +94,10 @@ class AdaptiveADV2:
         the same as :class:`ADV2`'s: ``attack(x, targets, target_maps=None)``.
 
     Returns:
-        :class:`AttackResult`; its success means the target is predicted *and* no detector
-        flags the image.
+        :class:`AttackResult`; its success means the target is predicted *and* no guarded
+        score column is above its threshold: with every column guarded (the default), no
+        detector flags the image (a detector's joint threshold is at least each column's);
+        with ``columns``, a subset, only those columns are evaded.
 
     Against one feature-squeezing detector guarding one bit-depth squeezer, with
     ``two_stage``, the paper's bit-depth algorithm runs (module docstring); ``stage1_steps``

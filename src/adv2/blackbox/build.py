@@ -15,7 +15,7 @@ from adv2.blackbox.search import RandomSearch
 from adv2.blackbox.transfer import TransferAttack
 from adv2.errors import SettingError
 from adv2.interpreters import Interpreter
-from adv2.models import Classifier, load_model, model_digest
+from adv2.models import Classifier, ModelError, load_model, model_digest
 
 
 def baseline_defaults(interpreter: type[Interpreter] | Interpreter,
@@ -40,7 +40,10 @@ def transfer_start(settings: AttackSettings, model: Classifier) -> TransferAttac
     names = [name.strip() for name in settings.surrogate.split("+")]
     if not all(names):
         raise SettingError("surrogate", f"{settings.surrogate!r}: model names joined by '+'")
-    surrogates = [load_model(name, device=model.device) for name in names]
+    try:
+        surrogates = [load_model(name, device=model.device) for name in names]
+    except ModelError as exc:
+        raise SettingError("surrogate", str(exc)) from None
     attacked = model_digest(model)
     for name, surrogate in zip(names, surrogates):
         if model_digest(surrogate) == attacked:
@@ -51,17 +54,13 @@ def transfer_start(settings: AttackSettings, model: Classifier) -> TransferAttac
 
 def _search(settings: AttackSettings, model: Classifier, interpreter: Interpreter | None,
             lam: float) -> RandomSearch:
-    """The random search ``settings`` describe, with map weight ``lam``."""
-    try:
-        return RandomSearch(Oracle(model, interpreter, settings.answers, settings.queries),
-                            eps=settings.eps, queries=settings.queries, lam=lam,
-                            stop_iou=settings.stop_iou, patience=settings.patience or None,
-                            seed=settings.seed, start=transfer_start(settings, model),
-                            placement=settings.placement, p_init=settings.p_init)
-    except SettingError:
-        raise
-    except ValueError as exc:
-        raise SettingError("answers", str(exc)) from None
+    """The random search ``settings`` describe, with map weight ``lam`` (a SettingError
+    naming the setting the oracle or the search refuses)."""
+    return RandomSearch(Oracle(model, interpreter, settings.answers, settings.queries),
+                        eps=settings.eps, queries=settings.queries, lam=lam,
+                        stop_iou=settings.stop_iou, patience=settings.patience or None,
+                        seed=settings.seed, start=transfer_start(settings, model),
+                        placement=settings.placement, p_init=settings.p_init)
 
 
 def build_baseline(settings: AttackSettings, model: Classifier,

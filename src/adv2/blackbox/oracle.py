@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from adv2.attacks.result import AttackResult, Images, judge
-from adv2.data import to_tensor
+from adv2.data import quantise, to_tensor
+from adv2.errors import SettingError
 from adv2.interpreters import Interpreter
 from adv2.models import device_of
 
@@ -75,13 +76,13 @@ class Oracle:
     def __init__(self, model: torch.nn.Module, interpreter: Interpreter | None = None,
                  answers: str = "scores+map", budget: int | None = None) -> None:
         if answers not in ANSWERS:
-            raise ValueError(f"answers: unknown kind {answers!r}; choose from "
-                             f"{', '.join(ANSWERS)}")
+            raise SettingError("answers", f"unknown kind {answers!r}; choose from "
+                                          f"{', '.join(ANSWERS)}")
         if answers.endswith("+map") and interpreter is None:
-            raise ValueError(f"answers {answers!r}: an oracle that answers maps needs an "
-                             "interpreter")
+            raise SettingError("answers", f"{answers!r}: an oracle that answers maps needs an "
+                                          "interpreter")
         if budget is not None and budget < 0:
-            raise ValueError(f"budget: must be ≥ 0 queries per image, got {budget}")
+            raise SettingError("budget", f"must be ≥ 0 queries per image, got {budget}")
         self._model = model
         self._interpreter = interpreter
         self.answers = answers
@@ -125,11 +126,12 @@ class Oracle:
         device = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
         x = to_tensor(x) if isinstance(x, np.ndarray) else x.detach()
         off = ((x * 255 - (x * 255).round()).abs().amax().item() if len(x) else 0.0)
-        if off > 1e-3 or (len(x) and (x.amin() < 0 or x.amax() > 1)):
+        if not off <= 1e-3 or (len(x) and (x.amin() < 0 or x.amax() > 1)):  # NaN is refused
             raise ValueError("the oracle answers images: uint8 values, or floats in [0,1] on "
                              "the uint8 lattice (k/255)")
         rows = (torch.arange(len(x), device="cpu") if rows is None else rows.detach().cpu().long())
-        if len(rows) != len(x) or (len(rows) and rows.max() >= len(self._counts)):
+        if len(rows) != len(x) or (len(rows) and not 0 <= rows.min() <= rows.max()
+                                   < len(self._counts)):
             raise ValueError(f"query of {len(x)} images with {len(rows)} row indices for an "
                              f"opened batch of {len(self._counts)}: call open(n) first")
         spent = torch.bincount(rows, minlength=len(self._counts))
@@ -137,7 +139,7 @@ class Oracle:
         if len(over):
             raise BudgetExceeded(over.tolist(), self.budget)
         self._counts += spent
-        x = x.to(self.device).clone()
+        x = quantise(x.to(self.device))  # the uint8 image a deployed system receives
         if self.maps:
             logits, maps = self._interpreter.explain_predicted(x)
             maps = maps.detach().to(device)

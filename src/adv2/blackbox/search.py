@@ -15,18 +15,30 @@ from adv2.attacks.result import Attack, AttackResult, Images, as_batch, home_of
 from adv2.attacks.settings import NOT_RECORDED, recorded
 from adv2.attacks.support import lattice_bound
 from adv2.blackbox.oracle import Answer, Oracle
+from adv2.errors import SettingError
 
 #: Square Attack's schedule of the square's area: at these fractions of a 10,000-query budget
 #: the fraction ``p`` of the image a square covers halves
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
-#: the loss offset of an iterate that misses its target (above any joint loss)
-UNSUCCESSFUL = 1e6
-
 #: where a square goes: anywhere (Square Attack's rule), or, for black-box ADV² once the
 #: target is predicted, centred on a pixel drawn in proportion to the oracle map's error there
 PLACEMENTS = ("uniform", "map")
+
+
+def improves(new_loss: torch.Tensor, new_success: torch.Tensor, loss: torch.Tensor,
+             success: torch.Tensor) -> torch.Tensor:
+    """Whether each proposal beats its image's iterate: predicting the target beats missing
+    it; between two that both hit or both miss, the lower loss wins (the joint loss while both
+    hit, the margin while both miss), compared exactly, however small the step.
+
+    Examples:
+        >>> improves(torch.tensor([4.99, 9.0, 0.2]), torch.tensor([False, True, False]),
+        ...          torch.tensor([5.0, 0.1, 0.1]), torch.tensor([False, False, True]))
+        tensor([ True,  True, False])
+    """
+    return (new_success & ~success) | ((new_success == success) & (new_loss < loss))
 
 
 def square_fraction(p_init: float, query: int, budget: int) -> float:
@@ -92,16 +104,20 @@ class RandomSearch:
 
     def __post_init__(self) -> None:
         if self.placement not in PLACEMENTS:
-            raise ValueError(f"placement: one of {', '.join(PLACEMENTS)}, got "
-                             f"{self.placement!r}")
+            raise SettingError("placement", f"one of {', '.join(PLACEMENTS)}, got "
+                                            f"{self.placement!r}")
         if self.oracle.prediction == "label":
-            raise ValueError(f"answers {self.oracle.answers!r}: the random search needs the "
-                             "scores (answers scores or logits, with +map for black-box ADV²)")
+            raise SettingError("answers", f"{self.oracle.answers!r}: the random search needs "
+                                          "the scores (scores or logits, with +map for "
+                                          "black-box ADV²)")
         if self.lam > 0 and not self.oracle.maps:
-            raise ValueError(f"answers {self.oracle.answers!r}: black-box ADV² (lam > 0) needs "
-                             "the maps (answers scores+map or logits+map)")
+            raise SettingError("answers", f"{self.oracle.answers!r}: black-box ADV² (lam > 0) "
+                                          "needs the maps (scores+map or logits+map)")
+        if self.placement == "map" and not self.oracle.maps:
+            raise SettingError("placement", f"map places squares by the oracle's maps, which "
+                                            f"answers {self.oracle.answers!r} lacks")
         if self.queries < 0:
-            raise ValueError(f"queries: must be ≥ 0, got {self.queries}")
+            raise SettingError("queries", f"must be ≥ 0, got {self.queries}")
 
     def __call__(self, x: Images, targets: torch.Tensor, target_maps: torch.Tensor | None = None,
                  support: torch.Tensor | None = None) -> AttackResult:
@@ -114,8 +130,8 @@ class RandomSearch:
         bound = bound.expand(len(x0), 1, *x0.shape[2:]) if bound.ndim else \
             torch.full((len(x0), 1, *x0.shape[2:]), float(bound), device=device)
         self.oracle.open(len(x0))
-        if target_maps is None and self.lam > 0:
-            target_maps = self.oracle.query(x0).maps
+        if target_maps is None and self.lam > 0 and self.queries > 0:
+            target_maps = self.oracle.query(x0).maps  # the clean maps: one counted query
         target_maps = None if target_maps is None else target_maps.to(device)
         start = self._start(x0, targets, target_maps, support, bound)
         if self.queries > 0:
@@ -172,9 +188,9 @@ class RandomSearch:
         iou = metrics.iou(answer.maps, target_maps).mean(dim=1)
         joint = margin.clamp_min(-self.kappa) + self.lam * self.map_loss(answer.maps,
                                                                          target_maps)
-        # the prediction first: an image that misses its target is ranked by its margin,
-        # behind every iterate that predicts it, which is ranked by the joint loss
-        return torch.where(success, joint, UNSUCCESSFUL + margin), success, iou
+        # an image that misses its target is ranked by its margin, one that predicts it by
+        # the joint loss, and the second before the first (:func:`improves`)
+        return torch.where(success, joint, margin), success, iou
 
     def _done(self, success: torch.Tensor, iou: torch.Tensor) -> torch.Tensor:
         """Which images have met the stopping goal."""
@@ -226,7 +242,7 @@ class RandomSearch:
             new_loss, new_success, new_iou = self._loss(answer, targets[rows],
                                                         None if target_maps is None
                                                         else target_maps[rows])
-            better = new_loss < loss[rows]
+            better = improves(new_loss, new_success, loss[rows], success[rows])
             keep = rows[better]
             x[keep] = proposal[better]
             if error is not None:

@@ -7,6 +7,7 @@ import json
 import logging
 
 import numpy as np
+import torch
 
 from adv2.attack_config import AttackConfig, check_setting
 from adv2.attacks import SettingError
@@ -112,9 +113,17 @@ def execute(args: argparse.Namespace) -> int:
     if not samples:
         log.error("no readable images in %s", args.images)
         return 1
-    images = np.stack([s.image for s in samples])
+    scores = detector.scores(np.stack([s.image for s in samples]))
+    finite = torch.isfinite(scores).all(dim=1).tolist()
+    for sample, ok in zip(samples, finite):
+        if not ok:
+            log.error("skipping %s: its %s scores are not finite", sample.name, detector.name)
+    samples, scores = [s for s, ok in zip(samples, finite) if ok], scores[torch.tensor(finite)]
+    if not samples:
+        log.error("no image of %s has finite scores", args.images)
+        return 1
     if args.action == "fit":
-        fit = detector.fit_held_out(detector.scores(images), args.fpr, args.folds, args.seed)
+        fit = detector.fit_held_out(scores, args.fpr, args.folds, args.seed)
         detector.save(args.out)
         summary = detector.to_dict() | {"n_images": len(samples),
                                         "seconds_per_image": detector.seconds_per_input}
@@ -122,7 +131,7 @@ def execute(args: argparse.Namespace) -> int:
             summary["cross_validated_fpr"] = fit.held_out_fpr(detector.names)
         print(json.dumps(summary, indent=2))
         return 0
-    report = detector.detect(images)
+    report = detector.decide(scores)
     if args.out:
         write_scores(args.out, [s.name for s in samples], detector.names, report)
     rates = report.rates()

@@ -16,6 +16,14 @@ import numpy as np
 import torch
 
 
+def _check_finite(scores: torch.Tensor) -> None:
+    """A ValueError when a score is NaN or infinite: such a score is an error, not a value
+    to fit on or decide by."""
+    bad = (~torch.isfinite(scores)).sum().item()
+    if bad:
+        raise ValueError(f"{bad} of {scores.numel()} scores are not finite (NaN or infinite)")
+
+
 def threshold_at_fpr(scores: torch.Tensor, fpr: float) -> float:
     """The smallest observed score t with at most ⌊fpr·n⌋ of the n ``scores`` above it
     (the ⌈(1 − fpr)·n⌉-th smallest score); ``fpr`` in [0, 1)."""
@@ -23,6 +31,7 @@ def threshold_at_fpr(scores: torch.Tensor, fpr: float) -> float:
         raise ValueError(f"false-positive rate must be in [0, 1), got {fpr}")
     if scores.numel() == 0:
         raise ValueError("no benign scores to set a threshold from")
+    _check_finite(scores)
     ordered = scores.flatten().sort().values
     k = max(math.ceil((1 - fpr) * len(ordered) - 1e-9), 1)
     return float(ordered[k - 1])
@@ -99,7 +108,8 @@ class Thresholds:
                    threshold_at_fpr(scores.amax(dim=1), fpr), float(fpr))
 
     def decide(self, scores: torch.Tensor) -> Detection:
-        """Flags for n×S ``scores``."""
+        """Flags for n×S ``scores`` (a ValueError when one is not finite)."""
+        _check_finite(scores)
         joint = scores.amax(dim=1)
         return Detection(scores, joint, scores > self.columns.to(scores.device),
                          joint > self.joint)
