@@ -873,3 +873,45 @@ def test_configs_record_their_settings_in_field_order(tiny_model) -> None:
                                    "warm_confidence", "patience", "lam_search", "interpreter"]
     assert adv2.config()["lam"] == {"name": "Linear", "start": 5.0, "end": 10.0}
     assert describe([adv2]) == [adv2.config()]  # a part with a config() describes itself
+
+
+def test_a_support_outside_zero_one_is_refused_not_a_wider_ball() -> None:
+    model = make_tiny_model()
+    x = to_tensor(make_images(2, seed=1))
+    targets = torch.tensor([1, 2])
+    for support in (torch.full((2, 1, *x.shape[2:]), 3.0),
+                    torch.full((2, 1, *x.shape[2:]), math.nan)):
+        with pytest.raises(ValueError, match=r"support takes values in \[0, 1\]"):
+            PGD(model, eps=8 / 255, steps=2)(x, targets, support=support)
+
+
+def test_pgd_keeps_its_last_successful_iterate_not_a_later_failure() -> None:
+    from adv2.attacks.iterates import Best
+    x = torch.zeros(2, 3, 4, 4)
+    best = Best.start(x)
+    rows = torch.tensor([0, 1])
+    best.keep_last(rows, x + 1 / 255, torch.tensor([True, False]))
+    best.keep_last(rows, x + 2 / 255, torch.tensor([False, False]))
+    assert best.found.tolist() == [True, False]
+    assert torch.equal(best.chosen[0], x[0] + 1 / 255)  # the success, not the later failure
+    assert torch.equal(best.chosen[1], x[1] + 2 / 255)  # no success yet: the last iterate
+
+
+def test_an_iterate_whose_distance_is_not_finite_is_never_kept() -> None:
+    from adv2.attacks.iterates import Best
+    x = torch.zeros(1, 3, 4, 4)
+    best = Best.start(x)
+    best.keep_best(torch.tensor([0]), x + 1 / 255, torch.tensor([True]),
+                   torch.tensor([math.nan]), 0.0)
+    assert not best.found.item() and torch.equal(best.chosen, x)
+
+
+def test_settings_refuse_a_non_finite_lam_and_a_random_start_for_adv2() -> None:
+    from adv2.attack_config import AttackConfig
+    from adv2.errors import SettingError
+    for lam in ("nan", "5:inf", "1,nan@0.5"):
+        with pytest.raises(SettingError, match="lam"):
+            AttackConfig(attack="adv2", lam=lam).validate()
+    with pytest.raises(SettingError, match="random_start: ADV² starts from its PGD warm start"):
+        AttackConfig(attack="adv2", random_start=True).validate()
+    AttackConfig(attack="pgd", random_start=True).validate()

@@ -56,6 +56,9 @@ class AttackConfig(AttackSettings):
             check_setting(f.name, getattr(self, f.name))
         if self.optimizer not in (None, "sign") and self.attack == "pgd":
             raise SettingError("optimizer", "PGD takes sign steps; it applies to ADV² only")
+        if self.random_start and self.attack == "adv2":
+            raise SettingError("random_start", "ADV² starts from its PGD warm start; a random "
+                                               "start applies to PGD only")
         self.entry()
         if n_classes is not None:
             check_target_class(self.target_class, n_classes)

@@ -72,6 +72,7 @@ class Best:
         first = self.first[rows]
         self.first[rows] = torch.where(first.isnan(), torch.where(ok, distance, math.inf),
                                        first)
+        ok = ok & distance.isfinite()  # an iterate whose map distance is not finite is no result
         better = ok & (distance < self.distance[rows])
         gain = better & (distance < self.distance[rows] * (1 - min_gain))
         self.stale[rows] = torch.where(gain, 0, self.stale[rows] + 1)
@@ -81,9 +82,11 @@ class Best:
         self.chosen[rows[better]] = xs[better]
 
     def keep_last(self, rows: torch.Tensor, xs: torch.Tensor, ok: torch.Tensor) -> None:
-        """Keep the last iterate (no map loss)."""
-        self.chosen[rows] = xs
-        self.found[rows] = ok
+        """Keep the last successful iterate, or the last one while none has succeeded (no
+        map loss)."""
+        take = ok | ~self.found[rows]
+        self.chosen[rows[take]] = xs[take]
+        self.found[rows] |= ok
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -62,7 +63,10 @@ Schedule = Constant | Linear | Piecewise | Scaled
 
 def parse_schedule(text: str) -> Schedule:
     """``"5"`` → Constant, ``"5:10"`` → Linear, ``"1e-3,4e-3@0.5"``-style lists are
-    ``"v1,v2,v3@b1,b2"`` → Piecewise."""
+    ``"v1,v2,v3@b1,b2"`` → Piecewise; a ValueError for a value that is not finite."""
+    numbers = [float(v) for v in text.replace("@", ",").replace(":", ",").split(",")]
+    if not all(math.isfinite(v) for v in numbers):
+        raise ValueError(f"{text!r}: values must be finite numbers")
     if "@" in text:
         values, bounds = text.split("@")
         return Piecewise(tuple(map(float, values.split(","))), tuple(map(float, bounds.split(","))))

@@ -127,11 +127,15 @@ class AttackSettings:
     Arguments:
         attack: a name of :data:`ATTACKS` (``pgd``, ``adv2``). eps: the L∞ budget in [0,1]
         units. steps: PGD steps, or ADV²'s joint steps; warm_steps: ADV²'s PGD warm start. lam:
-        λ schedule text (``5``, ``5:10``, ``1,2@0.5``). optimizer: ``sign`` or ``adam``; lr:
-        its step size; lr_decay: the final step relative to the first (linear). pred_loss:
-        ``ce``, ``cw``, ``smooth``; map_loss: ``mse``, ``l1``, ``logit``. patience: stop an
-        image after this many steps without improvement (0: never). random_start: PGD starts
-        uniformly in the ball. step_search: ADV²'s per-example step-length search. lam_search:
+        λ schedule text (``5``, ``5:10``, ``1,2@0.5``; schedules are read at progress
+        step/steps, 0 at the first step and (steps − 1)/steps at the last). optimizer:
+        ``sign`` or ``adam``; lr: its step size; lr_decay: the step's factor at progress 1
+        (linear from 1 at the first step). pred_loss: ``ce``, ``cw``, ``smooth``; map_loss:
+        ``mse``, ``l1``, ``logit``. patience: stop an image after this many judgements
+        without improvement (0: never; an interpreter judged every k steps, such as
+        SmoothGrad's, counts k steps as one). random_start: PGD starts uniformly in the ball
+        (ADV² starts from its PGD warm start and refuses it). step_search: ADV²'s per-example
+        step-length search. lam_search:
         ADV²'s reruns of the joint stage with per-image λ (None or 0: none;
         :mod:`adv2.attacks.lam_search`). seed: PGD's random start (a black-box search's
         draws). threat: ``white-box`` or ``black-box`` (:data:`THREATS`); the black-box

@@ -125,7 +125,11 @@ def build(text: str, x: torch.Tensor, target_maps: torch.Tensor,
 
 
 def lattice_bound(eps: float, support: torch.Tensor | None) -> float | torch.Tensor:
-    """The per-pixel L∞ bound on the uint8 lattice: ⌊255·ε·S⌋/255 (ε alone without support)."""
+    """The per-pixel L∞ bound on the uint8 lattice: ⌊255·ε·S⌋/255 (ε alone without
+    support); a ValueError for a support that is not finite or leaves [0, 1] (it would widen the ball)."""
     if support is None:
         return math.floor(eps * 255 + 1e-6) / 255
+    if not (support.isfinite().all() and (support >= 0).all() and (support <= 1).all()):
+        raise ValueError("a support takes values in [0, 1] (the fraction of ε each pixel may "
+                         "move)")
     return torch.floor(eps * support * 255 + 1e-6) / 255

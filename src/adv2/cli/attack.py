@@ -99,7 +99,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--map-loss", choices=sorted(MAP_LOSSES),
                    help=f"ADV² map loss ({attack_defaults('map_loss')})")
     p.add_argument("--patience", type=int,
-                   help="ADV²: stop an image after this many steps (black-box: queries) "
+                   help="ADV²: stop an image after this many judgements (steps, or every "
+                        "k steps for an interpreter judged every k; black-box: queries) "
                         f"without improvement, 0: never ({attack_defaults('patience')}; black-box: "
                         "never)")
     p.add_argument("--lam-search", type=int,
