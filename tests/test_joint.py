@@ -191,3 +191,19 @@ def test_the_experiment_file_takes_the_same_spelling() -> None:
                                           "mean 'grad.pool'"):
         parse_config({"images": "imgs", "interpreters": ["cam+grad"],
                       "interpreter_settings": {"cam+grad": {"grad.pol": 8}}})
+
+
+def test_a_joint_interpreter_is_stochastic_when_a_member_instance_is() -> None:
+    model = make_tiny_model()
+    joint = build_interpreter("ig+cam", model, **{"ig.baseline": "uniform", "ig.steps": 4})
+    assert joint.members[0].stochastic and joint.stochastic  # judged with fresh seeds
+    assert not build_interpreter("ig+cam", model, **{"ig.steps": 4}).stochastic
+
+
+def test_a_member_at_its_target_does_not_swamp_the_joint_loss() -> None:
+    from adv2.interpreters.joint import RELATIVE_FLOOR, StartScales
+    scales = StartScales(lead=0)
+    start = torch.tensor([[1.0, 0.0], [1.0, -0.01]])  # member 1 at its target, or below 0
+    scales.normalise(start, torch.tensor([0, 1]))
+    later = scales.normalise(torch.tensor([[0.5, 0.01], [0.5, 0.01]]), torch.tensor([0, 1]))
+    assert torch.allclose(later, torch.full((2,), 0.5 + 0.01 / RELATIVE_FLOOR))

@@ -730,3 +730,20 @@ def test_attack_on_unsupported_layers_is_a_clear_error(make, x) -> None:
 def test_gradcam_names_lite0_stages(lite0) -> None:
     with pytest.raises(ValueError, match=r"similar names: body\.inner\.blocks\.4"):
         GradCAM(lite0[0], layer="blocks.4")
+
+
+def test_each_half_of_the_halves_estimator_estimates_the_whole_map() -> None:
+    """IG's halves are two rules along the whole path (the even and the odd points), and
+    SmoothGrad's keep antithetic pairs whole, so each half estimates the same expected map."""
+    model = make_tiny_model()
+    x = torch.full((1, 3, 8, 8), 0.5)
+    ig = IG(model, attack_steps=4, estimator="halves")
+    points, _ = ig.attack_points(x, [0], 0)
+    alphas = (points[:, 0, 0, 0, 0] / 0.5).tolist()  # the black baseline: a point is α·x
+    first, second = sorted(alphas[:2]), sorted(alphas[2:])
+    assert first[0] < 0.5 < first[1] and second[0] < 0.5 < second[1]
+    with pytest.raises(ValueError, match="attack_steps must be ≥ 2 and even"):
+        IG(model, attack_steps=3, estimator="halves")
+    with pytest.raises(ValueError, match="multiple of 4"):
+        SmoothGrad(model, attack_samples=6, estimator="halves")
+    SmoothGrad(model, attack_samples=6)  # the mean estimator takes any whole pairs

@@ -82,9 +82,10 @@ class IG(SampledGradients):
             raise ValueError(f"unknown IG baseline {baseline!r}; choose from {BASELINES}")
         if attack_steps < 1:
             raise ValueError(f"attack_steps must be ≥ 1, got {attack_steps}")
-        if estimator == "halves" and attack_steps < 2:
-            raise ValueError(f"the halves estimator needs two groups of points: attack_steps "
-                             f"must be ≥ 2, got {attack_steps}")
+        if estimator == "halves" and (attack_steps < 2 or attack_steps % 2):
+            raise ValueError(f"the halves estimator needs two equal groups of points, each a "
+                             f"rule along the whole path: attack_steps must be ≥ 2 and even, "
+                             f"got {attack_steps}")
         self.step_sizes, self.alphas = quadrature(method, steps)
         self.steps, self.method, self.baseline = steps, method, baseline
         self.blur_sigma, self.attack_steps, self.seed = blur_sigma, attack_steps, seed
@@ -116,7 +117,10 @@ class IG(SampledGradients):
         k = self.attack_steps
         shift = (0.5 + call * (math.sqrt(5) - 1) / 2) % 1.0
         b = self.baselines(x, seeds)
-        pts = torch.stack([b + ((j + shift) / k) * (x - b) for j in range(k)])
+        # the halves estimator splits the points into a first and a second half: the even
+        # and the odd points of the rule, so that each half spans the whole path
+        order = [*range(0, k, 2), *range(1, k, 2)] if self.estimator == "halves" else range(k)
+        pts = torch.stack([b + ((j + shift) / k) * (x - b) for j in order])
         return pts, torch.full((k,), 1.0 / k, device=x.device)
 
     def combine(self, x: torch.Tensor, seeds: list[int],

@@ -7,7 +7,7 @@ explained, attacked and verified by itself; the joint interpreter only combines:
 
 - the attack's map loss is Σ_i s_lead · ℓ_i / s_i, each member's loss ℓ_i (the run's map loss
   on its own map) divided by its value s_i at the first iterate of the descent (the warm
-  start), per image, and multiplied by the lead's s_lead: every member starts with the lead's
+  start; at least :data:`RELATIVE_FLOOR` times the lead's), per image, and multiplied by the lead's s_lead: every member starts with the lead's
   weight, whatever the scale of its map loss, and the lead's term is its own attack's, for
   which its λ was tuned. The lead is the member whose ADV² defaults take the most steps (``steps +
   warm_steps``; the first such member in the spelling), and the joint attack takes its
@@ -38,6 +38,10 @@ from adv2.models import Classifier
 
 #: the smallest start loss a member is divided by (a member already at its target map)
 FLOOR = 1e-8
+#: ... and, relative to the lead member's, the smallest a member's start loss counts as
+#: (a member at or near its target, or one whose estimator starts below 0, would else swamp
+#: the others)
+RELATIVE_FLOOR = 1e-3
 
 
 def members_of(spelling: str) -> tuple[str, ...]:
@@ -108,7 +112,9 @@ class StartScales:
         if self.values is None:  # outside a descent: the first call's rows start it
             self.reset(int(rows.max()) + 1, losses.shape[1], losses)
         known = self.values[rows]
-        known = torch.where(known.isnan(), losses.detach().clamp_min(FLOOR), known)
+        start = losses.detach()
+        floor = (start[:, self.lead:self.lead + 1].abs() * RELATIVE_FLOOR).clamp_min(FLOOR)
+        known = torch.where(known.isnan(), torch.maximum(start, floor), known)
         self.values[rows] = known
         return known[:, self.lead] * (losses / known).sum(dim=1)
 
@@ -150,6 +156,7 @@ class Joint(Interpreter):
             for name in takers:
                 routed[name][option] = value
         self.members = [build_interpreter(n, model, **routed[n]) for n in self.member_names]
+        self.stochastic = any(m.stochastic for m in self.members)  # IG's is per instance
         self.passes_per_step = sum(m.passes_per_step for m in self.members)
         self.explain_passes = sum(m.explain_passes for m in self.members)
         self.fitted_on = frozenset().union(*(m.fitted_on for m in self.members))

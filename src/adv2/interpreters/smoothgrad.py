@@ -66,6 +66,10 @@ class SmoothGrad(SampledGradients):
         if estimator == "halves" and attack_samples < 2:
             raise ValueError(f"the halves estimator needs two groups of draws: attack_samples "
                              f"must be ≥ 2, got {attack_samples}")
+        if estimator == "halves" and antithetic and attack_samples % 4:
+            raise ValueError(f"the halves estimator with antithetic pairs needs whole pairs in "
+                             f"each half: attack_samples must be a multiple of 4, got "
+                             f"{attack_samples}")
         self.samples, self.sigma, self.seed = samples, sigma, seed
         self.attack_samples, self.antithetic = attack_samples, antithetic
         self.n_points = samples
@@ -89,7 +93,7 @@ class SmoothGrad(SampledGradients):
         fresh = k // 2 if self.antithetic else k
         noise = torch.stack([gaussian_noise(int(np.random.SeedSequence([s, call]).generate_state(
             1)[0]), fresh, x.shape[1:], self.sigma) for s in seeds], dim=1).to(x)  # fresh×N×…
-        if self.antithetic:  # pairs ε, −ε next to each other: halves hold whole pairs
+        if self.antithetic:  # pairs ε, −ε side by side: halves hold whole pairs (k % 4 = 0)
             noise = torch.stack([noise, -noise], dim=1).flatten(0, 1)
         return x[None] + noise, torch.full((k,), 1.0 / k, device=x.device)
 
