@@ -18,7 +18,7 @@ from adv2 import cli, pipeline, target_maps
 from adv2.attacks import ADV2, PGD, AdaptiveADV2
 from adv2.benchmarking import (benign_and_floors, error_by_support, image_targets, run_batches,
                                stacked, step_cost, support_fractions, surrogate_unit_costs)
-from adv2.data import Sample
+from adv2.data import Sample, to_tensor
 from adv2.detection import EnsembleDetector, FeatureSqueezingDetector
 from adv2.experiment import load_config, run_experiment
 from adv2.interpreters import CAM, GRAD, IG, MASK, RTS, GradCAM, Interpreter, SmoothGrad
@@ -240,3 +240,21 @@ def test_attacks_run_natively_on_the_gpu(name, tmp_path) -> None:
     assert on_gpu.x.is_cuda and on_gpu.maps.is_cuda and on_gpu.success.is_cuda
     assert (np.abs(on_gpu.adv.astype(int) - images.astype(int)) <= 8).all()
     assert on_gpu.maps.shape == host.maps.shape
+
+
+@pytest.mark.parametrize("make", [lambda m: GRAD(m), lambda m: GRAD(m, fast=False),
+                                  lambda m: GradCAM(m, layer="body"),
+                                  lambda m: IG(m, attack_steps=2), lambda m: SmoothGrad(m)],
+                         ids=["grad", "grad-generic", "gradcam", "ig", "smoothgrad"])
+def test_an_interpreters_model_copies_follow_the_model_moved_after_it(make) -> None:
+    """Interpreters that attack through a copy of the model (GRAD's surrogates) follow the
+    model when it is moved or cast after they were built, as every tensor does."""
+    model = make_tiny_model()
+    interpreter = make(model)
+    model.double()
+    x = to_tensor(make_images(2, seed=4)).double().requires_grad_(True)
+    logits, maps = interpreter.attack_forward(x, torch.tensor([1, 2]), 0.5)
+    maps = maps if isinstance(maps, torch.Tensor) else torch.stack(maps)
+    assert logits.dtype == maps.dtype == torch.float64
+    (grad,) = torch.autograd.grad(maps.sum(), x)
+    assert grad.abs().sum() > 0

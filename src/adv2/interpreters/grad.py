@@ -8,7 +8,7 @@ from torch import nn
 
 from adv2.interpreters.base import Interpreter, minmax
 from adv2.interpreters.grad_surrogate import FastSurrogate, beta_at
-from adv2.interpreters.smooth_copy import smooth_copy
+from adv2.interpreters.smooth_copy import follow, smooth_copy
 from adv2.models import Classifier
 
 
@@ -126,7 +126,8 @@ class GRAD(Interpreter):
                 unit.beta = beta
             _, true_maps = saliency(self.model, x.detach(), classes, self.pool,
                                     create_graph=False)
-            logits, sur_maps = saliency(self.surrogate, x, classes, self.pool, create_graph=True)
+            logits, sur_maps = saliency(follow(self.surrogate, self.model), x, classes, self.pool,
+                                        create_graph=True)
         return logits, true_maps + (sur_maps - sur_maps.detach())
 
     def config(self) -> dict:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adv2.interpreters.smooth_copy import smooth_copy
+from adv2.interpreters.smooth_copy import follow, smooth_copy
 from adv2.interpreters.surrogate_layers import BackwardMode, DualReLU, FrozenLayers, FrozenSiLU
 from adv2.models import Classifier, MeanStd
 
@@ -71,6 +71,7 @@ class FastSurrogate:
 
     def __init__(self, model: Classifier) -> None:
         self.mode = BackwardMode()
+        self.model = model
         self.net = smooth_copy(model, lambda m: _fast_unit(m, self.mode),
                                kinds=(nn.ReLU, nn.ReLU6, nn.SiLU))
 
@@ -113,7 +114,7 @@ class FastSurrogate:
         """The surrogate's logits of x (the model's values), its graph ready for
         :meth:`gradients`; forward hooks on ``self.net``'s modules see its activations."""
         with torch.enable_grad(), FrozenLayers(self.mode):
-            return self.net(x)
+            return follow(self.net, self.model)(x)
 
     def gradients(self, loss: torch.Tensor, wrt: torch.Tensor, beta: float,
                   exact: bool = True, create_graph: bool = True

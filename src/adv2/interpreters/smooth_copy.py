@@ -1,4 +1,5 @@
-"""Copies of a model with its activations replaced: GRAD's second-order surrogates."""
+"""Copies of a model with its activations replaced: GRAD's second-order surrogates, and the
+rule that keeps a copy on the model's device."""
 
 from __future__ import annotations
 
@@ -22,4 +23,14 @@ def smooth_copy(model: Classifier, activation: Callable[[nn.Module], nn.Module],
         for child_name, child in parent.named_children():
             if isinstance(child, kinds):
                 setattr(parent, child_name, activation(child))
+    return twin
+
+
+def follow(twin: nn.Module, model: nn.Module) -> nn.Module:
+    """``twin`` on ``model``'s device and dtype: moved there when the model was moved (or
+    cast) after the copy was made, so a copy follows the model as every tensor does."""
+    theirs, ours = next(model.parameters(), None), next(twin.parameters(), None)
+    if theirs is not None and ours is not None and (
+            (ours.device, ours.dtype) != (theirs.device, theirs.dtype)):
+        twin.to(device=theirs.device, dtype=theirs.dtype)
     return twin
