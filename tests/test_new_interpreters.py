@@ -747,3 +747,23 @@ def test_each_half_of_the_halves_estimator_estimates_the_whole_map() -> None:
     with pytest.raises(ValueError, match="multiple of 4"):
         SmoothGrad(model, attack_samples=6, estimator="halves")
     SmoothGrad(model, attack_samples=6)  # the mean estimator takes any whole pairs
+
+
+def test_gradcam_attacks_at_a_convolution_that_a_batch_norm_follows() -> None:
+    """The attack's surrogate fuses a frozen convolution with the batch norm after it; at a
+    hooked convolution it must not, or no gradient reaches the layer's activations."""
+    torch.manual_seed(0)
+    features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2, padding=1),
+                                   torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                   torch.nn.Conv2d(8, 16, 3, stride=2, padding=1),
+                                   torch.nn.BatchNorm2d(16), torch.nn.ReLU6())
+    linear = torch.nn.Linear(16, 10)
+    model = Classifier(features=features, head=PoolLinear(linear), linear=linear,
+                       name="conv-bn").eval()
+    gradcam = GradCAM(model, layer="body.3")
+    x = to_tensor(make_images(2, seed=5)).requires_grad_(True)
+    classes = torch.tensor([1, 2])
+    logits, maps = gradcam.attack_forward(x, classes, 0.5)
+    assert torch.allclose(maps, gradcam(x.detach(), classes), atol=1e-5)  # the true maps
+    (grad,) = torch.autograd.grad(maps.sum(), x)
+    assert grad.abs().sum() > 0

@@ -22,11 +22,17 @@ def layer_of(net: nn.Module, layer: str) -> nn.Module:
     return modules[layer]
 
 
-def activations_and_logits(net: nn.Module, module: nn.Module, run) -> tuple[torch.Tensor,
-                                                                             torch.Tensor]:
-    """The output of ``module`` during ``run()`` (which returns logits), and the logits."""
+def activations_and_logits(module: nn.Module, run) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output of ``module`` during ``run()`` (which returns logits), and the logits. The
+    layers after it see a view of that output, so that they compute from it: under
+    :class:`~adv2.interpreters.surrogate_layers.FrozenLayers` a batch norm would otherwise fuse
+    with a hooked convolution and bypass its output, and no gradient would reach it."""
     seen: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda _m, _i, out: seen.append(out))
+
+    def keep(_module: nn.Module, _inputs: object, out: torch.Tensor) -> torch.Tensor:
+        seen.append(out.view_as(out))
+        return seen[-1]
+    handle = module.register_forward_hook(keep)
     try:
         logits = run()
     finally:
@@ -82,7 +88,7 @@ class GradCAM(Interpreter):
 
     def resolution(self, height: int, width: int) -> tuple[int, int]:
         with torch.no_grad():
-            acts, _ = activations_and_logits(self.model, self.module, lambda: self.model(
+            acts, _ = activations_and_logits(self.module, lambda: self.model(
                 torch.zeros(1, 3, height, width, device=self.model.device)))
         return acts.shape[-2], acts.shape[-1]
 
@@ -90,7 +96,7 @@ class GradCAM(Interpreter):
         create = x.requires_grad
         with torch.enable_grad():
             xg = x if create else x.detach().requires_grad_(True)
-            acts, logits = activations_and_logits(self.model, self.module,
+            acts, logits = activations_and_logits(self.module,
                                                   lambda: self.model(xg))
             (grads,) = torch.autograd.grad(logit_sum(logits, classes), acts,
                                            create_graph=create)
@@ -106,7 +112,7 @@ class GradCAM(Interpreter):
                              f"{', '.join(unsupported_layers(self.model)[:5])}")
         module = layer_of(self.fast.net, self.layer)
         xg = x if x.requires_grad else x.detach().requires_grad_(True)
-        acts, logits = activations_and_logits(self.fast.net, module, lambda: self.fast.forward(xg))
+        acts, logits = activations_and_logits(module, lambda: self.fast.forward(xg))
         true, smooth = self.fast.gradients(logit_sum(logits, classes), acts,
                                            beta_at(progress, self.beta_start, self.beta_end))
         true_maps = minmax(grad_cam(acts.detach(), true, self.relu))
