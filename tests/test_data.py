@@ -309,3 +309,32 @@ def test_class_table_index() -> None:
 @pytest.mark.parametrize("name", ["great_white_shark", "great white shark"])
 def test_class_table_index_multiword_names(name) -> None:
     assert imagenet_classes().index(name) == 2
+
+
+def test_labels_csv_paths_match_however_written_and_a_bom_is_no_label(tmp_path) -> None:
+    for name in ("a.png", "sub/b.png", "c.png"):
+        _save(tmp_path / name)
+    csv_path = tmp_path.parent / f"{tmp_path.name}_bom.csv"
+    csv_path.write_text("path,label\n./a.png,207\nsub//b.png,n01443537\n"
+                        f"{tmp_path}/./c.png,5\n", encoding="utf-8-sig")
+    samples, errors = _load(tmp_path, labels_csv=csv_path)
+    assert not errors
+    assert {s.name: s.label for s in samples} == {"a.png": 207, "sub/b.png": 1, "c.png": 5}
+
+
+def test_a_class_name_two_classes_share_is_refused(tmp_path) -> None:
+    classes = imagenet_classes()
+    with pytest.raises(ValueError, match=r"'crane' names classes 134 and 517"):
+        classes.index("crane")
+    _save(tmp_path / "crane" / "x.png")  # not a class folder: the prediction labels it
+    _save(tmp_path / "goldfish" / "y.png")
+    samples, _ = _load(tmp_path)
+    assert {s.name: s.label for s in samples} == {"crane/x.png": None, "goldfish/y.png": 1}
+
+
+def test_a_folder_two_links_reach_keeps_the_first_name_in_sorted_order(tmp_path) -> None:
+    _save(tmp_path / "real" / "im.png")
+    for link in ("zlink", "mlink", "blink"):
+        (tmp_path / link).symlink_to(tmp_path / "real", target_is_directory=True)
+    names = [s.name for s in _load(tmp_path)[0]]
+    assert names == ["blink/im.png"]

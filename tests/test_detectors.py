@@ -348,3 +348,26 @@ def test_experiment_scores_with_every_configured_detector(tmp_path) -> None:
         path.write_text(yaml.safe_dump(bad))
         with pytest.raises(ConfigError, match=message):
             load_config(path)
+
+
+def test_experiment_records_non_finite_scores_as_errors_and_goes_on(tmp_path,
+                                                                    monkeypatch) -> None:
+    _folder(tmp_path / "images", 2, seed=0)
+    _folder(tmp_path / "benign", 4, seed=1)
+    means = sorted(float(to_tensor(s.image[None]).mean())
+                   for s in load_dataset(tmp_path / "benign", size=64).samples)
+
+    class HalfDark(Brightness):  # NaN on the darker half of the benign images
+        def score_batch(self, x: torch.Tensor) -> torch.Tensor:
+            mean = x.mean(dim=(1, 2, 3))[:, None]
+            return torch.where(mean < (means[1] + means[2]) / 2, torch.nan, mean)
+    monkeypatch.setitem(DETECTORS, "toy", HalfDark)
+    data = {"images": "images", "image_size": 64, "interpreters": ["cam"],
+            "attacks": {"pgd": {"steps": 2}}, "transfer": False, "report": {"examples": 1},
+            "detection": {"benign_images": "benign", "detectors": ["toy"]}}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    summary = run_experiment(load_config(path), tmp_path / "run", progress=False)["detection"]
+    assert set(summary["rates"]) >= {"benign (n=2)"}  # the two finite ones fit the threshold
+    errors = list((tmp_path / "run").rglob("*.error.json"))
+    assert len([e for e in errors if "non-finite detector scores" in e.read_text()]) >= 2

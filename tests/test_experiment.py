@@ -514,3 +514,25 @@ def test_default_config_end_to_end_with_reduced_steps(tmp_path) -> None:
     held_out = summary["detection"]["rates"]["benign held out (3-fold)"]
     assert all(abs(3 * r - round(3 * r)) < 1e-6 for r in held_out.values())
     assert (tmp_path / "default" / "report" / "index.html").is_file()
+
+
+def test_config_file_problems_are_config_errors_naming_them(tmp_path) -> None:
+    from adv2.experiment.config import set_key
+    path = tmp_path / "e.yaml"
+    for text, message in (
+            ("images: x\nseed: 1\nseed: 2\n", "the key 'seed' is given twice"),
+            ("images: x\nattacks: {pgd: {steps: 1, steps: 2}}\n", "'steps' is given twice"),
+            ("images: x\nseed: -1\n", "seed: must be ≥ 0"),
+            ("images: x\ndetection: {benign_images: y, settings: [1]}\n",
+             "detection.settings: expected a mapping")):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)
+    path.write_bytes(b"images: \xff\n")
+    with pytest.raises(ConfigError, match="cannot read experiment file"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"--set seed: '\[' is not a YAML value"):
+        set_key({}, "seed=[")
+    path.write_text("images: x\nbase: &b {steps: 3}\nattacks: {pgd: {<<: *b, steps: 4}}\n")
+    with pytest.raises(ConfigError, match="unknown key base"):  # merge keys still read
+        load_config(path)

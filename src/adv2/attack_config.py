@@ -97,6 +97,7 @@ _RANGES: dict[str, tuple[str, Any]] = {
     "batch_size": ("≥ 1", lambda v: v >= 1),
     "limit": ("≥ 1", lambda v: v >= 1),
     "target_class": ("≥ 0", lambda v: v >= 0),
+    "seed": ("≥ 0", lambda v: v >= 0),
     "queries": ("≥ 0", lambda v: v >= 0),
     "stop_iou": ("in [0, 1]", lambda v: 0 <= v <= 1),
     "p_init": ("in (0, 1]", lambda v: 0 < v <= 1),

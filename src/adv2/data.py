@@ -47,8 +47,13 @@ class ClassTable:
             return self.synsets.index(label)
         lowered = [n.lower().replace("_", " ") for n in self.names]
         key = label.lower().replace("_", " ")
-        if key in lowered:
-            return lowered.index(key)
+        found = [i for i, n in enumerate(lowered) if n == key]
+        if len(found) > 1:
+            raise ValueError(f"class name {label!r} names classes {' and '.join(map(str, found))}"
+                             f" ({', '.join(self.synsets[i] for i in found)}): give the index "
+                             "or the synset")
+        if found:
+            return found[0]
         raise ValueError(f"unknown class label {label!r}")
 
 
@@ -151,13 +156,21 @@ def _label_from_name(path: Path, classes: ClassTable) -> int | None:
     return classes.synsets.index(synset) if synset in classes.synsets else None
 
 
+def _csv_key(file: str | Path) -> str:
+    """How a labels file's path and an image are matched: a relative path normalised
+    (``./a//b.png`` is ``a/b.png``), an absolute one resolved (links followed)."""
+    text = str(file)
+    return os.path.realpath(text) if os.path.isabs(text) else Path(
+        os.path.normpath(text)).as_posix()
+
+
 def _read_label_csv(path: Path, classes: ClassTable) -> dict[str, int]:
     """``path,label`` rows; a first row ``path,label`` is the header, a file listed twice is an
     error naming both lines."""
     labels: dict[str, int] = {}
     where: dict[str, int] = {}
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.reader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ValueError(f"{path}: cannot read the labels file ({exc})") from exc
@@ -169,6 +182,7 @@ def _read_label_csv(path: Path, classes: ClassTable) -> dict[str, int]:
         file, label = row[0].strip(), row[1].strip()
         if lineno == 1 and (file.lower(), label.lower()) == ("path", "label"):
             continue
+        file = _csv_key(file)
         if file in where:
             raise ValueError(f"{path}:{lineno}: {file!r} is listed twice (lines {where[file]} "
                              f"and {lineno})")
@@ -209,6 +223,7 @@ def scan_images(root: str | Path) -> Listing:
             dirs.clear()
             continue
         seen[real] = here
+        dirs.sort()  # the walk's order, and so which of two links to a folder is kept
         for name in names:
             path = here / name
             if path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -247,7 +262,7 @@ def load_dataset(
 
     Labels come from, in order: the CSV (``path,label`` with path relative to ``root`` or
     absolute, label an index, synset or name), an ImageNet-style file name
-    ``<synset>_*.JPEG``, or a class subfolder named by synset or class name. An image that
+    ``<synset>_*.JPEG``, or a class subfolder named by synset, class name or index. An image that
     cannot be read (any decoder error, a decompression bomb, a link to nowhere) is logged,
     recorded in ``errors`` and skipped; the others load.
     """
@@ -271,11 +286,13 @@ def load_dataset(
         if limit is not None and len(data.samples) >= limit:
             break
         rel = name(path)
-        label = csv_labels.get(rel, csv_labels.get(str(path)))
+        label = csv_labels.get(rel)
+        if label is None:
+            label = csv_labels.get(_csv_key(path.resolve()))
         if label is None:
             label = _label_from_name(path, classes)
         if label is None and path.parent != base:
-            try:
+            try:  # a class folder: its synset, class name or index
                 label = classes.index(path.parent.name)
             except ValueError:
                 label = None
@@ -292,7 +309,7 @@ def load_dataset(
             data.warnings.append((rel, msg))
         data.samples.append(Sample(rel, path, image, label))
     if csv_labels:
-        used = {s.name for s in data.samples} | {str(s.path) for s in data.samples}
+        used = {s.name for s in data.samples} | {_csv_key(s.path.resolve()) for s in data.samples}
         unused = sorted(set(csv_labels) - used)
         if unused and limit is None:
             log.warning("%s: %d listed files are not among the images (e.g. %s)", labels_csv,

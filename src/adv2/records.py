@@ -111,8 +111,8 @@ class Store:
         buf = io.BytesIO()
         text = json.dumps(meta, sort_keys=True, allow_nan=False)
         np.savez_compressed(buf, meta=np.array(text), **arrays)
+        self._err(stage, name).unlink(missing_ok=True)  # first: a kill between leaves neither
         write_bytes(self._npz(stage, name), buf.getvalue())
-        self._err(stage, name).unlink(missing_ok=True)
 
     def save_error(self, stage: str, name: str, message: str, meta: dict | None = None) -> None:
         """Record a failed image; the run goes on, and a resumed run does not retry it (delete

@@ -267,7 +267,7 @@ def _check(cfg: ExperimentConfig) -> None:
                 raise ConfigError(f"attacks.{attack}.{name}: {name!r} is not in interpreters "
                                   f"{list(cfg.interpreters)}")
     for key in ("target_map", "eps", "device", "batch_size", "target_class", "limit",
-                "support"):
+                "support", "seed"):
         try:
             check_setting(key, getattr(cfg, key))
         except SettingError as exc:
@@ -323,6 +323,10 @@ def _check_detectors(det: DetectionSettings) -> None:
             detector_class(name)
         except SettingError as exc:
             raise ConfigError(f"detection.detectors[{i}]: {exc.problem}") from None
+    if not isinstance(det.settings, dict) or not all(
+            isinstance(s, dict) for s in det.settings.values()):
+        raise ConfigError("detection.settings: expected a mapping from detector names to their "
+                          f"settings (mappings), got {det.settings!r}")
     for name, settings in det.settings.items():
         if name not in det.detectors:
             raise ConfigError(f"detection.settings.{name}: not one of detection.detectors "
@@ -349,6 +353,23 @@ def _resolve_paths(data: dict, base: Path) -> dict:
     return out
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that gives a key twice (the later would
+    silently win)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # <<: merged keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def set_key(data: dict, assignment: str) -> None:
     """Apply one ``dotted.key=value`` override (the value parsed as YAML) to raw config data."""
     key, sep, text = assignment.partition("=")
@@ -363,7 +384,10 @@ def set_key(data: dict, assignment: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"--set {key}: {part!r} is not a mapping")
         node = child
-    node[last] = yaml.safe_load(text)
+    try:
+        node[last] = yaml.load(text, Loader=UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: {text!r} is not a YAML value ({exc})") from None
 
 
 def parse_config(data: Any, base: str | Path = ".") -> ExperimentConfig:
@@ -380,8 +404,8 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Exper
     """Read and validate an experiment YAML file, after ``key=value`` ``overrides``."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read experiment file {path}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc

@@ -24,7 +24,7 @@ from adv2.experiment.config import ConfigError, ExperimentConfig
 from adv2.experiment.images import ImageSet
 from adv2.models import Classifier
 from adv2.outcome import Outcome
-from adv2.records import Entry, Store, chunks, run_units
+from adv2.records import Entry, Failed, Store, chunks, run_units
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def benign_files(cfg: ExperimentConfig, data: ImageSet) -> dict[str, Path]:
 
 
 def _scores(detectors: list[Detector], images: np.ndarray,
-            cost: dict[str, list[float]]) -> list[Entry]:
+            cost: dict[str, list[float]]) -> list[Entry | Failed]:
     """Every detector's scores of each image and its score columns; adds each detector's
     seconds and images to its ``cost`` entry."""
     scores = {}
@@ -64,8 +64,11 @@ def _scores(detectors: list[Detector], images: np.ndarray,
         spent = cost.setdefault(d.name, [0.0, 0])
         spent[0] += d.seconds_per_input * len(images)
         spent[1] += len(images)
+    finite = [all(np.isfinite(scores[d.name][i]).all() for d in detectors)
+              for i in range(len(images))]
     return [Entry({}, {"scores": {d.name: scores[d.name][i] for d in detectors},
                        "columns": {d.name: d.names for d in detectors}})
+            if finite[i] else Failed("non-finite detector scores (NaN or infinity)")
             for i in range(len(images))]
 
 
@@ -92,7 +95,7 @@ def run(ctx: distributed.Context, cfg: ExperimentConfig, model: Classifier, stor
               lambda u: _scores(detectors, np.stack([benign[n] for n in u]), cost), progress,
               {n: image_digest(image) for n, image in benign.items()})
 
-    def adversarial(stage_name: str, names: list[str]) -> list[Entry]:
+    def adversarial(stage_name: str, names: list[str]) -> list[Entry | Failed]:
         records = [store.load(stage_name, n) for n in names]
         for name, record in zip(names, records):
             if record is None or record.error is not None:
@@ -100,7 +103,8 @@ def run(ctx: distributed.Context, cfg: ExperimentConfig, model: Classifier, stor
         outcomes = [Outcome.from_record(r) for r in records]
         outputs = _scores(detectors, np.stack([o.adv for o in outcomes]), cost)
         for output, outcome in zip(outputs, outcomes):
-            output.meta["success"] = outcome.success
+            if isinstance(output, Entry):
+                output.meta["success"] = outcome.success
         return outputs
 
     units = chunks(data.attacked, cfg.batch_size)

@@ -22,7 +22,7 @@ from adv2.experiment.config import ExperimentConfig
 from adv2.experiment.images import ImageSet
 from adv2.interpreters import Interpreter
 from adv2.outcome import Outcome
-from adv2.records import Entry, Store, chunks, run_units
+from adv2.records import Entry, Failed, Store, chunks, run_units
 from adv2.target_classes import interpreter_seeds
 
 
@@ -37,7 +37,7 @@ def benign_stage(cfg: ExperimentConfig, interpreter: str) -> str:
 
 
 def transfer_unit(store: Store, source: str, interpreter: Interpreter, reference: str,
-                  seed: int, names: list[str]) -> list[Entry]:
+                  seed: int, names: list[str]) -> list[Entry | Failed]:
     """Explain the source's ADV² images of ``names`` with ``interpreter`` (on its model's
     device, seeded with the judge's seeds of the experiment ``seed``); compare with its benign
     maps, from the records of the stage ``reference``. Raises when a source or benign record
@@ -63,8 +63,11 @@ def transfer_unit(store: Store, source: str, interpreter: Interpreter, reference
     benign_maps = torch.from_numpy(np.stack([o.benign for o in references])).unsqueeze(1)
     mean, _ = distances(interpreter, maps, benign_maps, tuple(x.shape[-2:]))
     l1, iou = mean.l1, mean.iou
+    finite = (torch.isfinite(maps).flatten(1).all(1) & torch.isfinite(l1)
+              & torch.isfinite(iou).all(1)).tolist()
     return [Entry({"map": maps[j, 0].numpy()},
                   {"l1": float(l1[j]), "iou": iou[j].tolist(), "success": bool(success[j])})
+            if finite[j] else Failed("non-finite transferred map (NaN or infinity)")
             for j in range(len(names))]
 
 
