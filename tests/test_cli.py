@@ -254,3 +254,32 @@ def test_black_box_attack_counts_queries_and_refuses_what_cannot_work(tmp_path, 
     assert "--surrogate" in caplog.text and "attacked model itself" in caplog.text
     assert _attack(images, tmp_path / "o3", "--threat", "black-box", "--adaptive", "t.json") == 2
     assert "--adaptive" in caplog.text
+
+
+def test_a_label_edited_in_place_makes_that_images_record_stale(tmp_path, monkeypatch) -> None:
+    """A rerun into the same --out reuses the records of unchanged images only: an image
+    whose label changed (a labels file edited in place) is attacked again, with its new
+    label and target, and no row mixes the two."""
+    from adv2 import batch
+    from conftest import make_tiny_model
+
+    monkeypatch.setattr(cli.attack, "load_model", lambda *args: make_tiny_model(0, 1000))
+    images = _make_images(tmp_path / "images")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\nimg_a.png,1\nimg_b.png,2\nimg_c.png,3\n")
+    out = tmp_path / "out"
+    options = ("--attack", "pgd", "--steps", "2", "--labels", str(labels), "--batch-size", "1")
+    assert _attack(images, out, *options) == 0
+    before = {r["file"]: r for r in _rows(out)}
+    labels.write_text("path,label\nimg_a.png,1\nimg_b.png,5\nimg_c.png,3\n")
+    attacked: list[str] = []
+    real = batch.attack_batch
+
+    def spy(*args, **kwargs):
+        attacked.extend(args[7])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(cli.attack.pipeline, "attack_batch", spy)
+    assert _attack(images, out, *options) == 0
+    after = {r["file"]: r for r in _rows(out)}
+    assert attacked == ["img_b.png"]
+    assert after["img_b.png"]["label"] == "5" and after["img_a.png"] == before["img_a.png"]

@@ -26,7 +26,7 @@ from adv2 import cli
 from adv2.data import image_digest, load_image
 from adv2.experiment import load_config, run_experiment
 from adv2.models import Classifier
-from adv2.records import Store
+from adv2.records import Store, input_digest
 
 GOOD = ["n01440764_tench.JPEG", "n01440764_tench.png",  # same stem, two files
         "sub/m.JPEG", "sub__m.JPEG",                       # a folder and a look-alike name
@@ -226,7 +226,9 @@ def test_attack_resumes_refuses_other_settings_and_overwrites(tmp_path, caplog,
     after = {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.npz")}
     assert [n for n in before if before[n] != after[n]] == ["1.png.npz"]
     meta = Store(out, "records").load("", "1.png").meta
-    assert meta["input"] == image_digest(load_image(images / "1.png"))
+    row = next(r for r in _rows(out) if r["file"] == "1.png")  # bound to picture, label, target
+    assert meta["input"] == input_digest(image_digest(load_image(images / "1.png")),
+                                         int(row["label"]), int(row["target"]))
 
 
 def test_targets_do_not_depend_on_the_other_files(tmp_path, tiny1000) -> None:
@@ -378,7 +380,8 @@ def test_run_recomputes_the_records_of_a_replaced_picture(tmp_path, monkeypatch)
     after = {p.name: p.stat().st_mtime_ns for p in stage.glob("*.npz")}
     assert [n for n in before if before[n] != after[n]] == [f"{names[1]}.npz"]
     record = Store(tmp_path / "run").load("cam/pgd", names[1])
-    assert record.meta["input"] == image_digest(load_image(images / names[1], 64))
+    assert record.meta["input"] == input_digest(image_digest(load_image(images / names[1], 64)),
+                                                record.meta["label"], record.meta["target"])
 
 
 @pytest.mark.parametrize("case", ["nan", "text", "truncated", "pickle"])

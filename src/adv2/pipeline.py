@@ -19,7 +19,7 @@ from adv2.models import Classifier
 from adv2.output import RunWriter
 from adv2.outcome import Outcome
 from adv2.preparation import prepare_images
-from adv2.records import Alone, Failed, chunks, run_units
+from adv2.records import Alone, Failed, chunks, input_digest, run_units
 
 #: the run, with the attack's settings, builder, batch body and pool it is made of
 __all__ = ["AttackConfig", "Pool", "attack_batch", "build_attack", "run"]
@@ -90,7 +90,8 @@ def run(
             return outcomes
 
         run_units(Alone(), writer.store, "", chunks(list(rows), cfg.batch_size), work, progress,
-                  {n: samples[i].digest for n, i in rows.items()}, after=writer.write_results)
+                  {n: input_digest(samples[i].digest, int(labels[i]), int(prepared.targets[i]))
+                   for n, i in rows.items()}, after=writer.write_results)
         summary = writer.finish(time.time() - start, metrics.DEFAULT_KS, prepared.accuracy)
     log.info("%s/%s on %d images: success %.3f, L1 %.4f, IoU %.3f (%s)", cfg.attack,
              cfg.interpreter, summary["n_images"], summary["success_rate"] or 0,

@@ -15,6 +15,7 @@ recomputed. Every JSON file is strict JSON: a NaN or an infinity is an error, ne
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -77,6 +78,18 @@ def changed_keys(old: dict, new: dict, ignore: tuple[str, ...] = (), prefix: str
         elif a != b:
             out.append(f"{prefix}{key}")
     return out
+
+
+def input_digest(picture: str, label: int, target: int) -> str:
+    """What an image's records are bound to: its picture's digest
+    (:func:`adv2.data.image_digest`), its label and its target class, so that a labels file
+    edited in place or a target drawn anew makes the old record stale rather than reused.
+
+    Examples:
+        >>> input_digest("ab12", 3, 7) == input_digest("ab12", 3, 7) != input_digest("ab12", 4, 7)
+        True
+    """
+    return hashlib.sha256(f"{picture}:{label}:{target}".encode()).hexdigest()
 
 
 @dataclass

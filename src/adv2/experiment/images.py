@@ -21,6 +21,7 @@ from adv2.errors import SettingError
 from adv2.experiment.config import ConfigError, ExperimentConfig
 from adv2.models import Classifier
 from adv2.preparation import prepare_images
+from adv2.records import input_digest
 
 
 @dataclass
@@ -93,6 +94,8 @@ def prepare(cfg: ExperimentConfig, model: Classifier, chunk: int = 16) -> ImageS
     except SettingError as exc:  # a target class the model lacks
         raise ConfigError(str(exc)) from None
     return ImageSet([s.name for s in samples], [str(s.path) for s in samples], p.images,
-                    p.labels, p.preds, p.targets, {s.name: s.digest for s in samples},
+                    p.labels, p.preds, p.targets,
+                    {s.name: input_digest(s.digest, int(p.labels[i]), int(p.targets[i]))
+                     for i, s in enumerate(samples)},
                     {samples[i].name: reason for i, reason in sorted(p.skipped.items())},
                     data.errors, data.ignored, p.accuracy)
