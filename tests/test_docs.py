@@ -3,7 +3,9 @@ benchmark pages, the command pages with the argparse parser, the README's links 
 
 from __future__ import annotations
 
+import argparse
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,27 @@ def test_docstring_examples_are_sections_the_api_reference_renders_as_code() -> 
                 if line.strip() == "Example:"]
     assert not singular, singular
 
+
+class Parsed(Exception):
+    """Raised in place of running a script once its parser has accepted the arguments."""
+
+
+@pytest.mark.parametrize("page", sorted((ROOT / "docs/benchmarks").glob("*.md")),
+                         ids=lambda page: page.stem)
+def test_every_benchmark_page_command_parses_with_its_script(
+        page: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each ``Command: `python benchmarks/....py ...``` a page prints is accepted by that
+    script's parser as it is now (options, choices and types), so the page can be rerun."""
+    commands = re.findall(r"^Command: `python (benchmarks/\w+\.py)([^`]*)`", page.read_text(),
+                          flags=re.M)
+    if page.stem != "index":
+        assert commands, f"{page.name} names no command"
+    real = argparse.ArgumentParser.parse_args
+
+    def parse(parser, args=None, namespace=None):
+        real(parser, args, namespace)
+        raise Parsed
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse)
+    for script, arguments in commands:
+        with pytest.raises(Parsed):
+            load_file(script).main(shlex.split(arguments))
