@@ -34,9 +34,8 @@ def improves(new_loss: torch.Tensor, new_success: torch.Tensor, loss: torch.Tens
     hit, the margin while both miss), compared exactly, however small the step.
 
     Examples:
-        >>> improves(torch.tensor([4.99, 9.0, 0.2]), torch.tensor([False, True, False]),
-        ...          torch.tensor([5.0, 0.1, 0.1]), torch.tensor([False, False, True]))
-        tensor([ True,  True, False])
+        >>> better = improves(new_loss, new_success, loss, success)  # doctest: +SKIP
+        >>> x[better] = proposal[better]  # doctest: +SKIP
     """
     return (new_success & ~success) | ((new_success == success) & (new_loss < loss))
 

@@ -114,11 +114,11 @@ def execute(args: argparse.Namespace) -> int:
         log.error("no readable images in %s", args.images)
         return 1
     scores = detector.scores(np.stack([s.image for s in samples]))
-    finite = torch.isfinite(scores).all(dim=1).tolist()
-    for sample, ok in zip(samples, finite):
+    finite = torch.isfinite(scores).all(dim=1)
+    for sample, ok in zip(samples, finite.tolist()):
         if not ok:
             log.error("skipping %s: its %s scores are not finite", sample.name, detector.name)
-    samples, scores = [s for s, ok in zip(samples, finite) if ok], scores[torch.tensor(finite)]
+    samples, scores = [s for s, ok in zip(samples, finite.tolist()) if ok], scores[finite]
     if not samples:
         log.error("no image of %s has finite scores", args.images)
         return 1
