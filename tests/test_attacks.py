@@ -142,6 +142,18 @@ def test_pgd_random_start_is_seeded(tiny_model, images) -> None:
     assert not np.array_equal(a, d)
 
 
+def test_pgd_random_start_of_an_image_depends_on_its_own_seed_alone(tiny_model, x) -> None:
+    targets = torch.tensor([1, 2, 3, 4, 5, 6])
+    attack = PGD(tiny_model, steps=2, random_start=True)
+    attack.use_seeds(range(6))
+    forwards = attack(x, targets).x
+    attack.use_seeds(reversed(range(6)))
+    assert torch.equal(forwards, attack(x.flip(0), targets.flip(0)).x.flip(0))
+    attack.use_seeds([9])
+    with pytest.raises(ValueError, match="1 seeds set for 6 images"):
+        attack(x, targets)
+
+
 # ----------------------------------------------------------------------------------- losses
 
 

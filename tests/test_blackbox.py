@@ -187,6 +187,23 @@ def test_the_same_seed_gives_the_same_images(setup) -> None:
     assert not torch.equal(run(3), run(4))
 
 
+@pytest.mark.parametrize("placement", ["uniform", "map"])
+def test_an_images_search_depends_on_its_own_seed_alone(setup, placement) -> None:
+    model, x, labels, targets = setup
+    benign = target_maps.benign(CAM(model), x, labels)
+
+    def run(rows: list[int], seeds: list[int]) -> torch.Tensor:
+        search = RandomSearch(Oracle(model, CAM(model)), eps=EPS, queries=30, lam=5.0,
+                              placement=placement)
+        search.use_seeds(seeds)
+        return search(x[rows], targets[rows], benign[rows]).x
+
+    batch = run([0, 1, 2, 3], [11, 12, 13, 14])
+    assert torch.equal(batch, run([3, 2, 1, 0], [14, 13, 12, 11]).flip(0))
+    assert torch.equal(batch[2:3], run([2], [13]))
+    assert not torch.equal(batch[2:3], run([2], [15]))  # another seed, another search
+
+
 def test_black_box_adv2_pulls_the_map_toward_the_target(setup) -> None:
     model, x, labels, targets = setup
     grad = GRAD(model)
@@ -313,11 +330,11 @@ def test_map_guided_squares_go_where_the_map_is_wrong(setup) -> None:
     search = RandomSearch(Oracle(model, CAM(model)), placement="map")
     error = torch.zeros(2, 1, 4, 4)
     error[:, 0, 3, 0] = 1.0  # only the bottom-left cell (pixels 24–31, 0–7 of 32×32) is wrong
-    gen = torch.Generator().manual_seed(0)
+    gens = search.generators(2)
     tops, lefts = [], []
     for _ in range(50):
         top, left = search._corners(torch.arange(2), 6, (32, 32), error,
-                                    torch.tensor([True, False]), gen)
+                                    torch.tensor([True, False]), gens)
         tops.append(top.flatten())
         lefts.append(left.flatten())
     top, left = torch.stack(tops), torch.stack(lefts)

@@ -283,3 +283,19 @@ def test_a_label_edited_in_place_makes_that_images_record_stale(tmp_path, monkey
     after = {r["file"]: r for r in _rows(out)}
     assert attacked == ["img_b.png"]
     assert after["img_b.png"]["label"] == "5" and after["img_a.png"] == before["img_a.png"]
+
+
+def test_a_black_box_images_result_does_not_depend_on_its_batch(runs, tmp_path) -> None:
+    """Each image searches with its own seed: alone or three to a batch, the same images."""
+    images = runs[0]
+    rows = {}
+    for size in ("1", "3"):
+        assert _attack(images, tmp_path / size, "--threat", "black-box", "--attack", "adv2",
+                       "--queries", "12", "--batch-size", size) == 0
+        rows[size] = _rows(tmp_path / size)
+        assert {r["queries"] for r in rows[size]} - {""}
+    assert rows["1"] == rows["3"]
+    for name in NAMES:
+        alone, batched = (np.asarray(Image.open(tmp_path / size / "samples" / name / "adv.png"))
+                          for size in ("1", "3"))
+        assert np.array_equal(alone, batched)

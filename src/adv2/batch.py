@@ -13,13 +13,14 @@ from adv2.attack_config import AttackConfig
 from adv2.attack_maps import Pool, target_maps_for
 from adv2.attacks import Attack
 from adv2.attacks import support as support_mod
+from adv2.attacks.draws import Seeded
 from adv2.attacks.result import AttackResult, distances
 from adv2.data import sample_key, to_tensor
 from adv2.interpreters import Interpreter
 from adv2.models import Classifier
 from adv2.outcome import Distance, Outcome, Seeds
 from adv2.records import Failed
-from adv2.target_classes import interpreter_seeds, seed_of
+from adv2.target_classes import attack_seeds, interpreter_seeds, seed_of
 
 
 def attack_batch(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,
@@ -41,8 +42,10 @@ def attack_batch(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,
         seed and is judged with another (:func:`~adv2.target_classes.interpreter_seeds`, the
         outcome's ``seeds``): ``map``, ``benign``, ``l1`` and ``iou`` are those of the judge's
         draws (against the target map the attack had unless it is the benign map, which is
-        redrawn too). An image whose logits or maps are not finite is
-        :class:`~adv2.records.Failed` instead: never a metric.
+        redrawn too). An attack that draws at random (:class:`~adv2.attacks.draws.Seeded`)
+        draws from each image's :func:`~adv2.target_classes.attack_seeds`. An image whose
+        logits or maps are not finite is :class:`~adv2.records.Failed` instead: never a
+        metric.
     """
     keys = [sample_key(n) for n in names]
     torch.manual_seed(seed_of(cfg.seed, keys[0]))
@@ -55,6 +58,8 @@ def attack_batch(cfg: AttackConfig, model: Classifier, interpreter: Interpreter,
     # a support drawn from the target map takes the first interpreter's it holds
     support = support_mod.build(cfg.support, x, next(iter(interpreter.parts(
         tmaps, tuple(x.shape[-2:])).values())), names)
+    if isinstance(attack, Seeded):  # its own draws (a random start, a search): per image
+        attack.use_seeds(attack_seeds(cfg.seed, keys))
     result = attack(x, targets, tmaps, support)
     if interpreter.stochastic:  # judged as a defender would: with draws the attack never saw
         interpreter.use_seeds(interpreter_seeds(cfg.seed, keys, judge=True))

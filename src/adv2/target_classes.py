@@ -25,6 +25,12 @@ def interpreter_seeds(seed: int, keys: list[str], judge: bool = False) -> list[i
     return [seed_of(seed, f"{key}#{'judge' if judge else 'attack'}") for key in keys]
 
 
+def attack_seeds(seed: int, keys: list[str]) -> list[int]:
+    """Each image's seed for an attack's own draws (PGD's random start, a black-box search;
+    :mod:`adv2.attacks.draws`), independent of the interpreter's."""
+    return [seed_of(seed, f"{key}#draws") for key in keys]
+
+
 def choose_targets(labels: torch.Tensor, n_classes: int, seed: int, fixed: int | None,
                    allowed: torch.Tensor | None = None) -> torch.Tensor:
     """Target classes: ``fixed`` for all, or uniform over classes ≠ label (over ``allowed``

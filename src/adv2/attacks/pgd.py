@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from adv2.attacks.criteria import TargetPredicted
+from adv2.attacks.draws import ImageSeeds
 from adv2.attacks.engine import Descent, Objective
 from adv2.attacks.iterates import Stop, Trajectory
 from adv2.attacks.lattice import project, quantise
@@ -26,7 +27,7 @@ PGD_DEFAULTS: dict[str, Any] = {"steps": 100, "optimizer": "sign", "lr": 1 / 255
 
 
 @dataclass
-class PGD:
+class PGD(ImageSeeds):
     """Targeted L∞ PGD: ``steps`` sign steps of ``step_size`` on ``loss`` toward the target.
 
     Arguments:
@@ -34,7 +35,8 @@ class PGD:
         interpreter: the interpreter the results are judged with (maps, L1, IoU); None
             judges the prediction only.
         eps: the L∞ budget; step_size: the sign step; steps: the number of steps.
-        random_start: start uniformly in the ε-ball, drawn from ``torch.Generator(seed)``.
+        random_start: start uniformly in the ε-ball, each image from its own seed
+            (:meth:`use_seeds`; ``seed`` for every image unless set).
         stop_on_success: stop each image once the target wins with p(target) ≥
             ``min_confidence`` (success itself is the target winning). loss: the prediction
             loss (cross entropy by default).
@@ -86,10 +88,9 @@ class PGD:
         on x0's device; ``support`` (N×1×H×W) confines the perturbation
         (:mod:`adv2.attacks.support`)."""
         start = x0
-        if self.random_start:  # drawn on the host from the seed, so every device agrees
-            gen = torch.Generator().manual_seed(self.seed)
-            noise = torch.empty(x0.shape, device="cpu").uniform_(-self.eps, self.eps,
-                                                                 generator=gen).to(x0)
+        if self.random_start:  # each image's own draw, on the host, so every device agrees
+            noise = torch.stack([torch.empty(x0.shape[1:], device="cpu").uniform_(
+                -self.eps, self.eps, generator=gen) for gen in self.generators(len(x0))]).to(x0)
             noise = noise if support is None else noise * support
             start = project(quantise(x0 + noise), x0, lattice_bound(self.eps, support))
         # with stop_on_success, an image stops once the target wins with min_confidence

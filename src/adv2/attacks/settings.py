@@ -137,8 +137,8 @@ class AttackSettings:
         (ADV² starts from its PGD warm start and refuses it). step_search: ADV²'s per-example
         step-length search. lam_search:
         ADV²'s reruns of the joint stage with per-image λ (None or 0: none;
-        :mod:`adv2.attacks.lam_search`). seed: PGD's random start (a black-box search's
-        draws). threat: ``white-box`` or ``black-box`` (:data:`THREATS`); the black-box
+        :mod:`adv2.attacks.lam_search`). seed: PGD's random start and a black-box search's
+        draws (each image's from its own seed, :mod:`adv2.attacks.draws`). threat: ``white-box`` or ``black-box`` (:data:`THREATS`); the black-box
         settings: answers (what the oracle answers, :data:`adv2.blackbox.ANSWERS`), queries
         (the budget per image), surrogate (model names joined by ``+``: the transfer attack on
         them starts the search, :func:`adv2.blackbox.build.transfer_start`; None: Square's

@@ -9,6 +9,7 @@ from dataclasses import KW_ONLY, dataclass, field
 import torch
 
 from adv2 import metrics
+from adv2.attacks.draws import ImageSeeds
 from adv2.attacks.lattice import project, quantise
 from adv2.attacks.losses import MapLoss, MapMSE
 from adv2.attacks.result import Attack, AttackResult, Images, as_batch, home_of
@@ -48,7 +49,7 @@ def square_fraction(p_init: float, query: int, budget: int) -> float:
 
 
 @dataclass
-class RandomSearch:
+class RandomSearch(ImageSeeds):
     """Targeted Square-Attack-style random search on the answers of an :class:`Oracle`.
 
     Each query proposes, per image, the current perturbation with one random square window
@@ -66,8 +67,9 @@ class RandomSearch:
         result). eps: the L∞ budget. queries: the queries per image, the clean image's answer
         and the start's included. lam: the weight of the map term. p_init: the first square's
         fraction of the image. kappa: how far beyond the decision boundary the margin still
-        counts. stop_iou, patience: stopping (None: off). seed: the search's draws
-        (``torch.Generator`` on the host, so every device agrees). map_loss: the map
+        counts. stop_iou, patience: stopping (None: off). seed: the search's draws, each
+        image's from its own seed (:meth:`use_seeds`; ``seed`` for every image unless set),
+        on the host, so every device agrees. map_loss: the map
         distance. start: an attack on local surrogates, never the attacked model
         (:class:`~adv2.blackbox.transfer.TransferAttack`), whose images start the search
         (None: Square's vertical stripes); with ``queries`` 0 its images are the result
@@ -144,28 +146,32 @@ class RandomSearch:
         """The first iterate: the start attack's images (given the target maps at the oracle's
         resolution), or Square's vertical stripes."""
         if self.start is None:
-            gen = torch.Generator().manual_seed(self.seed)
-            signs = torch.randint(0, 2, (len(x0), x0.shape[1], 1, x0.shape[3]),
-                                  generator=gen, device="cpu").to(x0) * 2 - 1
+            signs = torch.stack([torch.randint(0, 2, (x0.shape[1], 1, x0.shape[3]),
+                                               generator=gen, device="cpu")
+                                 for gen in self.generators(len(x0))]).to(x0) * 2 - 1
             return (x0 + signs * bound).clamp(0, 1)
         result = self.start(x0, targets, target_maps, support)
         return project(quantise(result.x.to(x0)), x0, bound)
 
     def _corners(self, rows: torch.Tensor, side: int, shape: tuple[int, int],
                  error: torch.Tensor | None, success: torch.Tensor,
-                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                 gens: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
         """The top-left corners (each len(rows)×1×1×1, on the host) of this query's squares:
         uniform, or (``placement="map"``, images that predict their target) centred on a
         pixel drawn with probability proportional to |oracle map − target map| there."""
         h, w = shape
-        top = torch.randint(0, h - side + 1, (len(rows), 1, 1, 1), generator=gen, device="cpu")
-        left = torch.randint(0, w - side + 1, (len(rows), 1, 1, 1), generator=gen, device="cpu")
+        mine = [gens[r] for r in rows.tolist()]  # each image's own generator
+        top = torch.cat([torch.randint(0, h - side + 1, (1,), generator=g, device="cpu")
+                         for g in mine]).view(-1, 1, 1, 1)
+        left = torch.cat([torch.randint(0, w - side + 1, (1,), generator=g, device="cpu")
+                          for g in mine]).view(-1, 1, 1, 1)
         if self.placement == "uniform" or error is None:
             return top, left
         cells = error[rows].flatten(1).cpu().double() + 1e-6  # every cell stays reachable
-        drawn = torch.multinomial(cells, 1, generator=gen).flatten()
+        drawn = torch.cat([torch.multinomial(c, 1, generator=g) for c, g in zip(cells, mine)])
         mh, mw = error.shape[-2:]
-        jitter = torch.rand((2, len(rows)), generator=gen, dtype=torch.double, device="cpu")
+        jitter = torch.stack([torch.rand(2, generator=g, dtype=torch.double, device="cpu")
+                              for g in mine], dim=1)
         cy, cx = (drawn // mw).double() + jitter[0], (drawn % mw).double() + jitter[1]
         guided_top = (cy * h / mh - side / 2).round().long().clamp(0, h - side)
         guided_left = (cx * w / mw - side / 2).round().long().clamp(0, w - side)
@@ -203,7 +209,7 @@ class RandomSearch:
                 target_maps: torch.Tensor | None, bound: torch.Tensor) -> torch.Tensor:
         """Random-search updates from ``x`` until each image stops; the final iterates."""
         n, c, h, w = x0.shape
-        gen = torch.Generator().manual_seed(self.seed + 1)
+        gens = self.generators(n, stream=1)
         budget = torch.minimum(self.oracle.left(),
                                torch.full_like(self.oracle.left(), self.queries)
                                - self.oracle.counts).to(x0.device)
@@ -226,8 +232,9 @@ class RandomSearch:
                 return x
             p = square_fraction(self.p_init, i, self.queries)
             side = min(max(int(round(math.sqrt(p * area))), 1), min(h, w) - 1)
-            top, left = self._corners(rows, side, (h, w), error, success, gen)
-            signs = torch.randint(0, 2, (len(rows), c, 1, 1), generator=gen, device="cpu") * 2 - 1
+            top, left = self._corners(rows, side, (h, w), error, success, gens)
+            signs = torch.stack([torch.randint(0, 2, (c, 1, 1), generator=gens[r], device="cpu")
+                                 for r in rows.tolist()]) * 2 - 1
             top, left, signs = top.to(x0.device), left.to(x0.device), signs.to(x0)
             ys = torch.arange(h, device=x0.device).view(1, 1, h, 1)
             xs = torch.arange(w, device=x0.device).view(1, 1, 1, w)

@@ -75,8 +75,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "<synset>_* names or class folders, else the model's prediction"))
     p.add_argument("--limit", type=int, help=with_default("attack at most N images", "all"))
     p.add_argument("--seed", type=int, default=d.seed, help=with_default(
-        "the seed of the random choices: target classes and target maps (with each image's "
-        "name), PGD's random start", d.seed))
+        "the seed of the random choices, each drawn with the image's name: target classes, "
+        "target maps, PGD's random start, a black-box search's squares", d.seed))
     p.add_argument("--eps", type=number, default=d.eps,
                    help=with_default("L∞ budget in [0,1] units (a number or a fraction)", d.eps))
     p.add_argument("--steps", type=int, help=f"attack steps ({attack_defaults('steps')})")

@@ -2,9 +2,9 @@
 
 Determinism, which resuming and sharding rest on: the unit of work is a fixed chunk of
 ``batch_size`` consecutive images of the image list (1 by default), the same for any number of
-processes; every random choice of a unit (target class, ``shape``/``other`` target map, PGD's
-random start) is seeded by :func:`~adv2.target_classes.seed_of` (the experiment seed and the
-image name), never by the batch, the rank or the order of work. A unit's record is written
+processes; every random choice of a unit (target class, ``shape``/``other`` target map, an
+attack's random start or search) is seeded by :func:`~adv2.target_classes.seed_of` (the
+experiment seed and the image name), never by the batch, the rank or the order of work. A unit's record is written
 atomically when it finishes; a restarted run skips the units whose records exist.
 """
 
@@ -14,7 +14,6 @@ import json
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from adv2.batch import attack_batch
 from adv2.outcome import Outcome
 from adv2.provenance import versions
 from adv2.records import Failed, Store, changed_keys, chunks, run_units, to_json, write_json
-from adv2.target_classes import seed_of
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +36,9 @@ def attack_unit(cfg: ExperimentConfig, model: Classifier, interpreter: Interpret
                 attack_name: str, data: ImageSet, names: list[str]) -> list[Outcome | Failed]:
     """Attack one unit of images (:func:`adv2.batch.attack_batch`)."""
     rows = data.index(names)
-    keys = data.keys(names)
-    settings = cfg.attack_config(interpreter.name, attack_name, seed_of(cfg.seed, keys[0]))
+    settings = cfg.attack_config(interpreter.name, attack_name, cfg.seed)
     attack = build_attack(settings, model, interpreter)
-    return attack_batch(replace(settings, seed=cfg.seed), model, interpreter, attack,
+    return attack_batch(settings, model, interpreter, attack,
                         data.images[rows], data.labels[rows], data.targets[rows], names,
                         data.pool(model.device) if cfg.target_map == "other" else None)
 
