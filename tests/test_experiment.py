@@ -536,3 +536,24 @@ def test_config_file_problems_are_config_errors_naming_them(tmp_path) -> None:
     path.write_text("images: x\nbase: &b {steps: 3}\nattacks: {pgd: {<<: *b, steps: 4}}\n")
     with pytest.raises(ConfigError, match="unknown key base"):  # merge keys still read
         load_config(path)
+
+
+def test_a_rank_that_reads_other_images_than_rank_0_is_refused(tiny) -> None:
+    from dataclasses import replace
+
+    from adv2.experiment.images import prepare
+    from adv2.experiment.runner import same_images
+    from adv2.models import load_model
+
+    cfg = load_config(tiny[0])
+    data = prepare(cfg, load_model(cfg.model, cfg.weights, cfg.device))
+    store = Store(tiny[1])
+    same_images(store, data, 1)  # the reference run's images.json: the same images
+    changed = replace(data, digests={**data.digests, "img_2.png": "0" * 16})
+    with pytest.raises(ConfigError, match=r"rank 1 reads other images than rank 0 wrote to "
+                                          r".*images.json: img_2.png differ"):
+        same_images(store, changed, 1)
+    fewer = replace(data, names=data.names[1:], paths=data.paths[1:], labels=data.labels[1:],
+                    preds=data.preds[1:], targets=data.targets[1:])
+    with pytest.raises(ConfigError, match=r"img_0.png differ"):
+        same_images(store, fewer, 2)

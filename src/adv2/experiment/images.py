@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from adv2.attack_maps import Pool
-from adv2.data import load_dataset, sample_key
+from adv2.data import load_dataset
 from adv2.errors import SettingError
 from adv2.experiment.config import ConfigError, ExperimentConfig
 from adv2.models import Classifier
@@ -55,17 +55,17 @@ class ImageSet:
             self._pools[device] = Pool.of(self.images, self.labels, self.preds, device)
         return self._pools[device]
 
-    def keys(self, names: list[str]) -> list[str]:
-        return [sample_key(n) for n in names]
-
     @property
     def attacked(self) -> list[str]:
         return [n for n in self.names if n not in self.skipped]
 
     def manifest(self) -> dict:
+        """What ``images.json`` holds: every image (name, path, label, prediction, target,
+        why it is skipped, its picture's digest), the unreadable and ignored files and the
+        clean top-1."""
         return {
             "images": [{"name": n, "path": p, "label": int(y), "pred": int(q), "target": int(t),
-                        "skipped": self.skipped.get(n)}
+                        "skipped": self.skipped.get(n), "digest": self.digests.get(n)}
                        for n, p, y, q, t in zip(self.names, self.paths, self.labels.tolist(),
                                                 self.preds.tolist(), self.targets.tolist())],
             "load_errors": [{"file": f, "error": e} for f, e in self.load_errors],

@@ -127,6 +127,23 @@ def _open(ctx: distributed.Context, store: Store, cfg: ExperimentConfig,
     ctx.barrier()
     if not ctx.main:
         claim(store, cfg, interpreters)  # rank 0 wrote or checked it: this only reads
+        same_images(store, data, ctx.rank)
+
+
+def same_images(store: Store, data: ImageSet, rank: int) -> None:
+    """Refuse, as a :class:`ConfigError`, a rank whose images differ from those rank 0 wrote
+    to ``images.json`` (a file added, removed or changed between the ranks' reads would give
+    one unit different images in different ranks)."""
+    path = store.root / "images.json"
+    keys = ("name", "label", "target", "skipped", "digest")
+    theirs = {i["name"]: [i.get(k) for k in keys] for i in json.loads(path.read_text())["images"]}
+    mine = {i["name"]: [i.get(k) for k in keys] for i in data.manifest()["images"]}
+    differ = sorted(n for n in theirs.keys() | mine.keys() if theirs.get(n) != mine.get(n))
+    if differ:
+        raise ConfigError(f"rank {rank} reads other images than rank 0 wrote to {path}: "
+                          f"{', '.join(differ[:5])}{' …' if len(differ) > 5 else ''} differ; "
+                          "every rank must see the same files (none added or changed while "
+                          "the ranks start)")
 
 
 def _stages(ctx: distributed.Context, cfg: ExperimentConfig, model: Classifier,
