@@ -557,3 +557,33 @@ def test_a_rank_that_reads_other_images_than_rank_0_is_refused(tiny) -> None:
                     preds=data.preds[1:], targets=data.targets[1:])
     with pytest.raises(ConfigError, match=r"img_0.png differ"):
         same_images(store, fewer, 2)
+
+
+def test_a_retried_attack_makes_the_records_that_read_it_anew(tiny, tmp_path,
+                                                             monkeypatch) -> None:
+    """An attack that failed on an image fails the transfer and detection records that read
+    it (its ADV² image, its benign map);
+    deleting its error record retries all of them: the rerun equals an unbroken run."""
+    from adv2.experiment import runner
+
+    config, reference = tiny
+    attack_unit = runner.attack_unit
+
+    def crashing(cfg, model, interpreter, attack, data, names):
+        if (interpreter.name, attack) == ("cam", "adv2") and "img_1.png" in names:
+            raise RuntimeError("a crash")
+        return attack_unit(cfg, model, interpreter, attack, data, names)
+
+    run = tmp_path / "retried"
+    monkeypatch.setattr(runner, "attack_unit", crashing)
+    run_experiment(load_config(config), run, progress=False)
+    failed = sorted(str(p.relative_to(run)) for p in run.rglob("img_1.png.error.json"))
+    assert failed == ["results/cam/adv2/img_1.png.error.json",
+                      "results/detection/cam/adv2/img_1.png.error.json",
+                      "results/transfer/cam-to-cam/img_1.png.error.json",
+                      "results/transfer/cam-to-grad/img_1.png.error.json",
+                      "results/transfer/grad-to-cam/img_1.png.error.json"]  # cam's benign map
+    monkeypatch.setattr(runner, "attack_unit", attack_unit)
+    (run / failed[0]).unlink()
+    run_experiment(load_config(config), run, progress=False)
+    assert_same_results(run, reference)

@@ -92,6 +92,21 @@ def input_digest(picture: str, label: int, target: int) -> str:
     return hashlib.sha256(f"{picture}:{label}:{target}".encode()).hexdigest()
 
 
+def downstream_digests(store: Store, digests: Mapping[str, str],
+                       sources: Sequence[str]) -> dict[str, str]:
+    """What the records of a stage that reads the stages ``sources`` are bound to: each
+    image's input digest and its source records as they lie on disk
+    (:meth:`Store.fingerprint`), so that a source record made anew (an error record deleted
+    and the image attacked again) makes the later record stale rather than reused.
+
+    Examples:
+        >>> bound = downstream_digests(store, data.digests, ["cam/adv2"])  # doctest: +SKIP
+    """
+    return {name: hashlib.sha256(":".join([digest, *(store.fingerprint(s, name)
+                                                      for s in sources)]).encode()).hexdigest()
+            for name, digest in digests.items()}
+
+
 @dataclass
 class Record:
     """One unit's outcome: ``meta`` (JSON values) and ``arrays``, or ``error`` (a message)."""
@@ -162,6 +177,14 @@ class Store:
             log.warning("ignoring unreadable record %s (%s); it will be recomputed", path, exc)
             return None
         return Record(name, meta, arrays)
+
+    def fingerprint(self, stage: str, name: str) -> str:
+        """A digest of the image's record in ``stage`` as it lies on disk (its error record
+        first, as :meth:`load` reads them; "" when there is none)."""
+        for path in (self._err(stage, name), self._npz(stage, name)):
+            if path.is_file():
+                return hashlib.sha256(path.read_bytes()).hexdigest()
+        return ""
 
     def done(self, stage: str, name: str, digest: str | None = None) -> bool:
         return self.load(stage, name, digest) is not None

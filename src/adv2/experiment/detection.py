@@ -24,7 +24,7 @@ from adv2.experiment.config import ConfigError, ExperimentConfig
 from adv2.experiment.images import ImageSet
 from adv2.models import Classifier
 from adv2.outcome import Outcome
-from adv2.records import Entry, Failed, Store, chunks, run_units
+from adv2.records import Entry, Failed, Store, chunks, downstream_digests, run_units
 
 log = logging.getLogger(__name__)
 
@@ -112,5 +112,6 @@ def run(ctx: distributed.Context, cfg: ExperimentConfig, model: Classifier, stor
         for attack in cfg.attacks_for(interpreter):
             source = f"{interpreter}/{attack}"
             run_units(ctx, store, stage(interpreter, attack), units,
-                      lambda u, s=source: adversarial(s, u), progress, data.digests)
+                      lambda u, s=source: adversarial(s, u), progress,
+                      downstream_digests(store, data.digests, [source]))
     return {name: seconds / n for name, (seconds, n) in cost.items()}

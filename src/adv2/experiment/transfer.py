@@ -22,7 +22,7 @@ from adv2.experiment.config import ExperimentConfig
 from adv2.experiment.images import ImageSet
 from adv2.interpreters import Interpreter
 from adv2.outcome import Outcome
-from adv2.records import Entry, Failed, Store, chunks, run_units
+from adv2.records import Entry, Failed, Store, chunks, downstream_digests, run_units
 from adv2.target_classes import interpreter_seeds
 
 
@@ -81,4 +81,5 @@ def run(ctx: distributed.Context, cfg: ExperimentConfig, interpreters: dict[str,
         for source in cfg.adv2_interpreters():
             run_units(ctx, store, stage(source, target), units,
                       lambda u, s=source, i=interpreter, r=reference:
-                      transfer_unit(store, s, i, r, cfg.seed, u), progress, data.digests)
+                      transfer_unit(store, s, i, r, cfg.seed, u), progress,
+                      downstream_digests(store, data.digests, [f"{source}/adv2", reference]))
