@@ -63,7 +63,13 @@ EXPLANATION = (
     "included; an image that misses its target has spent the whole budget. The random search "
     "and black-box ADV² are `adv2 attack --threat black-box` with `--attack pgd` and "
     "`--attack adv2`; torchattacks.Square runs one image at a time so that its queries are "
-    "counted per image (every forward pass of the model).")
+    "counted per image (every forward pass of the model). Black-box ADV² takes each "
+    "interpreter's defaults (`adv2 attack --threat black-box -h`): λ 50, an image stops once "
+    "its oracle map's IoU to the target map reaches 0.9, and CAM's first square covers 2% of "
+    "the image (`--p-init 0.02`, chosen among 0.01, 0.02, 0.03 and 0.05 on the 21st to 24th "
+    "selected images, which no row reports); the prediction-only search and Square start at "
+    "Square's 0.05. Each image draws its squares from its own seed, so any row of one image "
+    "is `adv2 attack` on that image alone.")
 
 
 def attack_rows(cfg: pipeline.AttackConfig, model, interpreter, samples: list[Sample],

@@ -35,6 +35,8 @@ class CAM(Interpreter):
     # reach the target), more steps without early stop, a larger λ and a per-image λ search
     support_attack_defaults = {"steps": 400, "warm_steps": 150, "patience": 0, "lam": "20:40",
                                "lam_search": 4}
+    # black-box ADV²: a first square of 2% of the image (docs/benchmarks/blackbox.md)
+    blackbox_attack_defaults = {**Interpreter.blackbox_attack_defaults, "p_init": 0.02}
 
     def __init__(self, model: Classifier, eps: float = 1e-8) -> None:
         super().__init__(model)
