@@ -68,8 +68,10 @@ EXPLANATION = (
     "its oracle map's IoU to the target map reaches 0.9, and CAM's first square covers 2% of "
     "the image (`--p-init 0.02`, chosen among 0.01, 0.02, 0.03 and 0.05 on the 21st to 24th "
     "selected images, which no row reports); the prediction-only search and Square start at "
-    "Square's 0.05. Each image draws its squares from its own seed, so any row of one image "
-    "is `adv2 attack` on that image alone.")
+    "Square's 0.05. Each image draws its squares from its own seed, whatever its batch, but "
+    "the model's batched forward pass differs from one image's in the last bits of its "
+    "floats, so the rows reproduce with `adv2 attack --batch-size 10` on the same images "
+    "(alone, an image's search can take another path).")
 
 
 def attack_rows(cfg: pipeline.AttackConfig, model, interpreter, samples: list[Sample],
