@@ -285,8 +285,10 @@ def test_a_label_edited_in_place_makes_that_images_record_stale(tmp_path, monkey
     assert after["img_b.png"]["label"] == "5" and after["img_a.png"] == before["img_a.png"]
 
 
-def test_a_black_box_images_result_does_not_depend_on_its_batch(runs, tmp_path) -> None:
-    """Each image searches with its own seed: alone or three to a batch, the same images."""
+def test_a_black_box_image_searches_the_same_alone_or_in_a_batch(runs, tmp_path) -> None:
+    """Each image draws its squares from its own seed: alone or three to a batch, the same
+    images (a short search, where the last-bit float differences of a batched forward pass
+    decide nothing)."""
     images = runs[0]
     rows = {}
     for size in ("1", "3"):
