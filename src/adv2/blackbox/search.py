@@ -146,8 +146,8 @@ class RandomSearch(ImageSeeds):
         """The first iterate: the start attack's images (given the target maps at the oracle's
         resolution), or Square's vertical stripes."""
         if self.start is None:
-            signs = torch.stack([torch.randint(0, 2, (x0.shape[1], 1, x0.shape[3]),
-                                               generator=gen, device="cpu")
+            stripes = (x0.shape[1], 1, x0.shape[3])  # drawn on the host, as the generators
+            signs = torch.stack([torch.randint(0, 2, stripes, device="cpu", generator=gen)
                                  for gen in self.generators(len(x0))]).to(x0) * 2 - 1
             return (x0 + signs * bound).clamp(0, 1)
         result = self.start(x0, targets, target_maps, support)
