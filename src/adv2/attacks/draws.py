@@ -1,7 +1,8 @@
 """Per-image seeds for an attack's own random draws (PGD's random start, a black-box
-search): each image draws from its own generator, so that its result depends neither on the
-other images of its batch nor on its place there, and a row of ``adv2 run`` or a benchmark
-reproduces with ``adv2 attack`` on that image alone."""
+search): each image draws from its own generator, so that its draws depend neither on the
+other images of its batch nor on its place there, and ``adv2 attack``, ``adv2 run`` and the
+benchmarks give an image the same draws (a batched forward pass can still differ from one
+image's in the last bits of its floats)."""
 
 from __future__ import annotations
 

@@ -138,7 +138,8 @@ class AttackSettings:
         step-length search. lam_search:
         ADV²'s reruns of the joint stage with per-image λ (None or 0: none;
         :mod:`adv2.attacks.lam_search`). seed: PGD's random start and a black-box search's
-        draws (each image's from its own seed, :mod:`adv2.attacks.draws`). threat: ``white-box`` or ``black-box`` (:data:`THREATS`); the black-box
+        draws (each image's from its own seed, :mod:`adv2.attacks.draws`). threat:
+        ``white-box`` or ``black-box`` (:data:`THREATS`); the black-box
         settings: answers (what the oracle answers, :data:`adv2.blackbox.ANSWERS`), queries
         (the budget per image), surrogate (model names joined by ``+``: the transfer attack on
         them starts the search, :func:`adv2.blackbox.build.transfer_start`; None: Square's

@@ -4,8 +4,9 @@ Determinism, which resuming and sharding rest on: the unit of work is a fixed ch
 ``batch_size`` consecutive images of the image list (1 by default), the same for any number of
 processes; every random choice of a unit (target class, ``shape``/``other`` target map, an
 attack's random start or search) is seeded by :func:`~adv2.target_classes.seed_of` (the
-experiment seed and the image name), never by the batch, the rank or the order of work. A unit's record is written
-atomically when it finishes; a restarted run skips the units whose records exist.
+experiment seed and the image name), never by the batch, the rank or the order of work. A
+unit's record is written atomically when it finishes; a restarted run skips the units whose
+records exist.
 """
 
 from __future__ import annotations
